@@ -1,0 +1,160 @@
+"""The batcher: collects readings and events, commits them every ``flush_interval``, seals a
+batch by size or age, and wakes the uplink.
+
+It is the only writer of the store's open batch, and runs in the event loop's thread, so the
+in-memory open batch and the store's pending rows never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from agent.errors import BufferFull
+from agent.readings import Event, Reading
+from agent.store import BatchStore
+from agent.wire import Batch, build_series, encode_batch
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class BatcherStats:
+    readings: int = 0
+    flushes: int = 0
+    batches_sealed: int = 0
+    write_errors: int = 0
+
+
+class Batcher:
+    """Open batch in memory, mirrored durably in the store's pending rows."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        *,
+        gw: str,
+        boot: int,
+        max_readings: int,
+        max_age: float,
+        codec: int,
+        level: int,
+        clock: Callable[[], float],
+        on_sealed: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._gw = gw
+        self._boot = boot
+        self._max_readings = max_readings
+        self._max_age = max_age
+        self._codec = codec
+        self._level = level
+        self._clock = clock
+        self._on_sealed = on_sealed
+        self._open: list[Reading] = []
+        self._open_events: list[Event] = []
+        self._unflushed: list[Reading] = []
+        self._unflushed_events: list[Event] = []
+        self._opened_at: float | None = None
+        self._pending_upto = 0
+        self.stats = BatcherStats()
+
+    def recover(self) -> int:
+        """Take back readings committed before a crash into the open batch; returns how many."""
+        readings, events, last_id = self._store.load_pending()
+        if readings or events:
+            self._open.extend(readings)
+            self._open_events.extend(events)
+            self._pending_upto = last_id
+            self._opened_at = self._clock()
+        return len(readings)
+
+    def add(self, readings: list[Reading]) -> None:
+        """Accept readings of one poll."""
+        if not readings:
+            return
+        if self._opened_at is None:
+            self._opened_at = self._clock()
+        self._open.extend(readings)
+        self._unflushed.extend(readings)
+        self.stats.readings += len(readings)
+
+    def add_event(self, event: Event) -> None:
+        if self._opened_at is None:
+            self._opened_at = self._clock()
+        self._open_events.append(event)
+        self._unflushed_events.append(event)
+
+    def flush(self) -> None:
+        """Commit what arrived since the last flush; seal the batch when it is full or old."""
+        if self._unflushed or self._unflushed_events:
+            try:
+                self._pending_upto = self._store.append_pending(
+                    self._unflushed, self._unflushed_events
+                )
+            except BufferFull as exc:
+                # Keep them in memory and try again next interval; nothing accepted is dropped.
+                self.stats.write_errors += 1
+                log.error("buffer_write_failed", error=str(exc), held=len(self._unflushed))
+                return
+            self._unflushed = []
+            self._unflushed_events = []
+            self.stats.flushes += 1
+        if self._due():
+            self.seal()
+
+    def _due(self) -> bool:
+        if self._opened_at is None:
+            return False
+        return (len(self._open) >= self._max_readings
+                or self._clock() - self._opened_at >= self._max_age)
+
+    def seal(self) -> int | None:
+        """Seal the open batch (its readings must all be flushed); returns its seq."""
+        if self._unflushed or self._unflushed_events or not (self._open or self._open_events):
+            return None
+        created = int(self._clock() * 1000)
+        readings, events = self._open, self._open_events
+
+        def build(seq: int) -> bytes:
+            batch = Batch(
+                gw=self._gw,
+                boot=self._boot,
+                seq=seq,
+                created=created,
+                series=build_series(readings),
+                aggregates=(),
+                events=tuple(
+                    {"t": e.t, "kind": e.kind, "dev": e.device, "msg": e.message} for e in events
+                ),
+            )
+            return encode_batch(batch, codec=self._codec, level=self._level)
+
+        try:
+            seq = self._store.seal(build, created=created, n_readings=len(readings),
+                                   pending_upto=self._pending_upto)
+        except BufferFull as exc:
+            self.stats.write_errors += 1
+            log.error("buffer_seal_failed", error=str(exc), readings=len(readings))
+            return None
+        self._open = []
+        self._open_events = []
+        self._opened_at = None
+        self.stats.batches_sealed += 1
+        log.debug("batch_sealed", seq=seq, readings=len(readings), events=len(events))
+        self._on_sealed()
+        return seq
+
+    def close(self) -> None:
+        """Flush and seal whatever is open (shutdown)."""
+        self.flush()
+        self.seal()
+
+    async def run(self, flush_interval: float) -> None:
+        """Flush every ``flush_interval`` seconds, forever."""
+        while True:
+            await asyncio.sleep(flush_interval)
+            self.flush()

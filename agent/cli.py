@@ -1,0 +1,292 @@
+"""``ssc-agent``: the command line (a contract: ARCHITECTURE.md "CLI").
+
+Exit status 0 on success, 1 on failure, 2 on bad usage or an invalid config; errors go to
+stderr, one line each, naming where. Heavy modules are imported per command so that
+``validate`` and ``--help`` stay quick on a Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent import __version__
+from agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+commissioning a site:
+  ssc-agent sample-config > /etc/ssc-agent/config.toml   # start from a commented config
+  ssc-agent validate --config /etc/ssc-agent/config.toml # every error at once, with where
+  ssc-agent run --config /etc/ssc-agent/config.toml      # under systemd: deploy/ssc-agent.service
+trying it out:
+  ssc-agent demo --duration 30                            # the whole chain on this machine
+"""
+
+
+def _err(message: str) -> None:
+    for line in message.splitlines() or [message]:
+        print(f"ssc-agent: {line}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssc-agent",
+        description="Edge agent for smart-city gateways: polls meters and sensors, computes "
+        "city KPIs and forwards batches over MQTT with store-and-forward buffering.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ssc-agent {__version__}")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override [gateway] log_level (default info)")
+    parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                        help="JSON log lines (default: when stderr is not a terminal)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the agent (what systemd starts)",
+                       description="Poll the configured devices and forward batches upstream.")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML config")
+
+    p = sub.add_parser("validate", help="check a config and report every error at once",
+                       description="Check a config without opening a port or the network. "
+                       "Exit 0 when valid, 2 with one line per error otherwise.")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML config")
+
+    p = sub.add_parser("sample-config", help="print a commented config that validates")
+    p.add_argument("--driver", metavar="NAME", help="show the device part of this driver")
+
+    sub.add_parser("drivers", help="list installed drivers with version and origin")
+
+    p = sub.add_parser("simulate", help="serve a simulated Modbus TCP device from a profile",
+                       description="Serve a simulated device whose values move plausibly "
+                       "(counters increase, power fluctuates). PROFILE is a profile name "
+                       "(see config/profiles) or a path to a profile file.")
+    p.add_argument("profile", metavar="PROFILE")
+    p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--units", default="1", metavar="IDS",
+                   help="comma-separated unit ids to serve, e.g. 1,2,3 (default 1)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+
+    p = sub.add_parser("receive", help="the central platform side: store batches in SQLite",
+                       description="Subscribe to every gateway's batches, decode them, drop "
+                       "duplicates by (gw, seq), report seq gaps and store readings.")
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://…")
+    p.add_argument("--sink", required=True, metavar="URL",
+                   help="sqlite:///relative.db or sqlite:////absolute/path.db")
+    p.add_argument("--topic-prefix", default="ssc/v1", help="default ssc/v1")
+    p.add_argument("--client-id", default="ssc-receiver",
+                   help="MQTT client id; its persistent session keeps batches while away")
+    p.add_argument("--group", metavar="NAME", help="shared-subscription group to scale out")
+    p.add_argument("--username")
+    p.add_argument("--password-file", type=Path, metavar="FILE")
+    p.add_argument("--ca-file", type=Path, metavar="FILE")
+
+    p = sub.add_parser("buffer", help="inspect the store-and-forward buffer")
+    p.add_argument("action", choices=["stats", "export"])
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML config")
+    p.add_argument("--output", type=Path, metavar="DIR",
+                   help="export: write one .ssc1 payload file per batch here (default: "
+                   "one JSON line per batch on stdout)")
+
+    p = sub.add_parser("demo", help="the whole chain on this machine, no hardware",
+                       description="Simulated meters, a local broker (mosquitto when on PATH, "
+                       "else an embedded one), the agent and the receiver, printing readings "
+                       "and batches as they arrive.")
+    p.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                   help="stop after this long (default 60; 0 = until Ctrl-C)")
+    p.add_argument("--meters", type=int, default=3, help="simulated meters (default 3)")
+    p.add_argument("--interval", default="1 s", help="poll interval (default '1 s')")
+    p.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="keep the agent's buffer and the receiver's database here")
+    return parser
+
+
+def _load(path: Path, *, require_uplink: bool = True) -> AgentConfig:
+    from agent.config import load_config
+
+    return load_config(path, require_uplink=require_uplink)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: valid ({len(config.devices)} devices, {len(config.kpis)} kpis, "
+          f"{len(config.buses)} buses)")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
+    from agent.supervisor import run_agent
+
+    config = _load(args.config)
+    configure_logging(args.log_level or config.gateway.log_level, json=args.log_json)
+    asyncio.run(run_agent(config))
+    return EXIT_OK
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from agent.sample_config import sample_config
+
+    sys.stdout.write(sample_config(args.driver))
+    return EXIT_OK
+
+
+def _cmd_drivers(_: argparse.Namespace) -> int:
+    from agent.driver import discover
+
+    entries = discover()
+    if not entries:
+        _err("no drivers installed (reinstall ssc-edge-agent)")
+        return EXIT_FAILURE
+    width = max(len(n) for n in entries)
+    broken = 0
+    for name in sorted(entries):
+        entry = entries[name]
+        if entry.spec is None:
+            broken += 1
+            print(f"{name:<{width}}  BROKEN   {entry.origin}: {entry.error}")
+        else:
+            print(f"{name:<{width}}  {entry.spec.version:<8} {entry.origin}  "
+                  f"{entry.spec.description}")
+    return EXIT_FAILURE if broken else EXIT_OK
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
+    from agent.simulator import run_simulate
+
+    configure_logging(args.log_level or "info", json=args.log_json)
+    try:
+        units = [int(u) for u in args.units.split(",") if u.strip()]
+    except ValueError:
+        _err(f"--units {args.units!r}: write unit ids as numbers, e.g. 1,2,3")
+        return EXIT_USAGE
+    try:
+        asyncio.run(run_simulate(args.profile, args.host, args.port, units, args.duration))
+    except FileNotFoundError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_receive(args: argparse.Namespace) -> int:
+    from agent.endpoints import parse_broker_url
+    from agent.logs import configure_logging
+    from agent.receiver import ReceiverSettings, run_receiver
+
+    configure_logging(args.log_level or "info", json=args.log_json)
+    try:
+        broker = parse_broker_url(args.broker)
+    except ValueError as exc:
+        _err(f"--broker: {exc}")
+        return EXIT_USAGE
+    settings = ReceiverSettings(
+        broker=broker,
+        sink_url=args.sink,
+        topic_prefix=args.topic_prefix,
+        client_id=args.client_id,
+        username=args.username,
+        password_file=args.password_file,
+        ca_file=args.ca_file,
+        shared_group=args.group,
+    )
+    asyncio.run(run_receiver(settings))
+    return EXIT_OK
+
+
+def _cmd_buffer(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from agent.store import BatchStore
+    from agent.supervisor import STORE_FILE
+
+    config = _load(args.config)
+    path = Path(config.gateway.data_dir) / STORE_FILE
+    if not path.exists():
+        _err(f"buffer {path} does not exist yet (the agent has not run with this data_dir)")
+        return EXIT_FAILURE
+    store = BatchStore.open(path)
+    try:
+        if args.action == "stats":
+            s = store.stats()
+            now = time.time() * 1000
+            age = f"{(now - s.oldest_created) / 1000:.0f} s" if s.oldest_created else "-"
+            print(f"buffer:          {s.path}")
+            print(f"batches unsent:  {s.batches} ({s.readings} readings, "
+                  f"{s.payload_bytes} payload bytes)")
+            print(f"oldest unsent:   {age}")
+            print(f"pending rows:    {s.pending_rows} (open batch, committed)")
+            print(f"file size:       {s.file_bytes} bytes")
+            print(f"boot / next seq: {s.boot} / {s.next_seq}")
+            return EXIT_OK
+        rows = store.iter_batches()
+        if args.output is not None:
+            args.output.mkdir(parents=True, exist_ok=True)
+            for seq, _, _, payload in rows:
+                (args.output / f"{config.gateway.id}-{seq:010d}.ssc1").write_bytes(payload)
+            print(f"exported {len(rows)} batches to {args.output}")
+        else:
+            for seq, created, n, payload in rows:
+                print(json.dumps({"seq": seq, "created": created, "readings": n,
+                                  "bytes": len(payload)}))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return asyncio.run(run_demo(
+        duration=args.duration or None,
+        meters=args.meters,
+        interval=args.interval,
+        broker_url=args.broker,
+        data_dir=args.data_dir,
+    ))
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "sample-config": _cmd_sample,
+    "drivers": _cmd_drivers,
+    "simulate": _cmd_simulate,
+    "receive": _cmd_receive,
+    "buffer": _cmd_buffer,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ssc-agent`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _err(problem)
+        return EXIT_USAGE
+    except AgentError as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

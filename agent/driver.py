@@ -1,0 +1,102 @@
+"""The driver contract and driver discovery through the ``ssc_agent.drivers`` entry points.
+
+A driver does I/O only: ``connect()``, ``read()``, ``close()``. It never sleeps or schedules;
+the scheduler owns timing, retries and backoff. ``read()`` returns one :class:`PointValue` per
+point in ``points`` order; a point the device could not deliver comes back with a bad quality
+code, never missing. When the device does not answer at all, ``read()`` raises
+:class:`~agent.errors.DeviceUnavailable`; when it answers garbage for everything,
+:class:`~agent.errors.DeviceProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.readings import PointValue
+
+ENTRY_POINT_GROUP = "ssc_agent.drivers"
+
+
+@dataclass(frozen=True, slots=True)
+class PointInfo:
+    """A point a driver delivers: its name and unit."""
+
+    name: str
+    unit: str | None
+
+
+class Driver(Protocol):
+    """One device's I/O."""
+
+    @property
+    def points(self) -> Sequence[PointInfo]: ...
+
+    async def connect(self) -> None: ...
+
+    async def read(self) -> Sequence[PointValue]: ...
+
+    async def close(self) -> None: ...
+
+
+class DeviceConfig(BaseModel):
+    """Keys every ``[[devices]]`` table has; a driver's model extends it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
+    driver: str
+    interval: str = "15 s"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """What an entry point of group ``ssc_agent.drivers`` points at."""
+
+    name: str
+    version: str
+    description: str
+    config_model: type[DeviceConfig]
+    create: Callable[[DeviceConfig], Driver]
+    sample_toml: str = ""
+
+
+@dataclass(frozen=True)
+class DriverEntry:
+    """A discovered driver, or the reason it could not be loaded."""
+
+    name: str
+    origin: str
+    spec: DriverSpec | None
+    error: str | None
+
+
+def _origin(ep: EntryPoint) -> str:
+    dist = ep.dist
+    if dist is None:
+        return ep.value
+    return f"{dist.metadata['Name']} {dist.version} ({ep.value})"
+
+
+def discover() -> dict[str, DriverEntry]:
+    """Load every installed driver; a broken one is reported, never fatal for the others."""
+    found: dict[str, DriverEntry] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        origin = _origin(ep)
+        try:
+            spec = ep.load()
+        except Exception as exc:  # a third-party import error must not stop the agent
+            found[ep.name] = DriverEntry(ep.name, origin, None, f"import failed: {exc!r}")
+            continue
+        if not isinstance(spec, DriverSpec):
+            found[ep.name] = DriverEntry(
+                ep.name, origin, None, f"entry point is a {type(spec).__name__}, not a DriverSpec"
+            )
+            continue
+        found[ep.name] = DriverEntry(ep.name, origin, spec, None)
+    return found

@@ -1,0 +1,178 @@
+"""The supervisor: wires drivers → scheduler → batcher → store → uplink in one task group.
+
+Shutdown (SIGTERM, SIGINT or ``stop``): stop the pollers first, flush and seal the open batch
+into the store, give the uplink until ``shutdown_timeout`` to send what it can, then close.
+Whatever is left stays in the store and goes out after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent import __version__
+from agent.batcher import Batcher
+from agent.config import AgentConfig
+from agent.driver import DeviceConfig, Driver, discover
+from agent.errors import ConfigError
+from agent.scheduler import DevicePoller
+from agent.store import BatchStore
+from agent.units import parse_duration
+
+log = structlog.get_logger(__name__)
+
+STORE_FILE = "buffer.db"
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def unsupported_parts(config: AgentConfig) -> list[str]:
+    """Parts of a valid config this release cannot run yet; ``run`` refuses them (exit 2)."""
+    problems: list[str] = []
+    if config.kpis:
+        problems.append(
+            f"kpis: {len(config.kpis)} [[kpis]] defined, but the KPI engine is not supported "
+            "yet in this release; remove them to run (`kpi replay` comes with the KPI engine)"
+        )
+    for i, device in enumerate(config.devices):
+        if getattr(device, "bus", None) is not None:
+            problems.append(
+                f"devices[{i}] (name={device.name}, driver={device.driver}) → bus: Modbus RTU "
+                "over a serial bus is not supported yet in this release; use endpoint = "
+                "\"tcp://HOST:PORT\""
+            )
+    return problems
+
+
+def create_drivers(config: AgentConfig) -> list[tuple[DeviceConfig, Driver]]:
+    """One driver per enabled device, each from its installed driver spec."""
+    installed = discover()
+    out: list[tuple[DeviceConfig, Driver]] = []
+    problems: list[str] = []
+    for i, device in enumerate(config.devices):
+        if not device.enabled:
+            continue
+        entry = installed.get(device.driver)
+        where = f"devices[{i}] (name={device.name}, driver={device.driver})"
+        if entry is None or entry.spec is None:
+            reason = entry.error if entry is not None else "not installed"
+            problems.append(f"{where} → driver: {reason}")
+            continue
+        try:
+            out.append((device, entry.spec.create(device)))
+        except ConfigError as exc:
+            problems.extend(f"{where}: {p}" for p in exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+@dataclass
+class AgentRuntime:
+    """Live objects of a running agent (tests and the demo look at them)."""
+
+    store: BatchStore
+    batcher: Batcher
+    pollers: list[DevicePoller] = field(default_factory=list)
+    boot: int = 0
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    on_start: Callable[[AgentRuntime], None] | None = None,
+    install_signal_handlers: bool = True,
+) -> None:
+    """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    from agent.uplink import MqttSettings, Uplink  # aiomqtt only when we really connect
+
+    problems = unsupported_parts(config)
+    if problems:
+        raise ConfigError(problems)
+    drivers = create_drivers(config)
+
+    data_dir = Path(config.gateway.data_dir)
+    store = BatchStore.open(data_dir / STORE_FILE, sync=config.buffer.sync)
+    boot = store.start_boot()
+    gw = config.gateway.id
+    up = config.uplink
+    assert up is not None  # load_config requires [uplink] for run
+    wake = asyncio.Event()
+    batcher = Batcher(
+        store,
+        gw=gw,
+        boot=boot,
+        max_readings=up.batch_max_readings,
+        max_age=parse_duration(up.batch_max_age),
+        codec=1 if up.compression == "zstd" else 0,
+        level=up.zstd_level,
+        clock=clock,
+        on_sealed=wake.set,
+    )
+    recovered = batcher.recover()
+    batcher.seal()  # what a crash left pending goes out first, in its own batch
+    settings = MqttSettings(
+        address=up.broker_address,
+        client_id=up.client_id or gw,
+        username=up.username,
+        password_file=Path(up.password_file) if up.password_file else None,
+        ca_file=Path(up.ca_file) if up.ca_file else None,
+        cert_file=Path(up.cert_file) if up.cert_file else None,
+        key_file=Path(up.key_file) if up.key_file else None,
+        keepalive=parse_duration(up.keepalive),
+        timeout=parse_duration(up.publish_timeout),
+    )
+    uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
+                    max_inflight=up.max_inflight, wake=wake, clock=clock)
+    wake.set()
+    runtime = AgentRuntime(store, batcher, boot=boot)
+    for device, driver in drivers:
+        runtime.pollers.append(
+            DevicePoller(device.name, driver, parse_duration(device.interval),
+                         emit=batcher.add, event=batcher.add_event, clock=clock)
+        )
+    log.info("agent_started", gw=gw, boot=boot, version=__version__, devices=len(drivers),
+             recovered_readings=recovered, store=str(store.path),
+             backlog_batches=store.stats().batches)
+    if on_start is not None:
+        on_start(runtime)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            polls = [tg.create_task(p.run(), name=f"poll-{p.name}") for p in runtime.pollers]
+            flusher = tg.create_task(batcher.run(parse_duration(up.flush_interval)),
+                                     name="batcher")
+            sender = tg.create_task(uplink.run(), name="uplink")
+            await stop.wait()
+            log.info("agent_stopping")
+            for task in polls:
+                task.cancel()
+            await asyncio.gather(*polls, return_exceptions=True)
+            flusher.cancel()
+            batcher.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await uplink.drained()
+            await uplink.say_offline()
+            sender.cancel()
+    finally:
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        left = store.stats()
+        store.close()
+        log.info("agent_stopped", gw=gw, boot=boot, unsent_batches=left.batches,
+                 unsent_readings=left.readings)

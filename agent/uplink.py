@@ -1,0 +1,316 @@
+"""MQTT: the agent's uplink (store → broker) and the receiver's subscription.
+
+This is the only module that imports aiomqtt (ARCHITECTURE.md). Facts it relies on, verified
+against aiomqtt 2.5 / paho 2.2 (PROTOCOLS.md §2):
+
+- A client is never re-entered after a disconnect: every connection gets a new ``Client``.
+- ``publish(qos=1)`` returns on PUBACK; a timeout means "unknown", so the batch stays in the
+  store and is sent again (the receiver drops duplicates by ``(gw, seq)``).
+- A publish pending at disconnect is not woken; a sibling task iterating ``client.messages``
+  raises at once, which makes the task group cancel the rest and we reconnect.
+- The publish timeout counts time queued behind the in-flight window, so concurrency is capped
+  with a semaphore of the window size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiomqtt
+import structlog
+
+from agent import __version__
+from agent.endpoints import BrokerAddress
+from agent.errors import UplinkError
+from agent.store import OutgoingBatch
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker; secrets stay in files until a connection needs them."""
+
+    address: BrokerAddress
+    client_id: str
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: float = 30.0
+    timeout: float = 20.0
+
+
+def _read_password(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UplinkError(f"cannot read password_file {path}: {exc.strerror}") from None
+    return text.rstrip("\r\n")
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    if not settings.address.tls:
+        return None
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(
+            f"ca_file {settings.ca_file}: cannot load CA certificates: {exc}"
+        ) from None
+    if settings.cert_file is not None:
+        try:
+            context.load_cert_chain(
+                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkError(
+                f"cert_file {settings.cert_file} / key_file {settings.key_file}: "
+                f"cannot load the client certificate: {exc}"
+            ) from None
+    return context
+
+
+def _client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
+            clean_session: bool | None = None, max_inflight: int | None = None) -> aiomqtt.Client:
+    password = _read_password(settings.password_file) if settings.password_file else None
+    client = aiomqtt.Client(
+        settings.address.host,
+        settings.address.port,
+        username=settings.username,
+        password=password,
+        identifier=settings.client_id,
+        will=will,
+        clean_session=clean_session,
+        keepalive=max(1, round(settings.keepalive)),
+        timeout=settings.timeout,
+        max_inflight_messages=max_inflight,
+        tls_context=_tls_context(settings),
+    )
+    if max_inflight is not None:
+        # paho warns once per publish above this threshold; our window is deliberate.
+        client.pending_calls_threshold = max_inflight + 1
+    return client
+
+
+def describe_mqtt_error(exc: BaseException, settings: MqttSettings) -> str:
+    """One line for a connection failure, naming the file when TLS is the cause; no secrets."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"TLS: the broker's certificate is not trusted by ca_file {settings.ca_file} "
+                f"({text})")
+    if "Not authorized" in text or "code:135" in text or "code:5" in text:
+        return f"broker refused the login of user {settings.username!r}: check password_file"
+    return f"{type(exc).__name__}: {text}"
+
+
+async def _watch(client: aiomqtt.Client) -> None:
+    """Iterate messages so a disconnect is noticed at once (raises MqttError)."""
+    async for _ in client.messages:
+        pass
+
+
+def _jittered(backoff: float) -> float:
+    return backoff * random.uniform(0.5, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Receiver side
+
+
+async def subscribe(
+    settings: MqttSettings,
+    topics: Sequence[str],
+    *,
+    clean_session: bool = False,
+) -> AsyncIterator[tuple[str, bytes]]:
+    """Yield ``(topic, payload)`` forever, reconnecting with backoff; QoS 1 subscriptions.
+
+    Messages are acknowledged to the broker only when the consumer asks for the next one, so a
+    receiver that dies while storing a batch gets it again (persistent session).
+    """
+    backoff = BACKOFF_FIRST
+    while True:
+        try:
+            client = _client(settings, clean_session=clean_session)
+            client._client.manual_ack_set(True)  # aiomqtt exposes no manual ack
+            async with client:
+                for topic in topics:
+                    await client.subscribe(topic, qos=1)
+                log.info("mqtt_subscribed", broker=settings.address.url, topics=list(topics))
+                backoff = BACKOFF_FIRST
+                async for message in client.messages:
+                    payload = message.payload
+                    data = payload if isinstance(payload, bytes) else str(payload).encode()
+                    yield str(message.topic), data
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)
+        except aiomqtt.MqttError as exc:
+            log.warning("mqtt_disconnected", broker=settings.address.url,
+                        error=describe_mqtt_error(exc, settings), retry_in=round(backoff, 1))
+        except UplinkError as exc:
+            log.error("mqtt_settings_invalid", error=str(exc))
+        await asyncio.sleep(_jittered(backoff))
+        backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent side
+
+
+class BatchSource(Protocol):
+    """What the uplink needs of the store."""
+
+    def next_unsent(self, limit: int, exclude: set[int]) -> list[OutgoingBatch]: ...
+
+    def delete(self, seq: int) -> None: ...
+
+
+@dataclass
+class UplinkStats:
+    published: int = 0
+    acknowledged: int = 0
+    readings_acknowledged: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    connected: bool = False
+
+
+class Uplink:
+    """Sends stored batches oldest first over QoS 1; deletes each only after its PUBACK."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        store: BatchSource,
+        *,
+        gw: str,
+        boot: int,
+        topic_prefix: str,
+        max_inflight: int,
+        wake: asyncio.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._gw = gw
+        self._boot = boot
+        self._batch_topic = f"{topic_prefix}/{gw}/batch"
+        self._status_topic = f"{topic_prefix}/{gw}/status"
+        self._max_inflight = max_inflight
+        self._wake = wake
+        self._clock = clock
+        self._inflight: set[int] = set()
+        self.stats = UplinkStats()
+        self._down_since: float | None = None
+        self._idle = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+
+    def _status(self, state: str) -> bytes:
+        body = {"state": state, "gw": self._gw, "boot": self._boot,
+                "t": int(self._clock() * 1000), "version": __version__}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def run(self) -> None:
+        """Connect, send, reconnect with jittered exponential backoff; forever."""
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
+                client = _client(self._settings, will=will, clean_session=True,
+                                 max_inflight=self._max_inflight)
+                async with client:
+                    self._client = client
+                    self.stats.connects += 1
+                    self.stats.connected = True
+                    if self._down_since is not None:
+                        log.info("uplink_restored", broker=self._settings.address.url,
+                                 down_seconds=round(self._clock() - self._down_since, 1))
+                        self._down_since = None
+                    else:
+                        log.info("uplink_connected", broker=self._settings.address.url)
+                    backoff = BACKOFF_FIRST
+                    await client.publish(self._status_topic, self._status("online"), qos=1,
+                                         retain=True)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(_watch(client), name="uplink-watch")
+                        tg.create_task(self._send(client), name="uplink-send")
+            except* (aiomqtt.MqttError, UplinkError, OSError) as group:
+                self._note_down(group.exceptions[0])
+            finally:
+                self._client = None
+                self.stats.connected = False
+                self._inflight.clear()
+            await asyncio.sleep(_jittered(backoff))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _note_down(self, exc: BaseException) -> None:
+        self.stats.disconnects += 1
+        if self._down_since is None:
+            self._down_since = self._clock()
+            log.warning("uplink_down", broker=self._settings.address.url,
+                        error=describe_mqtt_error(exc, self._settings))
+        else:
+            log.debug("uplink_retry_failed", error=describe_mqtt_error(exc, self._settings))
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self._max_inflight)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                self._wake.clear()
+                batches = self._store.next_unsent(self._max_inflight, self._inflight)
+                if not batches:
+                    if not self._inflight:
+                        self._idle.set()
+                    await self._wake.wait()
+                    continue
+                self._idle.clear()
+                for batch in batches:
+                    await window.acquire()
+                    self._inflight.add(batch.seq)
+                    tg.create_task(self._publish_one(client, batch, window),
+                                   name=f"publish-{batch.seq}")
+
+    async def _publish_one(self, client: aiomqtt.Client, batch: OutgoingBatch,
+                           window: asyncio.Semaphore) -> None:
+        try:
+            self.stats.published += 1
+            await client.publish(self._batch_topic, batch.payload, qos=1,
+                                 timeout=self._settings.timeout)
+            self._store.delete(batch.seq)
+            self.stats.acknowledged += 1
+            self.stats.readings_acknowledged += batch.n_readings
+        finally:
+            self._inflight.discard(batch.seq)
+            window.release()
+            self._wake.set()
+
+    async def drained(self) -> None:
+        """Wait until the store has nothing left to send and nothing is in flight."""
+        self._idle.clear()  # a stale "idle" from before the last seal must not count
+        self._wake.set()
+        await self._idle.wait()
+
+    async def say_offline(self) -> None:
+        """On a clean shutdown, the retained status says offline (the will covers crashes)."""
+        client = self._client
+        if client is None:
+            return  # not connected: the broker already published our will
+        try:
+            await client.publish(self._status_topic, self._status("offline"), qos=1,
+                                 retain=True, timeout=2.0)
+        except aiomqtt.MqttError as exc:
+            log.debug("uplink_offline_status_failed", error=str(exc))

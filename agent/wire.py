@@ -1,0 +1,656 @@
+"""Wire format v1: batches as ``SSC1`` + codec byte + msgpack body (zstd when codec is 1).
+
+Pure: no I/O, no clock. ``docs/wire-format.md`` is the spec; this module and that document
+must agree (``tests/agent/test_wire.py`` holds a golden payload derived from the spec by hand).
+
+Decisions recorded here and in the spec:
+- Non-finite floats (NaN, ±inf) and ints outside the signed 64-bit range are never sent.
+  ``build_series`` turns them into ``None`` with quality ``OUT_OF_RANGE`` (a bad quality already
+  on the reading is kept); the encoder and the decoder refuse them anywhere in a batch.
+- ``build_series`` sends a bool value as the int 0 or 1 (msgpack bools are not values here).
+- Top-level, series and event maps are exact in v1 (a missing or unknown key is an error).
+  Aggregate maps must hold the required keys and may carry operator extras, which are kept.
+- The encoder runs the same checks as the decoder, so the agent never stores a batch that a
+  receiver would refuse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import msgpack
+import zstandard
+
+from agent.errors import WireFormatError
+from agent.readings import Event, Quality, Reading, Value
+
+__all__ = [
+    "AGGREGATE_KEYS",
+    "CODEC_PLAIN",
+    "CODEC_ZSTD",
+    "EVENT_KEYS",
+    "MAGIC",
+    "MAX_BODY_BYTES",
+    "Batch",
+    "Series",
+    "Status",
+    "build_series",
+    "decode_batch",
+    "decode_status",
+    "encode_batch",
+    "encode_status",
+    "event_from_map",
+    "event_to_map",
+    "iter_readings",
+    "parse_topic",
+    "topic_for",
+]
+
+MAGIC: Final = b"SSC1"
+CODEC_PLAIN: Final = 0x00
+CODEC_ZSTD: Final = 0x01
+HEADER_LEN: Final = len(MAGIC) + 1
+MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+# For frames without a content size (decoded as a stream): the largest window zstd levels 1-19
+# use (level 19: window log 23). A bigger one means --long / ultra settings, and the receiver
+# would hold that much memory per frame. Sized frames decode into their (capped) output.
+MAX_ZSTD_WINDOW: Final = 8 * 1024 * 1024
+MAX_STR_LEN: Final = 1024 * 1024
+MAX_EXTRA_DEPTH: Final = 32
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+BODY_KEYS: Final = ("gw", "boot", "seq", "created", "series", "aggregates", "events")
+SERIES_KEYS: Final = ("dev", "pt", "unit", "t0", "dt", "v", "q")
+AGGREGATE_KEYS: Final = ("kpi", "src", "start", "end", "value", "valid", "n", "expected", "unit")
+EVENT_KEYS: Final = ("t", "kind", "dev", "msg")
+STATUS_STATES: Final = ("online", "offline")
+TOPIC_KINDS: Final = ("batch", "status")
+
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]+")
+_QUALITY_CODES: Final = frozenset(int(q) for q in Quality)
+_F32 = struct.Struct(">f")
+_F32_TAGGED = struct.Struct(">Bf")
+_F64_TAGGED = struct.Struct(">Bd")
+_NIL: Final = b"\xc0"
+
+TopicKind = Literal["batch", "status"]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """The readings of one device point in one batch, columnar: ``t = t0 + cumsum(dt)``."""
+
+    dev: str
+    pt: str
+    unit: str | None
+    t0: int
+    dt: tuple[int, ...]
+    v: tuple[Value, ...]
+    q: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One wire format v1 batch: what a gateway publishes on ``{prefix}/{gw}/batch``."""
+
+    gw: str
+    boot: int
+    seq: int
+    created: int
+    series: tuple[Series, ...]
+    aggregates: tuple[dict[str, Any], ...] = ()
+    events: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def n_readings(self) -> int:
+        """How many readings the batch carries, over all series."""
+        return sum(len(s.dt) for s in self.series)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The retained JSON a gateway publishes on ``{prefix}/{gw}/status``."""
+
+    state: Literal["online", "offline"]
+    gw: str
+    boot: int
+    t: int
+    version: str
+
+
+# --------------------------------------------------------------------------- readings <-> series
+
+
+def _wire_value(value: Value, quality: Quality) -> tuple[Value, Quality]:
+    if isinstance(value, bool):
+        return int(value), quality
+    unsendable = (isinstance(value, float) and not math.isfinite(value)) or (
+        isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX
+    )
+    if unsendable:
+        # NaN/inf and ints beyond 64 bits never go on the wire (the encoder refuses them, and
+        # one such value must not make a whole batch unsendable): a bad value, not a value.
+        return None, Quality.OUT_OF_RANGE if quality == Quality.GOOD else quality
+    return value, quality
+
+
+def build_series(readings: Iterable[Reading]) -> tuple[Series, ...]:
+    """Group readings by (device, point) in first-seen order, each series sorted by time."""
+    groups: dict[tuple[str, str], list[Reading]] = {}
+    for reading in readings:
+        groups.setdefault((reading.device, reading.point), []).append(reading)
+    out: list[Series] = []
+    for (dev, pt), group in groups.items():
+        group.sort(key=lambda r: r.t)  # stable: equal timestamps keep their arrival order
+        values: list[Value] = []
+        qualities: list[int] = []
+        for r in group:
+            value, quality = _wire_value(r.value, r.quality)
+            values.append(value)
+            qualities.append(int(quality))
+        t0 = group[0].t
+        deltas = tuple(b.t - a.t for a, b in itertools.pairwise(group))
+        # One unit per series on the wire. Readings of one point share it in practice; if a
+        # profile changed mid-batch, the last reading's unit wins for the whole series.
+        unit = group[-1].unit
+        out.append(Series(dev, pt, unit, t0, (0, *deltas), tuple(values), tuple(qualities)))
+    return tuple(out)
+
+
+def iter_readings(batch: Batch) -> Iterator[Reading]:
+    """Yield the batch's readings, series by series, in time order within each series."""
+    for s in batch.series:
+        t = s.t0
+        for delta, value, quality in zip(s.dt, s.v, s.q, strict=True):
+            t += delta
+            yield Reading(s.dev, s.pt, s.unit, t, value, Quality(quality))
+
+
+def event_to_map(event: Event) -> dict[str, Any]:
+    """The wire map ``{t, kind, dev, msg}`` of an event."""
+    return {"t": event.t, "kind": event.kind, "dev": event.device, "msg": event.message}
+
+
+def event_from_map(item: Mapping[str, Any]) -> Event:
+    """The event of a (validated) wire event map."""
+    return Event(t=item["t"], kind=item["kind"], device=item["dev"], message=item["msg"])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _kind(obj: object) -> str:
+    names = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bin", list: "list"}
+    if obj is None:
+        return "nil"
+    if isinstance(obj, dict):
+        return "map"
+    return names.get(type(obj), type(obj).__name__)
+
+
+def _is_int(obj: object) -> bool:
+    # msgpack has real booleans; True is not an int on the wire.
+    return type(obj) is int and INT64_MIN <= obj <= INT64_MAX
+
+
+def _need_int(obj: object, path: str, *, minimum: int | None = None) -> int:
+    if type(obj) is not int:
+        raise WireFormatError(f"{path}: must be an int, got {_kind(obj)}")
+    if not INT64_MIN <= obj <= INT64_MAX:
+        raise WireFormatError(f"{path}: {obj} does not fit a signed 64-bit int")
+    if minimum is not None and obj < minimum:
+        raise WireFormatError(f"{path}: must be ≥ {minimum}, got {obj}")
+    return obj
+
+
+def _need_str(obj: object, path: str) -> str:
+    if type(obj) is not str:
+        raise WireFormatError(f"{path}: must be a str, got {_kind(obj)}")
+    if not obj:
+        raise WireFormatError(f"{path}: must not be empty")
+    return obj
+
+
+def _opt_str(obj: object, path: str) -> str | None:
+    if obj is None:
+        return None
+    if type(obj) is not str:
+        raise WireFormatError(f"{path}: must be a str or nil, got {_kind(obj)}")
+    return obj
+
+
+def _need_number(obj: object, path: str) -> Value:
+    if obj is None:
+        return None
+    if type(obj) is int:
+        if not INT64_MIN <= obj <= INT64_MAX:
+            raise WireFormatError(f"{path}: {obj} does not fit a signed 64-bit int")
+        return obj
+    if type(obj) is float:
+        if not math.isfinite(obj):
+            raise WireFormatError(f"{path}: {obj} is not allowed; send nil with a quality code")
+        return obj
+    raise WireFormatError(f"{path}: must be an int, a float or nil, got {_kind(obj)}")
+
+
+def _need_map(obj: object, path: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise WireFormatError(f"{path}: must be a map, got {_kind(obj)}")
+    for key in obj:
+        if type(key) is not str:
+            raise WireFormatError(f"{path}: keys must be str, got a {_kind(key)} key")
+    return obj
+
+
+def _check_keys(
+    obj: dict[str, Any], keys: tuple[str, ...], path: str, *, exact: bool = True
+) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise WireFormatError(f"{path}: missing key {missing[0]!r} (needs {', '.join(keys)})")
+    if exact:
+        extra = sorted(k for k in obj if k not in keys)
+        if extra:
+            raise WireFormatError(
+                f"{path}: unknown key {extra[0]!r} (v1 allows only {', '.join(keys)})"
+            )
+
+
+def _need_list(obj: object, path: str, what: str) -> list[Any] | tuple[Any, ...]:
+    # Tuples only come from encode_batch (msgpack decodes arrays to lists).
+    if not isinstance(obj, list | tuple):
+        raise WireFormatError(f"{path}: must be a list of {what}, got {_kind(obj)}")
+    return obj
+
+
+def _check_series(item: object, path: str) -> Series:
+    m = _need_map(item, path)
+    _check_keys(m, SERIES_KEYS, path)
+    dev = _need_str(m["dev"], f"{path}.dev")
+    pt = _need_str(m["pt"], f"{path}.pt")
+    unit = _opt_str(m["unit"], f"{path}.unit")
+    t0 = _need_int(m["t0"], f"{path}.t0")
+    dt = _need_list(m["dt"], f"{path}.dt", "int")
+    v = _need_list(m["v"], f"{path}.v", "int, float or nil")
+    q = _need_list(m["q"], f"{path}.q", "int")
+    if not len(dt) == len(v) == len(q):
+        raise WireFormatError(
+            f"{path}: dt, v and q must have the same length ({len(dt)}, {len(v)}, {len(q)})"
+        )
+    if not dt:
+        raise WireFormatError(f"{path}: holds no readings; leave the series out instead")
+    if not all(_is_int(d) for d in dt):
+        bad = next(i for i, d in enumerate(dt) if not _is_int(d))
+        raise WireFormatError(
+            f"{path}.dt: must be a list of int ({path}.dt[{bad}] is {_kind(dt[bad])})"
+        )
+    if dt[0] != 0:
+        raise WireFormatError(f"{path}.dt[0]: must be 0 (t0 is the first timestamp), got {dt[0]}")
+    if min(dt) < 0:
+        bad = next(i for i, d in enumerate(dt) if d < 0)
+        raise WireFormatError(f"{path}.dt[{bad}]: must not be negative, got {dt[bad]}")
+    if t0 + sum(dt) > INT64_MAX:
+        raise WireFormatError(f"{path}: the last timestamp does not fit a signed 64-bit int")
+    for i, x in enumerate(v):
+        # Fast path first: building a path string per value would double the decode time.
+        kind = type(x)
+        if x is None or (kind is float and math.isfinite(x)):
+            continue
+        if kind is not int or not INT64_MIN <= x <= INT64_MAX:
+            _need_number(x, f"{path}.v[{i}]")  # raises, naming the value
+    if not all(type(x) is int and x in _QUALITY_CODES for x in q):
+        bad = next(i for i, x in enumerate(q) if not (type(x) is int and x in _QUALITY_CODES))
+        raise WireFormatError(
+            f"{path}.q[{bad}]: must be a quality code 0-4, got {q[bad]!r} ({_kind(q[bad])})"
+        )
+    return Series(dev, pt, unit, t0, tuple(dt), tuple(v), tuple(q))
+
+
+def _check_extra(obj: object, path: str, depth: int = 0) -> None:
+    if depth > MAX_EXTRA_DEPTH:
+        raise WireFormatError(f"{path}: nested deeper than {MAX_EXTRA_DEPTH} levels")
+    if obj is None or type(obj) in (bool, str):
+        return
+    if type(obj) in (int, float):
+        _need_number(obj, path)
+        return
+    if isinstance(obj, list | tuple):
+        for i, x in enumerate(obj):
+            _check_extra(x, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(obj, dict):
+        for k, x in _need_map(obj, path).items():
+            _check_extra(x, f"{path}.{k}", depth + 1)
+        return
+    raise WireFormatError(
+        f"{path}: extras may hold str, int, float, bool, nil, lists and maps, not {_kind(obj)}"
+    )
+
+
+def _check_aggregate(item: object, path: str) -> dict[str, Any]:
+    m = _need_map(item, path)
+    _check_keys(m, AGGREGATE_KEYS, path, exact=False)
+    _need_str(m["kpi"], f"{path}.kpi")
+    _need_str(m["src"], f"{path}.src")
+    start = _need_int(m["start"], f"{path}.start")
+    end = _need_int(m["end"], f"{path}.end")
+    if end <= start:
+        raise WireFormatError(f"{path}: end ({end}) must be after start ({start})")
+    value = _need_number(m["value"], f"{path}.value")
+    if type(m["valid"]) is not bool:
+        raise WireFormatError(f"{path}.valid: must be a bool, got {_kind(m['valid'])}")
+    if not m["valid"] and value is not None:
+        raise WireFormatError(f"{path}.value: must be nil when valid is false")
+    _need_int(m["n"], f"{path}.n", minimum=0)
+    _need_int(m["expected"], f"{path}.expected", minimum=0)
+    _opt_str(m["unit"], f"{path}.unit")
+    for key, extra in m.items():
+        if key not in AGGREGATE_KEYS:
+            _check_extra(extra, f"{path}.{key}")
+    return dict(m)
+
+
+def _check_event(item: object, path: str) -> dict[str, Any]:
+    m = _need_map(item, path)
+    _check_keys(m, EVENT_KEYS, path)
+    _need_int(m["t"], f"{path}.t")
+    _need_str(m["kind"], f"{path}.kind")
+    _opt_str(m["dev"], f"{path}.dev")
+    msg = m["msg"]
+    if type(msg) is not str:
+        raise WireFormatError(f"{path}.msg: must be a str, got {_kind(msg)}")
+    return dict(m)
+
+
+def _check_gateway(obj: object, path: str) -> str:
+    gw = _need_str(obj, path)
+    if not _GATEWAY_ID.fullmatch(gw):
+        raise WireFormatError(f"{path}: {gw!r} is not a gateway id ([A-Za-z0-9_-]+)")
+    return gw
+
+
+def _check_body(body: object) -> Batch:
+    m = _need_map(body, "body")
+    _check_keys(m, BODY_KEYS, "body")
+    gw = _check_gateway(m["gw"], "gw")
+    boot = _need_int(m["boot"], "boot", minimum=0)
+    seq = _need_int(m["seq"], "seq", minimum=1)
+    created = _need_int(m["created"], "created")
+    series = _need_list(m["series"], "series", "series maps")
+    aggregates = _need_list(m["aggregates"], "aggregates", "aggregate maps")
+    events = _need_list(m["events"], "events", "event maps")
+    return Batch(
+        gw=gw,
+        boot=boot,
+        seq=seq,
+        created=created,
+        series=tuple(_check_series(s, f"series[{i}]") for i, s in enumerate(series)),
+        aggregates=tuple(_check_aggregate(a, f"aggregates[{i}]") for i, a in enumerate(aggregates)),
+        events=tuple(_check_event(e, f"events[{i}]") for i, e in enumerate(events)),
+    )
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _pack_value(x: Value, packer: msgpack.Packer) -> bytes:
+    if x is None:
+        return _NIL
+    if type(x) is float:
+        try:
+            exact = _F32.unpack(_F32.pack(x))[0] == x
+        except OverflowError:  # beyond the float32 range
+            exact = False
+        return _F32_TAGGED.pack(0xCA, x) if exact else _F64_TAGGED.pack(0xCB, x)
+    return packer.pack(x)
+
+
+def _pack_body(batch: Batch) -> bytes:
+    # autoreset: every call returns its own bytes. use_bin_type keeps str and bin apart.
+    p = msgpack.Packer(use_bin_type=True, autoreset=True)
+    parts = [
+        p.pack_map_header(len(BODY_KEYS)),
+        p.pack("gw"),
+        p.pack(batch.gw),
+        p.pack("boot"),
+        p.pack(batch.boot),
+        p.pack("seq"),
+        p.pack(batch.seq),
+        p.pack("created"),
+        p.pack(batch.created),
+        p.pack("series"),
+        p.pack_array_header(len(batch.series)),
+    ]
+    for s in batch.series:
+        parts += [
+            p.pack_map_header(len(SERIES_KEYS)),
+            p.pack("dev"),
+            p.pack(s.dev),
+            p.pack("pt"),
+            p.pack(s.pt),
+            p.pack("unit"),
+            p.pack(s.unit),
+            p.pack("t0"),
+            p.pack(s.t0),
+            p.pack("dt"),
+            p.pack(list(s.dt)),
+            p.pack("v"),
+            # The Packer's float width is global; values pick theirs one by one (float32 when
+            # exact), and concatenated msgpack objects are still one valid array.
+            p.pack_array_header(len(s.v)),
+            *(_pack_value(x, p) for x in s.v),
+            p.pack("q"),
+            p.pack(list(s.q)),
+        ]
+    parts += [
+        p.pack("aggregates"),
+        p.pack([dict(a) for a in batch.aggregates]),
+        p.pack("events"),
+        p.pack([dict(e) for e in batch.events]),
+    ]
+    return b"".join(parts)
+
+
+def _as_body_map(batch: Batch) -> dict[str, Any]:
+    series = [
+        {"dev": s.dev, "pt": s.pt, "unit": s.unit, "t0": s.t0, "dt": s.dt, "v": s.v, "q": s.q}
+        for s in batch.series
+    ]
+    return {
+        "gw": batch.gw,
+        "boot": batch.boot,
+        "seq": batch.seq,
+        "created": batch.created,
+        "series": series,
+        "aggregates": list(batch.aggregates),
+        "events": list(batch.events),
+    }
+
+
+def encode_batch(batch: Batch, *, codec: int = CODEC_ZSTD, level: int = 3) -> bytes:
+    """Encode a batch; raises WireFormatError (naming where) if it would not decode."""
+    if codec not in (CODEC_PLAIN, CODEC_ZSTD):
+        raise ValueError(f"codec must be 0 (plain) or 1 (zstd), got {codec}")
+    if not 1 <= level <= 19:
+        # 20-22 ("ultra") need windows beyond what receivers accept (MAX_ZSTD_WINDOW).
+        raise ValueError(f"zstd level must be 1-19, got {level}")
+    # Same checks as the receiver runs: a batch it would refuse must fail here, before the
+    # agent stores it, not after it has been sent and acknowledged.
+    _check_body(_as_body_map(batch))
+    body = _pack_body(batch)
+    if len(body) > MAX_BODY_BYTES:
+        raise WireFormatError(
+            f"body is {len(body)} bytes, over the {MAX_BODY_BYTES} receivers accept: "
+            "seal batches earlier (batch_max_readings)"
+        )
+    if codec == CODEC_PLAIN:
+        return MAGIC + bytes([CODEC_PLAIN]) + body
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return MAGIC + bytes([CODEC_ZSTD]) + compressor.compress(body)
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _decompress(frame: bytes, limit: int) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise WireFormatError(f"zstd frame header: {exc}") from exc
+    if declared > limit:
+        raise WireFormatError(
+            f"zstd frame declares {declared} bytes, over the {limit}-byte body limit"
+        )
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+    try:
+        if declared >= 0:
+            # Known size: zstd allocates exactly that (checked above) and checks the frame
+            # produces exactly that many bytes.
+            return dctx.decompress(frame, allow_extra_data=False)
+        # Unknown size: feed small slices and stop at the cap, so a bomb cannot run away.
+        dobj = dctx.decompressobj()
+        out = bytearray()
+        for start in range(0, len(frame), 256):
+            out += dobj.decompress(frame[start : start + 256])
+            if len(out) > limit:
+                raise WireFormatError(f"zstd frame inflates past the {limit}-byte body limit")
+            if dobj.eof:
+                rest = frame[start + 256 :]
+                if dobj.unused_data or rest:
+                    extra = len(dobj.unused_data) + len(rest)
+                    raise WireFormatError(f"{extra} bytes after the zstd frame")
+                return bytes(out)
+    except zstandard.ZstdError as exc:
+        raise WireFormatError(f"zstd: {exc}") from exc
+    raise WireFormatError("zstd frame is truncated (no end of frame)")
+
+
+def _exact_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"a map repeats the key {key!r}")
+        out[key] = value
+    return out
+
+
+def _unpack(body: bytes) -> object:
+    try:
+        return msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            # A repeated key would let a later value silently win; v1 maps never repeat one.
+            object_pairs_hook=_exact_map,
+            max_str_len=min(len(body), MAX_STR_LEN),
+            max_bin_len=0,  # v1 has no binary fields
+            max_ext_len=0,
+            max_array_len=len(body),
+            max_map_len=len(body) // 2,
+        )
+    except msgpack.ExtraData as exc:
+        raise WireFormatError("msgpack body: trailing bytes after the body map") from exc
+    except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, …
+        raise WireFormatError(f"msgpack body: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_batch(payload: bytes, *, max_body_bytes: int = MAX_BODY_BYTES) -> Batch:
+    """Decode and check a v1 payload; anything malformed raises WireFormatError naming where."""
+    payload = bytes(payload)
+    if len(payload) < HEADER_LEN:
+        raise WireFormatError(
+            f"payload too short: {len(payload)} bytes, a v1 batch starts with 5 (SSC1 + codec)"
+        )
+    if payload[:4] != MAGIC:
+        raise WireFormatError(
+            f"wrong magic {payload[:4].hex(' ')}: a v1 batch starts with 53 53 43 31 ('SSC1')"
+        )
+    codec = payload[4]
+    if codec == CODEC_PLAIN:
+        body = payload[HEADER_LEN:]
+        if len(body) > max_body_bytes:
+            raise WireFormatError(
+                f"body is {len(body)} bytes, over the {max_body_bytes}-byte limit"
+            )
+    elif codec == CODEC_ZSTD:
+        body = _decompress(payload[HEADER_LEN:], max_body_bytes)
+    else:
+        raise WireFormatError(f"unknown codec 0x{codec:02x}: v1 knows 0x00 (plain) and 0x01 (zstd)")
+    obj = _unpack(body)
+    try:
+        return _check_body(obj)
+    except WireFormatError:
+        raise
+    except Exception as exc:
+        # The checks are meant to catch everything; this keeps the contract (only
+        # WireFormatError comes out) even if one of them has a hole.
+        raise WireFormatError(
+            f"body: internal error in the v1 checks ({type(exc).__name__}: {exc}); please report it"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- status and topics
+
+
+def encode_status(status: Status) -> bytes:
+    """The status topic's retained JSON payload."""
+    _check_gateway(status.gw, "status.gw")
+    return json.dumps(
+        {
+            "state": status.state,
+            "gw": status.gw,
+            "boot": status.boot,
+            "t": status.t,
+            "version": status.version,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_status(payload: bytes | str) -> Status:
+    """Parse a status payload; unknown JSON keys are ignored, known ones are checked."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise WireFormatError(f"status: not JSON ({exc})") from exc
+    m = _need_map(obj, "status")
+    _check_keys(m, ("state", "gw", "boot", "t", "version"), "status", exact=False)
+    state = m["state"]
+    if state not in STATUS_STATES:
+        raise WireFormatError(f"status.state: must be 'online' or 'offline', got {state!r}")
+    version = _need_str(m["version"], "status.version")
+    return Status(
+        state=state,
+        gw=_check_gateway(m["gw"], "status.gw"),
+        boot=_need_int(m["boot"], "status.boot", minimum=0),
+        t=_need_int(m["t"], "status.t"),
+        version=version,
+    )
+
+
+def topic_for(prefix: str, gw: str, kind: TopicKind) -> str:
+    """``{prefix}/{gw}/batch`` or ``{prefix}/{gw}/status``."""
+    if kind not in TOPIC_KINDS:
+        raise ValueError(f"topic kind must be 'batch' or 'status', got {kind!r}")
+    if not _GATEWAY_ID.fullmatch(gw):
+        raise ValueError(f"{gw!r} is not a gateway id ([A-Za-z0-9_-]+)")
+    return f"{prefix.rstrip('/')}/{gw}/{kind}"
+
+
+def parse_topic(prefix: str, topic: str) -> tuple[str, TopicKind]:
+    """Split ``{prefix}/{gw}/{kind}`` into (gw, kind); WireFormatError if it is not one."""
+    head = prefix.rstrip("/") + "/"
+    parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+    if len(parts) != 2 or not _GATEWAY_ID.fullmatch(parts[0]) or parts[1] not in TOPIC_KINDS:
+        raise WireFormatError(f"topic {topic!r} is not {head}GATEWAY/batch or {head}GATEWAY/status")
+    kind: TopicKind = "batch" if parts[1] == "batch" else "status"
+    return parts[0], kind

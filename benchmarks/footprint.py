@@ -1,0 +1,171 @@
+"""Footprint of the agent at 1,000 readings/s: peak RSS, CPU % of one core, bytes per reading.
+
+Runs ``ssc-agent run`` as a subprocess against 50 simulated Modbus TCP meters × 20 points
+polled every second (in a second subprocess, so their CPU is not counted) and a local
+mosquitto, subscribes to the batches itself, and prints the figures.
+
+    .venv/bin/python benchmarks/footprint.py --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from agent.endpoints import parse_broker_url
+from agent.uplink import MqttSettings, subscribe
+from agent.wire import decode_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    conf = workdir / "mosquitto.conf"
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "persistence false\nmax_queued_messages 0\n")
+    logpath = workdir / "mosquitto.log"
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=logpath.open("ab"), stderr=subprocess.STDOUT)
+    for _ in range(250):
+        if " running" in logpath.read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise SystemExit(f"mosquitto did not start: {logpath.read_text(errors='replace')}")
+
+
+async def serve_meters(ports: list[int]) -> None:
+    from agent.logs import configure_logging
+    from agent.profiles import load_profile
+    from agent.simulator import serve_many
+
+    configure_logging("warning")
+
+    fleet = await serve_many({1: load_profile("ssc-demo-meter")}, "127.0.0.1", ports)
+    print("serving", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fleet.stop()
+
+
+def config_text(data_dir: Path, broker_port: int, ports: list[int], points: int) -> str:
+    devices = "".join(
+        f'\n[[devices]]\nname = "meter-{i:02d}"\ndriver = "modbus"\n'
+        f'endpoint = "tcp://127.0.0.1:{p}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n'
+        for i, p in enumerate(ports)
+    )
+    return (f'[gateway]\nid = "gw-bench"\ndata_dir = "{data_dir}"\nlog_level = "warning"\n\n'
+            f'[uplink]\nbroker = "mqtt://127.0.0.1:{broker_port}"\nbatch_max_age = "10 s"\n'
+            f"{devices}")
+
+
+async def measure(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="ssc-footprint-"))
+    broker_port = free_port()
+    ports = [free_port() for _ in range(args.devices)]
+    broker = start_mosquitto(workdir, broker_port)
+    meters = subprocess.Popen([sys.executable, __file__, "--serve", ",".join(map(str, ports))],
+                              stdout=subprocess.PIPE, cwd=ROOT)
+    assert meters.stdout is not None
+    if meters.stdout.readline().strip() != b"serving":
+        raise SystemExit("the simulated meters did not start")
+    config = workdir / "agent.toml"
+    config.write_text(config_text(workdir / "data", broker_port, ports, 20))
+    payload_bytes = 0
+    readings = 0
+    bad = 0
+    batches = 0
+
+    async def receive() -> None:
+        nonlocal payload_bytes, readings, batches, bad
+        settings = MqttSettings(parse_broker_url(f"mqtt://127.0.0.1:{broker_port}"),
+                                client_id="footprint-bench")
+        async for _topic, payload in subscribe(settings, ["ssc/v1/+/batch"], clean_session=True):
+            batch = decode_batch(payload)
+            batches += 1
+            payload_bytes += len(payload)
+            for s in batch.series:
+                readings += len(s.v)
+                bad += sum(1 for q in s.q if q != 0)
+
+    receiver = asyncio.create_task(receive())
+    await asyncio.sleep(0.5)
+    agent_log = (workdir / "agent.log").open("wb")
+    agent = subprocess.Popen([str(Path(sys.executable).parent / "ssc-agent"), "run", "--config",
+                              str(config)], stderr=agent_log, cwd=ROOT)
+    proc = psutil.Process(agent.pid)
+    peak = 0
+    await asyncio.sleep(args.warmup)
+    cpu0 = proc.cpu_times()
+    t0 = time.monotonic()
+    base_readings, base_bytes = readings, payload_bytes
+    while time.monotonic() - t0 < args.duration:
+        peak = max(peak, proc.memory_info().rss)
+        await asyncio.sleep(0.25)
+    cpu1 = proc.cpu_times()
+    elapsed = time.monotonic() - t0
+    window_readings = readings - base_readings
+    window_bytes = payload_bytes - base_bytes
+    rss_end = proc.memory_info().rss
+    uss = proc.memory_full_info().uss
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(30)
+    await asyncio.sleep(1.0)
+    receiver.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await receiver
+    meters.terminate()
+    broker.terminate()
+    meters.wait(5)
+    broker.wait(5)
+    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed * 100
+    mib = 1024 * 1024
+    print(f"devices × points:        {args.devices} × 20 at 1 s")
+    print(f"measured for:            {elapsed:.1f} s after {args.warmup:.0f} s warm-up")
+    print(f"readings received:       {window_readings} ({window_readings / elapsed:.0f}/s), "
+          f"{bad} of all {readings} with a bad quality code")
+    print(f"agent peak RSS:          {peak / mib:.1f} MiB (end {rss_end / mib:.1f} MiB, "
+          f"USS {uss / mib:.1f} MiB)")
+    print(f"agent CPU:               {cpu:.1f} % of one core")
+    if window_readings:
+        print(f"bytes per reading:       {window_bytes / window_readings:.2f} "
+              f"(wire payload, {batches} batches in all)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve_meters([int(p) for p in args.serve.split(",")]))
+        return
+    asyncio.run(measure(args))
+
+
+if __name__ == "__main__":
+    main()

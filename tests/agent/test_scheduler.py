@@ -1,0 +1,142 @@
+"""Scheduler timing with an injected clock: alignment, backoff, overruns, down/up logged once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.driver import PointInfo
+from agent.errors import DeviceUnavailable
+from agent.readings import Event, PointValue, Quality, Reading
+from agent.scheduler import DevicePoller, backoff_slots, next_slot
+
+
+class FakeClock:
+    """Time that moves only when the poller sleeps (or a driver 'takes' time)."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class ScriptedDriver:
+    """A driver whose answers follow a script: True = answer, False = no answer."""
+
+    def __init__(self, clock: FakeClock, script: Sequence[bool], read_seconds: float = 0.0):
+        self._clock = clock
+        self._script = list(script)
+        self._read_seconds = read_seconds
+        self.reads = 0
+        self.connects = 0
+        self.closes = 0
+
+    @property
+    def points(self) -> Sequence[PointInfo]:
+        return [PointInfo("p", "W"), PointInfo("q", None)]
+
+    async def connect(self) -> None:
+        self.connects += 1
+
+    async def read(self) -> Sequence[PointValue]:
+        self._clock.now += self._read_seconds
+        ok = self._script[self.reads] if self.reads < len(self._script) else True
+        self.reads += 1
+        if not ok:
+            raise DeviceUnavailable("dev: no answer")
+        return [PointValue("p", 1.5), PointValue("q", 7)]
+
+    async def close(self) -> None:
+        self.closes += 1
+
+
+async def run_for(poller: DevicePoller, clock: FakeClock, until: float) -> None:
+    task = asyncio.create_task(poller.run())
+    while clock.now < until:
+        await asyncio.sleep(0)
+        if task.done():
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize(
+    ("now", "interval", "expected"),
+    [(0.0, 10.0, 10.0), (9.99, 10.0, 10.0), (10.0, 10.0, 20.0), (1003.2, 15.0, 1005.0),
+     (1_700_000_001.5, 1.0, 1_700_000_002.0)],
+)
+def test_next_slot_is_aligned_to_the_epoch_grid(
+    now: float, interval: float, expected: float
+) -> None:
+    assert next_slot(now, interval) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("failures", "interval", "slots"),
+    [(0, 10, 1), (1, 10, 1), (2, 10, 2), (3, 10, 4), (5, 10, 16), (9, 10, 30), (20, 1, 300)],
+)
+def test_backoff_doubles_and_is_capped(failures: int, interval: float, slots: int) -> None:
+    assert backoff_slots(failures, interval) == slots
+
+
+async def test_readings_carry_the_scheduled_time_and_values() -> None:
+    clock = FakeClock(1_000_003.3)
+    driver = ScriptedDriver(clock, [True] * 10, read_seconds=0.4)
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 10.0, emit=got.extend, event=lambda e: None,
+                          clock=clock, sleep=clock.sleep)
+    await run_for(poller, clock, 1_000_040.0)
+    times = sorted({r.t for r in got})
+    assert times[:3] == [1_000_010_000, 1_000_020_000, 1_000_030_000]
+    first = [r for r in got if r.t == 1_000_010_000]
+    assert [(r.point, r.value, r.unit, r.quality) for r in first] == [
+        ("p", 1.5, "W", Quality.GOOD), ("q", 7, None, Quality.GOOD)]
+    assert driver.connects == 1
+
+
+async def test_dead_device_backs_off_records_bad_slots_and_logs_once() -> None:
+    clock = FakeClock(0.5)
+    # fails 5 times, then answers
+    driver = ScriptedDriver(clock, [False] * 5 + [True] * 50)
+    got: list[Reading] = []
+    events: list[Event] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=events.append,
+                          clock=clock, sleep=clock.sleep)
+    with capture_logs() as logs:
+        await run_for(poller, clock, 40.0)
+    # attempts at 1, 2 (1 slot), 4 (2 slots), 8 (4), 16 (8), then ok at 32 (16 slots)
+    p_readings = sorted((r.t, r.quality) for r in got if r.point == "p")
+    attempts_ok = [t for t, q in p_readings if q is Quality.GOOD]
+    assert attempts_ok[0] == 32_000
+    # every slot has a reading: nothing disappears while backing off
+    assert [t for t, _ in p_readings] == list(range(1000, p_readings[-1][0] + 1, 1000))
+    assert driver.reads >= 6
+    assert all(q is Quality.COMM_ERROR for t, q in p_readings if t < 32_000)
+    down = [entry for entry in logs if entry["event"] == "device_unavailable"]
+    up = [entry for entry in logs if entry["event"] == "device_available"]
+    assert len(down) == 1 and len(up) == 1
+    assert down[0]["device"] == "m1"
+    assert [e.kind for e in events] == ["device_down", "device_up"]
+    assert events[0].t == 1000 and events[1].t == 32_000
+
+
+async def test_overrun_is_counted_and_skipped_not_queued() -> None:
+    clock = FakeClock(0.0)
+    driver = ScriptedDriver(clock, [True] * 20, read_seconds=2.5)  # longer than the interval
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=lambda e: None,
+                          clock=clock, sleep=clock.sleep)
+    await run_for(poller, clock, 20.0)
+    times = sorted({r.t for r in got})
+    # polls at 1, 4, 7, …: each read ends 2.5 s later and the next slot after that is taken
+    assert times[:4] == [1000, 4000, 7000, 10000]
+    assert poller.stats.overruns >= 4

@@ -1,0 +1,231 @@
+"""The whole chain with real parts: pymodbus simulator → `ssc-agent run` (a subprocess) → real
+mosquitto → receiver → SQLite. Values, types and timestamps must arrive exactly; a SIGKILLed
+agent resends what it had stored and loses nothing it had committed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.endpoints import parse_broker_url
+from agent.profiles import load_profile
+from agent.receiver import ReceiverSettings, ReceiverStats, run_receiver
+from agent.simulator import SimulatorServer, serve
+from agent.sink import SqliteSink
+from drivers.modbus.config import PointType
+from tests.conftest import Mosquitto, free_port
+
+GW = "gw-e2e"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp: Path, broker: Mosquitto, meter_port: int, interval: str) -> Path:
+    config = tmp / "agent.toml"
+    config.write_text(
+        f'[gateway]\nid = "{GW}"\ndata_dir = "{tmp / "data"}"\n\n'
+        f'[uplink]\nbroker = "{broker.url}"\nbatch_max_age = "3 s"\npublish_timeout = "3 s"\n'
+        f'keepalive = "2 s"\n\n'
+        f'[[devices]]\nname = "meter-1"\ndriver = "modbus"\n'
+        f'endpoint = "tcp://127.0.0.1:{meter_port}"\nprofile = "ssc-demo-meter"\n'
+        f'interval = "{interval}"\n'
+    )
+    return config
+
+
+def start_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--log-json", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=ROOT,
+    )
+
+
+def stop_agent(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def receiving(broker: Mosquitto, sink: Path) -> AsyncIterator[ReceiverStats]:
+    stats = ReceiverStats()
+    stop = asyncio.Event()
+    settings = ReceiverSettings(broker=parse_broker_url(broker.url), sink_url=f"sqlite:///{sink}",
+                                client_id="e2e-receiver")
+    task = asyncio.create_task(run_receiver(settings, stop=stop, stats=stats))
+    try:
+        yield stats
+    finally:
+        stop.set()
+        await task
+
+
+async def wait_for(predicate: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    assert callable(predicate)
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.1)
+    return bool(predicate())
+
+
+def f32(value: float) -> float:
+    return float(struct.unpack(">f", struct.pack(">f", value))[0])
+
+
+async def feed_values_ahead(server: SimulatorServer, interval: float, slots: list[float]) -> None:
+    """Write each slot's values half an interval before the agent polls it."""
+    while True:
+        now = time.time()
+        slot = (math.floor(now / interval) + 1) * interval
+        await asyncio.sleep(max(0.0, slot - interval / 2 - now))
+        await server.update(slot)
+        slots.append(slot)
+        await asyncio.sleep(interval / 2 + 0.01)
+
+
+async def test_every_polled_value_arrives_with_its_value_type_and_time(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    profile = load_profile("ssc-demo-meter")
+    port = free_port()
+    server = await serve({1: profile}, "127.0.0.1", port, update_interval=3600.0)
+    meter = server.meters[1]
+    interval = 2.0
+    slots: list[float] = []
+    feeder = asyncio.create_task(feed_values_ahead(server, interval, slots))
+    sink = tmp_path / "received.db"
+    config = write_config(tmp_path, mosquitto, port, "2 s")
+    log = tmp_path / "agent.log"
+    try:
+        async with receiving(mosquitto, sink) as stats:
+            agent = start_agent(config, log)
+            try:
+                await asyncio.sleep(9.0)
+            finally:
+                stop_agent(agent)
+            assert agent.returncode == 0, log.read_text()
+            stopped = [e for e in log_events(log) if e.get("event") == "agent_stopped"]
+            assert stopped and stopped[0]["unsent_batches"] == 0, log.read_text()
+            await wait_for(lambda: stats.batches >= 2, 10)
+    finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+        await server.stop()
+
+    with SqliteSink.open(f"sqlite:///{sink}") as db:
+        readings = db.readings_for(GW)
+    assert readings, "the receiver stored nothing"
+    times = sorted({r.t for r in readings})
+    assert len(times) >= 3
+    assert all(t % 2000 == 0 for t in times), times
+    assert times == list(range(times[0], times[-1] + 1, 2000)), "a poll slot is missing"
+    types = {p.name: p.type for p in meter.points}
+    scaled = {p.name for p in meter.points if p.scale != 1.0 or p.offset != 0.0}
+    assert len(readings) == len(times) * len(types)
+    assert Counter((r.device, r.point, r.t) for r in readings).most_common(1)[0][1] == 1
+    checked = 0
+    for r in readings:
+        assert r.device == "meter-1"
+        assert r.quality == 0, r
+        if r.t / 1000 not in slots:
+            continue  # polled before the feeder wrote this slot's values
+        expected = meter.values_at(r.t / 1000)[r.point]
+        kind = types[r.point]
+        if kind in (PointType.F32,):
+            assert isinstance(r.value, float), r
+            assert r.value == f32(float(expected)), (r, expected)
+        elif r.point in scaled:
+            assert isinstance(r.value, float), r
+            assert r.value == pytest.approx(expected, rel=1e-9, abs=1e-9), (r, expected)
+        else:
+            assert isinstance(r.value, int) and not isinstance(r.value, bool), r
+            assert r.value == expected, (r, expected)
+        checked += 1
+    assert checked >= 2 * len(types), f"only {checked} readings could be compared"
+
+
+async def test_sigkilled_agent_resends_its_backlog_and_loses_nothing_committed(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    profile = load_profile("ssc-demo-meter")
+    port = free_port()
+    server = await serve({1: profile}, "127.0.0.1", port, update_interval=1.0)
+    sink = tmp_path / "received.db"
+    config = write_config(tmp_path, mosquitto, port, "1 s")
+    log = tmp_path / "agent.log"
+    try:
+        async with receiving(mosquitto, sink) as stats:
+            agent = start_agent(config, log)
+            await wait_for(lambda: stats.batches >= 1, 15)
+            assert stats.batches >= 1, log.read_text()
+            # The broker stalls (SIGSTOP: TCP stays up, nothing is acknowledged): batches pile
+            # up in the store; then the agent dies without warning and the broker comes back.
+            mosquitto.stop()
+            await asyncio.sleep(5.0)
+            killed_at = time.time()
+            os.kill(agent.pid, signal.SIGKILL)
+            agent.wait()
+            mosquitto.cont()
+            await asyncio.sleep(1.0)
+            restarted_at = time.time()
+            agent = start_agent(config, log)
+            await asyncio.sleep(5.0)
+            stop_agent(agent)
+            assert agent.returncode == 0, log.read_text()
+            with SqliteSink.open(f"sqlite:///{sink}") as db:
+                await wait_for(lambda: db.count_readings(GW) > 0 and stats.batches >= 3, 10)
+    finally:
+        await server.stop()
+
+    with SqliteSink.open(f"sqlite:///{sink}") as db:
+        readings = db.readings_for(GW)
+        seqs = db.seqs(GW)
+        gaps = db.gaps(GW)
+    per_key = Counter((r.device, r.point, r.t) for r in readings)
+    assert max(per_key.values()) == 1, "a reading was stored twice"
+    assert stats.batches >= 3
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)) and not gaps, (seqs, gaps)
+    points = {str(p["name"]) for p in profile.points}
+    times = sorted({r.t for r in readings})
+    # Everything polled up to one flush interval (1 s) before the kill was committed, so it
+    # must have arrived; so must everything after the restart.
+    before = [t for t in times if t <= (killed_at - 1.5) * 1000]
+    after = [t for t in times if t >= (restarted_at + 2) * 1000]
+    assert before and after
+    assert before == list(range(before[0], before[-1] + 1000, 1000)), "lost before the kill"
+    assert before[-1] >= (killed_at - 2.5) * 1000, "the last committed second did not arrive"
+    assert after == list(range(after[0], after[-1] + 1000, 1000)), "lost after the restart"
+    for t in before + after:
+        assert {r.point for r in readings if r.t == t} == points
+    starts = [e for e in log_events(log) if e.get("event") == "agent_started"]
+    assert [e["boot"] for e in starts] == [1, 2]
+    # the open batch's committed readings were taken back after the kill
+    recovered = starts[1]["recovered_readings"]
+    assert isinstance(recovered, int) and recovered > 0, starts[1]
+
+
+def log_events(path: Path) -> list[dict[str, object]]:
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
