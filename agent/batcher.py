@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.errors import BufferFull
+from agent.errors import BufferFull, WireFormatError
 from agent.readings import Event, Reading
 from agent.store import BatchStore
-from agent.wire import Batch, build_series, encode_batch
+from agent.wire import Batch, build_series, encode_batch, event_to_map
 
 log = structlog.get_logger(__name__)
 
@@ -127,9 +127,7 @@ class Batcher:
                 created=created,
                 series=build_series(readings),
                 aggregates=(),
-                events=tuple(
-                    {"t": e.t, "kind": e.kind, "dev": e.device, "msg": e.message} for e in events
-                ),
+                events=tuple(event_to_map(e) for e in events),
             )
             return encode_batch(batch, codec=self._codec, level=self._level)
 
@@ -139,6 +137,12 @@ class Batcher:
         except BufferFull as exc:
             self.stats.write_errors += 1
             log.error("buffer_seal_failed", error=str(exc), readings=len(readings))
+            return None
+        except WireFormatError as exc:
+            # A bug, not bad input (build_series sanitizes values): keep the batch open and
+            # its readings pending rather than lose them; the next flush tries again.
+            self.stats.write_errors += 1
+            log.error("batch_encode_failed", error=str(exc), readings=len(readings))
             return None
         self._open = []
         self._open_events = []

@@ -10,10 +10,10 @@ code, never missing. When the device does not answer at all, ``read()`` raises
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +54,27 @@ class DeviceConfig(BaseModel):
     enabled: bool = True
 
 
+@dataclass
+class DriverContext:
+    """What a driver may need beyond its own device table, shared by every device of a run.
+
+    ``buses`` are the validated ``[[buses]]`` tables by name (``agent.config.BusConfig``).
+    ``resources`` holds objects several devices share (e.g. one serial port for every device on
+    an RS-485 line), keyed by the driver as it likes (``"modbus:bus:rs485-1"``); a driver that
+    puts one there registers its clean-up in ``closers``, run once at shutdown after every
+    driver's ``close()``.
+    """
+
+    buses: Mapping[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Run the registered clean-ups (each once), newest first."""
+        while self.closers:
+            await self.closers.pop()()
+
+
 @dataclass(frozen=True)
 class DriverSpec:
     """What an entry point of group ``ssc_agent.drivers`` points at."""
@@ -62,7 +83,7 @@ class DriverSpec:
     version: str
     description: str
     config_model: type[DeviceConfig]
-    create: Callable[[DeviceConfig], Driver]
+    create: Callable[[DeviceConfig, DriverContext], Driver]
     sample_toml: str = ""
 
 

@@ -20,7 +20,7 @@ import structlog
 from agent import __version__
 from agent.batcher import Batcher
 from agent.config import AgentConfig
-from agent.driver import DeviceConfig, Driver, discover
+from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
 from agent.scheduler import DevicePoller
 from agent.store import BatchStore
@@ -40,17 +40,12 @@ def unsupported_parts(config: AgentConfig) -> list[str]:
             f"kpis: {len(config.kpis)} [[kpis]] defined, but the KPI engine is not supported "
             "yet in this release; remove them to run (`kpi replay` comes with the KPI engine)"
         )
-    for i, device in enumerate(config.devices):
-        if getattr(device, "bus", None) is not None:
-            problems.append(
-                f"devices[{i}] (name={device.name}, driver={device.driver}) → bus: Modbus RTU "
-                "over a serial bus is not supported yet in this release; use endpoint = "
-                "\"tcp://HOST:PORT\""
-            )
     return problems
 
 
-def create_drivers(config: AgentConfig) -> list[tuple[DeviceConfig, Driver]]:
+def create_drivers(
+    config: AgentConfig, context: DriverContext
+) -> list[tuple[DeviceConfig, Driver]]:
     """One driver per enabled device, each from its installed driver spec."""
     installed = discover()
     out: list[tuple[DeviceConfig, Driver]] = []
@@ -65,7 +60,7 @@ def create_drivers(config: AgentConfig) -> list[tuple[DeviceConfig, Driver]]:
             problems.append(f"{where} → driver: {reason}")
             continue
         try:
-            out.append((device, entry.spec.create(device)))
+            out.append((device, entry.spec.create(device, context)))
         except ConfigError as exc:
             problems.extend(f"{where}: {p}" for p in exc.problems)
     if problems:
@@ -97,7 +92,8 @@ async def run_agent(
     problems = unsupported_parts(config)
     if problems:
         raise ConfigError(problems)
-    drivers = create_drivers(config)
+    context = DriverContext(buses=config.buses_by_name)
+    drivers = create_drivers(config, context)
 
     data_dir = Path(config.gateway.data_dir)
     store = BatchStore.open(data_dir / STORE_FILE, sync=config.buffer.sync)
@@ -169,6 +165,7 @@ async def run_agent(
             await uplink.say_offline()
             sender.cancel()
     finally:
+        await context.close()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -15,13 +15,12 @@ against aiomqtt 2.5 / paho 2.2 (PROTOCOLS.md §2):
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiomqtt
 import structlog
@@ -30,6 +29,7 @@ from agent import __version__
 from agent.endpoints import BrokerAddress
 from agent.errors import UplinkError
 from agent.store import OutgoingBatch
+from agent.wire import Status, encode_status
 
 log = structlog.get_logger(__name__)
 
@@ -219,10 +219,9 @@ class Uplink:
         self._idle = asyncio.Event()
         self._client: aiomqtt.Client | None = None
 
-    def _status(self, state: str) -> bytes:
-        body = {"state": state, "gw": self._gw, "boot": self._boot,
-                "t": int(self._clock() * 1000), "version": __version__}
-        return json.dumps(body, separators=(",", ":")).encode()
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
+        return encode_status(Status(state, self._gw, self._boot, int(self._clock() * 1000),
+                                    __version__))
 
     async def run(self) -> None:
         """Connect, send, reconnect with jittered exponential backoff; forever."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 import agent
-from agent.driver import DeviceConfig, DriverSpec, PointInfo
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.modbus.codec import apply_scale, decode_registers
@@ -234,7 +234,7 @@ class ModbusTcpDriver:
             self._log.debug("modbus_closed")
 
 
-def create_driver(config: DeviceConfig) -> ModbusTcpDriver:
+def create_driver(config: DeviceConfig, context: DriverContext) -> ModbusTcpDriver:
     """Build the driver for a validated Modbus device config."""
     if not isinstance(config, ModbusDeviceConfig):
         raise ConfigError(

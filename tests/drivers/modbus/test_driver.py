@@ -12,7 +12,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 
-from agent.driver import PointInfo
+from agent.driver import DriverContext, PointInfo
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.profiles import Profile, apply_profile, load_profile
 from agent.readings import PointValue, Quality
@@ -353,7 +353,7 @@ def test_spec_factory_refuses_a_serial_bus() -> None:
         {"name": "rtu-1", "bus": "rs485-1", "points": [{"name": "a", "address": 0}]}
     )
     with pytest.raises(ConfigError, match="Modbus RTU over a serial bus is not supported yet"):
-        SPEC.create(config)
+        SPEC.create(config, DriverContext())
 
 
 def test_spec_describes_the_driver() -> None:
@@ -364,7 +364,7 @@ def test_spec_describes_the_driver() -> None:
             "points": [{"name": "a", "address": 0}],
         }
     )
-    driver = SPEC.create(config)
+    driver = SPEC.create(config, DriverContext())
     assert isinstance(driver, ModbusTcpDriver)
     assert driver.requests_per_cycle == 1
     assert SPEC.name == "modbus"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent.driver import DriverContext
 from agent.profiles import apply_profile, load_profile
 from drivers.modbus.config import ModbusDeviceConfig, PointType, Table
 from drivers.modbus.driver import SPEC, ModbusTcpDriver
@@ -29,7 +30,7 @@ def test_sample_devices_validate_after_profile_merging() -> None:
     assert devices[0].max_registers_per_request == 60
     assert {p.table for p in devices[1].points} == {Table.HOLDING, Table.INPUT, Table.COIL}
     for device in devices:
-        assert isinstance(SPEC.create(device), ModbusTcpDriver)
+        assert isinstance(SPEC.create(device, DriverContext()), ModbusTcpDriver)
 
 
 def test_readme_configuration_section_is_the_sample() -> None:
