@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after this long (default 60; 0 = until Ctrl-C)")
     p.add_argument("--meters", type=int, default=3, help="simulated meters (default 3)")
     p.add_argument("--interval", default="1 s", help="poll interval (default '1 s')")
-    p.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
+    p.add_argument("--broker", metavar="URL",
+                   help="use this broker instead of starting one; 'embedded' starts the "
+                   "pure-Python broker even when mosquitto is installed")
     p.add_argument("--data-dir", type=Path, metavar="DIR",
                    help="keep the agent's buffer and the receiver's database here")
     return parser

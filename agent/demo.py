@@ -45,10 +45,11 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def local_broker(workdir: Path) -> AsyncIterator[str]:
+async def local_broker(workdir: Path, *, embedded: bool = False) -> AsyncIterator[str]:
     """A broker on a free loopback port for the demo's lifetime; yields its URL."""
     port = free_port()
-    mosquitto = shutil.which("mosquitto") or (
+    # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+    mosquitto = None if embedded else shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
     if mosquitto is not None:
@@ -165,8 +166,11 @@ async def run_demo(
               + ", ".join(f"tcp://127.0.0.1:{p}" for p in ports), flush=True)
         try:
             async with contextlib.AsyncExitStack() as brokers:
-                broker: str = (broker_url if broker_url is not None
-                               else await brokers.enter_async_context(local_broker(workdir)))
+                if broker_url is None or broker_url == "embedded":
+                    broker = await brokers.enter_async_context(
+                        local_broker(workdir, embedded=broker_url == "embedded"))
+                else:
+                    broker = broker_url
                 config_path = workdir / "agent.toml"
                 config_path.write_text(_config_text(workdir / "agent", broker, ports, interval))
                 config = load_config(config_path)

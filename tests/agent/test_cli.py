@@ -1,0 +1,149 @@
+"""The CLI contract: exit codes, one error line each naming where, commands that work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, check=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = """
+[gateway]
+id = "gw-1"
+data_dir = "{data}"
+[uplink]
+broker = "mqtt://127.0.0.1:{port}"
+[[devices]]
+name = "meter-1"
+driver = "modbus"
+endpoint = "tcp://127.0.0.1:{port}"
+profile = "ssc-demo-meter"
+"""
+
+
+def test_validate_ok_exits_0(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD.format(data=tmp_path / "d", port=free_port()))
+    done = cli("validate", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "valid (1 devices" in done.stdout
+    assert not (tmp_path / "d").exists(), "validate must not create the data_dir"
+
+
+def test_validate_reports_every_error_with_where_and_exits_2(tmp_path: Path) -> None:
+    config = write(tmp_path, """
+[gateway]
+id = "gw 1"
+[uplink]
+broker = "http://x"
+[[devices]]
+name = "meter-1"
+driver = "modbus"
+endpoint = "tcp://127.0.0.1:502"
+points = [{ name = "a", address = 0, type = "float" }, { name = "b", address = 70000 }]
+""")
+    done = cli("validate", "--config", str(config))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 4, done.stderr
+    assert all(line.startswith("ssc-agent: ") for line in lines)
+    text = done.stderr
+    assert "gateway.id:" in text
+    assert "uplink.broker:" in text
+    assert ("devices[0] (name=meter-1, driver=modbus) → points[0].type: must be one of u16, "
+            "i16, u32, i32, u64, i64, f32, f64, bool") in text
+    assert "devices[0] (name=meter-1, driver=modbus) → points[1].address:" in text
+
+
+def test_missing_config_and_bad_usage(tmp_path: Path) -> None:
+    done = cli("validate", "--config", str(tmp_path / "nope.toml"))
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr
+    assert cli("frobnicate").returncode == 2
+    assert cli("validate").returncode == 2  # --config is required
+
+
+def test_sample_config_validates_as_printed(tmp_path: Path) -> None:
+    done = cli("sample-config")
+    assert done.returncode == 0
+    config = write(tmp_path, done.stdout)
+    checked = cli("validate", "--config", str(config))
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_sample_config_for_unknown_driver_is_an_error() -> None:
+    done = cli("sample-config", "--driver", "nope")
+    assert done.returncode == 2
+    assert "installed drivers: modbus" in done.stderr
+
+
+def test_drivers_lists_modbus_with_version_and_origin() -> None:
+    done = cli("drivers")
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("modbus"))
+    assert "ssc-edge-agent 0.1.0 (drivers.modbus.driver:SPEC)" in line
+
+
+def test_run_refuses_kpis_until_the_engine_lands(tmp_path: Path) -> None:
+    text = GOOD.format(data=tmp_path / "d", port=free_port()) + """
+[[kpis]]
+name = "power_15min"
+source = "meter-1.power_total"
+operator = "mean"
+window = "15 min"
+sample_interval = "15 s"
+"""
+    done = cli("run", "--config", str(write(tmp_path, text)))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ssc-agent: kpis: 1 [[kpis]] defined, but the KPI engine is not supported yet in this "
+        "release; remove them to run (`kpi replay` comes with the KPI engine)"
+    ]
+    assert not (tmp_path / "d").exists()
+
+
+def test_buffer_stats_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.readings import Quality, Reading
+    from agent.store import BatchStore
+
+    data = tmp_path / "d"
+    config = write(tmp_path, GOOD.format(data=data, port=free_port()))
+    assert main(["buffer", "stats", "--config", str(config)]) == 1
+    assert "does not exist yet" in capsys.readouterr().err
+    store = BatchStore.open(data / "buffer.db")
+    store.start_boot()
+    upto = store.append_pending([Reading("m", "p", None, 1, 1, Quality.GOOD)], [])
+    store.seal(lambda seq: b"SSC1\x00payload", created=5, n_readings=1, pending_upto=upto)
+    store.close()
+    assert main(["buffer", "stats", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "batches unsent:  1 (1 readings" in out
+    assert "boot / next seq: 1 / 2" in out
+    assert main(["buffer", "export", "--config", str(config), "--output",
+                 str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "gw-1-0000000001.ssc1").read_bytes() == b"SSC1\x00payload"
+
+
+def test_help_names_every_command() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for command in ("run", "validate", "sample-config", "drivers", "simulate", "receive",
+                    "buffer", "demo"):
+        assert command in done.stdout

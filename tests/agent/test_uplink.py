@@ -1,0 +1,157 @@
+"""The uplink against a real mosquitto: status birth and last will, TLS with a CA file, a
+password from a file; errors that name the file and never show the secret."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.endpoints import parse_broker_url
+from agent.store import BatchStore
+from agent.uplink import MqttSettings, Uplink
+from agent.wire import decode_status
+from tests.conftest import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "s3cret-Pa55-word"
+
+
+def retained_status(broker: Mosquitto, gw: str) -> str:
+    done = subprocess.run(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t",
+         f"ssc/v1/{gw}/status", "-C", "1", "-W", "5"],
+        capture_output=True, text=True, check=False, timeout=10,
+    )
+    assert done.returncode == 0, done.stderr
+    return decode_status(done.stdout.strip()).state
+
+
+def agent_config(tmp_path: Path, broker: Mosquitto) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[gateway]\nid = "gw-st"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[uplink]\nbroker = "{broker.url}"\nkeepalive = "2 s"\n'
+        f'[[devices]]\nname = "m"\ndriver = "modbus"\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+        'profile = "ssc-demo-meter"\n'
+    )
+    return path
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_status_is_online_while_running_and_offline_after_sigkill_and_sigterm(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    config = agent_config(tmp_path, mosquitto)
+    for stop_signal in (signal.SIGKILL, signal.SIGTERM):
+        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
+                                  str(config)], cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_until(lambda: retained_status(mosquitto, "gw-st") == "online", 10)
+        finally:
+            os.kill(agent.pid, stop_signal)
+            agent.wait(20)
+        # SIGKILL: the broker publishes the last will; SIGTERM: the agent says so itself.
+        assert wait_until(lambda: retained_status(mosquitto, "gw-st") == "offline", 10), (
+            stop_signal)
+
+
+# --------------------------------------------------------------------------- TLS and password
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> tuple[Mosquitto,
+                                                                                  int, Path]:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "30", "-subj", "/CN=test-ca", cwd=certs)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=localhost", cwd=certs)
+    (certs / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "30", "-extfile", "san.ext",
+            cwd=certs)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out",
+            "other-ca.crt", "-days", "30", "-subj", "/CN=other-ca", cwd=certs)
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(certs / "passwd"), "gw-017", PASSWORD],
+                   check=True, capture_output=True)
+    tls_port = free_port()
+    broker = mosquitto_factory(
+        f"listener {tls_port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {certs / 'passwd'}\ncafile {certs / 'ca.crt'}\n"
+        f"certfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n",
+        per_listener_settings=True,
+    )
+    return broker, tls_port, certs
+
+
+async def run_uplink_for(settings: MqttSettings, store: BatchStore, seconds: float) -> Uplink:
+    uplink = Uplink(settings, store, gw="gw-017", boot=1, topic_prefix="ssc/v1", max_inflight=4,
+                    wake=asyncio.Event(), clock=time.time)
+    task = asyncio.create_task(uplink.run())
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and store.stats().batches:
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return uplink
+
+
+def one_batch_store(tmp_path: Path) -> BatchStore:
+    store = BatchStore.open(tmp_path / "buffer.db")
+    store.seal(lambda seq: b"SSC1\x00x", created=1, n_readings=3, pending_upto=0)
+    return store
+
+
+@pytest.mark.parametrize("case", ["ok", "wrong_password", "wrong_ca"])
+async def test_tls_and_password(tmp_path: Path, tls_broker: tuple[Mosquitto, int, Path],
+                                case: str) -> None:
+    _, tls_port, certs = tls_broker
+    password_file = tmp_path / "mqtt-password"
+    password_file.write_text((PASSWORD if case != "wrong_password" else "not-it-" + PASSWORD)
+                             + "\n")
+    ca = certs / ("other-ca.crt" if case == "wrong_ca" else "ca.crt")
+    settings = MqttSettings(parse_broker_url(f"mqtts://127.0.0.1:{tls_port}"), "gw-017",
+                            username="gw-017", password_file=password_file, ca_file=ca,
+                            keepalive=5, timeout=3)
+    store = one_batch_store(tmp_path)
+    with capture_logs() as logs:
+        uplink = await run_uplink_for(settings, store, 3.0 if case == "ok" else 2.5)
+    text = repr(logs)
+    assert PASSWORD not in text
+    if case == "ok":
+        assert store.stats().batches == 0, logs
+        assert uplink.stats.acknowledged == 1
+        return
+    assert store.stats().batches == 1, "nothing is deleted without a PUBACK"
+    down = [e for e in logs if e["event"] == "uplink_down"]
+    assert len(down) == 1, logs  # logged once, retries are quiet
+    if case == "wrong_password":
+        assert down[0]["error"] == (
+            "broker refused the login of user 'gw-017': check password_file")
+    else:
+        assert f"not trusted by ca_file {ca}" in down[0]["error"]
+    assert uplink.stats.disconnects >= 1
