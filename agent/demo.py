@@ -39,9 +39,19 @@ SHOWN_POINTS = ("voltage_l1", "power_total", "energy_import", "enclosure_tempera
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @contextlib.asynccontextmanager
@@ -160,7 +170,7 @@ async def run_demo(
         workdir = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix="ssc-demo-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        ports = [free_port() for _ in range(meters)]
+        ports = free_ports(meters)
         fleet = await serve_many({1: load_profile("ssc-demo-meter")}, "127.0.0.1", ports)
         print(f"meters:   {meters} simulated ssc-demo-meter on "
               + ", ".join(f"tcp://127.0.0.1:{p}" for p in ports), flush=True)

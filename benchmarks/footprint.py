@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,12 @@ from pathlib import Path
 
 import psutil
 
+from agent.demo import free_port, free_ports
 from agent.endpoints import parse_broker_url
 from agent.uplink import MqttSettings, subscribe
 from agent.wire import decode_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -83,7 +77,7 @@ def config_text(data_dir: Path, broker_port: int, ports: list[int], points: int)
 async def measure(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ssc-footprint-"))
     broker_port = free_port()
-    ports = [free_port() for _ in range(args.devices)]
+    ports = free_ports(args.devices)
     broker = start_mosquitto(workdir, broker_port)
     meters = subprocess.Popen([sys.executable, __file__, "--serve", ",".join(map(str, ports))],
                               stdout=subprocess.PIPE, cwd=ROOT)
