@@ -27,6 +27,12 @@ class BatcherStats:
     flushes: int = 0
     batches_sealed: int = 0
     write_errors: int = 0
+    lost_in_memory: int = 0
+
+
+# While the store cannot be written (disk full), readings wait in memory up to this many
+# batches' worth; beyond it the oldest are dropped, counted, and reported once writes work.
+HELD_BATCHES = 10
 
 
 class Batcher:
@@ -60,6 +66,8 @@ class Batcher:
         self._unflushed_events: list[Event] = []
         self._opened_at: float | None = None
         self._pending_upto = 0
+        self._unreported_loss = 0
+        self._failing = False
         self.stats = BatcherStats()
 
     def recover(self) -> int:
@@ -92,19 +100,44 @@ class Batcher:
         """Commit what arrived since the last flush; seal the batch when it is full or old."""
         if self._unflushed or self._unflushed_events:
             try:
+                if self._unreported_loss:
+                    self._store.note_lost(self._unreported_loss, "store_unwritable")
+                    self._unreported_loss = 0
                 self._pending_upto = self._store.append_pending(
                     self._unflushed, self._unflushed_events
                 )
             except BufferFull as exc:
-                # Keep them in memory and try again next interval; nothing accepted is dropped.
-                self.stats.write_errors += 1
-                log.error("buffer_write_failed", error=str(exc), held=len(self._unflushed))
+                self._write_failed(exc)
                 return
+            if self._failing:
+                self._failing = False
+                log.info("buffer_writable_again", held=len(self._unflushed))
             self._unflushed = []
             self._unflushed_events = []
             self.stats.flushes += 1
+        try:
+            self._store.expire()
+        except BufferFull as exc:
+            self._write_failed(exc)
+            return
         if self._due():
             self.seal()
+
+    def _write_failed(self, exc: BufferFull) -> None:
+        """Keep readings in memory (bounded) and retry next interval; log once per episode."""
+        self.stats.write_errors += 1
+        if not self._failing:
+            self._failing = True
+            log.error("buffer_write_failed", error=str(exc), held=len(self._unflushed))
+        limit = HELD_BATCHES * self._max_readings
+        excess = len(self._unflushed) - limit
+        if excess > 0:
+            lost = set(map(id, self._unflushed[:excess]))
+            self._unflushed = self._unflushed[excess:]
+            self._open = [r for r in self._open if id(r) not in lost]
+            self._unreported_loss += excess
+            self.stats.lost_in_memory += excess
+            log.error("readings_dropped_in_memory", readings=excess, reason="store_unwritable")
 
     def _due(self) -> bool:
         if self._opened_at is None:
@@ -119,7 +152,7 @@ class Batcher:
         created = int(self._clock() * 1000)
         readings, events = self._open, self._open_events
 
-        def build(seq: int) -> bytes:
+        def build(seq: int, reports: list[Event]) -> bytes:
             batch = Batch(
                 gw=self._gw,
                 boot=self._boot,
@@ -127,7 +160,7 @@ class Batcher:
                 created=created,
                 series=build_series(readings),
                 aggregates=(),
-                events=tuple(event_to_map(e) for e in events),
+                events=tuple(event_to_map(e) for e in [*reports, *events]),
             )
             return encode_batch(batch, codec=self._codec, level=self._level)
 
@@ -147,6 +180,8 @@ class Batcher:
         self._open = []
         self._open_events = []
         self._opened_at = None
+        if seq is None:
+            return None  # when_full = "drop_newest": the store dropped it, counted and reported
         self.stats.batches_sealed += 1
         log.debug("batch_sealed", seq=seq, readings=len(readings), events=len(events))
         self._on_sealed()

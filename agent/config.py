@@ -250,6 +250,7 @@ class GatewayConfig(_Section):
     timezone: str = "UTC"
     data_dir: ConfigPath = Path("/var/lib/ssc-agent")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: Duration = "10 s"
 
     @field_validator("timezone")
     @classmethod
@@ -392,7 +393,10 @@ class BufferConfig(_Section):
     max_bytes: Size = "256 MiB"
     max_age: Duration = "30 d"
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
-    sync: Literal["normal", "full"] = "normal"
+    # "full" fsyncs each commit (once per flush_interval): a power cut loses at most that
+    # interval, as the delivery contract says. "normal" survives a crash of the agent but a
+    # power cut may take back commits since the last WAL checkpoint.
+    sync: Literal["normal", "full"] = "full"
 
     @property
     def max_size_bytes(self) -> int:

@@ -64,6 +64,7 @@ id = "gw-001"                       # required; letters, digits, _ and - (at mos
 timezone = "UTC"                    # IANA zone name, e.g. "Europe/Berlin"; KPI windows follow it
 data_dir = "/var/lib/ssc-agent"     # buffer and state; created by `run`, never by `validate`
 log_level = "info"                  # debug, info, warning or error
+shutdown_timeout = "10 s"           # on SIGTERM: flush, seal, and send for at most this long
 
 # ---------------------------------------------------------------------------------------------
 [uplink]
@@ -90,7 +91,8 @@ zstd_level = 3                      # 1 (fast) … 19 (small)
 max_bytes = "256 MiB"               # bound on the buffer's size …
 max_age = "30 d"                    # … and on its oldest batch
 when_full = "drop_oldest"           # drop_oldest or drop_newest; drops are counted and reported
-sync = "normal"                     # normal (fast, safe with WAL) or full (fsync every commit)
+sync = "full"                       # full: fsync every commit (a power cut loses ≤ flush_interval)
+                                    # normal: fewer fsyncs; survives a crash, not a power cut
 
 # ---------------------------------------------------------------------------------------------
 # [[buses]]: a serial line shared by the devices that name it (bus = "NAME"): one request at a

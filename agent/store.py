@@ -6,14 +6,23 @@ Tables:
   (every ``flush_interval``), so a SIGKILL or power cut loses at most that interval.
   Rows are zstd-compressed msgpack: one small write per interval spares SD cards.
 - ``batches``: sealed wire-format payloads, deleted only after the broker's PUBACK.
+- ``drops``: batches the bounds (``max_bytes``, ``max_age``) made us drop, each reported once
+  as a ``buffer_drop`` event inside the next sealed batch.
 
-Sealing a batch is one transaction: allocate ``seq``, insert the payload, delete the pending
-rows it was built from. So every reading is either pending or in exactly one batch.
+Sealing a batch is one transaction: allocate ``seq``, take the unreported drop events into
+it, insert the payload, delete the pending rows it was built from, enforce the bounds. So
+every reading is either pending, in exactly one batch, or counted in exactly one drop.
+
+A store file that cannot be opened or fails SQLite's quick check (a power cut on an SD card)
+is moved aside as ``buffer.db.corrupt-<time>``; what can still be read from it is copied into
+a fresh store, and the damage is reported as a ``buffer_corrupt`` event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +46,18 @@ CREATE TABLE IF NOT EXISTS batches (
     n_readings INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drops (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    t INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    batches INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
+);
 """
+
+COUNTERS = ("dropped_batches", "dropped_readings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,29 +83,102 @@ class StoreStats:
     file_bytes: int
     boot: int
     next_seq: int
+    dropped_batches: int
+    dropped_readings: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBounds:
+    """When the buffer is full and what to do then (``[buffer]``)."""
+
+    max_bytes: int | None = None
+    max_age_ms: int | None = None
+    when_full: str = "drop_oldest"
 
 
 class BatchStore:
     """Durable FIFO of batches plus the open batch's pending readings."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, bounds: StoreBounds,
+                 clock: Callable[[], float]) -> None:
         self._conn = conn
         self.path = path
+        self.bounds = bounds
+        self._clock = clock
         self._pack = msgpack.Packer(use_bin_type=True)
         self._zc = zstandard.ZstdCompressor(level=1)
         self._zd = zstandard.ZstdDecompressor()
+        # Batches the uplink is publishing right now: never dropped under them (their PUBACK
+        # may still come, and then they were delivered, not lost).
+        self.in_flight: set[int] = set()
+        self.recovered_from: Path | None = None
 
     @classmethod
-    def open(cls, path: Path, *, sync: str = "normal") -> BatchStore:
-        """Open (create) the store; ``sync="full"`` fsyncs each commit, ``"normal"`` checkpoints."""
+    def open(cls, path: Path, *, sync: str = "full", bounds: StoreBounds | None = None,
+             clock: Callable[[], float] = time.time) -> BatchStore:
+        """Open (create) the store; a corrupt file is moved aside and salvaged (see above)."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        bounds = bounds or StoreBounds()
+        try:
+            store = cls._open_checked(path, sync, bounds, clock)
+        except sqlite3.DatabaseError as exc:
+            return cls._salvage(path, sync, bounds, clock, exc)
+        return store
+
+    @classmethod
+    def _open_checked(cls, path: Path, sync: str, bounds: StoreBounds,
+                      clock: Callable[[], float]) -> BatchStore:
         conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        conn.executescript(SCHEMA)
-        store = cls(conn, path)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            _quick_check(conn)
+            conn.executescript(SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('boot', 0), ('next_seq', 1),"
+                         " ('dropped_batches', 0), ('dropped_readings', 0)")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return cls(conn, path, bounds, clock)
+
+    @classmethod
+    def _salvage(cls, path: Path, sync: str, bounds: StoreBounds, clock: Callable[[], float],
+                 error: sqlite3.DatabaseError) -> BatchStore:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(clock()))
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{path}{suffix}")
+            if src.exists():
+                src.replace(Path(f"{aside}{suffix}"))
+        log.error("buffer_corrupt", path=str(path), moved_to=str(aside), error=str(error))
+        store = cls._open_checked(path, sync, bounds, clock)
+        store.recovered_from = aside
+        meta, batches, pending = _read_what_survived(aside)
         with store._txn():
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('boot', 0), ('next_seq', 1)")
+            for key in ("boot", "next_seq", *COUNTERS):
+                if key in meta:
+                    store._conn.execute("UPDATE meta SET value = ? WHERE key = ?",
+                                        (meta[key], key))
+            if batches:
+                top = max(b[0] for b in batches) + 1
+                store._conn.execute(
+                    "UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'", (top,))
+            store._conn.executemany(
+                "INSERT OR IGNORE INTO batches (seq, created, n_readings, payload)"
+                " VALUES (?, ?, ?, ?)", batches)
+            store._conn.executemany("INSERT INTO pending (body) VALUES (?)",
+                                    [(b,) for b in pending])
+            store._conn.execute(
+                "INSERT INTO drops (t, kind, message, batches, readings) VALUES (?, ?, ?, 0, 0)",
+                (int(clock() * 1000), "buffer_corrupt",
+                 f"store file was damaged ({error}); moved to {aside.name}; salvaged "
+                 f"batches={len(batches)} pending_rows={len(pending)}; readings that could not "
+                 "be read are lost"),
+            )
+        log.warning("buffer_salvaged", batches=len(batches), pending_rows=len(pending),
+                    moved_to=str(aside))
         return store
 
     def close(self) -> None:
@@ -94,8 +187,11 @@ class BatchStore:
     def _txn(self) -> _Txn:
         # isolation_level=None: we open transactions ourselves, IMMEDIATE so a write never
         # fails half-way on a lock.
-        self._conn.execute("BEGIN IMMEDIATE")
-        return _Txn(self._conn)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise BufferFull(f"buffer {self.path}: cannot write: {exc}") from exc
+        return _Txn(self._conn, self.path)
 
     def _meta(self, key: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -116,11 +212,8 @@ class BatchStore:
             "e": [[e.t, e.kind, e.device, e.message] for e in events],
         }
         blob = self._zc.compress(self._pack.pack(body))
-        try:
-            with self._txn():
-                cur = self._conn.execute("INSERT INTO pending (body) VALUES (?)", (blob,))
-        except sqlite3.OperationalError as exc:
-            raise BufferFull(f"buffer {self.path}: cannot write: {exc}") from exc
+        with self._txn():
+            cur = self._conn.execute("INSERT INTO pending (body) VALUES (?)", (blob,))
         return int(cur.lastrowid or 0)
 
     def load_pending(self) -> tuple[list[Reading], list[Event], int]:
@@ -137,22 +230,114 @@ class BatchStore:
             last_id = row_id
         return readings, events, last_id
 
-    def seal(self, build: Callable[[int], bytes], *, created: int, n_readings: int,
-             pending_upto: int) -> int:
-        """Turn the open batch into a stored batch: one transaction; returns its ``seq``."""
-        try:
-            with self._txn():
-                seq = self._meta("next_seq")
-                payload = build(seq)
+    def seal(self, build: Callable[[int, list[Event]], bytes], *, created: int,
+             n_readings: int, pending_upto: int) -> int | None:
+        """Turn the open batch into a stored batch in one transaction; returns its ``seq``.
+
+        ``build(seq, events)`` encodes the batch; ``events`` are the drop reports it must
+        carry. Returns None when ``when_full = "drop_newest"`` dropped this very batch.
+        """
+        with self._txn():
+            seq = self._meta("next_seq")
+            reports = self._conn.execute(
+                "SELECT id, t, kind, message FROM drops WHERE reported = 0 ORDER BY id"
+            ).fetchall()
+            events = [Event(t, kind, None, msg) for _, t, kind, msg in reports]
+            payload = build(seq, events)
+            self._conn.execute("DELETE FROM pending WHERE id <= ?", (pending_upto,))
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+            if self._drop_newest_instead(len(payload)):
+                self._record_drop("max_bytes", [(seq, n_readings)])
+                return None
+            self._conn.execute(
+                "INSERT INTO batches (seq, created, n_readings, payload) VALUES (?, ?, ?, ?)",
+                (seq, created, n_readings, payload),
+            )
+            if reports:
                 self._conn.execute(
-                    "INSERT INTO batches (seq, created, n_readings, payload) VALUES (?, ?, ?, ?)",
-                    (seq, created, n_readings, payload),
-                )
-                self._conn.execute("DELETE FROM pending WHERE id <= ?", (pending_upto,))
-                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
-        except sqlite3.OperationalError as exc:
-            raise BufferFull(f"buffer {self.path}: cannot seal a batch: {exc}") from exc
+                    f"UPDATE drops SET reported = 1 WHERE id IN "
+                    f"({','.join('?' * len(reports))})", [r[0] for r in reports])
+            self._enforce_bounds(keep=seq)
         return seq
+
+    # -- bounds --------------------------------------------------------------------------------
+
+    def _stored_bytes(self) -> int:
+        return int(self._conn.execute(
+            "SELECT coalesce(sum(length(payload)), 0) FROM batches").fetchone()[0])
+
+    def _drop_newest_instead(self, size: int) -> bool:
+        b = self.bounds
+        return (b.when_full == "drop_newest" and b.max_bytes is not None
+                and self._stored_bytes() + size > b.max_bytes)
+
+    def _enforce_bounds(self, keep: int) -> None:
+        """Drop the oldest batches (never ``keep`` or one in flight) over the bounds."""
+        b = self.bounds
+        if b.max_age_ms is not None:
+            cutoff = int(self._clock() * 1000) - b.max_age_ms
+            old = [(s, n) for s, n in self._conn.execute(
+                "SELECT seq, n_readings FROM batches WHERE created < ? ORDER BY seq", (cutoff,))
+                if s not in self.in_flight and s != keep]
+            if old:
+                self._record_drop("max_age", old)
+        if b.max_bytes is None or b.when_full != "drop_oldest":
+            return
+        excess = self._stored_bytes() - b.max_bytes
+        if excess <= 0:
+            return
+        victims: list[tuple[int, int]] = []
+        for s, n, size in self._conn.execute(
+                "SELECT seq, n_readings, length(payload) FROM batches ORDER BY seq"):
+            if excess <= 0:
+                break
+            if s in self.in_flight or s == keep:
+                continue
+            victims.append((s, n))
+            excess -= size
+        if victims:
+            self._record_drop("max_bytes", victims)
+
+    def _record_drop(self, reason: str, victims: list[tuple[int, int]]) -> None:
+        seqs = [s for s, _ in victims]
+        readings = sum(n for _, n in victims)
+        self._conn.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in seqs])
+        limit = (f"max_bytes={self.bounds.max_bytes}" if reason == "max_bytes"
+                 else f"max_age_ms={self.bounds.max_age_ms}")
+        message = (f"batches={len(seqs)} readings={readings} seq={seqs[0]}-{seqs[-1]} "
+                   f"reason={reason} {limit} policy={self.bounds.when_full}")
+        self._conn.execute(
+            "INSERT INTO drops (t, kind, message, batches, readings) VALUES (?, ?, ?, ?, ?)",
+            (int(self._clock() * 1000), "buffer_drop", message, len(seqs), readings))
+        self._conn.execute(
+            "UPDATE meta SET value = value + ? WHERE key = 'dropped_batches'", (len(seqs),))
+        self._conn.execute(
+            "UPDATE meta SET value = value + ? WHERE key = 'dropped_readings'", (readings,))
+        log.warning("buffer_drop", batches=len(seqs), readings=readings, first_seq=seqs[0],
+                    last_seq=seqs[-1], reason=reason, policy=self.bounds.when_full)
+
+    def note_lost(self, readings: int, reason: str) -> None:
+        """Record readings lost before they reached the store (disk full for too long)."""
+        with self._txn():
+            self._conn.execute(
+                "INSERT INTO drops (t, kind, message, batches, readings) VALUES (?, ?, ?, 0, ?)",
+                (int(self._clock() * 1000), "buffer_drop",
+                 f"batches=0 readings={readings} reason={reason}", readings))
+            self._conn.execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'dropped_readings'", (readings,))
+
+    def expire(self) -> None:
+        """Apply ``max_age`` now (the batcher calls it every flush, sealed or not)."""
+        if self.bounds.max_age_ms is None:
+            return
+        with self._txn():
+            self._enforce_bounds(keep=-1)
+
+    def drop_events(self) -> list[tuple[int, str, str, int, int, bool]]:
+        """Every recorded drop ``(t, kind, message, batches, readings, reported)``."""
+        return [(int(t), str(k), str(m), int(b), int(r), bool(rep)) for t, k, m, b, r, rep in
+                self._conn.execute("SELECT t, kind, message, batches, readings, reported "
+                                   "FROM drops ORDER BY id")]
 
     # -- the uplink's side ---------------------------------------------------------------------
 
@@ -191,20 +376,70 @@ class BatchStore:
             if p.exists()
         )
         return StoreStats(self.path, batches, readings, size, oldest, newest, pending,
-                          file_bytes, self._meta("boot"), self._meta("next_seq"))
+                          file_bytes, self._meta("boot"), self._meta("next_seq"),
+                          self._meta("dropped_batches"), self._meta("dropped_readings"))
 
 
 class _Txn:
-    """Commit on success, roll back on error (the transaction was begun by ``_txn``)."""
+    """Commit on success, roll back on error (the transaction was begun by ``_txn``).
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    SQLite's "database or disk is full" (and any other write failure) comes out as
+    :class:`BufferFull` naming the file, with the transaction rolled back.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
+        self._path = path
 
     def __enter__(self) -> sqlite3.Connection:
         return self._conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._conn.execute("COMMIT")
-        else:
-            self._conn.execute("ROLLBACK")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as failed:
+                self._rollback()
+                raise BufferFull(f"buffer {self._path}: cannot write: {failed}") from failed
+            return
+        self._rollback()
+        if isinstance(exc, sqlite3.OperationalError):
+            raise BufferFull(f"buffer {self._path}: cannot write: {exc}") from exc
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.OperationalError):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+
+
+def _quick_check(conn: sqlite3.Connection) -> None:
+    check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {check}")
+
+
+def _read_what_survived(
+    path: Path,
+) -> tuple[dict[str, int], list[tuple[int, int, int, bytes]], list[bytes]]:
+    """Rows that can still be read from a damaged store, table by table, row by row."""
+    meta: dict[str, int] = {}
+    batches: list[tuple[int, int, int, bytes]] = []
+    pending: list[bytes] = []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return meta, batches, pending
+    try:
+        with contextlib.suppress(sqlite3.DatabaseError):
+            for key, value in conn.execute("SELECT key, value FROM meta"):
+                meta[str(key)] = int(value)
+        with contextlib.suppress(sqlite3.DatabaseError):
+            for seq, created, n, payload in conn.execute(
+                    "SELECT seq, created, n_readings, payload FROM batches ORDER BY seq"):
+                batches.append((int(seq), int(created), int(n), bytes(payload)))
+        with contextlib.suppress(sqlite3.DatabaseError):
+            for (body,) in conn.execute("SELECT body FROM pending ORDER BY id"):
+                pending.append(bytes(body))
+    finally:
+        conn.close()
+    return meta, batches, pending

@@ -23,13 +23,12 @@ from agent.config import AgentConfig
 from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
 from agent.scheduler import DevicePoller
-from agent.store import BatchStore
+from agent.store import BatchStore, StoreBounds
 from agent.units import parse_duration
 
 log = structlog.get_logger(__name__)
 
 STORE_FILE = "buffer.db"
-SHUTDOWN_TIMEOUT = 5.0
 
 
 def unsupported_parts(config: AgentConfig) -> list[str]:
@@ -96,7 +95,15 @@ async def run_agent(
     drivers = create_drivers(config, context)
 
     data_dir = Path(config.gateway.data_dir)
-    store = BatchStore.open(data_dir / STORE_FILE, sync=config.buffer.sync)
+    buf = config.buffer
+    store = BatchStore.open(
+        data_dir / STORE_FILE,
+        sync=buf.sync,
+        bounds=StoreBounds(max_bytes=buf.max_size_bytes,
+                           max_age_ms=int(buf.max_age_seconds * 1000),
+                           when_full=buf.when_full),
+        clock=clock,
+    )
     boot = store.start_boot()
     gw = config.gateway.id
     up = config.uplink
@@ -127,7 +134,8 @@ async def run_agent(
         timeout=parse_duration(up.publish_timeout),
     )
     uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
-                    max_inflight=up.max_inflight, wake=wake, clock=clock)
+                    max_inflight=up.max_inflight, wake=wake, clock=clock,
+                    event=batcher.add_event)
     wake.set()
     runtime = AgentRuntime(store, batcher, boot=boot)
     for device, driver in drivers:
@@ -160,7 +168,7 @@ async def run_agent(
             flusher.cancel()
             batcher.close()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                async with asyncio.timeout(parse_duration(config.gateway.shutdown_timeout)):
                     await uplink.drained()
             await uplink.say_offline()
             sender.cancel()

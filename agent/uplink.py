@@ -27,7 +27,8 @@ import structlog
 
 from agent import __version__
 from agent.endpoints import BrokerAddress
-from agent.errors import UplinkError
+from agent.errors import BufferFull, UplinkError
+from agent.readings import Event
 from agent.store import OutgoingBatch
 from agent.wire import Status, encode_status
 
@@ -172,7 +173,9 @@ async def subscribe(
 
 
 class BatchSource(Protocol):
-    """What the uplink needs of the store."""
+    """What the uplink needs of the store (``in_flight``: seqs being published now)."""
+
+    in_flight: set[int]
 
     def next_unsent(self, limit: int, exclude: set[int]) -> list[OutgoingBatch]: ...
 
@@ -203,8 +206,10 @@ class Uplink:
         max_inflight: int,
         wake: asyncio.Event,
         clock: Callable[[], float],
+        event: Callable[[Event], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._event = event
         self._store = store
         self._gw = gw
         self._boot = boot
@@ -213,7 +218,8 @@ class Uplink:
         self._max_inflight = max_inflight
         self._wake = wake
         self._clock = clock
-        self._inflight: set[int] = set()
+        self._inflight = store.in_flight  # shared: the store never drops a batch in flight
+        self._undeleted: set[int] = set()  # acknowledged, but the delete failed
         self.stats = UplinkStats()
         self._down_since: float | None = None
         self._idle = asyncio.Event()
@@ -236,8 +242,10 @@ class Uplink:
                     self.stats.connects += 1
                     self.stats.connected = True
                     if self._down_since is not None:
+                        down = round(self._clock() - self._down_since, 1)
                         log.info("uplink_restored", broker=self._settings.address.url,
-                                 down_seconds=round(self._clock() - self._down_since, 1))
+                                 down_seconds=down)
+                        self._emit("uplink_up", f"connected again after {down} s")
                         self._down_since = None
                     else:
                         log.info("uplink_connected", broker=self._settings.address.url)
@@ -260,17 +268,32 @@ class Uplink:
         self.stats.disconnects += 1
         if self._down_since is None:
             self._down_since = self._clock()
-            log.warning("uplink_down", broker=self._settings.address.url,
-                        error=describe_mqtt_error(exc, self._settings))
+            error = describe_mqtt_error(exc, self._settings)
+            log.warning("uplink_down", broker=self._settings.address.url, error=error)
+            self._emit("uplink_down", error)
         else:
             log.debug("uplink_retry_failed", error=describe_mqtt_error(exc, self._settings))
+
+    def _retry_deletes(self) -> None:
+        for seq in sorted(self._undeleted):
+            try:
+                self._store.delete(seq)
+            except BufferFull:
+                return
+            self._undeleted.discard(seq)
+
+    def _emit(self, kind: str, message: str) -> None:
+        if self._event is not None:
+            self._event(Event(int(self._clock() * 1000), kind, None, message))
 
     async def _send(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self._max_inflight)
         async with asyncio.TaskGroup() as tg:
             while True:
                 self._wake.clear()
-                batches = self._store.next_unsent(self._max_inflight, self._inflight)
+                self._retry_deletes()
+                batches = self._store.next_unsent(self._max_inflight,
+                                                  self._inflight | self._undeleted)
                 if not batches:
                     if not self._inflight:
                         self._idle.set()
@@ -289,8 +312,14 @@ class Uplink:
             self.stats.published += 1
             await client.publish(self._batch_topic, batch.payload, qos=1,
                                  timeout=self._settings.timeout)
-            self._store.delete(batch.seq)
             self.stats.acknowledged += 1
+            try:
+                self._store.delete(batch.seq)
+            except BufferFull as exc:
+                # Delivered but still stored (disk full): not sent again while we run; the
+                # delete is retried, and after a restart the receiver drops the duplicate.
+                self._undeleted.add(batch.seq)
+                log.error("buffer_delete_failed", seq=batch.seq, error=str(exc))
             self.stats.readings_acknowledged += batch.n_readings
         finally:
             self._inflight.discard(batch.seq)

@@ -130,7 +130,7 @@ def test_buffer_stats_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     store = BatchStore.open(data / "buffer.db")
     store.start_boot()
     upto = store.append_pending([Reading("m", "p", None, 1, 1, Quality.GOOD)], [])
-    store.seal(lambda seq: b"SSC1\x00payload", created=5, n_readings=1, pending_upto=upto)
+    store.seal(lambda seq, ev: b"SSC1\x00payload", created=5, n_readings=1, pending_upto=upto)
     store.close()
     assert main(["buffer", "stats", "--config", str(config)]) == 0
     out = capsys.readouterr().out

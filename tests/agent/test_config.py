@@ -117,7 +117,8 @@ BAD: list[tuple[str, str, list[str]]] = [
     (
         "gateway unknown key",
         GATEWAY + 'name = "x"\n' + UPLINK,
-        ["gateway.name: unknown key; known keys: id, timezone, data_dir, log_level"],
+        ["gateway.name: unknown key; known keys: id, timezone, data_dir, log_level, "
+         "shutdown_timeout"],
     ),
     ("gateway table missing", UPLINK, ["gateway: required (add a [gateway] table)"]),
     (
@@ -1189,7 +1190,7 @@ def test_defaults_and_parsed_helpers(tmp_path: Path) -> None:
     assert (up.compression, up.zstd_level) == ("zstd", 3)
     assert config.buffer.max_size_bytes == 256 * 1024**2
     assert config.buffer.max_age_seconds == 30 * 86400
-    assert (config.buffer.when_full, config.buffer.sync) == ("drop_oldest", "normal")
+    assert (config.buffer.when_full, config.buffer.sync) == ("drop_oldest", "full")
     bus = config.buses_by_name["rs485-1"]
     assert (bus.baudrate, bus.parity, bus.stopbits, bus.bytesize) == (9600, "N", 1, 8)
     assert (bus.timeout_seconds, bus.inter_frame_seconds) == (1.0, 0.005)

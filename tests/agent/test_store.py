@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.readings import Event, Quality, Reading
-from agent.store import BatchStore
+from agent.store import BatchStore, StoreBounds
 
 
 def readings(n: int, t0: int = 1_000) -> list[Reading]:
@@ -22,12 +23,12 @@ def test_boot_and_seq_persist_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     store = BatchStore.open(path)
     assert store.start_boot() == 1
-    seqs = [store.seal(lambda s: b"x%d" % s, created=1, n_readings=0, pending_upto=0)
+    seqs = [store.seal(lambda s, ev: b"x%d" % s, created=1, n_readings=0, pending_upto=0)
             for _ in range(3)]
     store.close()
     store = BatchStore.open(path)
     assert store.start_boot() == 2
-    assert store.seal(lambda s: b"y", created=2, n_readings=0, pending_upto=0) == 4
+    assert store.seal(lambda s, ev: b"y", created=2, n_readings=0, pending_upto=0) == 4
     assert seqs == [1, 2, 3]
 
 
@@ -45,7 +46,7 @@ def test_pending_readings_round_trip_exactly(tmp_path: Path) -> None:
 def test_seal_moves_pending_into_one_batch_atomically(tmp_path: Path) -> None:
     store = BatchStore.open(tmp_path / "b.db")
     upto = store.append_pending(readings(4), [])
-    seq = store.seal(lambda s: f"batch-{s}".encode(), created=5, n_readings=4, pending_upto=upto)
+    seq = store.seal(lambda s, ev: f"batch-{s}".encode(), created=5, n_readings=4, pending_upto=upto)
     assert store.load_pending() == ([], [], 0)
     assert [(b.seq, b.payload, b.n_readings) for b in store.next_unsent(10, set())] == [
         (seq, b"batch-1", 4)]
@@ -53,19 +54,19 @@ def test_seal_moves_pending_into_one_batch_atomically(tmp_path: Path) -> None:
     # A failing build leaves everything as it was: readings stay pending, seq is not used.
     upto = store.append_pending(readings(2), [])
 
-    def broken(seq: int) -> bytes:
+    def broken(seq: int, events: list[Event]) -> bytes:
         raise RuntimeError("encoder crashed")
 
     with pytest.raises(RuntimeError):
         store.seal(broken, created=6, n_readings=2, pending_upto=upto)
     assert len(store.load_pending()[0]) == 2
-    assert store.seal(lambda s: b"ok", created=7, n_readings=2, pending_upto=upto) == seq + 1
+    assert store.seal(lambda s, ev: b"ok", created=7, n_readings=2, pending_upto=upto) == seq + 1
 
 
 def test_next_unsent_is_oldest_first_and_skips_in_flight(tmp_path: Path) -> None:
     store = BatchStore.open(tmp_path / "b.db")
     for _ in range(6):
-        store.seal(lambda s: bytes([s]), created=s_created(), n_readings=1, pending_upto=0)
+        store.seal(lambda s, ev: bytes([s]), created=s_created(), n_readings=1, pending_upto=0)
     assert [b.seq for b in store.next_unsent(3, set())] == [1, 2, 3]
     assert [b.seq for b in store.next_unsent(3, {1, 2})] == [3, 4, 5]
     store.delete(3)
@@ -86,8 +87,9 @@ def test_a_killed_writer_loses_nothing_it_committed(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     code = f"""
 import os, signal
-from agent.store import BatchStore
+from agent.store import BatchStore, StoreBounds
 from agent.readings import Reading, Quality
+from collections.abc import Callable
 from pathlib import Path
 s = BatchStore.open(Path({str(path)!r}), sync="full")
 for k in range(20):
@@ -107,3 +109,114 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert sorted(r.t for r in got) == sorted(k * 1000 + i for k in range(20) for i in range(50))
     # and the file is a healthy SQLite database
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# --------------------------------------------------------------------------- bounds and drops
+
+
+def payload_of(size: int) -> Callable[[int, list[Event]], bytes]:
+    def build(seq: int, events: list[Event]) -> bytes:
+        return bytes(size)
+
+    return build
+
+
+def test_drop_oldest_keeps_within_max_bytes_counts_and_reports_once(tmp_path: Path) -> None:
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=3500))
+    for _ in range(5):
+        store.seal(payload_of(1000), created=1, n_readings=10, pending_upto=0)
+    # 5 × 1000 > 3500: seqs 1 and 2 went, oldest first
+    assert [b.seq for b in store.next_unsent(10, set())] == [3, 4, 5]
+    stats = store.stats()
+    assert (stats.dropped_batches, stats.dropped_readings) == (2, 20)
+    drops = store.drop_events()
+    # seq 1 went while seq 4 was sealed, so seq 5 carries its report; seq 2 went while seq 5
+    # was sealed, so its report waits for the next batch.
+    assert [(d[1], d[3], d[4], d[5]) for d in drops] == [
+        ("buffer_drop", 1, 10, True), ("buffer_drop", 1, 10, False)]
+    assert "seq=1-1 reason=max_bytes max_bytes=3500 policy=drop_oldest" in drops[0][2]
+    # The next batch carries the waiting report; the one after carries none.
+    carried: list[list[Event]] = []
+
+    def keep(seq: int, events: list[Event]) -> bytes:
+        carried.append(events)
+        return b"x"
+
+    store.seal(keep, created=2, n_readings=1, pending_upto=0)
+    store.seal(keep, created=3, n_readings=1, pending_upto=0)
+    assert [len(c) for c in carried] == [1, 0]
+    assert all(e.kind == "buffer_drop" and e.device is None for e in carried[0])
+    assert all(d[5] for d in store.drop_events())
+
+
+def test_a_batch_in_flight_is_never_dropped(tmp_path: Path) -> None:
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=2500))
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    store.in_flight.add(1)
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    assert [b.seq for b in store.next_unsent(10, set())] == [1, 3]
+
+
+def test_drop_newest_refuses_the_new_batch(tmp_path: Path) -> None:
+    store = BatchStore.open(tmp_path / "b.db",
+                            bounds=StoreBounds(max_bytes=2500, when_full="drop_newest"))
+    upto = store.append_pending(readings(3), [])
+    assert store.seal(payload_of(1000), created=1, n_readings=3, pending_upto=upto) == 1
+    assert store.seal(payload_of(1000), created=1, n_readings=3, pending_upto=0) == 2
+    upto = store.append_pending(readings(3), [])
+    assert store.seal(payload_of(1000), created=1, n_readings=3, pending_upto=upto) is None
+    assert store.load_pending()[0] == []  # the dropped batch's readings are not resurrected
+    assert [b.seq for b in store.next_unsent(10, set())] == [1, 2]
+    assert store.stats().dropped_readings == 3
+    # seq 3 was used and is reported as dropped, so the receiver's gap is explained
+    assert "seq=3-3 reason=max_bytes" in store.drop_events()[0][2]
+    assert store.stats().next_seq == 4
+
+
+def test_max_age_expires_old_batches(tmp_path: Path) -> None:
+    now = [1_000.0]
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_age_ms=60_000),
+                            clock=lambda: now[0])
+    store.seal(payload_of(10), created=1_000_000, n_readings=4, pending_upto=0)
+    store.seal(payload_of(10), created=1_030_000, n_readings=4, pending_upto=0)
+    now[0] = 1_075.0
+    store.expire()
+    assert [b.seq for b in store.next_unsent(10, set())] == [2]
+    assert "reason=max_age" in store.drop_events()[0][2]
+
+
+def test_corrupt_file_is_moved_aside_and_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    path.write_bytes(b"this is not an sqlite database, the SD card lost power" * 100)
+    store = BatchStore.open(path)
+    assert store.recovered_from is not None and store.recovered_from.exists()
+    assert store.recovered_from.name.startswith("buffer.db.corrupt-")
+    [(_, kind, message, _, _, reported)] = store.drop_events()
+    assert kind == "buffer_corrupt" and not reported
+    assert "moved to buffer.db.corrupt-" in message
+    assert store.start_boot() == 1
+    # it works as a store again
+    assert store.seal(payload_of(5), created=1, n_readings=1, pending_upto=0) == 1
+
+
+def test_torn_store_keeps_what_is_readable(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    for i in range(40):
+        store.seal(payload_of(3000 + i), created=i, n_readings=7, pending_upto=0)
+    store.close()
+    raw = bytearray(path.read_bytes())
+    # Damage the last pages (as a torn write would), keep the header and the first pages.
+    for i in range(len(raw) - 3 * 4096, len(raw)):
+        raw[i] = 0xA5
+    path.write_bytes(bytes(raw))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = BatchStore.open(path)
+    assert store.recovered_from is not None
+    survived = store.next_unsent(100, set())
+    assert 0 < len(survived) <= 40
+    assert store.stats().next_seq > max(b.seq for b in survived)  # seq is never reused
+    assert store.drop_events()[-1][1] == "buffer_corrupt"

@@ -122,7 +122,7 @@ async def run_uplink_for(settings: MqttSettings, store: BatchStore, seconds: flo
 
 def one_batch_store(tmp_path: Path) -> BatchStore:
     store = BatchStore.open(tmp_path / "buffer.db")
-    store.seal(lambda seq: b"SSC1\x00x", created=1, n_readings=3, pending_upto=0)
+    store.seal(lambda seq, ev: b"SSC1\x00x", created=1, n_readings=3, pending_upto=0)
     return store
 
 

@@ -1,0 +1,167 @@
+"""The batcher over a real SQLite store: flush/seal, recovery after a crash, and a full disk
+(a real, tiny tmpfs) that stops writes without losing what was accepted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.batcher import HELD_BATCHES, Batcher
+from agent.readings import Event, Quality, Reading
+from agent.store import BatchStore
+from agent.wire import decode_batch, iter_readings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def batcher_for(store: BatchStore, clock: Clock, max_readings: int = 1000) -> Batcher:
+    return Batcher(store, gw="gw-t", boot=1, max_readings=max_readings, max_age=10.0, codec=1,
+                   level=3, clock=clock, on_sealed=lambda: None)
+
+
+def poll(t: int, n: int = 20, dev: str = "m1") -> list[Reading]:
+    return [Reading(dev, f"p{i}", "W", t, float(t % 1000 + i), Quality.GOOD) for i in range(n)]
+
+
+def stored_readings(store: BatchStore) -> list[Reading]:
+    out: list[Reading] = []
+    for _, _, _, payload in store.iter_batches():
+        out.extend(iter_readings(decode_batch(payload)))
+    return out
+
+
+def test_seals_by_age_and_by_size_and_keeps_every_reading(tmp_path: Path) -> None:
+    clock = Clock()
+    store = BatchStore.open(tmp_path / "b.db")
+    batcher = batcher_for(store, clock, max_readings=100)
+    sent: list[Reading] = []
+    for k in range(30):
+        readings = poll(k * 1000)
+        sent += readings
+        batcher.add(readings)
+        batcher.add_event(Event(k * 1000, "device_down", "m1", "x")) if k == 3 else None
+        clock.now += 1
+        batcher.flush()
+    batcher.close()
+    assert sorted(stored_readings(store), key=lambda r: (r.t, r.point)) == sorted(
+        sent, key=lambda r: (r.t, r.point))
+    batches = [decode_batch(p) for *_, p in store.iter_batches()]
+    assert all(b.n_readings <= 100 for b in batches)  # sealed by size (5 polls of 20)
+    assert sum(len(b.events) for b in batches) == 1
+
+
+def test_recover_takes_back_committed_readings(tmp_path: Path) -> None:
+    clock = Clock()
+    store = BatchStore.open(tmp_path / "b.db")
+    first = batcher_for(store, clock)
+    first.add(poll(1000))
+    first.flush()  # committed, not sealed
+    first.add(poll(2000))  # accepted, not yet committed: what a crash may lose
+    store.close()
+    store = BatchStore.open(tmp_path / "b.db")
+    second = batcher_for(store, clock)
+    assert second.recover() == 20
+    second.close()
+    assert {r.t for r in stored_readings(store)} == {1000}
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Take every free byte of the filesystem (unbuffered, so nothing fails later)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\0" * 4096)
+            except OSError:
+                break
+        while True:  # and the last few bytes
+            try:
+                os.write(fd, b"\0")
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+
+
+def test_disk_full_holds_readings_then_recovers_without_loss(tiny_fs: Path) -> None:
+    clock = Clock()
+    store = BatchStore.open(tiny_fs / "b.db")
+    batcher = batcher_for(store, clock, max_readings=400)
+    batcher.add(poll(0))
+    batcher.flush()
+    filler = tiny_fs / "filler"
+    fill(filler)
+    sent = poll(0)
+    with capture_logs() as logs:
+        for k in range(1, 40):
+            readings = poll(k * 1000)
+            sent += readings
+            batcher.add(readings)
+            clock.now += 1
+            batcher.flush()  # must not raise
+    failures = [e for e in logs if e["event"] == "buffer_write_failed"]
+    assert len(failures) == 1, "a full disk is logged once, not per flush"
+    assert "disk is full" in failures[0]["error"] or "full" in failures[0]["error"]
+    assert batcher.stats.write_errors > 1
+    filler.unlink()
+    with capture_logs() as logs:
+        clock.now += 1
+        batcher.flush()
+        batcher.close()
+    assert any(e["event"] == "buffer_writable_again" for e in logs)
+    assert sorted((r.t, r.point) for r in stored_readings(store)) == sorted(
+        (r.t, r.point) for r in sent)
+    assert store.stats().dropped_readings == 0
+
+
+def test_disk_full_for_too_long_drops_oldest_in_memory_and_reports_it(tiny_fs: Path) -> None:
+    clock = Clock()
+    store = BatchStore.open(tiny_fs / "b.db")
+    batcher = batcher_for(store, clock, max_readings=20)  # holds 10 batches × 20 readings
+    batcher.add(poll(0))
+    batcher.flush()
+    batcher.seal()
+    filler = tiny_fs / "filler"
+    fill(filler)
+    polls = 30
+    for k in range(1, polls + 1):
+        batcher.add(poll(k * 1000))
+        clock.now += 1
+        batcher.flush()
+    lost = polls * 20 - HELD_BATCHES * 20
+    assert batcher.stats.lost_in_memory == lost
+    filler.unlink()
+    clock.now += 1
+    batcher.flush()
+    batcher.close()
+    kept = {r.t for r in stored_readings(store)}
+    # the newest are kept, the oldest went: exactly the counted ones
+    assert kept == {0} | {k * 1000 for k in range(polls - HELD_BATCHES + 1, polls + 1)}
+    assert store.stats().dropped_readings == lost
+    reports = [e for *_, p in store.iter_batches() for e in decode_batch(p).events
+               if e["kind"] == "buffer_drop"]
+    assert len(reports) == 1 and f"readings={lost}" in reports[0]["msg"]
