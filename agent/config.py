@@ -287,6 +287,7 @@ class UplinkConfig(_Section):
     flush_interval: Duration = Field(default="1 s", validate_default=True)
     max_inflight: int = Field(default=8, ge=1, le=100)
     replay_rate_per_second: float = Field(default=50.0, gt=0)
+    replay_order: Literal["live_first", "fifo"] = "live_first"
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
 

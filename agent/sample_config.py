@@ -83,6 +83,8 @@ batch_max_age = "10 s"              # … or when its oldest reading is this old
 flush_interval = "1 s"              # commit readings to the buffer this often (≤ batch_max_age)
 max_inflight = 8                    # batches published and not yet acknowledged (1-100)
 replay_rate_per_second = 50.0       # batches per second when sending a backlog after an outage
+replay_order = "live_first"         # live_first: new batches go out while the backlog drains
+                                    # fifo: strictly oldest first
 compression = "zstd"                # zstd or none
 zstd_level = 3                      # 1 (fast) … 19 (small)
 

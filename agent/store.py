@@ -341,16 +341,20 @@ class BatchStore:
 
     # -- the uplink's side ---------------------------------------------------------------------
 
-    def next_unsent(self, limit: int, exclude: set[int]) -> list[OutgoingBatch]:
-        """Oldest stored batches not in flight."""
+    def next_unsent(self, limit: int, exclude: set[int], *, after: int = 0) -> list[OutgoingBatch]:
+        """Oldest stored batches with ``seq > after``, not in ``exclude`` (in flight)."""
         if limit <= 0:
             return []
         rows = self._conn.execute(
-            "SELECT seq, payload, n_readings FROM batches ORDER BY seq LIMIT ?",
-            (limit + len(exclude),),
+            "SELECT seq, payload, n_readings FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit + len(exclude)),
         ).fetchall()
         out = [OutgoingBatch(seq, payload, n) for seq, payload, n in rows if seq not in exclude]
         return out[:limit]
+
+    def last_seq(self) -> int:
+        """The newest stored batch's seq (0 when empty)."""
+        return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()[0])
 
     def delete(self, seq: int) -> None:
         """Forget a batch the broker acknowledged."""

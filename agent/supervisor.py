@@ -135,7 +135,8 @@ async def run_agent(
     )
     uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
                     max_inflight=up.max_inflight, wake=wake, clock=clock,
-                    event=batcher.add_event)
+                    event=batcher.add_event, replay_rate=up.replay_rate_per_second,
+                    replay_order=up.replay_order)
     wake.set()
     runtime = AgentRuntime(store, batcher, boot=boot)
     for device, driver in drivers:

@@ -15,8 +15,10 @@ against aiomqtt 2.5 / paho 2.2 (PROTOCOLS.md §2):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from agent import __version__
 from agent.endpoints import BrokerAddress
 from agent.errors import BufferFull, UplinkError
 from agent.readings import Event
-from agent.store import OutgoingBatch
+from agent.store import OutgoingBatch, StoreStats
 from agent.wire import Status, encode_status
 
 log = structlog.get_logger(__name__)
@@ -177,9 +179,43 @@ class BatchSource(Protocol):
 
     in_flight: set[int]
 
-    def next_unsent(self, limit: int, exclude: set[int]) -> list[OutgoingBatch]: ...
+    def next_unsent(self, limit: int, exclude: set[int], *,
+                    after: int = 0) -> list[OutgoingBatch]: ...
+
+    def last_seq(self) -> int: ...
+
+    def stats(self) -> StoreStats: ...
 
     def delete(self, seq: int) -> None: ...
+
+
+class ReplayPacer:
+    """Token bucket for backlog batches: ``rate`` per second, bursts of at most one second."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._last = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+
+    def take(self) -> bool:
+        """Spend a token if there is one."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self) -> float:
+        """Seconds until the next token."""
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) / self._rate)
 
 
 @dataclass
@@ -207,8 +243,12 @@ class Uplink:
         wake: asyncio.Event,
         clock: Callable[[], float],
         event: Callable[[Event], None] | None = None,
+        replay_rate: float = 50.0,
+        replay_order: str = "live_first",
     ) -> None:
         self._settings = settings
+        self._replay_rate = replay_rate
+        self._replay_order = replay_order
         self._event = event
         self._store = store
         self._gw = gw
@@ -288,23 +328,54 @@ class Uplink:
 
     async def _send(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self._max_inflight)
+        # What was stored when we connected is the backlog: oldest first, paced. Batches
+        # sealed since are live: with live_first they go out at once, between backlog ones.
+        mark = self._store.last_seq()
+        pacer = ReplayPacer(self._replay_rate, time.monotonic)
+        if mark:
+            backlog = self._store.stats()
+            log.info("uplink_backlog", batches=backlog.batches, readings=backlog.readings,
+                     order=self._replay_order, rate_per_second=self._replay_rate)
         async with asyncio.TaskGroup() as tg:
             while True:
                 self._wake.clear()
                 self._retry_deletes()
-                batches = self._store.next_unsent(self._max_inflight,
-                                                  self._inflight | self._undeleted)
-                if not batches:
-                    if not self._inflight:
+                free = self._max_inflight - len(self._inflight)
+                chosen, paced_out = (self._choose(free, mark, pacer) if free > 0
+                                     else ([], False))
+                if not chosen:
+                    if not self._inflight and not paced_out:
                         self._idle.set()
-                    await self._wake.wait()
+                    delay = pacer.wait_time() if paced_out else None
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
                     continue
                 self._idle.clear()
-                for batch in batches:
+                for batch in chosen:
                     await window.acquire()
                     self._inflight.add(batch.seq)
                     tg.create_task(self._publish_one(client, batch, window),
                                    name=f"publish-{batch.seq}")
+
+    def _choose(self, free: int, mark: int,
+                pacer: ReplayPacer) -> tuple[list[OutgoingBatch], bool]:
+        """Up to ``free`` batches to publish now, and whether backlog waits for the pacer."""
+        busy = self._inflight | self._undeleted
+        chosen: list[OutgoingBatch] = []
+        if self._replay_order == "live_first":
+            chosen = self._store.next_unsent(free, busy, after=mark)
+            busy = busy | {b.seq for b in chosen}
+        for batch in self._store.next_unsent(free - len(chosen), busy):
+            if batch.seq > mark:
+                if self._replay_order == "live_first":
+                    break  # live ones were taken above
+                chosen.append(batch)
+            elif pacer.take():
+                chosen.append(batch)
+            else:
+                return chosen, True
+        return chosen, False
 
     async def _publish_one(self, client: aiomqtt.Client, batch: OutgoingBatch,
                            window: asyncio.Semaphore) -> None:
