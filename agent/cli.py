@@ -19,6 +19,8 @@ from agent.errors import AgentError, ConfigError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from drivers.modbus.config import Table
+    from drivers.modbus.tools import Target
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -68,6 +70,54 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("drivers", help="list installed drivers with version and origin")
 
+    p = sub.add_parser("probe", help="read registers from a live Modbus device, every decoding",
+                       description="Read a register range from a live device and print each\n"
+                       "register (hex, u16, i16) and every 2-register window as u32/i32/f32\n"
+                       "in all four byte orders (ABCD, CDAB, BADC, DCBA), scaled.\n"
+                       "Exit 1 on an exception answer or no answer.",
+                       epilog="examples:\n"
+                       "  ssc-agent probe --endpoint tcp://10.0.0.5:502 --unit 1 --table input "
+                       "--address 0 --count 8\n"
+                       "  ssc-agent probe --serial /dev/ttyUSB0 --baudrate 9600 --parity E "
+                       "--unit 3 --address 0x48 --count 4",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _modbus_target_args(p)
+    p.add_argument("--unit", type=int, default=1, help="Modbus unit (slave) id (default 1)")
+    p.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
+                   default="holding", help="register table (default holding)")
+    p.add_argument("--address", default="0", metavar="A",
+                   help="first address, 0-based protocol address, decimal or 0x hex (default 0)")
+    p.add_argument("--count", type=int, default=10, metavar="C",
+                   help="registers (or bits) to read; read in chunks of at most 125 (default 10)")
+    p.add_argument("--scale", type=float, default=1.0, metavar="S",
+                   help="multiply decoded values by S, e.g. 0.1 (default 1)")
+    p.add_argument("--timeout", default="1 s", help="per request, e.g. '1 s', '500 ms'")
+    p.add_argument("--f64", action="store_true",
+                   help="also show 4-register windows as f64")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text for a terminal (default), json for machines")
+
+    p = sub.add_parser("scan", help="find which Modbus unit ids answer on a bus",
+                       description="Try each unit id with a one-register read. A unit that\n"
+                       "answers, even with an exception, is alive and listed; exception 4 from\n"
+                       "a Modbus TCP server or gateway for a unit it does not have is not.\n"
+                       "Exit 0 when at least one unit answered, 1 when none did.",
+                       epilog="examples:\n"
+                       "  ssc-agent scan --serial /dev/ttyUSB0 --baudrate 9600 --units 1-247\n"
+                       "  ssc-agent scan --endpoint rtu+tcp://10.0.0.9:4001 --units 1-32 "
+                       "--timeout 0.3s",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _modbus_target_args(p)
+    p.add_argument("--units", default="1-247", metavar="IDS",
+                   help="unit ids to try, e.g. 1-247 or 1,3,10-12 (default 1-247)")
+    p.add_argument("--address", default="0", metavar="A",
+                   help="register to read, decimal or 0x hex (default 0)")
+    p.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
+                   default="holding", help="register table (default holding)")
+    p.add_argument("--timeout", default="0.2 s", help="per unit id (default '0.2 s')")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text for a terminal (default), json for machines")
+
     p = sub.add_parser("simulate", help="serve a simulated Modbus TCP device from a profile",
                        description="Serve a simulated device whose values move plausibly "
                        "(counters increase, power fluctuates). PROFILE is a profile name "
@@ -114,6 +164,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, metavar="DIR",
                    help="keep the agent's buffer and the receiver's database here")
     return parser
+
+
+def _modbus_target_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint", metavar="URL",
+                       help="tcp://HOST:PORT (Modbus TCP) or rtu+tcp://HOST:PORT (RTU through "
+                       "a serial device server)")
+    where.add_argument("--serial", metavar="PATH", help="serial port (RTU), e.g. /dev/ttyUSB0")
+    p.add_argument("--baudrate", type=int, default=9600, help="serial only (default 9600)")
+    p.add_argument("--parity", choices=["N", "E", "O"], default="N",
+                   help="serial only (default N)")
+    p.add_argument("--stopbits", type=int, choices=[1, 2], default=1,
+                   help="serial only (default 1)")
+    p.add_argument("--bytesize", type=int, choices=[7, 8], default=8,
+                   help="serial only (default 8)")
 
 
 def _load(path: Path, *, require_uplink: bool = True) -> AgentConfig:
@@ -184,6 +249,60 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _modbus_tool_args(args: argparse.Namespace) -> tuple[Target, Table, int, float]:
+    from agent.units import parse_duration
+    from drivers.modbus.config import Table
+    from drivers.modbus.tools import parse_address, target_from
+
+    target = target_from(args.endpoint, args.serial, baudrate=args.baudrate,
+                         parity=args.parity, stopbits=args.stopbits, bytesize=args.bytesize)
+    try:
+        address = parse_address(args.address)
+    except ValueError as exc:
+        raise ConfigError(f"--address: {exc}") from exc
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as exc:
+        raise ConfigError(f"--timeout: {exc}") from exc
+    return target, Table(args.table), address, timeout
+
+
+def _tool_logging(args: argparse.Namespace) -> None:
+    # Only on request: the tools print their own results, and pymodbus is silenced by them.
+    if args.log_level is not None:
+        from agent.logs import configure_logging
+
+        configure_logging(args.log_level, json=args.log_json)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from drivers.modbus.tools import run_probe
+
+    _tool_logging(args)
+    target, table, address, timeout = _modbus_tool_args(args)
+    if not 0 <= args.unit <= 255:
+        raise ConfigError(f"--unit {args.unit}: a Modbus unit id is 0..255")
+    return asyncio.run(run_probe(
+        target, unit=args.unit, table=table, address=address, count=args.count,
+        scale=args.scale, timeout_seconds=timeout, output=args.format, f64=args.f64, out=sys.stdout,
+    ))
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from drivers.modbus.tools import parse_units, run_scan
+
+    _tool_logging(args)
+    target, table, address, timeout = _modbus_tool_args(args)
+    try:
+        units = parse_units(args.units)
+    except ValueError as exc:
+        raise ConfigError(f"--units: {exc}") from exc
+    return asyncio.run(run_scan(
+        target, units, table=table, address=address, timeout_seconds=timeout, output=args.format,
+        out=sys.stdout, err=sys.stderr,
+    ))
+
+
 def _cmd_receive(args: argparse.Namespace) -> int:
     from agent.endpoints import parse_broker_url
     from agent.logs import configure_logging
@@ -234,6 +353,9 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
             print(f"pending rows:    {s.pending_rows} (open batch, committed)")
             print(f"file size:       {s.file_bytes} bytes")
             print(f"boot / next seq: {s.boot} / {s.next_seq}")
+            print(f"dropped:         {s.dropped_batches} batches, {s.dropped_readings} readings"
+                  + "".join(f"; {reason or 'other'}: {b} batches, {r} readings"
+                            for reason, (b, r) in sorted(store.drop_totals().items())))
             return EXIT_OK
         rows = store.iter_batches()
         if args.output is not None:
@@ -267,6 +389,8 @@ COMMANDS = {
     "validate": _cmd_validate,
     "sample-config": _cmd_sample,
     "drivers": _cmd_drivers,
+    "probe": _cmd_probe,
+    "scan": _cmd_scan,
     "simulate": _cmd_simulate,
     "receive": _cmd_receive,
     "buffer": _cmd_buffer,

@@ -63,7 +63,7 @@ __all__ = [
     "parse_kpi_duration",
 ]
 
-SECTIONS = ("gateway", "uplink", "buffer", "buses", "devices", "kpis")
+SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
 MIN_DEVICE_INTERVAL_SECONDS = 0.1
 # Keys whose values must never be echoed in an error line.
 _SECRET_WORDS = ("password", "secret", "key", "token")
@@ -409,6 +409,13 @@ class BufferConfig(_Section):
         return parse_duration(self.max_age)
 
 
+class MetricsConfig(_Section):
+    """``[metrics]``: Prometheus ``/metrics`` over HTTP, off unless ``port`` is set."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    address: str = "127.0.0.1"  # loopback: scrape through an SSH tunnel or a local agent
+
+
 class BusConfig(_Section):
     """``[[buses]]``: one serial line shared by the devices that name it."""
 
@@ -741,6 +748,7 @@ class AgentConfig(_Section):
     gateway: GatewayConfig
     uplink: UplinkConfig | None = None
     buffer: BufferConfig = Field(default_factory=BufferConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     buses: list[BusConfig] = Field(default_factory=list)
     devices: list[SerializeAsAny[DeviceConfig]] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)
@@ -1101,6 +1109,7 @@ class _Loader:
         gateway = self._table("gateway", GatewayConfig, required=True)
         uplink = self._table("uplink", UplinkConfig, required=require_uplink)
         buffer = self._table("buffer", BufferConfig, required=False)
+        metrics = self._table("metrics", MetricsConfig, required=False)
         buses = self._buses()
         devices = self._devices({bus.name for bus in buses} | self._raw_names("buses"))
         kpis = self._kpis()
@@ -1112,6 +1121,7 @@ class _Loader:
             gateway=gateway,
             uplink=uplink,
             buffer=buffer or BufferConfig(),
+            metrics=metrics or MetricsConfig(),
             buses=buses,
             devices=devices,
             kpis=kpis,

@@ -97,6 +97,12 @@ sync = "full"                       # full: fsync every commit (a power cut lose
                                     # normal: fewer fsyncs; survives a crash, not a power cut
 
 # ---------------------------------------------------------------------------------------------
+# [metrics]: Prometheus /metrics over HTTP (readings, batches, backlog, drops, devices).
+[metrics]
+# port = 9108                       # off unless set
+address = "127.0.0.1"               # keep it on loopback unless the network is trusted
+
+# ---------------------------------------------------------------------------------------------
 # [[buses]]: a serial line shared by the devices that name it (bus = "NAME"): one request at a
 # time on it, with a pause between frames.
 [[buses]]

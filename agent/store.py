@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS drops (
     t INTEGER NOT NULL,
     kind TEXT NOT NULL,
     message TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
     batches INTEGER NOT NULL,
     readings INTEGER NOT NULL,
     reported INTEGER NOT NULL DEFAULT 0
@@ -307,8 +308,9 @@ class BatchStore:
         message = (f"batches={len(seqs)} readings={readings} seq={seqs[0]}-{seqs[-1]} "
                    f"reason={reason} {limit} policy={self.bounds.when_full}")
         self._conn.execute(
-            "INSERT INTO drops (t, kind, message, batches, readings) VALUES (?, ?, ?, ?, ?)",
-            (int(self._clock() * 1000), "buffer_drop", message, len(seqs), readings))
+            "INSERT INTO drops (t, kind, message, reason, batches, readings)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (int(self._clock() * 1000), "buffer_drop", message, reason, len(seqs), readings))
         self._conn.execute(
             "UPDATE meta SET value = value + ? WHERE key = 'dropped_batches'", (len(seqs),))
         self._conn.execute(
@@ -320,11 +322,18 @@ class BatchStore:
         """Record readings lost before they reached the store (disk full for too long)."""
         with self._txn():
             self._conn.execute(
-                "INSERT INTO drops (t, kind, message, batches, readings) VALUES (?, ?, ?, 0, ?)",
+                "INSERT INTO drops (t, kind, message, reason, batches, readings)"
+                " VALUES (?, ?, ?, ?, 0, ?)",
                 (int(self._clock() * 1000), "buffer_drop",
-                 f"batches=0 readings={readings} reason={reason}", readings))
+                 f"batches=0 readings={readings} reason={reason}", reason, readings))
             self._conn.execute(
                 "UPDATE meta SET value = value + ? WHERE key = 'dropped_readings'", (readings,))
+
+    def drop_totals(self) -> dict[str, tuple[int, int]]:
+        """Dropped ``(batches, readings)`` by reason, since the store was created."""
+        return {str(r): (int(b), int(n)) for r, b, n in self._conn.execute(
+            "SELECT reason, sum(batches), sum(readings) FROM drops WHERE kind = 'buffer_drop'"
+            " GROUP BY reason")}
 
     def expire(self) -> None:
         """Apply ``max_age`` now (the batcher calls it every flush, sealed or not)."""

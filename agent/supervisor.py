@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,9 +27,13 @@ from agent.scheduler import DevicePoller
 from agent.store import BatchStore, StoreBounds
 from agent.units import parse_duration
 
+if TYPE_CHECKING:
+    from agent.uplink import Uplink
+
 log = structlog.get_logger(__name__)
 
 STORE_FILE = "buffer.db"
+METRICS_REFRESH_SECONDS = 5.0
 
 
 def unsupported_parts(config: AgentConfig) -> list[str]:
@@ -65,6 +70,24 @@ def create_drivers(
     if problems:
         raise ConfigError(problems)
     return out
+
+
+async def _serve_metrics(config: AgentConfig, runtime: AgentRuntime, uplink: Uplink) -> None:
+    from agent.metrics import DeliveryCollector, start_metrics_server
+
+    collector = DeliveryCollector(runtime.store, runtime.batcher, uplink, runtime.pollers)
+    assert config.metrics.port is not None
+    try:
+        start_metrics_server(collector, config.metrics.address, config.metrics.port)
+    except OSError as exc:
+        log.error("metrics_unavailable", address=config.metrics.address,
+                  port=config.metrics.port, error=str(exc))
+        return
+    log.info("metrics_serving", url=f"http://{config.metrics.address}:{config.metrics.port}"
+             "/metrics")
+    while True:
+        await asyncio.sleep(METRICS_REFRESH_SECONDS)
+        collector.refresh()
 
 
 @dataclass
@@ -161,6 +184,10 @@ async def run_agent(
             flusher = tg.create_task(batcher.run(parse_duration(up.flush_interval)),
                                      name="batcher")
             sender = tg.create_task(uplink.run(), name="uplink")
+            extras = []
+            if config.metrics.port is not None:
+                extras.append(tg.create_task(_serve_metrics(config, runtime, uplink),
+                                             name="metrics"))
             await stop.wait()
             log.info("agent_stopping")
             for task in polls:
@@ -173,6 +200,8 @@ async def run_agent(
                     await uplink.drained()
             await uplink.say_offline()
             sender.cancel()
+            for task in extras:
+                task.cancel()
     finally:
         await context.close()
         if install_signal_handlers:

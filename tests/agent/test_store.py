@@ -46,7 +46,9 @@ def test_pending_readings_round_trip_exactly(tmp_path: Path) -> None:
 def test_seal_moves_pending_into_one_batch_atomically(tmp_path: Path) -> None:
     store = BatchStore.open(tmp_path / "b.db")
     upto = store.append_pending(readings(4), [])
-    seq = store.seal(lambda s, ev: f"batch-{s}".encode(), created=5, n_readings=4, pending_upto=upto)
+    seq = store.seal(lambda s, ev: f"batch-{s}".encode(), created=5, n_readings=4,
+                     pending_upto=upto)
+    assert seq is not None
     assert store.load_pending() == ([], [], 0)
     assert [(b.seq, b.payload, b.n_readings) for b in store.next_unsent(10, set())] == [
         (seq, b"batch-1", 4)]
