@@ -118,15 +118,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text",
                    help="text for a terminal (default), json for machines")
 
-    p = sub.add_parser("simulate", help="serve a simulated Modbus TCP device from a profile",
+    p = sub.add_parser("simulate", help="serve a simulated Modbus device from a profile",
                        description="Serve a simulated device whose values move plausibly "
-                       "(counters increase, power fluctuates). PROFILE is a profile name "
+                       "(counters increase, power fluctuates), over Modbus TCP (--port) or "
+                       "Modbus RTU on a serial line (--serial). PROFILE is a profile name "
                        "(see config/profiles) or a path to a profile file.")
     p.add_argument("profile", metavar="PROFILE")
     p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--units", default="1", metavar="IDS",
                    help="comma-separated unit ids to serve, e.g. 1,2,3 (default 1)")
+    p.add_argument("--serial", metavar="PATH",
+                   help="serve Modbus RTU on this serial device instead of TCP (e.g. one end "
+                   "of a socat pty pair)")
+    p.add_argument("--baudrate", type=int, default=9600, help="--serial: default 9600")
+    p.add_argument("--parity", choices=["N", "E", "O"], default="N", help="--serial: default N")
+    p.add_argument("--silent-units", default="", metavar="IDS",
+                   help="--serial: unit ids that never answer (a dead meter on the bus)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
 
     p = sub.add_parser("receive", help="the central platform side: store batches in SQLite",
@@ -238,11 +246,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "info", json=args.log_json)
     try:
         units = [int(u) for u in args.units.split(",") if u.strip()]
+        silent = [int(u) for u in args.silent_units.split(",") if u.strip()]
     except ValueError:
-        _err(f"--units {args.units!r}: write unit ids as numbers, e.g. 1,2,3")
+        _err(f"--units {args.units!r} / --silent-units {args.silent_units!r}: write unit ids "
+             "as numbers, e.g. 1,2,3")
         return EXIT_USAGE
     try:
-        asyncio.run(run_simulate(args.profile, args.host, args.port, units, args.duration))
+        asyncio.run(run_simulate(args.profile, args.host, args.port, units, args.duration,
+                                 serial=args.serial, baudrate=args.baudrate,
+                                 parity=args.parity, silent_units=silent))
     except FileNotFoundError as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -1,4 +1,9 @@
-"""Simulated Modbus TCP devices served from device profiles (``ssc-agent simulate``).
+"""Simulated Modbus devices served from device profiles (``ssc-agent simulate``).
+
+Served over Modbus TCP (:func:`serve`), RTU frames over TCP (``serve(..., rtu=True)``, like a
+serial device server), or RTU on a serial port (:func:`serve_serial`, e.g. one end of a socat
+pty pair). Several unit ids share one server, as meters share one RS-485 line; units listed
+in ``silent_units`` never answer (a dead meter on the bus).
 
 A profile's ``[simulate]`` table says how each point's value moves; one key per point name,
 each an inline table with a ``kind``:
@@ -52,10 +57,12 @@ from drivers.modbus.codec import apply_scale, encode_value, is_float_type
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, PointType, Table
 
 if TYPE_CHECKING:
-    from pymodbus.server import ModbusTcpServer
+    from pymodbus.pdu import ModbusPDU
+    from pymodbus.server import ModbusSerialServer, ModbusTcpServer
     from pymodbus.simulator import SimAction, SimDevice
 
 __all__ = [
+    "SerialPort",
     "ServedLog",
     "SimulatedMeter",
     "SimulatorFleet",
@@ -63,12 +70,19 @@ __all__ = [
     "run_simulate",
     "serve",
     "serve_many",
+    "serve_serial",
 ]
 
 log = structlog.get_logger()
 
 ServedLog = Callable[[int, float, dict[str, float | int]], None]
 """Called with (unit, t, values) each time a simulated device's registers are updated."""
+
+TracePacket = Callable[[bool, bytes], bytes]
+"""pymodbus ``trace_packet`` hook: (sending, frame) → the frame to use (b"" sends nothing)."""
+
+TracePdu = Callable[[bool, "ModbusPDU"], "ModbusPDU"]
+"""pymodbus ``trace_pdu`` hook: (sending, pdu) → the pdu to use; tests count requests with it."""
 
 _FUNCTION_CODE = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 _INT_RANGE: dict[PointType, tuple[int, int]] = {
@@ -324,9 +338,39 @@ def _unit_map(
     return meters
 
 
+@dataclass(frozen=True, slots=True)
+class SerialPort:
+    """Where and how a simulator serves RTU on a serial port."""
+
+    path: str
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+def _muting(silent: frozenset[int], trace_packet: TracePacket | None,
+            answering: frozenset[int] | None = None) -> TracePacket | None:
+    """A trace_packet hook that drops every answer of a silent unit (first byte = unit id).
+
+    With ``answering`` (RTU), every other unit is silent too: on a real RS-485 line an absent
+    unit says nothing, while pymodbus would answer it with exception 4.
+    """
+    if not silent and answering is None:
+        return trace_packet
+
+    def hook(sending: bool, data: bytes) -> bytes:
+        if sending and data and (data[0] in silent
+                                 or (answering is not None and data[0] not in answering)):
+            return b""
+        return trace_packet(sending, data) if trace_packet is not None else data
+
+    return hook
+
+
 @dataclass
 class SimulatorServer:
-    """A running simulated Modbus TCP server: one port, one meter per unit id."""
+    """A running simulated Modbus server: one port (TCP or serial), one meter per unit id."""
 
     host: str
     port: int
@@ -334,19 +378,62 @@ class SimulatorServer:
     update_interval: float
     clock: Callable[[], float]
     served_log: ServedLog | None
-    _server: ModbusTcpServer | None = None
+    serial: SerialPort | None = None
+    rtu: bool = False
+    silent_units: frozenset[int] = frozenset()
+    trace_packet: TracePacket | None = field(default=None, repr=False)
+    trace_pdu: TracePdu | None = field(default=None, repr=False)
+    _server: ModbusTcpServer | ModbusSerialServer | None = None
     _updater: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    @property
+    def where(self) -> str:
+        """Where it serves: ``tcp://HOST:PORT``, ``rtu+tcp://HOST:PORT`` or ``rtu:PATH``."""
+        if self.serial is not None:
+            return f"rtu:{self.serial.path}"
+        return f"{'rtu+tcp' if self.rtu else 'tcp'}://{self.host}:{self.port}"
+
     async def _start(self, action: SimAction | None) -> None:
-        from pymodbus.server import ModbusTcpServer
+        from pymodbus.framer import FramerType
+        from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
         t = self.clock()
         devices = [m.sim_device(unit, t, action) for unit, m in self.meters.items()]
-        self._server = ModbusTcpServer(devices, address=(self.host, self.port))
-        await self._server.serve_forever(background=True)
+        answering = (frozenset(self.meters) - self.silent_units
+                     if self.serial is not None or self.rtu else None)
+        trace_packet = _muting(self.silent_units, self.trace_packet, answering)
+        if self.serial is not None:
+            self._server = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=self.serial.path,
+                baudrate=self.serial.baudrate,
+                parity=self.serial.parity,
+                stopbits=self.serial.stopbits,
+                bytesize=self.serial.bytesize,
+                trace_packet=trace_packet,
+                trace_pdu=self.trace_pdu,
+            )
+        else:
+            self._server = ModbusTcpServer(
+                devices,
+                address=(self.host, self.port),
+                framer=FramerType.RTU if self.rtu else FramerType.SOCKET,
+                trace_packet=trace_packet,
+                trace_pdu=self.trace_pdu,
+            )
+        try:
+            await self._server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus: "Could not start listen, please check address."
+            self._server = None
+            what = f"serial port {self.serial.path}" if self.serial else f"{self.host}:{self.port}"
+            raise OSError(
+                f"simulator: cannot serve on {what}: check that it exists and nothing else "
+                "holds it"
+            ) from exc
         self._record(t)
         self._updater = asyncio.create_task(
-            self._update_forever(), name=f"simulator-update-{self.port}"
+            self._update_forever(), name=f"simulator-update-{self.where}"
         )
 
     def _record(self, t: float) -> None:
@@ -387,7 +474,7 @@ class SimulatorServer:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
-            log.debug("simulator_stopped", host=self.host, port=self.port)
+            log.debug("simulator_stopped", where=self.where)
 
 
 async def serve(
@@ -401,18 +488,83 @@ async def serve(
     step_seconds: float = 1.0,
     served_log: ServedLog | None = None,
     action: SimAction | None = None,
+    rtu: bool = False,
+    silent_units: Iterable[int] = (),
+    trace_packet: TracePacket | None = None,
+    trace_pdu: TracePdu | None = None,
 ) -> SimulatorServer:
     """Serve simulated meters on ``host:port`` (a unit → profile map, or (profile, unit) pairs).
 
     Registers are rewritten every ``update_interval`` seconds from ``clock()``; ``action`` is
-    handed to every pymodbus ``SimDevice`` (tests use it to answer exception codes).
+    handed to every pymodbus ``SimDevice`` (tests use it to answer exception codes). With
+    ``rtu`` the port speaks RTU frames instead of Modbus TCP (a serial device server).
     """
+    return await _serve(
+        profiles_and_units, host, port, None, rtu=rtu, update_interval=update_interval,
+        clock=clock, seed=seed, step_seconds=step_seconds, served_log=served_log, action=action,
+        silent_units=silent_units, trace_packet=trace_packet, trace_pdu=trace_pdu,
+    )
+
+
+async def serve_serial(
+    profiles_and_units: UnitsSpec,
+    path: str,
+    *,
+    baudrate: int = 9600,
+    parity: str = "N",
+    stopbits: int = 1,
+    bytesize: int = 8,
+    update_interval: float = 1.0,
+    clock: Callable[[], float] = time.time,
+    seed: int | str = 0,
+    step_seconds: float = 1.0,
+    served_log: ServedLog | None = None,
+    action: SimAction | None = None,
+    silent_units: Iterable[int] = (),
+    trace_packet: TracePacket | None = None,
+    trace_pdu: TracePdu | None = None,
+) -> SimulatorServer:
+    """Serve simulated meters as Modbus RTU on the serial port ``path``, one per unit id.
+
+    ``path`` is a device (``/dev/ttyUSB0``, one end of a socat pty pair) or a pyserial URL
+    (``socket://127.0.0.1:P`` for framings a pty refuses, such as 8E1). Units in
+    ``silent_units`` receive their requests but never answer, like a dead meter on the bus.
+    """
+    serial = SerialPort(path, baudrate, parity, stopbits, bytesize)
+    return await _serve(
+        profiles_and_units, "", 0, serial, rtu=True, update_interval=update_interval,
+        clock=clock, seed=seed, step_seconds=step_seconds, served_log=served_log, action=action,
+        silent_units=silent_units, trace_packet=trace_packet, trace_pdu=trace_pdu,
+    )
+
+
+async def _serve(
+    profiles_and_units: UnitsSpec,
+    host: str,
+    port: int,
+    serial: SerialPort | None,
+    *,
+    rtu: bool,
+    update_interval: float,
+    clock: Callable[[], float],
+    seed: int | str,
+    step_seconds: float,
+    served_log: ServedLog | None,
+    action: SimAction | None,
+    silent_units: Iterable[int],
+    trace_packet: TracePacket | None,
+    trace_pdu: TracePdu | None,
+) -> SimulatorServer:
     if update_interval <= 0:
         raise ValueError(f"update_interval must be greater than zero, got {update_interval}")
     meters = _unit_map(profiles_and_units, seed, clock(), step_seconds)
-    server = SimulatorServer(host, port, meters, update_interval, clock, served_log)
+    server = SimulatorServer(
+        host, port, meters, update_interval, clock, served_log, serial=serial, rtu=rtu,
+        silent_units=frozenset(silent_units), trace_packet=trace_packet, trace_pdu=trace_pdu,
+    )
     await server._start(action)
-    log.debug("simulator_serving", host=host, port=port, units=sorted(meters))
+    log.debug("simulator_serving", where=server.where, units=sorted(meters),
+              silent_units=sorted(server.silent_units))
     return server
 
 
@@ -473,14 +625,37 @@ async def run_simulate(
     port: int,
     units: list[int],
     duration: float | None,
+    *,
+    serial: str | None = None,
+    baudrate: int = 9600,
+    parity: str = "N",
+    stopbits: int = 1,
+    bytesize: int = 8,
+    silent_units: Iterable[int] = (),
 ) -> None:
-    """Serve ``profile`` as the given unit ids until cancelled (or for ``duration`` seconds)."""
+    """Serve ``profile`` as the given unit ids until cancelled (or for ``duration`` seconds).
+
+    Modbus TCP on ``host:port``, or with ``serial=PATH`` Modbus RTU on that serial port
+    (``host`` and ``port`` are then unused).
+    """
     loaded = load_profile(profile)
-    server = await serve(dict.fromkeys(units, loaded), host, port)
+    meters = dict.fromkeys(units, loaded)
+    if serial is None:
+        server = await serve(meters, host, port, silent_units=silent_units)
+    else:
+        server = await serve_serial(
+            meters, serial, baudrate=baudrate, parity=parity, stopbits=stopbits,
+            bytesize=bytesize, silent_units=silent_units,
+        )
     try:
         unit_text = ", ".join(str(u) for u in sorted(units))
+        where = (
+            f"tcp://{host}:{port}"
+            if serial is None
+            else f"{serial} (Modbus RTU, {baudrate} {bytesize}{parity}{stopbits})"
+        )
         print(
-            f"simulating {loaded.name} as unit {unit_text} on tcp://{host}:{port} "
+            f"simulating {loaded.name} as unit {unit_text} on {where} "
             f"({len(loaded.points)} points; Ctrl-C stops)",
             flush=True,
         )

@@ -54,7 +54,17 @@ REGISTER_COUNT: dict[PointType, int] = {
 
 BIT_TABLES = frozenset({Table.COIL, Table.DISCRETE})
 
-_ENDPOINT = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
+_ENDPOINT = re.compile(
+    r"^(?P<scheme>tcp|rtu\+tcp)://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$"
+)
+
+
+class Transport(StrEnum):
+    """How a device's requests reach it."""
+
+    TCP = "tcp"  # Modbus TCP (MBAP framing), endpoint = "tcp://HOST:PORT"
+    RTU_TCP = "rtu+tcp"  # RTU frames through a TCP socket (a serial device server)
+    BUS = "bus"  # RTU on a [[buses]] serial line
 
 
 class ModbusPoint(BaseModel):
@@ -91,7 +101,7 @@ class ModbusPoint(BaseModel):
 
 
 class ModbusDeviceConfig(DeviceConfig):
-    """A Modbus device: TCP endpoint (or serial bus, next release) and its points."""
+    """A Modbus device: how to reach it (TCP, RTU over TCP, or a serial bus) and its points."""
 
     driver: str = "modbus"
     endpoint: str | None = None
@@ -100,6 +110,10 @@ class ModbusDeviceConfig(DeviceConfig):
     profile: str | None = None
     timeout: str = "1 s"
     retries: int = Field(default=1, ge=0, le=5)
+    serialize: bool = Field(
+        default=False,
+        description="tcp:// only: share one connection and one lock with every device on it",
+    )
     max_registers_per_request: int = Field(default=125, ge=1, le=125)
     max_bits_per_request: int = Field(default=2000, ge=1, le=2000)
     max_gap: int = Field(default=0, ge=0, le=124, description="registers to read across to merge")
@@ -113,7 +127,10 @@ class ModbusDeviceConfig(DeviceConfig):
             return value
         match = _ENDPOINT.match(value)
         if match is None or not 0 < int(match.group("port")) < 65536:
-            raise ValueError(f"{value!r} is not an endpoint: write tcp://HOST:PORT, e.g. tcp://10.0.0.5:502")
+            raise ValueError(
+                f"{value!r} is not an endpoint: write tcp://HOST:PORT (Modbus TCP) or "
+                "rtu+tcp://HOST:PORT (RTU through a serial device server), e.g. tcp://10.0.0.5:502"
+            )
         return value
 
     @field_validator("timeout")
@@ -137,6 +154,11 @@ class ModbusDeviceConfig(DeviceConfig):
     def _one_transport_and_unique_points(self) -> Self:
         if (self.endpoint is None) == (self.bus is None):
             raise ValueError("give exactly one of endpoint = \"tcp://HOST:PORT\" or bus = \"NAME\"")
+        if self.serialize and self.transport is not Transport.TCP:
+            raise ValueError(
+                "serialize = true applies to tcp:// endpoints only: devices on a bus or on an "
+                "rtu+tcp:// endpoint always share their line one request at a time; remove it"
+            )
         seen: set[str] = set()
         for point in self.points:
             if point.name in seen:
@@ -145,10 +167,24 @@ class ModbusDeviceConfig(DeviceConfig):
         return self
 
     @property
+    def transport(self) -> Transport:
+        """Modbus TCP, RTU over TCP, or RTU on a serial bus."""
+        if self.bus is not None:
+            return Transport.BUS
+        match = _ENDPOINT.match(self.endpoint or "")
+        assert match is not None  # validated above
+        return Transport(match.group("scheme"))
+
+    @property
+    def shares_line(self) -> bool:
+        """True when the device shares one connection and lock with others (RTU, serialize)."""
+        return self.transport is not Transport.TCP or self.serialize
+
+    @property
     def host_port(self) -> tuple[str, int]:
-        """Host and port of a TCP endpoint."""
+        """Host and port of a tcp:// or rtu+tcp:// endpoint."""
         if self.endpoint is None:
-            raise ValueError(f"device {self.name} has no TCP endpoint")
+            raise ValueError(f"device {self.name} has no tcp:// or rtu+tcp:// endpoint")
         match = _ENDPOINT.match(self.endpoint)
         assert match is not None  # validated above
         return match.group("host").strip("[]"), int(match.group("port"))
@@ -156,3 +192,8 @@ class ModbusDeviceConfig(DeviceConfig):
     @property
     def timeout_seconds(self) -> float:
         return parse_duration(self.timeout)
+
+    @property
+    def explicit_timeout_seconds(self) -> float | None:
+        """The device's ``timeout`` if the table (or its profile) set one, else None."""
+        return self.timeout_seconds if "timeout" in self.model_fields_set else None

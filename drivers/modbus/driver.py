@@ -1,4 +1,15 @@
-"""Modbus TCP driver: reads a device's points with the fewest requests its limits allow.
+"""Modbus driver: reads a device's points with the fewest requests its limits allow.
+
+A device is reached over Modbus TCP (its own connection, or one shared with the other devices
+of a ``serialize = true`` endpoint), RTU through a TCP socket (``rtu+tcp://``), or RTU on a
+serial bus (``bus = "NAME"``). Shared paths are :class:`~drivers.modbus.bus.ModbusLine`
+objects, one per run and physical line, held in ``DriverContext.resources``.
+
+Per request the driver retries an unanswered (timed-out, CRC-failed) request ``retries``
+times, then gives up on that request only. A device that answers nothing of a cycle raises
+``DeviceUnavailable`` and the scheduler backs off. A merged request answered with exception 2
+(illegal data address) is split by ``planner.split_request``, read again in the same cycle,
+and the split is kept for later cycles.
 
 pymodbus is imported inside the methods that use it: discovering drivers (``ssc-agent
 drivers``, config validation) loads ``SPEC`` and should not pay for pymodbus.
@@ -6,9 +17,9 @@ drivers``, config validation) loads ``SPEC`` and should not pay for pymodbus.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,37 +29,89 @@ import agent
 from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.readings import PointValue, Quality
+from drivers.modbus.bus import (
+    LineUnavailable,
+    ModbusLine,
+    NoAnswer,
+    line_for,
+    note_private_endpoint,
+)
 from drivers.modbus.codec import apply_scale, decode_registers
-from drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, Table
-from drivers.modbus.planner import ReadPlan, ReadRequest, plan_reads
+from drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, ModbusPoint, Table, Transport
+from drivers.modbus.planner import ReadPlan, ReadRequest, plan_reads, split_request
 
 if TYPE_CHECKING:
-    from pymodbus.client import AsyncModbusTcpClient
     from pymodbus.pdu import ModbusPDU
 
-__all__ = ["SPEC", "ModbusTcpDriver", "create_driver"]
+    from drivers.modbus.bus import Client
+
+__all__ = ["SPEC", "DriverStats", "ModbusDriver", "ModbusTcpDriver", "Splitter", "create_driver"]
 
 log = structlog.get_logger()
 
 SAMPLE_TOML = (Path(__file__).parent / "sample.toml").read_text(encoding="utf-8")
 
+ILLEGAL_DATA_ADDRESS = 2
 
-class _NoAnswer(Exception):
-    """A request got no answer (timeout, connection lost)."""
+Splitter = Callable[[ReadRequest, Sequence[ModbusPoint]], tuple[ReadRequest, ...]]
+"""``planner.split_request``: the parts that replace a request refused with exception 2."""
 
 
-class ModbusTcpDriver:
-    """One Modbus TCP device: connect, read every point once per call, close."""
+@dataclass
+class DriverStats:
+    """Counters of one device since the driver was created."""
 
-    def __init__(self, config: ModbusDeviceConfig) -> None:
-        if config.endpoint is None:
-            raise ConfigError(
-                f"devices (name={config.name}, driver=modbus): ModbusTcpDriver needs "
-                'endpoint = "tcp://HOST:PORT"'
-            )
+    cycles: int = 0
+    attempts: int = 0  # requests sent, retries included
+    no_answers: int = 0
+    exception_answers: int = 0
+    splits: int = 0
+
+
+class _Silent(Exception):
+    """The first request of a cycle got no answer: the device is treated as down."""
+
+
+@dataclass
+class _Cycle:
+    """What one read() has seen so far."""
+
+    results: list[PointValue | None]
+    answered: int = 0
+    last_error: str = ""
+
+
+def _describe(request: ReadRequest) -> str:
+    return f"{request.table.value}[{request.address}..{request.last}]"
+
+
+class ModbusDriver:
+    """One Modbus device on its own TCP connection or on a shared line."""
+
+    def __init__(
+        self,
+        config: ModbusDeviceConfig,
+        line: ModbusLine | None = None,
+        *,
+        split: Splitter | None = None,
+    ) -> None:
+        if line is None:
+            if config.shares_line:
+                where = f"bus {config.bus}" if config.bus is not None else config.endpoint
+                raise ConfigError(
+                    f"devices (name={config.name}, driver=modbus): a device on {where} shares "
+                    "its line with others: build it with create_driver(config, context)"
+                )
+            host, port = config.host_port
+            line = ModbusLine(str(config.endpoint), Transport.TCP,
+                              timeout=config.timeout_seconds, host=host, port=port, shared=False)
         self._config = config
-        self._host, self._port = config.host_port
-        self._where = f"{config.name} ({config.endpoint})"
+        self._line = line
+        self._split = split or split_request
+        if config.transport is Transport.TCP and not config.serialize:
+            self._where = f"{config.name} ({config.endpoint})"
+        else:
+            self._where = f"{config.name} ({line.name}, unit {config.unit})"
         self._points = tuple(PointInfo(p.name, p.unit) for p in config.points)
         self._plan = plan_reads(
             config.points,
@@ -57,8 +120,10 @@ class ModbusTcpDriver:
             max_gap=config.max_gap,
             forbidden=config.forbidden_ranges,
         )
-        self._client: AsyncModbusTcpClient | None = None
-        self._log = log.bind(device=config.name, endpoint=config.endpoint)
+        self._codes: dict[tuple[Table, int, int], int] = {}
+        self._holding = False
+        self.stats = DriverStats()
+        self._log = log.bind(device=config.name, line=line.name, unit=config.unit)
 
     @property
     def points(self) -> Sequence[PointInfo]:
@@ -67,7 +132,7 @@ class ModbusTcpDriver:
 
     @property
     def plan(self) -> ReadPlan:
-        """The requests one read() sends."""
+        """The requests one read() sends (after any split the device asked for)."""
         return self._plan
 
     @property
@@ -75,63 +140,109 @@ class ModbusTcpDriver:
         """How many Modbus requests one read() sends."""
         return len(self._plan)
 
-    def _new_client(self) -> AsyncModbusTcpClient:
-        from pymodbus.client import AsyncModbusTcpClient
+    @property
+    def line(self) -> ModbusLine:
+        """The line (connection, serial port) this device is read through."""
+        return self._line
 
-        return AsyncModbusTcpClient(
-            self._host,
-            port=self._port,
-            name=f"modbus-{self._config.name}",
-            # 0: no background reconnects; the scheduler owns backoff.
-            reconnect_delay=0,
-            timeout=self._config.timeout_seconds,
-            retries=self._config.retries,
-        )
+    def _hold(self) -> None:
+        if not self._holding:
+            self._holding = True
+            self._line.hold()
 
     async def connect(self) -> None:
-        """Open the TCP connection; raise DeviceUnavailable when refused or timed out."""
-        if self._client is not None and self._client.connected:
-            return
-        if self._client is not None:
-            # A fresh client per connection: no request state survives a lost connection.
-            self._client.close()
-        self._client = self._new_client()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if await self._client.connect():
-            self._log.debug("modbus_connected")
-            return
-        # pymodbus swallows the OSError and only returns False; the elapsed time tells a
-        # refused connection (at once) from an unanswered one (the whole timeout).
-        timeout = self._config.timeout_seconds
-        if loop.time() - started >= 0.9 * timeout:
-            reason = f"no answer within {timeout:g} s (timed out): check the address and network"
-        else:
-            reason = "connection refused: check that the device is on and the port is right"
-        raise DeviceUnavailable(f"{self._where}: {reason}")
-
-    async def _send(self, request: ReadRequest) -> ModbusPDU:
-        from pymodbus.exceptions import ModbusException
-
-        assert self._client is not None
-        unit = self._config.unit
-        client = self._client
+        """Open the connection or port; raise DeviceUnavailable when it cannot be opened."""
+        self._hold()
         try:
-            if request.table is Table.HOLDING:
-                return await client.read_holding_registers(
-                    request.address, count=request.count, device_id=unit
-                )
-            if request.table is Table.INPUT:
-                return await client.read_input_registers(
-                    request.address, count=request.count, device_id=unit
-                )
-            if request.table is Table.COIL:
-                return await client.read_coils(request.address, count=request.count, device_id=unit)
-            return await client.read_discrete_inputs(
+            await self._line.connect()
+        except LineUnavailable as exc:
+            raise DeviceUnavailable(f"{self._where}: {exc.reason}") from exc
+
+    async def close(self) -> None:
+        """Let go of the line: it closes when no device uses it any more. Idempotent."""
+        if self._holding:
+            self._holding = False
+            await self._line.release()
+
+    # ------------------------------------------------------------------ requests
+
+    async def _call(self, client: Client, request: ReadRequest) -> ModbusPDU:
+        unit = self._config.unit
+        if request.table is Table.HOLDING:
+            return await client.read_holding_registers(
                 request.address, count=request.count, device_id=unit
             )
-        except (ModbusException, OSError) as exc:  # TimeoutError is an OSError
-            raise _NoAnswer(str(exc)) from exc
+        if request.table is Table.INPUT:
+            return await client.read_input_registers(
+                request.address, count=request.count, device_id=unit
+            )
+        if request.table is Table.COIL:
+            return await client.read_coils(request.address, count=request.count, device_id=unit)
+        return await client.read_discrete_inputs(
+            request.address, count=request.count, device_id=unit
+        )
+
+    async def _send(self, request: ReadRequest, cycle: _Cycle) -> ModbusPDU | None:
+        """The answer to ``request`` after up to ``retries`` resends, or None."""
+        for _ in range(self._config.retries + 1):
+            self.stats.attempts += 1
+            try:
+                # The line waits out its quiet gap before the resend (and before neighbours).
+                return await self._line.exchange(lambda client: self._call(client, request))
+            except NoAnswer as exc:
+                self.stats.no_answers += 1
+                cycle.last_error = str(exc)
+        return None
+
+    def _note_code(self, request: ReadRequest, code: int | None) -> None:
+        """Log an exception code when it changes for a request, not at every poll."""
+        key = (request.table, request.address, request.count)
+        before = self._codes.get(key)
+        if code == before:
+            return
+        if code is None:
+            del self._codes[key]
+            self._log.info("modbus_exception_cleared", request=_describe(request), code=before)
+            return
+        self._codes[key] = code
+        self._log.warning("modbus_exception_answer", request=_describe(request), code=code)
+
+    def _mark(self, request: ReadRequest, cycle: _Cycle, quality: Quality) -> None:
+        for index, _ in request.points:
+            cycle.results[index] = PointValue(self._config.points[index].name, None, quality)
+
+    async def _read_request(self, request: ReadRequest, cycle: _Cycle) -> tuple[ReadRequest, ...]:
+        """Read one request into ``cycle``; returns the requests that replace it in the plan."""
+        answer = await self._send(request, cycle)
+        if answer is None:
+            if cycle.answered == 0:
+                raise _Silent
+            self._mark(request, cycle, Quality.COMM_ERROR)
+            return (request,)
+        cycle.answered += 1
+        if not answer.isError():
+            self._note_code(request, None)
+            for index, value in self._decode(request, answer):
+                cycle.results[index] = value
+            return (request,)
+        code = int(answer.exception_code)
+        self.stats.exception_answers += 1
+        if code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1:
+            parts = self._split(request, self._config.points)
+            if len(parts) > 1:
+                self.stats.splits += 1
+                self._log.info(
+                    "modbus_plan_split",
+                    old=_describe(request),
+                    new=[_describe(part) for part in parts],
+                )
+                replaced: list[ReadRequest] = []
+                for part in parts:
+                    replaced.extend(await self._read_request(part, cycle))
+                return tuple(replaced)
+        self._note_code(request, code)
+        self._mark(request, cycle, Quality.PROTOCOL_ERROR)
+        return (request,)
 
     def _decode(self, request: ReadRequest, answer: ModbusPDU) -> list[tuple[int, PointValue]]:
         points = self._config.points
@@ -140,9 +251,7 @@ class ModbusTcpDriver:
         if len(data) < request.count:
             self._log.debug(
                 "modbus_short_answer",
-                table=request.table.value,
-                address=request.address,
-                count=request.count,
+                request=_describe(request),
                 got=len(data),
             )
             return [
@@ -165,95 +274,69 @@ class ModbusTcpDriver:
             out.append((index, PointValue(point.name, value, Quality.GOOD)))
         return out
 
+    def _unavailable(self, cycle: _Cycle) -> DeviceUnavailable:
+        detail = cycle.last_error or "no answer"
+        return DeviceUnavailable(
+            f"{self._where}: no answer to its first request of {len(self._plan)} "
+            f"({self._config.retries + 1} attempt(s), {detail}); check that the device is on, "
+            "wired and at this unit id"
+        )
+
     async def read(self) -> Sequence[PointValue]:
         """Read every point once: one PointValue per point, in config order.
 
-        Reconnects once if the connection is down. Raises DeviceUnavailable when no request
-        got any answer; otherwise unanswered requests give COMM_ERROR and exception answers
-        PROTOCOL_ERROR, for their own points only.
+        Raises DeviceUnavailable when the line cannot be opened or the device answers none
+        of the cycle (after its first request stays unanswered, the rest are not sent: a
+        silent device must not hold its bus neighbours up). Otherwise unanswered requests
+        give COMM_ERROR and exception answers PROTOCOL_ERROR, for their own points only.
         """
-        reconnected = False
-        if self._client is None or not self._client.connected:
-            await self.connect()
-            reconnected = True
-        assert self._client is not None
-        results: list[PointValue | None] = [None] * len(self._config.points)
-        answered = 0
-        last_error = ""
-        for request in self._plan:
-            if not self._client.connected and not reconnected:
-                reconnected = True
-                try:
-                    await self.connect()
-                except DeviceUnavailable as exc:
-                    last_error = str(exc)
-            quality: Quality | None = None
-            if not self._client.connected:
-                quality = Quality.COMM_ERROR
-            else:
-                try:
-                    answer = await self._send(request)
-                except _NoAnswer as exc:
-                    last_error = str(exc)
-                    quality = Quality.COMM_ERROR
-                else:
-                    answered += 1
-                    if answer.isError():
-                        # Seam: exception 2 on a merged request is where a later release
-                        # splits it (planner.gap_ranges → forbidden) instead of losing it.
-                        self._log.debug(
-                            "modbus_exception_answer",
-                            table=request.table.value,
-                            address=request.address,
-                            count=request.count,
-                            code=answer.exception_code,
-                        )
-                        quality = Quality.PROTOCOL_ERROR
-                    else:
-                        for index, value in self._decode(request, answer):
-                            results[index] = value
-            if quality is not None:
-                for index, _ in request.points:
-                    results[index] = PointValue(self._config.points[index].name, None, quality)
-        if answered == 0 and len(self._plan) > 0:
-            detail = last_error or "connection lost"
-            raise DeviceUnavailable(
-                f"{self._where}: no answer to any of {len(self._plan)} request(s) ({detail}); "
-                "check that the device is on and reachable"
-            )
+        self._hold()
+        self.stats.cycles += 1
+        cycle = _Cycle(results=[None] * len(self._config.points))
+        plan: list[ReadRequest] = []
+        requests = list(self._plan)
+        for i, request in enumerate(requests):
+            try:
+                plan.extend(await self._read_request(request, cycle))
+            except _Silent:
+                raise self._unavailable(cycle) from None
+            except LineUnavailable as exc:
+                if cycle.answered == 0:
+                    raise DeviceUnavailable(f"{self._where}: {exc.reason}") from exc
+                # The connection went away mid-cycle: the rest of the plan waits for the next.
+                for rest in requests[i:]:
+                    self._mark(rest, cycle, Quality.COMM_ERROR)
+                plan.extend(requests[i:])
+                break
+        if tuple(plan) != self._plan.requests:
+            self._plan = ReadPlan(tuple(plan))
         return [
             value if value is not None else PointValue(p.name, None, Quality.COMM_ERROR)
-            for value, p in zip(results, self._config.points, strict=True)
+            for value, p in zip(cycle.results, self._config.points, strict=True)
         ]
 
-    async def close(self) -> None:
-        """Close the connection; safe to call more than once."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-            self._log.debug("modbus_closed")
+
+ModbusTcpDriver = ModbusDriver
+"""The name of the driver before it learned RTU; kept for existing callers."""
 
 
-def create_driver(config: DeviceConfig, context: DriverContext) -> ModbusTcpDriver:
-    """Build the driver for a validated Modbus device config."""
+def create_driver(config: DeviceConfig, context: DriverContext) -> ModbusDriver:
+    """Build the driver for a validated Modbus device config, sharing lines through context."""
     if not isinstance(config, ModbusDeviceConfig):
         raise ConfigError(
             f"devices (name={config.name}, driver=modbus): expected a ModbusDeviceConfig, "
             f"got {type(config).__name__}: validate the table with the modbus config model"
         )
-    if config.bus is not None:
-        raise ConfigError(
-            f"devices (name={config.name}, driver=modbus) → bus: Modbus RTU over a serial bus "
-            "is not supported yet in this release: use a Modbus TCP gateway and "
-            'endpoint = "tcp://HOST:PORT"'
-        )
-    return ModbusTcpDriver(config)
+    if config.shares_line:
+        return ModbusDriver(config, line_for(config, context))
+    note_private_endpoint(config, context)
+    return ModbusDriver(config)
 
 
 SPEC = DriverSpec(
     name="modbus",
     version=agent.__version__,
-    description="Modbus TCP meters and sensors (holding/input registers, coils, discrete inputs)",
+    description="Modbus TCP and RTU (serial bus, RTU over TCP) meters and sensors",
     config_model=ModbusDeviceConfig,
     create=create_driver,
     sample_toml=SAMPLE_TOML,

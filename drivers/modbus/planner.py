@@ -12,9 +12,12 @@ a span covers a forbidden address it can never again equal one point's span. So 
 monotone in the prefix, and the longest valid prefix never hurts. ``tests/drivers/modbus/
 test_planner.py`` checks this against brute force.
 
-Seam for later: when a device answers exception 2 (illegal address) for a merged request, the
-driver can plan again with the unread gap registers of that request added to ``forbidden``;
-``gap_ranges`` gives them. That splitting is not done yet.
+When a device answers exception 2 (illegal address) for a merged request, ``split_request``
+breaks it into smaller ones: first at its gaps (registers no point reads, the likely culprits),
+then into one request per point. Each call makes parts strictly smaller, so a driver that
+splits again whenever a part still fails ends at requests of single points, which it can mark
+bad on their own. ``gap_ranges`` names the gap registers (for a log line, or to plan again with
+them forbidden).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, Table
 
-__all__ = ["ReadPlan", "ReadRequest", "gap_ranges", "plan_reads"]
+__all__ = ["ReadPlan", "ReadRequest", "gap_ranges", "plan_reads", "split_request"]
 
 _TABLE_ORDER = (Table.HOLDING, Table.INPUT, Table.COIL, Table.DISCRETE)
 
@@ -167,3 +170,67 @@ def gap_ranges(request: ReadRequest, points: Sequence[ModbusPoint]) -> list[tupl
     if start is not None:
         gaps.append((request.address + start, request.last))
     return gaps
+
+
+def _part(table: Table, members: Sequence[tuple[int, int, int]]) -> ReadRequest:
+    """A request exactly covering ``members`` (point index, absolute first, absolute last)."""
+    first = min(m[1] for m in members)
+    last = max(m[2] for m in members)
+    ordered = sorted(members, key=lambda m: (m[1], m[0]))
+    return ReadRequest(
+        table=table,
+        address=first,
+        count=last - first + 1,
+        points=tuple((index, start - first) for index, start, _ in ordered),
+    )
+
+
+def _clusters(
+    members: Sequence[tuple[int, int, int]], *, join_adjacent: bool
+) -> list[list[tuple[int, int, int]]]:
+    """Members grouped into runs that overlap (or, with ``join_adjacent``, also touch)."""
+    reach = 1 if join_adjacent else 0
+    groups: list[list[tuple[int, int, int]]] = []
+    group_last = -2
+    for member in sorted(members, key=lambda m: (m[1], m[2], m[0])):
+        if groups and member[1] <= group_last + reach:
+            groups[-1].append(member)
+            group_last = max(group_last, member[2])
+        else:
+            groups.append([member])
+            group_last = member[2]
+    return groups
+
+
+def split_request(request: ReadRequest, points: Sequence[ModbusPoint]) -> tuple[ReadRequest, ...]:
+    """Smaller requests that together read the same points, for a request the device refused.
+
+    A request with gaps is cut into its gap-free runs; a gap-free run of several points into
+    one request per point (points that share registers stay together); a request that cannot
+    be cut any further comes back unchanged, as ``(request,)``.
+    """
+    members: list[tuple[int, int, int]] = []
+    for index, offset in request.points:
+        if not 0 <= index < len(points):
+            raise ValueError(
+                f"request at {request.address} names point #{index}, but the device has "
+                f"{len(points)} points: split with the point list the request was planned from"
+            )
+        width = points[index].width
+        if offset < 0 or offset + width > request.count:
+            raise ValueError(
+                f"point {points[index].name!r} (offset {offset}, {width} registers) lies outside "
+                f"the request {request.address}+{request.count}: the request does not belong "
+                "to these points"
+            )
+        first = request.address + offset
+        members.append((index, first, first + width - 1))
+    if not members:
+        return (request,)
+    parts = tuple(_part(request.table, run) for run in _clusters(members, join_adjacent=True))
+    if len(parts) == 1 and (parts[0].address, parts[0].count) == (request.address, request.count):
+        # No gap to cut at: one request per point (or per group sharing registers).
+        parts = tuple(_part(request.table, c) for c in _clusters(members, join_adjacent=False))
+        if len(parts) == 1:
+            return (request,)
+    return parts

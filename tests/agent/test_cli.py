@@ -147,3 +147,41 @@ def test_help_names_every_command() -> None:
     for command in ("run", "validate", "sample-config", "drivers", "simulate", "receive",
                     "buffer", "demo"):
         assert command in done.stdout
+
+
+def test_simulate_serial_then_scan_and_probe_it(tmp_path: Path) -> None:
+    """The technician's path on a (virtual) RS-485 line: simulate, scan, probe."""
+    import shutil
+    import time
+
+    if shutil.which("socat") is None:
+        pytest.fail("socat is needed for serial tests (apt-get install socat)")
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                             stderr=subprocess.DEVNULL)
+    sim = None
+    try:
+        deadline = time.monotonic() + 5
+        while not (a.exists() and b.exists()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "simulate", "ssc-demo-meter", "--serial", str(a),
+             "--units", "2,4", "--silent-units", "4", "--duration", "30"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert sim.stdout is not None
+        first = sim.stdout.readline()
+        assert str(a) in first, first
+        scan = cli("scan", "--serial", str(b), "--units", "1-5", "--timeout", "200 ms")
+        assert scan.returncode == 0, scan.stdout + scan.stderr
+        found = [line for line in scan.stdout.splitlines() if line.startswith("unit")]
+        assert [line.split()[1] for line in found] == ["2"], scan.stdout
+        probe = cli("probe", "--serial", str(b), "--unit", "2", "--table", "input",
+                    "--address", "0", "--count", "4")
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert "ABCD" in probe.stdout and "0x0000" in probe.stdout.lower()
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(10)
+        socat.terminate()
+        socat.wait(5)

@@ -1,4 +1,7 @@
-"""Modbus TCP driver against a real pymodbus simulator server on loopback."""
+"""Modbus driver over its own TCP connection, against a real pymodbus simulator on loopback.
+
+RTU, shared lines and request splitting have their own files: test_rtu, test_bus, test_split.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from agent.profiles import Profile, apply_profile, load_profile
 from agent.readings import PointValue, Quality
 from agent.simulator import SimulatorServer, serve
 from drivers.modbus.config import ModbusDeviceConfig
-from drivers.modbus.driver import SPEC, ModbusTcpDriver
+from drivers.modbus.driver import SPEC, ModbusDriver
 
 # name, table, type, byte order, scale, offset, value the device holds (engineering units)
 TYPED_POINTS: list[tuple[str, str, str, str, float, float, int | float]] = [
@@ -106,11 +109,11 @@ def recording_action(
 
 
 @pytest.fixture
-async def driver_factory() -> AsyncIterator[Callable[[ModbusDeviceConfig], ModbusTcpDriver]]:
-    made: list[ModbusTcpDriver] = []
+async def driver_factory() -> AsyncIterator[Callable[[ModbusDeviceConfig], ModbusDriver]]:
+    made: list[ModbusDriver] = []
 
-    def make(config: ModbusDeviceConfig) -> ModbusTcpDriver:
-        made.append(ModbusTcpDriver(config))
+    def make(config: ModbusDeviceConfig) -> ModbusDriver:
+        made.append(ModbusDriver(config))
         return made[-1]
 
     yield make
@@ -130,7 +133,7 @@ async def test_every_type_and_byte_order_decodes(
     tmp_path: Path,
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
     profile = typed_profile(tmp_path)
     seen: Requests = []
@@ -194,7 +197,7 @@ async def test_exception_answer_marks_only_that_requests_points(
     tmp_path: Path,
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
     profile = load_profile("ssc-demo-meter")
     seen: Requests = []
@@ -223,13 +226,13 @@ async def test_exception_answer_marks_only_that_requests_points(
     assert (4, 0, 28) in seen
 
 
-async def test_gap_the_device_does_not_define_is_a_protocol_error(
+async def test_gap_the_device_does_not_define_is_split_and_read(
     tmp_path: Path,
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
-    """Merging across an undefined register gets exception 2; the other table is unharmed."""
+    """Merging across an undefined register gets exception 2: the request is split."""
     points = [
         {"name": "a", "address": 0, "table": "holding"},
         {"name": "b", "address": 5, "table": "holding"},
@@ -242,19 +245,21 @@ async def test_gap_the_device_does_not_define_is_a_protocol_error(
     assert merged.requests_per_cycle == 2
     values = await merged.read()
     assert [(v.value, v.quality) for v in values] == [
-        (None, Quality.PROTOCOL_ERROR),
-        (None, Quality.PROTOCOL_ERROR),
+        (1, Quality.GOOD),
+        (2, Quality.GOOD),
         (3, Quality.GOOD),
     ]
+    assert merged.requests_per_cycle == 3
     split = driver_factory(device(port, profile, max_gap=0))
     assert [v.value for v in await split.read()] == [1, 2, 3]
+    assert split.requests_per_cycle == 3
 
 
 async def test_nan_float_is_out_of_range(
     tmp_path: Path,
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
     points = [
         {"name": "ok", "address": 0, "table": "input", "type": "f32"},
@@ -279,7 +284,7 @@ async def test_nan_float_is_out_of_range(
 async def test_timeout_of_one_request_is_a_comm_error(
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
     async def slow_input(
         fc: int, start: int, address: int, count: int, registers: list[int], set_values: Any
@@ -302,7 +307,7 @@ async def test_timeout_of_one_request_is_a_comm_error(
 
 
 async def test_server_down_is_device_unavailable(
-    port: int, driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver]
+    port: int, driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver]
 ) -> None:
     driver = driver_factory(device(port, load_profile("ssc-demo-meter")))
     with pytest.raises(DeviceUnavailable) as caught:
@@ -315,7 +320,7 @@ async def test_server_down_is_device_unavailable(
 async def test_reconnects_after_server_restart(
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
     profile = load_profile("ssc-demo-meter")
     first = await serve({1: profile}, "127.0.0.1", port, update_interval=3600)
@@ -337,7 +342,7 @@ async def test_reconnects_after_server_restart(
 async def test_close_is_idempotent_and_read_reconnects(
     port: int,
     servers: list[SimulatorServer],
-    driver_factory: Callable[[ModbusDeviceConfig], ModbusTcpDriver],
+    driver_factory: Callable[[ModbusDeviceConfig], ModbusDriver],
 ) -> None:
     profile = load_profile("ssc-demo-meter")
     servers.append(await serve({1: profile}, "127.0.0.1", port, update_interval=3600))
@@ -348,12 +353,23 @@ async def test_close_is_idempotent_and_read_reconnects(
     assert len(await driver.read()) == 20
 
 
-def test_spec_factory_refuses_a_serial_bus() -> None:
-    config = ModbusDeviceConfig.model_validate(
-        {"name": "rtu-1", "bus": "rs485-1", "points": [{"name": "a", "address": 0}]}
-    )
-    with pytest.raises(ConfigError, match="Modbus RTU over a serial bus is not supported yet"):
-        SPEC.create(config, DriverContext())
+def test_spec_factory_puts_bus_devices_on_one_shared_line() -> None:
+    from agent.config import BusConfig
+
+    def bus_device(name: str, unit: int, bus: str = "rs485-1") -> ModbusDeviceConfig:
+        return ModbusDeviceConfig.model_validate(
+            {"name": name, "bus": bus, "unit": unit, "points": [{"name": "a", "address": 0}]}
+        )
+
+    context = DriverContext(buses={"rs485-1": BusConfig(name="rs485-1", port="/dev/ttyUSB0")})
+    one = SPEC.create(bus_device("rtu-1", 1), context)
+    two = SPEC.create(bus_device("rtu-2", 2), context)
+    assert isinstance(one, ModbusDriver)
+    assert isinstance(two, ModbusDriver)
+    assert one.line is two.line
+    assert one.line.name == "bus rs485-1 (/dev/ttyUSB0)"
+    with pytest.raises(ConfigError, match=r"rtu-3.*→ bus: no bus named 'rs485-2'"):
+        SPEC.create(bus_device("rtu-3", 3, bus="rs485-2"), context)
 
 
 def test_spec_describes_the_driver() -> None:
@@ -365,7 +381,7 @@ def test_spec_describes_the_driver() -> None:
         }
     )
     driver = SPEC.create(config, DriverContext())
-    assert isinstance(driver, ModbusTcpDriver)
+    assert isinstance(driver, ModbusDriver)
     assert driver.requests_per_cycle == 1
     assert SPEC.name == "modbus"
     assert SPEC.config_model is ModbusDeviceConfig
@@ -373,6 +389,6 @@ def test_spec_describes_the_driver() -> None:
 
 
 def test_demo_meter_needs_two_requests() -> None:
-    driver = ModbusTcpDriver(device(1502, load_profile("ssc-demo-meter")))
+    driver = ModbusDriver(device(1502, load_profile("ssc-demo-meter")))
     assert len(driver.points) == 20
     assert driver.requests_per_cycle == 2

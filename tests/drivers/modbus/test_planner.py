@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, PointType, Table
-from drivers.modbus.planner import ReadPlan, gap_ranges, plan_reads
+from drivers.modbus.planner import ReadPlan, ReadRequest, gap_ranges, plan_reads, split_request
 
 
 def pt(name: str, address: int, type_: str = "u16", table: str = "holding") -> ModbusPoint:
@@ -285,3 +285,167 @@ def test_greedy_plan_is_valid_and_optimal(
     result = plan(points, **kwargs)  # type: ignore[arg-type]
     check_plan(points, result, **kwargs)  # type: ignore[arg-type]
     assert len(result) == brute_force_minimum(points, **kwargs)  # type: ignore[arg-type]
+
+
+# --- splitting a refused request ------------------------------------------------------------
+
+
+def only(plan_: ReadPlan) -> ReadRequest:
+    (request,) = plan_
+    return request
+
+
+def shape(parts: Sequence[ReadRequest]) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
+    return [(r.address, r.count, r.points) for r in parts]
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        pytest.param([pt("a", 7, "f32")], [(7, 2, ((0, 0),))], id="single-point-unchanged"),
+        pytest.param(
+            [pt("a", 0), pt("b", 3)],
+            [(0, 1, ((0, 0),)), (3, 1, ((1, 0),))],
+            id="cut-at-gap",
+        ),
+        pytest.param(
+            [pt("a", 0), pt("b", 1), pt("c", 5, "u32")],
+            [(0, 2, ((0, 0), (1, 1))), (5, 2, ((2, 0),))],
+            id="gap-first-runs-stay-whole",
+        ),
+        pytest.param(
+            [pt("a", 0), pt("b", 1), pt("c", 2, "f32")],
+            [(0, 1, ((0, 0),)), (1, 1, ((1, 0),)), (2, 2, ((2, 0),))],
+            id="gap-free-run-one-per-point",
+        ),
+        pytest.param(
+            [pt("as_u32", 0, "u32"), pt("as_i32", 0, "i32"), pt("low", 1), pt("next", 2)],
+            [(0, 2, ((0, 0), (1, 0), (2, 1))), (2, 1, ((3, 0),))],
+            id="overlapping-points-stay-together",
+        ),
+        pytest.param(
+            [pt("long", 0, "u64"), pt("inner", 2)],
+            [(0, 4, ((0, 0), (1, 2)))],
+            id="point-inside-a-point-is-one-part",
+        ),
+        pytest.param(
+            [pt("c", 9, "bool", "coil"), pt("a", 0, "bool", "coil"), pt("b", 1, "bool", "coil")],
+            [(0, 2, ((1, 0), (2, 1))), (9, 1, ((0, 0),))],
+            id="bits-and-point-order",
+        ),
+    ],
+)
+def test_split_table(
+    points: list[ModbusPoint], expected: list[tuple[int, int, tuple[tuple[int, int], ...]]]
+) -> None:
+    request = only(plan(points, max_gap=10, max_bits=100))
+    parts = split_request(request, points)
+    assert shape(parts) == expected
+    assert all(p.table is request.table for p in parts)
+
+
+def test_unsplittable_request_is_returned_as_is() -> None:
+    points = [pt("a", 3, "u32")]
+    request = only(plan(points))
+    assert split_request(request, points) == (request,)
+    assert split_request(request, points)[0] is request
+
+
+def test_split_trims_registers_no_point_reads() -> None:
+    points = [pt("a", 0), pt("b", 4)]
+    padded = ReadRequest(Table.HOLDING, 2, 6, ((1, 2),))  # reads 2..7 for b at 4 only
+    assert shape(split_request(padded, points)) == [(4, 1, ((1, 0),))]
+
+
+def test_split_refuses_a_request_of_other_points() -> None:
+    points = [pt("a", 0, "u32")]
+    with pytest.raises(ValueError, match="does not belong to these points"):
+        split_request(ReadRequest(Table.HOLDING, 0, 1, ((0, 0),)), points)
+    with pytest.raises(ValueError, match="with the point list"):
+        split_request(ReadRequest(Table.HOLDING, 0, 2, ((3, 0),)), points)
+
+
+def _split_to_the_end(
+    request: ReadRequest, points: Sequence[ModbusPoint], depth: int = 0
+) -> list[ReadRequest]:
+    """Split until nothing changes; every step must make progress."""
+    assert depth <= request.count + len(request.points), "splitting does not terminate"
+    parts = split_request(request, points)
+    if parts == (request,):
+        return [request]
+    assert len(parts) > 1 or parts[0].count < request.count  # progress
+    leaves: list[ReadRequest] = []
+    for part in parts:
+        leaves.extend(_split_to_the_end(part, points, depth + 1))
+    return leaves
+
+
+def _check_parts(
+    original: ReadRequest, parts: Sequence[ReadRequest], points: Sequence[ModbusPoint]
+) -> None:
+    assert sorted(i for p in parts for i, _ in p.points) == sorted(i for i, _ in original.points)
+    for part in parts:
+        assert part.table is original.table
+        assert original.address <= part.address
+        assert part.last <= original.last
+        assert part.count <= original.count
+        for index, offset in part.points:
+            point = points[index]
+            assert offset == point.address - part.address
+            assert part.address <= point.address
+            assert point.address + point.width - 1 <= part.last
+        if part is not original:
+            assert gap_ranges(part, points) == []
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[list[ModbusPoint], ReadRequest]:
+    table = draw(st.sampled_from(list(Table)))
+    bits = table in BIT_TABLES
+    n = draw(st.integers(1, 8))
+    points = [
+        pt(
+            f"p{i}",
+            draw(st.integers(0, 30)),
+            "bool" if bits else draw(st.sampled_from(_REGISTER_TYPES)).value,
+            table.value,
+        )
+        for i in range(n)
+    ]
+    request = only(plan(points, max_gap=40, max_registers=125, max_bits=125))
+    lead = draw(st.integers(0, min(3, request.address)))
+    trail = draw(st.integers(0, 3))
+    if lead or trail:  # a request from elsewhere may read more than its points
+        request = ReadRequest(
+            table,
+            request.address - lead,
+            request.count + lead + trail,
+            tuple((i, o + lead) for i, o in request.points),
+        )
+    return points, request
+
+
+@settings(max_examples=500, deadline=None)
+@given(_requests())
+def test_split_parts_read_exactly_the_points(case: tuple[list[ModbusPoint], ReadRequest]) -> None:
+    points, request = case
+    parts = split_request(request, points)
+    _check_parts(request, parts, points)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_requests())
+def test_repeated_splitting_ends_at_single_points(
+    case: tuple[list[ModbusPoint], ReadRequest],
+) -> None:
+    points, request = case
+    leaves = _split_to_the_end(request, points)
+    _check_parts(request, leaves, points)
+    for leaf in leaves:
+        spans = sorted(_span(points[i]) for i, _ in leaf.points)
+        # what is left is one point, or points chained by shared registers
+        reach = spans[0][1]
+        for first, last in spans[1:]:
+            assert first <= reach
+            reach = max(reach, last)
+        assert (leaf.address, leaf.last) == (spans[0][0], reach)

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from agent.config import BusConfig, load_config
 from agent.driver import DriverContext
 from agent.profiles import apply_profile, load_profile
-from drivers.modbus.config import ModbusDeviceConfig, PointType, Table
-from drivers.modbus.driver import SPEC, ModbusTcpDriver
+from drivers.modbus.config import ModbusDeviceConfig, PointType, Table, Transport
+from drivers.modbus.driver import SPEC, ModbusDriver
 
 DRIVER_DIR = Path(__file__).parents[3] / "drivers" / "modbus"
 
@@ -25,12 +26,33 @@ def merged(device: dict[str, Any]) -> ModbusDeviceConfig:
 def test_sample_devices_validate_after_profile_merging() -> None:
     sample = tomllib.loads((DRIVER_DIR / "sample.toml").read_text(encoding="utf-8"))
     devices = [merged(d) for d in sample["devices"]]
-    assert [d.name for d in devices] == ["meter-1", "boiler-1"]
+    assert [d.name for d in devices] == [
+        "meter-1", "boiler-1", "meter-2", "meter-3", "meter-4", "meter-5"
+    ]
     assert len(devices[0].points) == 19  # from the eastron-sdm630 profile
     assert devices[0].max_registers_per_request == 60
     assert {p.table for p in devices[1].points} == {Table.HOLDING, Table.INPUT, Table.COIL}
-    for device in devices:
-        assert isinstance(SPEC.create(device, DriverContext()), ModbusTcpDriver)
+    assert [d.transport for d in devices] == [
+        Transport.TCP, Transport.TCP, Transport.BUS, Transport.BUS, Transport.RTU_TCP,
+        Transport.TCP,
+    ]
+    buses = {b["name"]: BusConfig.model_validate(b) for b in sample["buses"]}
+    context = DriverContext(buses=buses)
+    drivers = [SPEC.create(device, context) for device in devices]
+    assert all(isinstance(d, ModbusDriver) for d in drivers)
+    # the two bus meters share the line; rtu+tcp and the serialized gateway have their own
+    assert len(context.closers) == 3
+
+
+def test_sample_config_file_validates_as_a_whole(tmp_path: Path) -> None:
+    """Through the real loader: bus names resolve, names are unique, ports are distinct."""
+    sample = (DRIVER_DIR / "sample.toml").read_text(encoding="utf-8")
+    path = tmp_path / "agent.toml"
+    head = '[gateway]\nid = "gw-1"\n\n[uplink]\nbroker = "mqtt://127.0.0.1:1883"\n\n'
+    path.write_text(head + sample, encoding="utf-8")
+    config = load_config(path, driver_models={"modbus": ModbusDeviceConfig})
+    assert [b.name for b in config.buses] == ["rs485-1"]
+    assert len(config.devices) == 6
 
 
 def test_readme_configuration_section_is_the_sample() -> None:
@@ -48,7 +70,7 @@ def test_readme_configuration_section_is_the_sample() -> None:
 def test_shipped_profiles_plan(profile: str, points: int, requests: int) -> None:
     config = merged({"name": "m", "endpoint": "tcp://127.0.0.1:502", "profile": profile})
     assert len(config.points) == points
-    driver = ModbusTcpDriver(config)
+    driver = ModbusDriver(config)
     assert driver.requests_per_cycle == requests
     assert {r.table for r in driver.plan} <= {Table.INPUT, Table.HOLDING}
 
