@@ -251,6 +251,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         _err(f"--units {args.units!r} / --silent-units {args.silent_units!r}: write unit ids "
              "as numbers, e.g. 1,2,3")
         return EXIT_USAGE
+    from agent.driver import discover
+
+    entry = discover().get(args.profile)
+    if entry is not None and entry.spec is not None and entry.spec.simulate is not None:
+        # A serial sensor driver's own simulator (sds011, pms5003, …), not a Modbus profile.
+        if args.serial is None:
+            _err(f"simulate {args.profile}: give --serial PATH (this device speaks serial)")
+            return EXIT_USAGE
+        asyncio.run(entry.spec.simulate(args.serial, args.duration))
+        return EXIT_OK
     try:
         asyncio.run(run_simulate(args.profile, args.host, args.port, units, args.duration,
                                  serial=args.serial, baudrate=args.baudrate,

@@ -10,7 +10,7 @@ code, never missing. When the device does not answer at all, ``read()`` raises
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
@@ -85,6 +85,9 @@ class DriverSpec:
     config_model: type[DeviceConfig]
     create: Callable[[DeviceConfig, DriverContext], Driver]
     sample_toml: str = ""
+    # ``ssc-agent simulate NAME --serial PATH``: serve a simulated device of this driver on a
+    # serial path until cancelled (or for ``duration`` seconds). None: no simulator.
+    simulate: Callable[[str, float | None], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass(frozen=True)
