@@ -53,6 +53,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.profiles import Profile, load_profile
+from drivers.modbus.bus import SerialSettings
 from drivers.modbus.codec import apply_scale, encode_value, is_float_type
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, PointType, Table
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from pymodbus.simulator import SimAction, SimDevice
 
 __all__ = [
-    "SerialPort",
+    "SerialSettings",
     "ServedLog",
     "SimulatedMeter",
     "SimulatorFleet",
@@ -338,17 +339,6 @@ def _unit_map(
     return meters
 
 
-@dataclass(frozen=True, slots=True)
-class SerialPort:
-    """Where and how a simulator serves RTU on a serial port."""
-
-    path: str
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-
-
 def _muting(silent: frozenset[int], trace_packet: TracePacket | None,
             answering: frozenset[int] | None = None) -> TracePacket | None:
     """A trace_packet hook that drops every answer of a silent unit (first byte = unit id).
@@ -378,7 +368,7 @@ class SimulatorServer:
     update_interval: float
     clock: Callable[[], float]
     served_log: ServedLog | None
-    serial: SerialPort | None = None
+    serial: SerialSettings | None = None
     rtu: bool = False
     silent_units: frozenset[int] = frozenset()
     trace_packet: TracePacket | None = field(default=None, repr=False)
@@ -390,7 +380,7 @@ class SimulatorServer:
     def where(self) -> str:
         """Where it serves: ``tcp://HOST:PORT``, ``rtu+tcp://HOST:PORT`` or ``rtu:PATH``."""
         if self.serial is not None:
-            return f"rtu:{self.serial.path}"
+            return f"rtu:{self.serial.port}"
         return f"{'rtu+tcp' if self.rtu else 'tcp'}://{self.host}:{self.port}"
 
     async def _start(self, action: SimAction | None) -> None:
@@ -406,7 +396,7 @@ class SimulatorServer:
             self._server = ModbusSerialServer(
                 devices,
                 framer=FramerType.RTU,
-                port=self.serial.path,
+                port=self.serial.port,
                 baudrate=self.serial.baudrate,
                 parity=self.serial.parity,
                 stopbits=self.serial.stopbits,
@@ -426,7 +416,7 @@ class SimulatorServer:
             await self._server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus: "Could not start listen, please check address."
             self._server = None
-            what = f"serial port {self.serial.path}" if self.serial else f"{self.host}:{self.port}"
+            what = f"serial port {self.serial.port}" if self.serial else f"{self.host}:{self.port}"
             raise OSError(
                 f"simulator: cannot serve on {what}: check that it exists and nothing else "
                 "holds it"
@@ -530,7 +520,7 @@ async def serve_serial(
     (``socket://127.0.0.1:P`` for framings a pty refuses, such as 8E1). Units in
     ``silent_units`` receive their requests but never answer, like a dead meter on the bus.
     """
-    serial = SerialPort(path, baudrate, parity, stopbits, bytesize)
+    serial = SerialSettings(path, baudrate, parity, stopbits, bytesize)
     return await _serve(
         profiles_and_units, "", 0, serial, rtu=True, update_interval=update_interval,
         clock=clock, seed=seed, step_seconds=step_seconds, served_log=served_log, action=action,
@@ -542,7 +532,7 @@ async def _serve(
     profiles_and_units: UnitsSpec,
     host: str,
     port: int,
-    serial: SerialPort | None,
+    serial: SerialSettings | None,
     *,
     rtu: bool,
     update_interval: float,

@@ -83,6 +83,11 @@ class SerialSettings:
     stopbits: int = 1
     bytesize: int = 8
 
+    @property
+    def label(self) -> str:
+        """The port and its framing, e.g. ``/dev/ttyUSB0 9600 8N1``."""
+        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
 
 @dataclass
 class LineStats:

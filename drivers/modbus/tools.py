@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from drivers.modbus.bus import SerialSettings
 from drivers.modbus.codec import apply_scale, decode_registers
 from drivers.modbus.config import BIT_TABLES, ByteOrder, PointType, Table
 
@@ -33,7 +34,6 @@ __all__ = [
     "EXCEPTION_MEANINGS",
     "ProbeResult",
     "RegisterRow",
-    "SerialTarget",
     "Target",
     "TcpTarget",
     "UnitAnswer",
@@ -97,23 +97,7 @@ class TcpTarget:
         return f"{'rtu+tcp' if self.rtu else 'tcp'}://{host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class SerialTarget:
-    """A serial line (RS-485 adapter, pty, or a pyserial URL such as ``socket://``), RTU."""
-
-    port: str
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-
-    @property
-    def label(self) -> str:
-        """The port and its framing, e.g. ``/dev/ttyUSB0 9600 8N1``."""
-        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
-
-
-Target = TcpTarget | SerialTarget
+Target = TcpTarget | SerialSettings
 
 
 def _is_gateway_tcp(target: Target) -> bool:
@@ -160,7 +144,7 @@ def target_from(
         raise ConfigError(f"--bytesize {bytesize}: write 7 or 8")
     if baudrate <= 0:
         raise ConfigError(f"--baudrate {baudrate}: write a positive rate, e.g. 9600")
-    return SerialTarget(serial, baudrate, parity, stopbits, bytesize)
+    return SerialSettings(serial, baudrate, parity, stopbits, bytesize)
 
 
 def parse_address(text: str) -> int:

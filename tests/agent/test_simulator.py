@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +15,9 @@ from agent.profiles import Profile, load_profile
 from agent.simulator import SimulatedMeter, run_simulate, serve, serve_many
 from drivers.modbus.codec import decode_registers
 from drivers.modbus.config import ByteOrder, PointType, Table
+from tests.conftest import free_port
 
 T0 = 1_780_000_000.0  # a fixed epoch second, so results do not depend on today
-
-
-@pytest.fixture(autouse=True)
-def _quiet_pymodbus() -> Iterator[None]:
-    logger = logging.getLogger("pymodbus")
-    before = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(before)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def tiny_profile(tmp_path: Path, simulate: dict[str, Any], **defaults: Any) -> Profile:

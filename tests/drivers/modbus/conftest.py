@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,24 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _die_with_parent
-
-
-@pytest.fixture(autouse=True)
-def _quiet_pymodbus() -> Iterator[None]:
-    logger = logging.getLogger("pymodbus")
-    before = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(before)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.conftest import _die_with_parent, free_port
 
 
 @pytest.fixture

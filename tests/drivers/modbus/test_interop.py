@@ -25,7 +25,7 @@ from agent.driver import Driver, DriverContext
 from agent.readings import Quality
 from drivers.modbus.config import ModbusDeviceConfig, Table
 from drivers.modbus.driver import SPEC
-from tests.drivers.modbus.conftest import free_port
+from tests.conftest import free_port
 from tests.drivers.modbus.servers import (
     LibmodbusSlave,
     ModbusTkServer,

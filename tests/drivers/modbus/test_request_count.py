@@ -27,7 +27,7 @@ from drivers.modbus.codec import apply_scale
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint, Table
 from drivers.modbus.driver import SPEC
 from drivers.modbus.planner import ReadRequest, plan_reads
-from tests.drivers.modbus.conftest import free_port
+from tests.conftest import free_port
 from tests.drivers.modbus.servers import (
     SCATTERED_LIMITS,
     UNDEFINED_GAP,

@@ -22,7 +22,7 @@ from agent.simulator import serve
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint
 from drivers.modbus.driver import ModbusDriver, Splitter
 from drivers.modbus.planner import ReadRequest, split_request
-from tests.drivers.modbus.conftest import free_port
+from tests.conftest import free_port
 
 REGISTERS = 48  # holding 0..47 hold 1000 + address, unless refused or left undefined
 

@@ -33,9 +33,9 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.cli import main
+from drivers.modbus.bus import SerialSettings
 from drivers.modbus.config import ByteOrder, PointType, Table
 from drivers.modbus.tools import (
-    SerialTarget,
     TcpTarget,
     UnitAnswer,
     chunk_ranges,
@@ -360,9 +360,9 @@ def test_describe_exception(
     [
         (4, TcpTarget("h"), "gateway"),
         (4, TcpTarget("h", rtu=True), "exception"),
-        (4, SerialTarget("/dev/ttyUSB0"), "exception"),
+        (4, SerialSettings("/dev/ttyUSB0"), "exception"),
         (2, TcpTarget("h"), "exception"),
-        (11, SerialTarget("/dev/ttyUSB0"), "gateway"),
+        (11, SerialSettings("/dev/ttyUSB0"), "gateway"),
         (10, TcpTarget("h"), "gateway"),
     ],
 )
@@ -381,7 +381,7 @@ def test_scan_summary() -> None:
     lines = format_scan_summary(answers, TcpTarget("127.0.0.1", 502))
     assert lines[0] == "found 2 unit(s) of 5 tried (1-5) on tcp://127.0.0.1:502: 2, 4"
     assert lines[1] == "gateway answered exception 4 for 2 unit(s) (1, 5): not found"
-    assert format_scan_summary(answers[2:3], SerialTarget("/dev/x")) == [
+    assert format_scan_summary(answers[2:3], SerialSettings("/dev/x")) == [
         "found 0 unit(s) of 1 tried (3) on /dev/x 9600 8N1"
     ]
 
