@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -17,6 +18,9 @@ from agent.errors import BufferFull, WireFormatError
 from agent.readings import Event, Reading
 from agent.store import BatchStore
 from agent.wire import Batch, build_series, encode_batch, event_to_map
+
+if TYPE_CHECKING:
+    from agent.kpi.live import LiveKpis, Step
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +54,7 @@ class Batcher:
         level: int,
         clock: Callable[[], float],
         on_sealed: Callable[[], None],
+        kpis: LiveKpis | None = None,
     ) -> None:
         self._store = store
         self._gw = gw
@@ -60,22 +65,28 @@ class Batcher:
         self._level = level
         self._clock = clock
         self._on_sealed = on_sealed
+        self._kpis = kpis
+        self._open_aggregates: list[dict[str, Any]] = []
+        self._unflushed_aggregates: list[dict[str, Any]] = []
+        self._unflushed_steps: list[Step] = []
         self._open: list[Reading] = []
         self._open_events: list[Event] = []
         self._unflushed: list[Reading] = []
         self._unflushed_events: list[Event] = []
         self._opened_at: float | None = None
         self._pending_upto = 0
+        self._kpi_fed = 0  # how many of _unflushed the KPI engine has seen
         self._unreported_loss = 0
         self._failing = False
         self.stats = BatcherStats()
 
     def recover(self) -> int:
         """Take back readings committed before a crash into the open batch; returns how many."""
-        readings, events, last_id = self._store.load_pending()
-        if readings or events:
+        readings, events, last_id, aggregates = self._store.load_pending()
+        if readings or events or aggregates:
             self._open.extend(readings)
             self._open_events.extend(events)
+            self._open_aggregates.extend(aggregates)
             self._pending_upto = last_id
             self._opened_at = self._clock()
         return len(readings)
@@ -96,15 +107,34 @@ class Batcher:
         self._open_events.append(event)
         self._unflushed_events.append(event)
 
+    def _kpi_step(self) -> None:
+        """Run the readings not yet given to the KPI engine through it (once each)."""
+        if self._kpis is None:
+            return
+        fresh = self._unflushed[self._kpi_fed:]
+        aggregates, step, events = self._kpis.step(fresh, int(self._clock() * 1000))
+        self._kpi_fed = len(self._unflushed)
+        self._unflushed_steps.append(step)
+        if aggregates:
+            if self._opened_at is None:
+                self._opened_at = self._clock()
+            self._open_aggregates.extend(aggregates)
+            self._unflushed_aggregates.extend(aggregates)
+        for event in events:
+            self.add_event(event)
+
     def flush(self) -> None:
         """Commit what arrived since the last flush; seal the batch when it is full or old."""
-        if self._unflushed or self._unflushed_events:
+        self._kpi_step()
+        if self._unflushed or self._unflushed_events or self._unflushed_aggregates \
+                or self._unflushed_steps:
             try:
                 if self._unreported_loss:
                     self._store.note_lost(self._unreported_loss, "store_unwritable")
                     self._unreported_loss = 0
                 self._pending_upto = self._store.append_pending(
-                    self._unflushed, self._unflushed_events
+                    self._unflushed, self._unflushed_events, self._unflushed_aggregates,
+                    journal=self._unflushed_steps or None,
                 )
             except BufferFull as exc:
                 self._write_failed(exc)
@@ -113,8 +143,13 @@ class Batcher:
                 self._failing = False
                 log.info("buffer_writable_again", held=len(self._unflushed))
             self._unflushed = []
+            self._kpi_fed = 0
             self._unflushed_events = []
+            self._unflushed_aggregates = []
+            self._unflushed_steps = []
             self.stats.flushes += 1
+            if self._kpis is not None and self._kpis.checkpoint_due():
+                self._checkpoint()
         try:
             self._store.expire()
         except BufferFull as exc:
@@ -122,6 +157,13 @@ class Batcher:
             return
         if self._due():
             self.seal()
+
+    def _checkpoint(self) -> None:
+        assert self._kpis is not None
+        try:
+            self._kpis.checkpoint()
+        except BufferFull as exc:
+            self._write_failed(exc)  # the journal keeps the steps; try again next minute
 
     def _write_failed(self, exc: BufferFull) -> None:
         """Keep readings in memory (bounded) and retry next interval; log once per episode."""
@@ -134,6 +176,7 @@ class Batcher:
         if excess > 0:
             lost = set(map(id, self._unflushed[:excess]))
             self._unflushed = self._unflushed[excess:]
+            self._kpi_fed = max(0, self._kpi_fed - excess)
             self._open = [r for r in self._open if id(r) not in lost]
             self._unreported_loss += excess
             self.stats.lost_in_memory += excess
@@ -147,10 +190,11 @@ class Batcher:
 
     def seal(self) -> int | None:
         """Seal the open batch (its readings must all be flushed); returns its seq."""
-        if self._unflushed or self._unflushed_events or not (self._open or self._open_events):
+        if self._unflushed or self._unflushed_events or self._unflushed_aggregates or not (
+                self._open or self._open_events or self._open_aggregates):
             return None
         created = int(self._clock() * 1000)
-        readings, events = self._open, self._open_events
+        readings, events, aggregates = self._open, self._open_events, self._open_aggregates
 
         def build(seq: int, reports: list[Event]) -> bytes:
             batch = Batch(
@@ -159,7 +203,7 @@ class Batcher:
                 seq=seq,
                 created=created,
                 series=build_series(readings),
-                aggregates=(),
+                aggregates=tuple(aggregates),
                 events=tuple(event_to_map(e) for e in [*reports, *events]),
             )
             return encode_batch(batch, codec=self._codec, level=self._level)
@@ -179,6 +223,7 @@ class Batcher:
             return None
         self._open = []
         self._open_events = []
+        self._open_aggregates = []
         self._opened_at = None
         if seq is None:
             return None  # when_full = "drop_newest": the store dropped it, counted and reported
@@ -188,8 +233,10 @@ class Batcher:
         return seq
 
     def close(self) -> None:
-        """Flush and seal whatever is open (shutdown)."""
+        """Flush, checkpoint the KPI windows, and seal whatever is open (shutdown)."""
         self.flush()
+        if self._kpis is not None and not self._unflushed_steps:
+            self._checkpoint()
         self.seal()
 
     async def run(self, flush_interval: float) -> None:

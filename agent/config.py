@@ -251,6 +251,10 @@ class GatewayConfig(_Section):
     data_dir: ConfigPath = Path("/var/lib/ssc-agent")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = "10 s"
+    # A reading may reach the KPI engine this much after a later one (slow polls, several
+    # devices) and still count in its window; later ones are counted and reported.
+    kpi_lateness: Duration = "1 min"
+    kpi_checkpoint_interval: Duration = "1 min"  # open KPI windows saved at least this often
 
     @field_validator("timezone")
     @classmethod

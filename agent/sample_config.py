@@ -65,6 +65,8 @@ timezone = "UTC"                    # IANA zone name, e.g. "Europe/Berlin"; KPI 
 data_dir = "/var/lib/ssc-agent"     # buffer and state; created by `run`, never by `validate`
 log_level = "info"                  # debug, info, warning or error
 shutdown_timeout = "10 s"           # on SIGTERM: flush, seal, and send for at most this long
+kpi_lateness = "1 min"              # how late a reading may reach the KPI engine and count
+kpi_checkpoint_interval = "1 min"   # open KPI windows are saved at least this often
 
 # ---------------------------------------------------------------------------------------------
 [uplink]
@@ -155,13 +157,7 @@ def sample_config(
     head = _HEAD.format(driver_flag=f" --driver {driver}" if driver else "")
     if "buses" in parsed:
         head = head[: head.index("# -----", head.index("[buffer]"))].rstrip() + "\n"
-    # `run` refuses [[kpis]] until the KPI engine lands, so the examples ship commented out:
-    # the printed sample validates *and* runs.
-    kpis = "".join(f"# {line}" if line.strip() else line
-                   for line in _kpis(parsed).splitlines(keepends=True))
-    note = ("# The KPI engine comes with the next release; `run` refuses [[kpis]] until then.\n"
-            "# Uncomment these examples then (they validate already).\n")
-    return "\n".join([head, devices.rstrip() + "\n", _KPI_REFERENCE + note + "\n" + kpis])
+    return "\n".join([head, devices.rstrip() + "\n", _KPI_REFERENCE + "\n" + _kpis(parsed)])
 
 
 def _driver_devices(driver: str, entries: Mapping[str, DriverEntry]) -> str:

@@ -6,6 +6,9 @@ Tables:
   (every ``flush_interval``), so a SIGKILL or power cut loses at most that interval.
   Rows are zstd-compressed msgpack: one small write per interval spares SD cards.
 - ``batches``: sealed wire-format payloads, deleted only after the broker's PUBACK.
+- ``kpi_state`` / ``kpi_journal``: the KPI engine's open windows, checkpointed every minute,
+  and what was fed to it since (one journal row per flush, written in the flush's
+  transaction), so a restart resumes the windows exactly where the last flush left them.
 - ``drops``: batches the bounds (``max_bytes``, ``max_age``) made us drop, each reported once
   as a ``buffer_drop`` event inside the next sealed batch.
 
@@ -46,6 +49,9 @@ CREATE TABLE IF NOT EXISTS batches (
     n_readings INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kpi_state (id INTEGER PRIMARY KEY CHECK (id = 1), t INTEGER NOT NULL,
+                                      body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kpi_journal (id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS drops (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     t INTEGER NOT NULL,
@@ -206,21 +212,30 @@ class BatchStore:
 
     # -- the open batch ------------------------------------------------------------------------
 
-    def append_pending(self, readings: Sequence[Reading], events: Sequence[Event]) -> int:
-        """Commit readings and events of the open batch in one transaction; returns the row id."""
+    def append_pending(self, readings: Sequence[Reading], events: Sequence[Event],
+                       aggregates: Sequence[dict[str, Any]] = (),
+                       journal: Any = None) -> int:
+        """Commit readings, events and closed KPI windows of the open batch in one transaction
+        (and the KPI engine's journal entry for them, if any); returns the pending row id."""
         body = {
             "r": [[r.device, r.point, r.unit, r.t, r.value, int(r.quality)] for r in readings],
             "e": [[e.t, e.kind, e.device, e.message] for e in events],
+            "a": list(aggregates),
         }
         blob = self._zc.compress(self._pack.pack(body))
         with self._txn():
             cur = self._conn.execute("INSERT INTO pending (body) VALUES (?)", (blob,))
+            if journal is not None:
+                self._conn.execute("INSERT INTO kpi_journal (body) VALUES (?)",
+                                   (self._zc.compress(self._pack.pack(journal)),))
         return int(cur.lastrowid or 0)
 
-    def load_pending(self) -> tuple[list[Reading], list[Event], int]:
-        """Readings and events committed but not yet sealed (after a restart), and the last id."""
+    def load_pending(self) -> tuple[list[Reading], list[Event], int, list[dict[str, Any]]]:
+        """What was committed but not yet sealed (after a restart): readings, events, the last
+        pending id, and closed KPI windows."""
         readings: list[Reading] = []
         events: list[Event] = []
+        aggregates: list[dict[str, Any]] = []
         last_id = 0
         for row_id, blob in self._conn.execute("SELECT id, body FROM pending ORDER BY id"):
             body: dict[str, Any] = msgpack.unpackb(self._zd.decompress(blob), raw=False)
@@ -228,8 +243,28 @@ class BatchStore:
                 Reading(dev, pt, unit, t, v, Quality(q)) for dev, pt, unit, t, v, q in body["r"]
             )
             events.extend(Event(t, kind, dev, msg) for t, kind, dev, msg in body["e"])
+            aggregates.extend(body.get("a", []))
             last_id = row_id
-        return readings, events, last_id
+        return readings, events, last_id, aggregates
+
+    # -- KPI checkpoints -----------------------------------------------------------------------
+
+    def save_kpi_state(self, snapshot: dict[str, Any], t: int) -> None:
+        """Checkpoint the KPI engine and forget the journal it now contains."""
+        blob = self._zc.compress(self._pack.pack(snapshot))
+        with self._txn():
+            self._conn.execute("INSERT OR REPLACE INTO kpi_state (id, t, body) VALUES (1, ?, ?)",
+                               (t, blob))
+            self._conn.execute("DELETE FROM kpi_journal")
+
+    def load_kpi_state(self) -> tuple[dict[str, Any] | None, list[Any]]:
+        """The last KPI checkpoint (or None) and the journal entries written after it."""
+        row = self._conn.execute("SELECT body FROM kpi_state WHERE id = 1").fetchone()
+        snapshot = None if row is None else msgpack.unpackb(self._zd.decompress(row[0]),
+                                                            raw=False)
+        journal = [msgpack.unpackb(self._zd.decompress(b), raw=False) for (b,) in
+                   self._conn.execute("SELECT body FROM kpi_journal ORDER BY id")]
+        return snapshot, journal
 
     def seal(self, build: Callable[[int, list[Event]], bytes], *, created: int,
              n_readings: int, pending_upto: int) -> int | None:

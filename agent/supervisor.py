@@ -36,17 +36,6 @@ STORE_FILE = "buffer.db"
 METRICS_REFRESH_SECONDS = 5.0
 
 
-def unsupported_parts(config: AgentConfig) -> list[str]:
-    """Parts of a valid config this release cannot run yet; ``run`` refuses them (exit 2)."""
-    problems: list[str] = []
-    if config.kpis:
-        problems.append(
-            f"kpis: {len(config.kpis)} [[kpis]] defined, but the KPI engine is not supported "
-            "yet in this release; remove them to run (`kpi replay` comes with the KPI engine)"
-        )
-    return problems
-
-
 def create_drivers(
     config: AgentConfig, context: DriverContext
 ) -> list[tuple[DeviceConfig, Driver]]:
@@ -111,9 +100,6 @@ async def run_agent(
     """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
     from agent.uplink import MqttSettings, Uplink  # aiomqtt only when we really connect
 
-    problems = unsupported_parts(config)
-    if problems:
-        raise ConfigError(problems)
     context = DriverContext(buses=config.buses_by_name)
     drivers = create_drivers(config, context)
 
@@ -132,6 +118,13 @@ async def run_agent(
     up = config.uplink
     assert up is not None  # load_config requires [uplink] for run
     wake = asyncio.Event()
+    kpis = None
+    if config.kpis:
+        from agent.kpi.live import LiveKpis
+
+        kpis = LiveKpis.resume(config, store, clock,
+                               int(parse_duration(config.gateway.kpi_lateness) * 1000),
+                               parse_duration(config.gateway.kpi_checkpoint_interval))
     batcher = Batcher(
         store,
         gw=gw,
@@ -142,6 +135,7 @@ async def run_agent(
         level=up.zstd_level,
         clock=clock,
         on_sealed=wake.set,
+        kpis=kpis,
     )
     recovered = batcher.recover()
     batcher.seal()  # what a crash left pending goes out first, in its own batch

@@ -101,22 +101,43 @@ def test_drivers_lists_modbus_with_version_and_origin() -> None:
     assert "ssc-edge-agent 0.1.0 (drivers.modbus.driver:SPEC)" in line
 
 
-def test_run_refuses_kpis_until_the_engine_lands(tmp_path: Path) -> None:
-    text = GOOD.format(data=tmp_path / "d", port=free_port()) + """
+def test_kpi_replay_from_the_command_line(tmp_path: Path) -> None:
+    """KPIS.md E1 through the CLI: exit codes and the exact JSON lines."""
+    import json
+
+    config = write(tmp_path, """
+[gateway]
+id = "gw-1"
+timezone = "Europe/Berlin"
 [[kpis]]
-name = "power_15min"
-source = "meter-1.power_total"
+name = "hourly"
+source = "s.x"
 operator = "mean"
-window = "15 min"
-sample_interval = "15 s"
-"""
-    done = cli("run", "--config", str(write(tmp_path, text)))
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "ssc-agent: kpis: 1 [[kpis]] defined, but the KPI engine is not supported yet in this "
-        "release; remove them to run (`kpi replay` comes with the KPI engine)"
-    ]
-    assert not (tmp_path / "d").exists()
+window = "1 h"
+sample_interval = "15 min"
+""")
+    rows = ["time,device,point,value"] + [
+        f"2025-01-15T{t}+01:00,s,x,{v}" for t, v in [
+            ("08:00:00", "10"), ("08:15:00", "12"), ("08:30:00", ""), ("08:45:00", "14"),
+            ("09:00:00", "20"), ("09:15:00", ""), ("09:30:00", ""), ("09:45:00", "22")]]
+    csv = tmp_path / "in.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out.jsonl"
+    done = cli("kpi", "replay", "--config", str(config), "--input", str(csv), "--output",
+               str(out))
+    assert done.returncode == 0, done.stderr
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first == {"kpi": "hourly", "src": "s.x", "start": "2025-01-15T08:00:00+01:00",
+                     "end": "2025-01-15T09:00:00+01:00", "value": 12.0, "valid": True, "n": 3,
+                     "expected": 4, "coverage": 0.75, "unit": None}
+    assert (second["valid"], second["value"], second["n"]) == (False, None, 2)
+    csv.write_text("time,device,point,value\n2025-01-15T08:00:00,s,x,1\n")
+    bad = cli("kpi", "replay", "--config", str(config), "--input", str(csv))
+    assert bad.returncode == 1
+    assert ":2:" in bad.stderr  # names the line
+    bad_config = write(tmp_path, '[gateway]\nid = "g"\n[[kpis]]\nname = "x"\n')
+    assert cli("kpi", "replay", "--config", str(bad_config), "--input", str(csv)
+               ).returncode == 2
 
 
 def test_buffer_stats_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -118,7 +118,7 @@ BAD: list[tuple[str, str, list[str]]] = [
         "gateway unknown key",
         GATEWAY + 'name = "x"\n' + UPLINK,
         ["gateway.name: unknown key; known keys: id, timezone, data_dir, log_level, "
-         "shutdown_timeout"],
+         "shutdown_timeout, kpi_lateness, kpi_checkpoint_interval"],
     ),
     ("gateway table missing", UPLINK, ["gateway: required (add a [gateway] table)"]),
     (

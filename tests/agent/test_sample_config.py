@@ -45,11 +45,6 @@ def validate(tmp_path: Path, text: str, **drivers: type[DeviceConfig]) -> AgentC
     return load_config(path, driver_models=drivers or None)
 
 
-def _is_kpi_line(line: str) -> bool:
-    return line.startswith(("[[kpis]]", "name =", "source =", "operator =", "window =",
-                            "sample_interval =", "min_coverage ="))
-
-
 def test_default_sample_validates(tmp_path: Path) -> None:
     assert "ssc-demo-meter" in available_profiles()
     text = sample_config()
@@ -59,15 +54,6 @@ def test_default_sample_validates(tmp_path: Path) -> None:
     assert isinstance(device, ModbusDeviceConfig)
     assert (device.endpoint, device.profile) == ("tcp://127.0.0.1:5020", "ssc-demo-meter")
     assert len(device.points) == 20  # merged from the profile
-    assert config.kpis == []  # commented out until the KPI engine runs them
-    # ... and uncommented, the example KPIs validate too
-    head, marker, tail = text.partition("# Uncomment these examples")
-    assert marker, "the sample lost its commented KPI examples"
-    uncommented = head + marker + "\n".join(
-        line[2:] if line.startswith("# ") and _is_kpi_line(line[2:]) else line
-        for line in tail.splitlines()
-    )
-    config = validate(tmp_path, uncommented, modbus=ModbusDeviceConfig)
     kpis = {k.name: k for k in config.kpis}
     assert kpis["power_total_15min"].source == "demo-meter.power_total"
     assert kpis["power_total_day_max"].source_kpi == "power_total_15min"

@@ -37,7 +37,7 @@ def test_pending_readings_round_trip_exactly(tmp_path: Path) -> None:
     first, second = readings(10), readings(5, t0=9_000)
     store.append_pending(first, [Event(1, "device_down", "m1", "no answer")])
     last = store.append_pending(second, [])
-    got, events, upto = store.load_pending()
+    got, events, upto, _ = store.load_pending()
     assert got == first + second
     assert events == [Event(1, "device_down", "m1", "no answer")]
     assert upto == last
@@ -49,7 +49,7 @@ def test_seal_moves_pending_into_one_batch_atomically(tmp_path: Path) -> None:
     seq = store.seal(lambda s, ev: f"batch-{s}".encode(), created=5, n_readings=4,
                      pending_upto=upto)
     assert seq is not None
-    assert store.load_pending() == ([], [], 0)
+    assert store.load_pending() == ([], [], 0, [])
     assert [(b.seq, b.payload, b.n_readings) for b in store.next_unsent(10, set())] == [
         (seq, b"batch-1", 4)]
 
@@ -106,7 +106,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert proc.returncode == -9, proc.stderr
     assert "committed" in proc.stdout
     store = BatchStore.open(path)
-    got, _, _ = store.load_pending()
+    got, _, _, _ = store.load_pending()
     assert len(got) == 20 * 50
     assert sorted(r.t for r in got) == sorted(k * 1000 + i for k in range(20) for i in range(50))
     # and the file is a healthy SQLite database
