@@ -23,7 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.config import load_config
+from agent.config import load_config, parse_kpi_duration
 from agent.endpoints import parse_broker_url
 from agent.logs import configure_logging
 from agent.profiles import load_profile
@@ -114,9 +114,33 @@ def _config_text(data_dir: Path, broker: str, ports: list[int], interval: str) -
         f'interval = "{interval}"\n'
         for i, port in enumerate(ports)
     )
+    # KPIs on the first meter, with short windows so they close while you watch (only when
+    # the poll interval is a whole number of seconds, as a KPI's sample_interval must be).
+    try:
+        kpi_ok = not parse_kpi_duration(interval).is_calendar
+    except ValueError:
+        kpi_ok = False
+    kpis = "" if not kpi_ok else f"""
+[[kpis]]
+name = "power_10s"
+source = "meter-1.power_total"
+operator = "mean"
+window = "10 s"
+sample_interval = "{interval}"
+unit = "W"
+
+[[kpis]]
+name = "energy_30s"
+source = "meter-1.energy_import"
+operator = "counter_delta"
+window = "30 s"
+sample_interval = "{interval}"
+unit = "kWh"
+"""
     return (
-        f'[gateway]\nid = "gw-demo"\ntimezone = "UTC"\ndata_dir = "{data_dir}"\n\n'
-        f'[uplink]\nbroker = "{broker}"\nbatch_max_age = "5 s"\n\n{devices}'
+        f'[gateway]\nid = "gw-demo"\ntimezone = "UTC"\ndata_dir = "{data_dir}"\n'
+        f'kpi_lateness = "2 s"\n\n'
+        f'[uplink]\nbroker = "{broker}"\nbatch_max_age = "5 s"\n\n{devices}{kpis}'
     )
 
 
@@ -148,6 +172,13 @@ class DemoPrinter:
             latest.setdefault(s.dev, []).append(f"{s.pt}={shown}{s.unit or ''}{flag}")
         for dev in sorted(latest):
             print(f"           {dev}: " + "  ".join(latest[dev]), flush=True)
+        for a in batch.aggregates:
+            start = datetime.fromtimestamp(a["start"] / 1000, UTC).strftime("%H:%M:%S")
+            end = datetime.fromtimestamp(a["end"] / 1000, UTC).strftime("%H:%M:%S")
+            shown_kpi = ("not valid" if not a["valid"]
+                         else f"{a['value']:.7g} {a['unit'] or ''}")
+            print(f"           KPI {a['kpi']} [{start}, {end}): {shown_kpi} "
+                  f"(n {a['n']}/{a['expected']})", flush=True)
         for event in batch.events:
             print(f"           event {event.get('kind')} {event.get('dev')}: {event.get('msg')}",
                   flush=True)

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
 def test_demo_runs_the_whole_chain(broker: str, tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "agent.cli", "demo", "--duration", "7", "--meters", "2",
+    # long enough for a whole 10-s KPI window to close (2 s lateness) with mosquitto
+    duration = "23" if broker == "mosquitto" else "8"
+    args = [sys.executable, "-m", "agent.cli", "demo", "--duration", duration, "--meters", "2",
             "--data-dir", str(tmp_path)]
     if broker == "embedded":
         args += ["--broker", "embedded"]
@@ -29,6 +31,10 @@ def test_demo_runs_the_whole_chain(broker: str, tmp_path: Path) -> None:
     summary = re.search(r"summary: (\d+) readings polled, (\d+) stored by the receiver", out)
     assert summary, out
     polled, stored = int(summary.group(1)), int(summary.group(2))
-    assert polled >= 2 * 20 * 5  # 2 meters × 20 points × ≥5 polls
+    assert polled >= 2 * 20 * 6  # 2 meters × 20 points × ≥6 polls
+    if broker == "embedded":
+        return
+    # a 10-s KPI window closed while it ran, with every poll of the window in it
+    assert re.search(r"KPI power_10s \[[0-9:]+, [0-9:]+\): [0-9.]+ W \(n 10/10\)", out), out
     assert stored == polled
     assert (tmp_path / "received.db").exists()
