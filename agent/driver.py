@@ -122,5 +122,22 @@ def discover() -> dict[str, DriverEntry]:
                 ep.name, origin, None, f"entry point is a {type(spec).__name__}, not a DriverSpec"
             )
             continue
+        problem = spec_problem(spec)
+        if problem is not None:
+            found[ep.name] = DriverEntry(ep.name, origin, None, problem)
+            continue
         found[ep.name] = DriverEntry(ep.name, origin, spec, None)
     return found
+
+
+def spec_problem(spec: DriverSpec) -> str | None:
+    """Why a loaded spec cannot be used (a broken third-party driver), or None."""
+    model: object = spec.config_model
+    if not (isinstance(model, type) and issubclass(model, DeviceConfig)):
+        return (
+            f"config_model is {model!r}, not a pydantic model extending "
+            "agent.driver.DeviceConfig: make the driver's config class subclass DeviceConfig"
+        )
+    if not callable(spec.create):
+        return f"create is a {type(spec.create).__name__}, not a function (config, context)"
+    return None

@@ -106,7 +106,7 @@ class DevicePoller:
                     following = next_slot(now, self._interval)
                 slot = following
         finally:
-            await self._driver.close()
+            await self._close_driver()
 
     async def _poll(self, t_ms: int) -> bool:
         self.stats.polls += 1
@@ -119,7 +119,7 @@ class DevicePoller:
         except TimeoutError:
             exc = DeviceUnavailable(f"{self.name}: no result within {self._guard:.0f} s")
             self._failed(t_ms, exc)
-            await self._driver.close()
+            await self._close_driver()
             self._emit_bad(t_ms, Quality.COMM_ERROR)
             return False
         except (DeviceUnavailable, DeviceProtocolError) as exc:
@@ -127,8 +127,15 @@ class DevicePoller:
                        else Quality.PROTOCOL_ERROR)
             self._failed(t_ms, exc)
             if not self._connected:
-                await self._driver.close()
+                await self._close_driver()
             self._emit_bad(t_ms, quality)
+            return False
+        except Exception as exc:  # a driver bug must not stop the other devices or the agent
+            failure = DeviceUnavailable(
+                f"{self.name}: the driver failed: {type(exc).__name__}: {exc}")
+            self._failed(t_ms, failure)
+            await self._close_driver()
+            self._emit_bad(t_ms, Quality.COMM_ERROR)
             return False
         self._emit_values(t_ms, values)
         if self._down_since is not None:
@@ -139,6 +146,12 @@ class DevicePoller:
         self._failures = 0
         self.stats.down = False
         return True
+
+    async def _close_driver(self) -> None:
+        try:
+            await self._driver.close()
+        except Exception as exc:  # closing a broken connection may fail too; reconnect anyway
+            self._log.debug("driver_close_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _failed(self, t_ms: int, exc: Exception) -> None:
         self._failures += 1

@@ -140,3 +140,28 @@ async def test_overrun_is_counted_and_skipped_not_queued() -> None:
     # polls at 1, 4, 7, …: each read ends 2.5 s later and the next slot after that is taken
     assert times[:4] == [1000, 4000, 7000, 10000]
     assert poller.stats.overruns >= 4
+
+
+class BuggyDriver(ScriptedDriver):
+    """A third-party driver with a bug: some reads raise something it should never raise."""
+
+    async def read(self) -> Sequence[PointValue]:
+        self.reads += 1
+        if self.reads in (2, 3):
+            raise KeyError("register_map")
+        return [PointValue("p", 1.0), PointValue("q", 2)]
+
+
+async def test_a_driver_bug_is_a_failed_poll_not_a_dead_agent() -> None:
+    clock = FakeClock(0.5)
+    driver = BuggyDriver(clock, [])
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=lambda e: None,
+                          clock=clock, sleep=clock.sleep)
+    with capture_logs() as logs:
+        await run_for(poller, clock, 12.0)
+    qualities = [q for t, q in sorted((r.t, r.quality) for r in got if r.point == "p")]
+    assert Quality.COMM_ERROR in qualities and qualities[-1] is Quality.GOOD
+    down = [e for e in logs if e["event"] == "device_unavailable"]
+    assert len(down) == 1 and "KeyError" in down[0]["error"]
+    assert driver.closes >= 1  # reconnects after the failure
