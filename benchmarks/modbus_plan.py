@@ -141,7 +141,7 @@ async def measure(
     from agent.driver import DriverContext
     from agent.readings import Quality
     from drivers.modbus.driver import SPEC
-    from tests.drivers.modbus.conftest import free_port
+    from tests.conftest import free_port
     from tests.drivers.modbus.servers import CountingServer, SocatLine
 
     line: SocatLine | None = None

@@ -91,7 +91,7 @@ def test_sample_config_validates_as_printed(tmp_path: Path) -> None:
 def test_sample_config_for_unknown_driver_is_an_error() -> None:
     done = cli("sample-config", "--driver", "nope")
     assert done.returncode == 2
-    assert "installed drivers: modbus" in done.stderr
+    assert "installed drivers: iec62056, modbus, pms5003, sds011" in done.stderr
 
 
 def test_drivers_lists_modbus_with_version_and_origin() -> None:

@@ -1,0 +1,133 @@
+"""Plantower PMS5003 / PMS7003 driver: the 12 values of a data frame over a UART.
+
+Passive mode (default): after a (re)open the driver sends the passive-mode command, then at
+every poll drops whatever was buffered, sends the read command and takes the data frame. Active
+mode: it drops the buffer and takes the next streamed frame (about one a second), sliding past
+noise and false ``42 4D`` headers until the frame's length and sum check out.
+
+Errors: no byte within ``timeout`` → DeviceUnavailable; a partial, garbled or wrong-sum frame →
+DeviceProtocolError (nothing in it is usable; the scheduler records PROTOCOL_ERROR for every
+point and logs once). The mode command is sent again after any failure: a replugged sensor
+powers up in active mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import agent
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
+from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.readings import PointValue, Quality
+from drivers.pms5003 import frames
+from drivers.pms5003.config import Pms5003Config
+from drivers.pms5003.simulator import simulate
+from drivers.serialio import PortGone, ReadTimeout, SerialLink, SerialSettings
+
+__all__ = ["SPEC", "UNITS", "Pms5003Driver", "create_driver"]
+
+SAMPLE_TOML = (Path(__file__).parent / "sample.toml").read_text(encoding="utf-8")
+
+MASS = "µg/m³"
+COUNT = "1/0.1L"  # particles per 0.1 litre of air
+UNITS = {name: (COUNT if name.startswith("count_") else MASS) for name in frames.FIELDS}
+
+
+class Pms5003Driver:
+    """One PMS5003 (or PMS7003) on its own serial port."""
+
+    def __init__(self, config: Pms5003Config) -> None:
+        self._config = config
+        self._timeout = config.timeout_seconds
+        self._passive = config.mode == "passive"
+        self._where = f"{config.name} (pms5003 on {config.port})"
+        self._link = SerialLink(SerialSettings(config.port, config.baudrate), name=self._where)
+        self._points = tuple(PointInfo(name, UNITS[name]) for name in config.points)
+        self._mode_set = False
+
+    @property
+    def points(self) -> Sequence[PointInfo]:
+        """The configured values, in config order."""
+        return self._points
+
+    @property
+    def link(self) -> SerialLink:
+        """The serial link (for tests and tools)."""
+        return self._link
+
+    async def connect(self) -> None:
+        """Open the port; raise DeviceUnavailable naming it when it cannot be opened."""
+        await self._open()
+
+    async def _open(self) -> None:
+        if not self._link.is_open:
+            await self._link.open()
+            self._mode_set = False
+
+    async def close(self) -> None:
+        """Close the port. Idempotent."""
+        await self._link.close()
+
+    async def _frame(self, scanner: frames.FrameScanner) -> frames.DataFrame:
+        if not self._mode_set:
+            await self._link.write(frames.PASSIVE if self._passive else frames.ACTIVE)
+            self._mode_set = True
+        self._link.discard()
+        if self._passive:
+            await self._link.write(frames.READ)
+        return await self._link.read_frame(scanner, self._link.deadline(self._timeout))
+
+    async def read(self) -> Sequence[PointValue]:
+        """Every configured value once, from one data frame."""
+        await self._open()
+        what = "the read command" if self._passive else "a data frame"
+        scanner = frames.FrameScanner()
+        try:
+            frame = await self._frame(scanner)
+        except ReadTimeout as exc:
+            self._mode_set = False
+            if scanner.rejected is not None:
+                raise frames.Pms5003FrameError(
+                    f"{self._where}: no good frame within {self._timeout:g} s; last candidate: "
+                    f"{scanner.rejected}"
+                ) from None
+            if exc.silent:
+                raise DeviceUnavailable(
+                    f"{self._where}: no answer within {self._timeout:g} s to {what}: check the "
+                    "wiring (sensor TX → adapter RX, RX → TX), the 5 V supply, and that SET is "
+                    "high (not asleep)"
+                ) from None
+            raise DeviceProtocolError(
+                f"{self._where}: incomplete answer to {what} ({len(exc.partial)} byte(s) pending "
+                f"[{exc.partial[:32].hex(' ')}], {exc.skipped} skipped as noise): check the "
+                "wiring and ground; the next poll starts afresh"
+            ) from None
+        except PortGone:
+            await self._link.close()
+            raise
+        return [
+            PointValue(p.name, frame.value(p.name), Quality.GOOD) for p in self._points
+        ]
+
+
+def create_driver(config: DeviceConfig, context: DriverContext) -> Pms5003Driver:
+    """Build the driver for a validated PMS5003 device table."""
+    del context  # one sensor per UART: nothing to share
+    if not isinstance(config, Pms5003Config):
+        raise ConfigError(
+            f"devices (name={config.name}, driver=pms5003): expected a Pms5003Config, got "
+            f"{type(config).__name__}: validate the table with the pms5003 config model"
+        )
+    return Pms5003Driver(config)
+
+
+SPEC = DriverSpec(
+    name="pms5003",
+    version=agent.__version__,
+    description="Plantower PMS5003/PMS7003 particulate sensor (PM1/2.5/10, counts) over a UART",
+    config_model=Pms5003Config,
+    create=create_driver,
+    sample_toml=SAMPLE_TOML,
+    simulate=simulate,
+)

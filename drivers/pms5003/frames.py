@@ -1,0 +1,200 @@
+"""Plantower PMS5003 / PMS7003 frames (data manual): pure building and parsing.
+
+A data frame is 32 bytes: ``42 4D``, the frame length 28 (big-endian), 13 big-endian words
+(PM1.0/2.5/10 at CF=1, PM1.0/2.5/10 atmospheric, counts per 0.1 L above 0.3/0.5/1/2.5/5/10 µm,
+a reserved word) and the 16-bit sum of bytes 0..29. A command is ``42 4D CMD DH DL`` plus its
+16-bit sum; mode changes are answered with an 8-byte frame of length 4.
+Every function raises :class:`Pms5003FrameError` (a ``DeviceProtocolError``) and nothing else on
+bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from agent.errors import DeviceProtocolError
+
+__all__ = [
+    "DATA_LENGTH",
+    "FIELDS",
+    "FRAME_SIZE",
+    "HEADER",
+    "Answer",
+    "Command",
+    "DataFrame",
+    "FrameScanner",
+    "Pms5003FrameError",
+    "build_answer",
+    "build_command",
+    "build_data_frame",
+    "checksum",
+    "parse_command",
+    "parse_frame",
+    "scan_command",
+]
+
+HEADER = b"\x42\x4d"
+DATA_LENGTH = 28
+ANSWER_LENGTH = 4
+FRAME_SIZE = 4 + DATA_LENGTH
+COMMAND_SIZE = 7
+
+FIELDS = (
+    "pm1_0_cf1", "pm2_5_cf1", "pm10_cf1",
+    "pm1_0", "pm2_5", "pm10",
+    "count_0_3", "count_0_5", "count_1_0", "count_2_5", "count_5_0", "count_10",
+)  # fmt: skip
+"""The 12 values of a data frame, in frame order (the 13th word is reserved)."""
+
+
+class Command(IntEnum):
+    """Command bytes; DL selects the option (mode 0 passive / 1 active, 0 sleep / 1 wake)."""
+
+    MODE = 0xE1
+    READ = 0xE2
+    SLEEP = 0xE4
+
+
+class Pms5003FrameError(DeviceProtocolError):
+    """A PMS5003 frame is malformed (length, checksum)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    """The 12 values of a data frame (``FIELDS`` order) and the reserved word."""
+
+    values: tuple[int, ...]
+    reserved: int
+
+    def value(self, name: str) -> int:
+        """One value by its ``FIELDS`` name."""
+        return self.values[FIELDS.index(name)]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The 8-byte answer to a mode command: the command byte and its option."""
+
+    command: int
+    data: int
+
+
+def checksum(data: bytes) -> int:
+    """The 16-bit sum of the bytes."""
+    return sum(data) & 0xFFFF
+
+
+def build_command(command: int, data: int = 0) -> bytes:
+    """``42 4D CMD DH DL`` and its sum, e.g. read = ``42 4D E2 00 00 01 71``."""
+    body = HEADER + bytes([command]) + data.to_bytes(2, "big")
+    return body + checksum(body).to_bytes(2, "big")
+
+
+PASSIVE = build_command(Command.MODE, 0)
+ACTIVE = build_command(Command.MODE, 1)
+READ = build_command(Command.READ, 0)
+SLEEP = build_command(Command.SLEEP, 0)
+WAKE = build_command(Command.SLEEP, 1)
+
+
+def parse_command(frame: bytes) -> tuple[int, int]:
+    """``(CMD, DH DL)`` of a 7-byte command (for the simulator)."""
+    if len(frame) != COMMAND_SIZE or frame[:2] != HEADER:
+        raise Pms5003FrameError(f"not a PMS5003 command: {frame.hex(' ')}")
+    if checksum(frame[:5]) != int.from_bytes(frame[5:7], "big"):
+        raise Pms5003FrameError(f"PMS5003 command checksum wrong: {frame.hex(' ')}")
+    return frame[2], int.from_bytes(frame[3:5], "big")
+
+
+def scan_command(buffer: bytes) -> tuple[int, tuple[int, int] | None]:
+    """Resync on ``42 4D`` and take a valid command (``SerialLink.read_frame`` scanner)."""
+    start = _find_header(buffer)
+    if start != 0:
+        return start, None
+    if len(buffer) < COMMAND_SIZE:
+        return 0, None
+    try:
+        return COMMAND_SIZE, parse_command(buffer[:COMMAND_SIZE])
+    except Pms5003FrameError:
+        return 1, None
+
+
+def build_data_frame(values: tuple[int, ...] | list[int], reserved: int = 0x9700) -> bytes:
+    """A data frame for the 12 values (each clamped to 0..65535)."""
+    if len(values) != len(FIELDS):
+        raise ValueError(f"a PMS5003 frame has {len(FIELDS)} values, got {len(values)}")
+    words = [max(0, min(0xFFFF, int(v))) for v in values] + [reserved & 0xFFFF]
+    body = HEADER + DATA_LENGTH.to_bytes(2, "big") + b"".join(w.to_bytes(2, "big") for w in words)
+    return body + checksum(body).to_bytes(2, "big")
+
+
+def build_answer(command: int, data: int) -> bytes:
+    """The 8-byte answer to a mode command (for the simulator)."""
+    body = HEADER + ANSWER_LENGTH.to_bytes(2, "big") + bytes([command, data & 0xFF])
+    return body + checksum(body).to_bytes(2, "big")
+
+
+def parse_frame(frame: bytes) -> DataFrame | Answer:
+    """Check a whole frame's header, length and sum, and decode it."""
+    if len(frame) < 4 or frame[:2] != HEADER:
+        raise Pms5003FrameError(f"not a PMS5003 frame (no 42 4D header): {frame[:8].hex(' ')}")
+    length = int.from_bytes(frame[2:4], "big")
+    if length not in (DATA_LENGTH, ANSWER_LENGTH):
+        raise Pms5003FrameError(
+            f"PMS5003 frame length {length}, expected {DATA_LENGTH}: a PMS1003/3003 (length "
+            "20) is not supported, otherwise noise on the line"
+        )
+    if len(frame) != 4 + length:
+        raise Pms5003FrameError(
+            f"PMS5003 frame is {len(frame)} bytes, its length says {4 + length}"
+        )
+    expected = int.from_bytes(frame[-2:], "big")
+    if checksum(frame[:-2]) != expected:
+        raise Pms5003FrameError(
+            f"PMS5003 checksum {expected:04X}, computed {checksum(frame[:-2]):04X}: noise on "
+            "the line; check the wiring and ground"
+        )
+    if length == ANSWER_LENGTH:
+        return Answer(frame[4], frame[5])
+    words = tuple(int.from_bytes(frame[i : i + 2], "big") for i in range(4, 30, 2))
+    return DataFrame(words[:12], words[12])
+
+
+def _find_header(buffer: bytes) -> int:
+    """Offset of the first ``42 4D`` (or bytes that are surely noise to drop)."""
+    start = buffer.find(HEADER)
+    if start >= 0:
+        return start
+    # Keep a trailing 42: it may be the first half of a header still arriving.
+    return len(buffer) - (1 if buffer.endswith(HEADER[:1]) else 0)
+
+
+class FrameScanner:
+    """A ``SerialLink.read_frame`` scanner for data frames; mode-change answers are dropped.
+
+    It resynchronises on ``42 4D`` and slides past candidates with a bad length or sum (a false
+    header in noise), remembering the last such failure in ``rejected``: when no good frame
+    follows, that is the reason to report.
+    """
+
+    def __init__(self) -> None:
+        self.rejected: Pms5003FrameError | None = None
+
+    def __call__(self, buffer: bytes) -> tuple[int, DataFrame | None]:
+        start = _find_header(buffer)
+        if start != 0:
+            return start, None
+        if len(buffer) < 4:
+            return 0, None
+        length = int.from_bytes(buffer[2:4], "big")
+        if length in (DATA_LENGTH, ANSWER_LENGTH) and len(buffer) < 4 + length:
+            return 0, None
+        try:
+            frame = parse_frame(buffer[: 4 + length])
+        except Pms5003FrameError as exc:
+            self.rejected = exc
+            return 1, None
+        if isinstance(frame, Answer):
+            return 4 + length, None
+        return 4 + length, frame

@@ -1,0 +1,129 @@
+"""A simulated Plantower PMS5003 on a serial path, for tests and
+``ssc-agent simulate pms5003 --serial PATH``.
+
+Like the sensor it powers up in active mode (a frame every ``period`` seconds), switches to
+passive mode on command (answering with the 8-byte mode answer), sends one frame per read
+command in passive mode, and stops talking while asleep. :meth:`Pms5003Simulator.inject` queues
+faults for the next data frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from enum import Enum
+
+import structlog
+
+from drivers.pms5003 import frames
+from drivers.serialio import ReadTimeout, SerialLink, SerialSettings, serve_port
+
+__all__ = ["Fault", "Pms5003Simulator", "simulate"]
+
+log = structlog.get_logger()
+
+# Noise with a false header (42 4D and a length of 0x1C) that a careless parser would take.
+NOISE = bytes([0x00, 0xFF, 0x42, 0x4D, 0x00, 0x1C, 0x55, 0x42])
+
+
+class Fault(Enum):
+    """What to do to the next data frame."""
+
+    NOISE = "noise"
+    PARTIAL = "partial"
+    BAD_CHECKSUM = "bad_checksum"
+    SILENCE = "silence"
+
+
+class Pms5003Simulator:
+    """One simulated sensor; ``values`` fixed (12 ints in ``frames.FIELDS`` order) or a walk."""
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        values: tuple[int, ...] | None = None,
+        period: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        self.link = SerialLink(SerialSettings(port, 9600), name=f"pms5003 simulator ({port})")
+        self.values = values
+        self.period = period
+        self.faults: deque[Fault] = deque()
+        self.passive = False
+        self.awake = True
+        self.commands: list[int] = []
+        self._random = random.Random(seed)
+        self._walk = 9.0
+
+    def inject(self, *faults: Fault) -> None:
+        """Apply these faults to the next data frames, one each."""
+        self.faults.extend(faults)
+
+    def _frame_values(self) -> tuple[int, ...]:
+        if self.values is not None:
+            return self.values
+        self._walk = min(500.0, max(1.0, self._walk + self._random.gauss(0, 0.7)))
+        pm25 = self._walk
+        pm1, pm10 = pm25 * 0.6, pm25 * 1.3
+        mass = [round(pm1), round(pm25), round(pm10)]
+        counts = [round(pm25 * k) for k in (130.0, 38.0, 7.0, 0.9, 0.25, 0.1)]
+        return tuple(mass + mass + counts)
+
+    async def _send_data(self, link: SerialLink) -> None:
+        frame = frames.build_data_frame(self._frame_values())
+        fault = self.faults.popleft() if self.faults else None
+        if fault is Fault.SILENCE:
+            return
+        if fault is Fault.NOISE:
+            frame = NOISE + frame
+        elif fault is Fault.PARTIAL:
+            frame = frame[:13]
+        elif fault is Fault.BAD_CHECKSUM:
+            frame = frame[:-1] + bytes([(frame[-1] + 1) & 0xFF])
+        await link.write(frame)
+
+    async def _answer(self, link: SerialLink, command: int, data: int) -> None:
+        self.commands.append(command)
+        if command == frames.Command.SLEEP:
+            self.awake = bool(data)
+            return
+        if not self.awake:
+            return
+        if command == frames.Command.MODE:
+            self.passive = data == 0
+            await link.write(frames.build_answer(command, data))
+        elif command == frames.Command.READ and self.passive:
+            await self._send_data(link)
+
+    async def _session(self, link: SerialLink) -> None:
+        self.passive, self.awake = False, True  # powered up (again)
+        loop = asyncio.get_running_loop()
+        next_frame = loop.time() + self.period
+        while True:
+            streaming = self.awake and not self.passive
+            deadline = next_frame if streaming else link.deadline(3600.0)
+            try:
+                command, data = await link.read_frame(frames.scan_command, deadline)
+            except ReadTimeout:
+                if self.awake and not self.passive:
+                    await self._send_data(link)
+                next_frame = loop.time() + self.period
+                continue
+            await self._answer(link, command, data)
+            if not streaming:
+                next_frame = loop.time() + self.period
+
+    async def run(self, duration: float | None = None) -> None:
+        """Serve until cancelled (or ``duration`` seconds), reopening the port if it vanishes."""
+        log.info("simulator_serving", driver="pms5003", port=self.link.port)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration):
+                await serve_port(self.link, self._session)
+
+
+async def simulate(serial_path: str, duration: float | None) -> None:
+    """``ssc-agent simulate pms5003 --serial PATH``: a sensor with plausible values."""
+    await Pms5003Simulator(serial_path).run(duration)

@@ -1,0 +1,80 @@
+"""Configuration model of a Nova SDS011 particulate sensor (``driver = "sds011"``)."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.driver import DeviceConfig
+from agent.units import parse_duration
+from drivers.sds011.frames import parse_device_id
+
+__all__ = ["Sds011Config", "Sds011Duty"]
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+class Sds011Duty(BaseModel):
+    """``duty = { work = "45 s", sleep = "4 min" }``: awake (warm-up included), then asleep."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    work: str
+    sleep: str
+
+    _check = field_validator("work", "sleep")(_duration)
+
+    @property
+    def work_seconds(self) -> float:
+        return parse_duration(self.work)
+
+    @property
+    def sleep_seconds(self) -> float:
+        return parse_duration(self.sleep)
+
+
+class Sds011Config(DeviceConfig):
+    """An SDS011 on a UART: query or active reporting, optional sleep/work duty cycle."""
+
+    driver: str = "sds011"
+    port: str = Field(min_length=1, description="serial device or pyserial URL")
+    baudrate: int = Field(default=9600, gt=0)
+    mode: Literal["query", "active"] = "query"
+    device_id: str = Field(default="any", description="4 hex digits (ID1 ID2) or 'any'")
+    timeout: str = Field(default="2 s", description="wait for a reply or, in active mode, a frame")
+    warmup: str = Field(default="30 s", description="after a wake, readings are STALE this long")
+    duty: Sds011Duty | None = None
+
+    _check = field_validator("timeout", "warmup")(_duration)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_form(cls, value: str) -> str:
+        parse_device_id(value)
+        return value
+
+    @model_validator(mode="after")
+    def _work_covers_warmup(self) -> Self:
+        if self.duty is not None and self.duty.work_seconds < self.warmup_seconds:
+            raise ValueError(
+                f"duty.work ({self.duty.work}) is shorter than warmup ({self.warmup}): no "
+                "reading would ever be good; make work at least as long as warmup"
+            )
+        return self
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def warmup_seconds(self) -> float:
+        return parse_duration(self.warmup)
+
+    @property
+    def device_id_value(self) -> int:
+        """The ID as an int (0xFFFF = any sensor)."""
+        return parse_device_id(self.device_id)
