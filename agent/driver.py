@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.errors import ConfigError
 from agent.readings import PointValue
 
 ENTRY_POINT_GROUP = "ssc_agent.drivers"
@@ -98,6 +99,20 @@ class DriverEntry:
     origin: str
     spec: DriverSpec | None
     error: str | None
+
+
+_C = TypeVar("_C", bound=DeviceConfig)
+
+
+def expect_config(config: DeviceConfig, model: type[_C]) -> _C:
+    """The device table as the driver's own model (what ``DriverSpec.create`` receives)."""
+    if not isinstance(config, model):
+        raise ConfigError(
+            f"devices (name={config.name}, driver={config.driver}): expected "
+            f"{model.__name__}, got {type(config).__name__}: validate the table with the "
+            f"driver's config model"
+        )
+    return config
 
 
 def _origin(ep: EntryPoint) -> str:

@@ -26,8 +26,8 @@ from pathlib import Path
 import structlog
 
 import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
-from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
+from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.iec62056 import frames
 from drivers.iec62056.config import Iec62056Config, ObisPoint
@@ -214,11 +214,7 @@ class Iec62056Driver:
 def create_driver(config: DeviceConfig, context: DriverContext) -> Iec62056Driver:
     """Build the driver for a validated IEC 62056-21 device table."""
     del context  # one meter per optical head: nothing to share
-    if not isinstance(config, Iec62056Config):
-        raise ConfigError(
-            f"devices (name={config.name}, driver=iec62056): expected an Iec62056Config, got "
-            f"{type(config).__name__}: validate the table with the iec62056 config model"
-        )
+    config = expect_config(config, Iec62056Config)
     return Iec62056Driver(config)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.modbus.bus import (
@@ -322,11 +322,7 @@ ModbusTcpDriver = ModbusDriver
 
 def create_driver(config: DeviceConfig, context: DriverContext) -> ModbusDriver:
     """Build the driver for a validated Modbus device config, sharing lines through context."""
-    if not isinstance(config, ModbusDeviceConfig):
-        raise ConfigError(
-            f"devices (name={config.name}, driver=modbus): expected a ModbusDeviceConfig, "
-            f"got {type(config).__name__}: validate the table with the modbus config model"
-        )
+    config = expect_config(config, ModbusDeviceConfig)
     if config.shares_line:
         return ModbusDriver(config, line_for(config, context))
     note_private_endpoint(config, context)

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
-from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
+from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.pms5003 import frames
 from drivers.pms5003.config import Pms5003Config
@@ -114,11 +114,7 @@ class Pms5003Driver:
 def create_driver(config: DeviceConfig, context: DriverContext) -> Pms5003Driver:
     """Build the driver for a validated PMS5003 device table."""
     del context  # one sensor per UART: nothing to share
-    if not isinstance(config, Pms5003Config):
-        raise ConfigError(
-            f"devices (name={config.name}, driver=pms5003): expected a Pms5003Config, got "
-            f"{type(config).__name__}: validate the table with the pms5003 config model"
-        )
+    config = expect_config(config, Pms5003Config)
     return Pms5003Driver(config)
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import structlog
 
 import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
-from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
+from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.sds011 import frames
 from drivers.sds011.config import Sds011Config
@@ -208,11 +208,7 @@ class Sds011Driver:
 def create_driver(config: DeviceConfig, context: DriverContext) -> Sds011Driver:
     """Build the driver for a validated SDS011 device table."""
     del context  # one sensor per UART: nothing to share
-    if not isinstance(config, Sds011Config):
-        raise ConfigError(
-            f"devices (name={config.name}, driver=sds011): expected an Sds011Config, got "
-            f"{type(config).__name__}: validate the table with the sds011 config model"
-        )
+    config = expect_config(config, Sds011Config)
     return Sds011Driver(config)
 
 

@@ -195,7 +195,7 @@ def test_two_points_on_one_key_are_refused() -> None:
 
 
 def test_create_refuses_another_drivers_config() -> None:
-    with pytest.raises(ConfigError, match="expected an AsciiTcpDeviceConfig"):
+    with pytest.raises(ConfigError, match="expected AsciiTcpDeviceConfig, got DeviceConfig"):
         create_driver(DeviceConfig(name="x", driver="ascii_tcp"), DriverContext())
 
 

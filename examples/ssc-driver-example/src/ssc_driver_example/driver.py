@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from importlib.resources import files
 
 import structlog
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo
-from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
+from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 
 from ssc_driver_example import __version__
@@ -132,12 +132,7 @@ class AsciiTcpDriver:
 def create_driver(config: DeviceConfig, context: DriverContext) -> AsciiTcpDriver:
     """Build the driver for a validated ``ascii_tcp`` device (it shares nothing)."""
     del context  # one connection per sensor: nothing to share between devices
-    if not isinstance(config, AsciiTcpDeviceConfig):
-        raise ConfigError(
-            f"devices (name={config.name}, driver=ascii_tcp): expected an AsciiTcpDeviceConfig, "
-            f"got {type(config).__name__}: validate the table with the ascii_tcp config model"
-        )
-    return AsciiTcpDriver(config)
+    return AsciiTcpDriver(expect_config(config, AsciiTcpDeviceConfig))
 
 
 SPEC = DriverSpec(
