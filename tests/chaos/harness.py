@@ -1,0 +1,560 @@
+"""The chaos harness: the agent as a real process, real outages, exact accounting.
+
+Parts, all real:
+
+- :class:`MeterFleet`: simulated ``ssc-demo-meter`` devices (``agent.simulator.serve``), one
+  pymodbus TCP server per device on a free 127.0.0.1 port, run by an event loop in a thread of
+  their own so the test can block (sleep, wait for processes) without stalling a meter. Every
+  request a server receives is logged with its wall-clock time through pymodbus' ``trace_pdu``
+  hook.
+- :class:`AgentProcess`: ``python -m agent.cli --log-json run --config FILE`` as a subprocess,
+  JSON log lines appended to one file over all its runs; SIGKILL and SIGTERM are timed by the
+  test.
+- :class:`ReceiverProcess`: ``python -m agent.cli receive`` as a subprocess with a persistent
+  session client id, writing the platform's SQLite sink. As a separate process it rides out
+  broker restarts exactly as it would in production.
+- The broker is a real mosquitto (``tests.conftest``); chaos tests that restart it give it
+  persistence (:data:`PERSISTENT_BROKER`), as a platform broker has (``deploy/``), so the
+  receiver's persistent session survives the restart; the receiver fixture waits for the
+  broker's first save after the subscription. Without persistence a restarted broker forgets
+  the subscription and drops whatever the agent resends before the receiver is back: a loss
+  of the platform's broker, not of the agent. One residual race no agent can close: a
+  broker SIGKILLed in the sub-millisecond between its PUBACK to the agent and its delivery to
+  the (connected) receiver loses that message.
+
+Ground truth, and why it is exact. The agent stamps every reading with its poll's *scheduled*
+slot time (``t = k × interval``, epoch-aligned), and one poll of a device is one burst of Modbus
+requests right after its slot (two requests for ``ssc-demo-meter``). So the set of slots a
+device was polled in is read off the requests its server saw: a request at wall time ``r``
+belongs to slot ``floor((r + EARLY) / interval) × interval``. ``EARLY`` (20 ms) absorbs a poll
+that fires a hair before its slot (the agent sleeps on the monotonic clock towards a wall-clock
+slot); a poll would have to start more than ``interval − EARLY`` late to be put in the wrong
+slot, which the scheduler counts as an overrun and skips. The expected set is every
+``(device, point, slot)`` for every point of the profile, over every run of the agent: that is
+what the agent polled. Slots the scheduler skipped were never polled, so they are not expected;
+a poll the agent made but lost is. The received set is every ``(dev, pt, t)`` row the receiver
+stored. The :class:`Ledger` compares them exactly: lost, phantom (stored but never polled) and
+duplicate keys, each listed.
+
+A SIGKILL may lose what was polled but not yet committed: with ``flush_interval`` F, a reading
+emitted at ``e`` is committed by ``e + F`` plus the time a flush takes; it was emitted ``latency``
+after its slot. So for a kill at ``K`` the only keys that may be missing are those with
+``K − F − POLL_SLACK < t ≤ K`` (``POLL_SLACK`` = 0.25 s covers poll latency and flush time);
+anything missing outside such a window is a loss. A clean stop (SIGTERM) is sent at a quiet
+point between polls (:func:`sleep_to_quiet_point`), so no poll is cut short and nothing at all
+may be missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from agent.profiles import load_profile
+from agent.simulator import SimulatorServer, serve
+from agent.sink import SqliteSink
+from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from pymodbus.pdu import ModbusPDU
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE = "ssc-demo-meter"
+EARLY_S = 0.020
+POLL_SLACK_S = 0.25
+READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
+PERSISTENT_BROKER = "persistence true\npersistence_location {dir}/\nautosave_interval 1\n"
+
+Key = tuple[str, str, int]
+"""(device, point, slot time in epoch ms)."""
+
+T = TypeVar("T")
+
+
+def persistent_broker_config(directory: Path) -> str:
+    """Extra mosquitto lines: keep sessions and queues on disk (saved every second)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return PERSISTENT_BROKER.format(dir=directory)
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``seconds`` pass; returns its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def sleep_to_quiet_point(grid: float) -> float:
+    """Sleep until the middle of the next ``grid`` step (no poll is running then); returns now.
+
+    Every device interval of a test must be a multiple of ``grid``.
+    """
+    now = time.time()
+    target = (math.floor(now / grid) + 0.5) * grid
+    if target - now < 0.01:
+        target += grid
+    time.sleep(target - now)
+    return time.time()
+
+
+def slot_ms(request_time: float, interval_ms: int) -> int:
+    """The slot (epoch ms) a poll request seen at ``request_time`` (epoch s) belongs to."""
+    return (math.floor((request_time * 1000 + EARLY_S * 1000) / interval_ms)) * interval_ms
+
+
+# ---------------------------------------------------------------------------------- meters
+
+
+@dataclass(frozen=True)
+class Device:
+    """One simulated meter as the agent's config names it."""
+
+    name: str
+    port: int
+    interval_ms: int
+
+    @property
+    def interval(self) -> str:
+        """The config's duration string."""
+        return f"{self.interval_ms} ms"
+
+
+class MeterFleet:
+    """Simulated meters in a background event loop; logs every read request per device."""
+
+    def __init__(self, intervals_ms: Sequence[int], *, prefix: str = "meter") -> None:
+        profile = load_profile(PROFILE)
+        self.points: list[str] = [str(p["name"]) for p in profile.points]
+        self.devices = [
+            Device(f"{prefix}-{i + 1}", free_port(), interval)
+            for i, interval in enumerate(intervals_ms)
+        ]
+        self._profile = profile
+        self._requests: dict[str, list[float]] = {d.name: [] for d in self.devices}
+        self._servers: list[SimulatorServer] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="meters",
+                                        daemon=True)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def _tracer(self, name: str) -> Callable[[bool, ModbusPDU], ModbusPDU]:
+        requests = self._requests[name]
+
+        def trace(sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+            if not sending and pdu.function_code in READ_FUNCTION_CODES:
+                requests.append(time.time())  # list.append is atomic under the GIL
+            return pdu
+
+        return trace
+
+    async def _start(self) -> None:
+        for device in self.devices:
+            self._servers.append(await serve(
+                {1: self._profile}, "127.0.0.1", device.port, seed=device.name,
+                trace_pdu=self._tracer(device.name),
+            ))
+
+    async def _stop(self) -> None:
+        for server in self._servers:
+            await server.stop()
+        self._servers.clear()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self._run(self._start())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self._run(self._stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def requests(self, name: str) -> list[float]:
+        """Wall-clock times of every read request the device ``name`` received."""
+        return list(self._requests[name])
+
+    def request_count(self) -> int:
+        """Read requests received by all meters so far."""
+        return sum(len(r) for r in self._requests.values())
+
+    def served_slots(self, device: Device) -> set[int]:
+        """The slots (epoch ms) in which the agent polled ``device``."""
+        return {slot_ms(r, device.interval_ms) for r in self.requests(device.name)}
+
+    def expected(self) -> set[Key]:
+        """Every (device, point, slot) the agent polled, over all its runs."""
+        return {(d.name, p, t) for d in self.devices for t in self.served_slots(d)
+                for p in self.points}
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    raise TypeError(f"cannot write {value!r} into TOML")
+
+
+def _table(name: str, values: Mapping[str, object]) -> str:
+    body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
+    return f"[{name}]\n{body}\n"
+
+
+def write_agent_config(
+    path: Path,
+    *,
+    gw: str,
+    data_dir: Path,
+    broker_url: str,
+    devices: Iterable[Device],
+    uplink: Mapping[str, object] | None = None,
+    buffer: Mapping[str, object] | None = None,
+    gateway: Mapping[str, object] | None = None,
+) -> Path:
+    """A complete agent config; ``uplink``/``buffer``/``gateway`` add or override keys."""
+    text = _table("gateway", {"id": gw, "data_dir": data_dir, "shutdown_timeout": "10 s",
+                              **(gateway or {})})
+    text += _table("uplink", {
+        "broker": broker_url, "batch_max_age": "2 s", "publish_timeout": "3 s",
+        "keepalive": "2 s", "flush_interval": "1 s", **(uplink or {}),
+    })
+    if buffer:
+        text += _table("buffer", buffer)
+    for device in devices:
+        text += "[[devices]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in {
+            "name": device.name, "driver": "modbus",
+            "endpoint": f"tcp://127.0.0.1:{device.port}", "profile": PROFILE,
+            "interval": device.interval,
+        }.items()) + "\n"
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------- processes
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a file (other lines are skipped)."""
+    events: list[dict[str, Any]] = []
+    if not path.exists():
+        return events
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                events.append(item)
+    return events
+
+
+class _Process:
+    """A subprocess of ours whose stderr goes to a log file (appended over restarts)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str]) -> None:
+        assert not self.alive, "already running"
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", *argv], cwd=ROOT,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            )
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> float:
+        """SIGKILL it and reap it; returns the time of the kill (epoch s)."""
+        assert self.proc is not None and self.alive, "not running"
+        killed_at = time.time()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        return killed_at
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM it and wait for it to exit (SIGKILL after ``timeout``); its exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"no exit within {timeout} s of SIGTERM: {self.log}"
+                                     ) from None
+        return self.proc.returncode
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Its JSON log lines (all runs), or only those whose ``event`` is ``name``."""
+        events = read_events(self.log)
+        return events if name is None else [e for e in events if e.get("event") == name]
+
+    def log_text(self) -> str:
+        """Everything it wrote to stderr (all runs)."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class AgentProcess(_Process):
+    """``ssc-agent run`` as a subprocess; remembers when it was SIGKILLed."""
+
+    def __init__(self, config: Path, log: Path, *, log_level: str = "info") -> None:
+        super().__init__(log)
+        self.config = config
+        self.log_level = log_level
+        self.kills: list[float] = []
+
+    def start(self) -> None:
+        """Start a run of the agent."""
+        self._spawn(["--log-json", "--log-level", self.log_level, "run", "--config",
+                     str(self.config)])
+
+    def kill(self) -> float:
+        """SIGKILL the agent (recorded for the ledger's allowed-loss window)."""
+        killed_at = super().kill()
+        self.kills.append(killed_at)
+        return killed_at
+
+    def wait_started(self, runs: int, seconds: float = 20.0) -> dict[str, Any]:
+        """Wait for the ``runs``-th ``agent_started`` line and return it."""
+        ok = wait_until(lambda: len(self.events("agent_started")) >= runs or not self.alive,
+                        seconds)
+        started = self.events("agent_started")
+        assert ok and len(started) >= runs, f"agent did not start:\n{self.log_text()[-3000:]}"
+        return started[runs - 1]
+
+
+class ReceiverProcess(_Process):
+    """``ssc-agent receive`` as a subprocess (persistent MQTT session) into a SQLite sink."""
+
+    def __init__(self, broker_url: str, sink: Path, log: Path,
+                 client_id: str = "chaos-receiver") -> None:
+        super().__init__(log)
+        self.broker_url = broker_url
+        self.sink = sink
+        self.client_id = client_id
+
+    def start(self) -> None:
+        """Start the receiver and wait until it has subscribed."""
+        subscribed = len(self.events("mqtt_subscribed"))
+        self._spawn(["--log-json", "receive", "--broker", self.broker_url, "--sink",
+                     f"sqlite:///{self.sink}", "--client-id", self.client_id])
+        assert wait_until(lambda: len(self.events("mqtt_subscribed")) > subscribed, 20), (
+            f"receiver did not subscribe:\n{self.log_text()[-3000:]}")
+
+    def count(self, gw: str) -> int:
+        """Readings stored so far for ``gw`` (0 before the sink exists)."""
+        try:
+            conn = sqlite3.connect(f"file:{self.sink}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return 0
+        try:
+            return int(conn.execute("SELECT count(*) FROM readings WHERE gw = ?",
+                                    (gw,)).fetchone()[0])
+        except sqlite3.Error:
+            return 0
+        finally:
+            conn.close()
+
+    def top_seq(self, gw: str) -> int:
+        """The highest batch seq stored for ``gw`` (0 before any)."""
+        try:
+            conn = sqlite3.connect(f"file:{self.sink}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return 0
+        try:
+            row = conn.execute("SELECT max(seq) FROM batches WHERE gw = ?", (gw,)).fetchone()
+            return int(row[0] or 0)
+        except sqlite3.Error:
+            return 0
+        finally:
+            conn.close()
+
+    def wait_for_seq(self, gw: str, seq: int, seconds: float = 30.0) -> None:
+        """Wait until batch ``seq`` of ``gw`` is stored, then a moment for stragglers."""
+        assert wait_until(lambda: self.top_seq(gw) >= seq, seconds), (
+            f"receiver has seq {self.top_seq(gw)}, not {seq}:\n{self.log_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def last_sealed_seq(data_dir: Path) -> int:
+    """The seq of the last batch the agent sealed (read from its store's meta table)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'buffer.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
+                   ) - 1
+    finally:
+        conn.close()
+
+
+def store_meta(data_dir: Path) -> dict[str, int]:
+    """The agent store's meta counters (boot, next_seq, dropped_batches, dropped_readings)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'buffer.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    finally:
+        conn.close()
+
+
+def store_batches(data_dir: Path) -> int:
+    """Batches in the agent's store right now, read from outside the agent (-1: unreadable)."""
+    try:
+        conn = sqlite3.connect(f"file:{data_dir / 'buffer.db'}?mode=ro", uri=True, timeout=1)
+    except sqlite3.Error:
+        return -1
+    try:
+        return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
+    except sqlite3.Error:
+        return -1
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------- ledger
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the receiver stored for one gateway."""
+
+    keys: Counter[Key]
+    qualities: Counter[int]
+    events: list[dict[str, Any]]
+    seqs: list[int]
+    gaps: list[tuple[int, int]]
+
+    @classmethod
+    def read(cls, sink: Path, gw: str) -> Stored:
+        """Read it from the sink file."""
+        with SqliteSink.open(f"sqlite:///{sink}") as db:
+            readings = db.readings_for(gw)
+            return cls(
+                keys=Counter((r.device, r.point, r.t) for r in readings),
+                qualities=Counter(int(r.quality) for r in readings),
+                events=db.events_for(gw),
+                seqs=db.seqs(gw),
+                gaps=db.gaps(gw),
+            )
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        """The stored events of one kind."""
+        return [e for e in self.events if e["kind"] == kind]
+
+
+def _spans(times: Iterable[int]) -> str:
+    """Sorted times as compact runs, for failure messages."""
+    out: list[str] = []
+    ordered = sorted(set(times))
+    start = prev = None
+    for t in ordered:
+        if start is None:
+            start = prev = t
+        elif prev is not None and t - prev <= 1000:
+            prev = t
+        else:
+            out.append(f"{start}..{prev}")
+            start = prev = t
+    if start is not None:
+        out.append(f"{start}..{prev}")
+    return ", ".join(out[:20]) + (" …" if len(out) > 20 else "")
+
+
+def allowed_loss(expected: Iterable[Key], *, kills: Sequence[float] = (),
+                 flush_interval: float = 1.0,
+                 windows: Sequence[tuple[int, int]] = ()) -> set[Key]:
+    """The keys of ``expected`` inside a SIGKILL's window (see the module docstring) or in
+    one of ``windows`` (``(lo, hi]``, epoch ms)."""
+    spans = [*windows, *((round((k - flush_interval - POLL_SLACK_S) * 1000), round(k * 1000))
+                         for k in kills)]
+    return {key for key in expected if any(lo < key[2] <= hi for lo, hi in spans)}
+
+
+@dataclass
+class Ledger:
+    """Polled (expected) versus stored (received), with the windows a SIGKILL may lose."""
+
+    expected: set[Key]
+    received: Counter[Key]
+    may_lose: set[Key] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, fleet: MeterFleet, stored: Stored, *, kills: Sequence[float] = (),
+              flush_interval: float = 1.0,
+              windows: Sequence[tuple[int, int]] = ()) -> Ledger:
+        """Compare what ``fleet`` served with what was ``stored``; SIGKILLs at ``kills``.
+
+        ``windows`` are further ``(lo, hi]`` slot ranges (epoch ms) a case allows to lose.
+        """
+        expected = fleet.expected()
+        may_lose = allowed_loss(expected, kills=kills, flush_interval=flush_interval,
+                                windows=windows)
+        return cls(expected, stored.keys, may_lose)
+
+    @property
+    def lost(self) -> set[Key]:
+        """Polled but not stored."""
+        return self.expected - set(self.received)
+
+    @property
+    def unexplained(self) -> set[Key]:
+        """Lost outside every window a SIGKILL may lose."""
+        return self.lost - self.may_lose
+
+    @property
+    def phantom(self) -> set[Key]:
+        """Stored but never polled."""
+        return set(self.received) - self.expected
+
+    @property
+    def duplicates(self) -> list[Key]:
+        """Stored more than once."""
+        return sorted(k for k, n in self.received.items() if n > 1)
+
+    def summary(self) -> str:
+        """One paragraph for assertion messages."""
+        lost = self.lost
+        return (
+            f"expected={len(self.expected)} received={len(self.received)} lost={len(lost)} "
+            f"(in kill windows {len(lost & self.may_lose)}, unexplained "
+            f"{len(self.unexplained)} at t={_spans(k[2] for k in self.unexplained)}) "
+            f"phantom={len(self.phantom)} at t={_spans(k[2] for k in self.phantom)} "
+            f"duplicates={len(self.duplicates)}"
+        )
+
+    def assert_exact(self) -> None:
+        """Nothing lost outside kill windows, nothing invented, nothing stored twice."""
+        assert not self.unexplained, self.summary()
+        assert not self.phantom, self.summary()
+        assert not self.duplicates, self.summary()
