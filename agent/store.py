@@ -9,8 +9,16 @@ Tables:
 - ``kpi_state`` / ``kpi_journal``: the KPI engine's open windows, checkpointed every minute,
   and what was fed to it since (one journal row per flush, written in the flush's
   transaction), so a restart resumes the windows exactly where the last flush left them.
-- ``drops``: batches the bounds (``max_bytes``, ``max_age``) made us drop, each reported once
-  as a ``buffer_drop`` event inside the next sealed batch.
+- ``drops``: batches the bounds (``max_bytes``, ``max_age``) made us drop, each reported
+  as a ``buffer_drop`` event inside the next sealed batch (its ``carrier``). When the bounds
+  later drop the carrier itself, its reports are queued again for the next batch, so the
+  platform hears of every drop at least once.
+
+Next to the file, ``buffer.db.seq`` holds the ``boot`` and a ``seq`` ceiling reserved ahead
+of use (``SEQ_RESERVE`` at a time, written atomically before a seq past it is committed). It
+is what keeps ``seq`` from ever being reused when the store file itself is lost: a store torn
+by a power cut, or deleted, restarts at the reserved ceiling with the next ``boot``; the
+receiver sees the unused seqs below the ceiling as part of the reported gap.
 
 Sealing a batch is one transaction: allocate ``seq``, take the unreported drop events into
 it, insert the payload, delete the pending rows it was built from, enforce the bounds. So
@@ -24,6 +32,8 @@ a fresh store, and the damage is reported as a ``buffer_corrupt`` event.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -60,9 +70,14 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT NOT NULL DEFAULT '',
     batches INTEGER NOT NULL,
     readings INTEGER NOT NULL,
-    reported INTEGER NOT NULL DEFAULT 0
+    reported INTEGER NOT NULL DEFAULT 0,
+    carrier INTEGER
 );
 """
+
+# Seqs reserved in ``buffer.db.seq`` at a time: one small atomic file write per SEQ_RESERVE
+# batches (every ~17 min at 10-s batches); a lost store skips at most this many seqs.
+SEQ_RESERVE = 100
 
 COUNTERS = ("dropped_batches", "dropped_readings")
 
@@ -119,6 +134,9 @@ class BatchStore:
         # may still come, and then they were delivered, not lost).
         self.in_flight: set[int] = set()
         self.recovered_from: Path | None = None
+        self._sync_full = True
+        # seqs below this are (or may have been) used; kept ahead of next_seq in the sidecar
+        self._reserved = 0
 
     @classmethod
     def open(cls, path: Path, *, sync: str = "full", bounds: StoreBounds | None = None,
@@ -130,6 +148,7 @@ class BatchStore:
             store = cls._open_checked(path, sync, bounds, clock)
         except sqlite3.DatabaseError as exc:
             return cls._salvage(path, sync, bounds, clock, exc)
+        store._continue_from_sidecar(lost=False)
         return store
 
     @classmethod
@@ -141,6 +160,9 @@ class BatchStore:
             conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             _quick_check(conn)
             conn.executescript(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(drops)")}
+            if "carrier" not in columns:  # a store written before carriers were tracked
+                conn.execute("ALTER TABLE drops ADD COLUMN carrier INTEGER")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('boot', 0), ('next_seq', 1),"
                          " ('dropped_batches', 0), ('dropped_readings', 0)")
@@ -148,7 +170,9 @@ class BatchStore:
         except sqlite3.DatabaseError:
             conn.close()
             raise
-        return cls(conn, path, bounds, clock)
+        store = cls(conn, path, bounds, clock)
+        store._sync_full = sync == "full"
+        return store
 
     @classmethod
     def _salvage(cls, path: Path, sync: str, bounds: StoreBounds, clock: Callable[[], float],
@@ -177,16 +201,87 @@ class BatchStore:
                 " VALUES (?, ?, ?, ?)", batches)
             store._conn.executemany("INSERT INTO pending (body) VALUES (?)",
                                     [(b,) for b in pending])
+        resumed = store._continue_from_sidecar(lost=True)
+        boot, next_seq = store._meta("boot"), store._meta("next_seq")
+        with store._txn():
             store._conn.execute(
                 "INSERT INTO drops (t, kind, message, batches, readings) VALUES (?, ?, ?, 0, 0)",
                 (int(clock() * 1000), "buffer_corrupt",
                  f"store file was damaged ({error}); moved to {aside.name}; salvaged "
                  f"batches={len(batches)} pending_rows={len(pending)}; readings that could not "
-                 "be read are lost"),
+                 f"be read are lost; seq continues at {next_seq} after boot {boot}"
+                 f"{' (from buffer.db.seq)' if resumed else ''}"),
             )
         log.warning("buffer_salvaged", batches=len(batches), pending_rows=len(pending),
-                    moved_to=str(aside))
+                    moved_to=str(aside), boot=boot, next_seq=next_seq,
+                    from_reservation=resumed)
         return store
+
+    # -- seq reservation (the sidecar file) ----------------------------------------------------
+
+    @property
+    def _sidecar(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.seq")
+
+    def _read_sidecar(self) -> tuple[int, int] | None:
+        """``(boot, seq_reserved)`` from the sidecar, or None when absent or unreadable."""
+        try:
+            data = json.loads(self._sidecar.read_text(encoding="utf-8"))
+            boot, reserved = int(data["boot"]), int(data["seq_reserved"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("buffer_seq_file_unreadable", path=str(self._sidecar), error=str(exc))
+            return None
+        return boot, reserved
+
+    def _write_sidecar(self, boot: int, reserved: int) -> None:
+        """Replace the sidecar atomically (tmp file, fsync, rename, fsync of the directory)."""
+        tmp = self._sidecar.with_name(f"{self._sidecar.name}.tmp")
+        body = json.dumps({"boot": boot, "seq_reserved": reserved}).encode()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._sidecar)
+            if self._sync_full:
+                dfd = os.open(self._sidecar.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise BufferFull(f"buffer {self._sidecar}: cannot write: {exc}") from exc
+        self._reserved = reserved
+
+    def _continue_from_sidecar(self, *, lost: bool) -> bool:
+        """Take boot and seq past the sidecar's when the store lost its own (``lost``: it was
+        salvaged; or its boot is behind the sidecar's: the file was deleted or replaced).
+        Returns whether they were taken from the sidecar."""
+        side = self._read_sidecar()
+        if side is None:
+            return False
+        boot, reserved = side
+        self._reserved = reserved
+        if not lost and self._meta("boot") >= boot:
+            return False
+        if not lost:
+            log.warning("buffer_behind_seq_file", path=str(self.path), boot=self._meta("boot"),
+                        seq_file_boot=boot, next_seq=reserved)
+        with self._txn():
+            self._conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'boot'",
+                               (boot,))
+            self._conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'",
+                               (reserved,))
+        return True
+
+    def _reserve(self, seq: int) -> None:
+        """Make sure ``seq`` lies below the reserved ceiling before it is committed."""
+        if seq >= self._reserved:
+            self._write_sidecar(self._meta("boot"), seq + SEQ_RESERVE)
 
     def close(self) -> None:
         self._conn.close()
@@ -208,7 +303,12 @@ class BatchStore:
         """Count this start of the agent and return its ``boot`` number."""
         with self._txn():
             self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'boot'")
-        return self._meta("boot")
+        boot = self._meta("boot")
+        try:
+            self._write_sidecar(boot, self._meta("next_seq") + SEQ_RESERVE)
+        except BufferFull as exc:  # sealing retries it; the disk-full path reports the rest
+            log.warning("buffer_seq_file_write_failed", error=str(exc))
+        return boot
 
     # -- the open batch ------------------------------------------------------------------------
 
@@ -275,6 +375,7 @@ class BatchStore:
         """
         with self._txn():
             seq = self._meta("next_seq")
+            self._reserve(seq)
             reports = self._conn.execute(
                 "SELECT id, t, kind, message FROM drops WHERE reported = 0 ORDER BY id"
             ).fetchall()
@@ -291,8 +392,8 @@ class BatchStore:
             )
             if reports:
                 self._conn.execute(
-                    f"UPDATE drops SET reported = 1 WHERE id IN "
-                    f"({','.join('?' * len(reports))})", [r[0] for r in reports])
+                    f"UPDATE drops SET reported = 1, carrier = ? WHERE id IN "
+                    f"({','.join('?' * len(reports))})", [seq, *(r[0] for r in reports)])
             self._enforce_bounds(keep=seq)
         return seq
 
@@ -338,6 +439,10 @@ class BatchStore:
         seqs = [s for s, _ in victims]
         readings = sum(n for _, n in victims)
         self._conn.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in seqs])
+        # reports those batches carried never reached the platform: queue them again
+        self._conn.executemany(
+            "UPDATE drops SET reported = 0, carrier = NULL WHERE carrier = ?",
+            [(s,) for s in seqs])
         limit = (f"max_bytes={self.bounds.max_bytes}" if reason == "max_bytes"
                  else f"max_age_ms={self.bounds.max_age_ms}")
         message = (f"batches={len(seqs)} readings={readings} seq={seqs[0]}-{seqs[-1]} "

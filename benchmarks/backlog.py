@@ -4,9 +4,10 @@
    ``ssc-demo-meter`` meters × 20 points polled every second (values from the simulator, so
    quantized as a real meter's are), fed through the real ``Batcher`` into the real
    ``BatchStore`` with a fake clock: 10-s batches, committed every second as the agent does.
-2. Start the agent's real ``Uplink`` on that store against a local mosquitto, with a counting
-   subscriber (``mosquitto_sub`` in its own process), and time the drain until every batch is
-   acknowledged, deleted and received.
+2. Start the agent's real ``Uplink`` on (a copy of) that store against a local mosquitto, with
+   a counting subscriber (``mosquitto_sub`` in its own process), and time the drain until every
+   batch is acknowledged, deleted and received: once at the default
+   ``replay_rate_per_second`` (50 batches/s) and once effectively unpaced.
 3. Run ``ssc-agent run`` polling 50 simulated meters × 20 points at 1 s, connected, and read
    ``write_bytes`` (bytes sent to the block layer) and ``wchar`` (bytes passed to write()) from
    ``/proc/<pid>/io`` over a window: bytes written to disk per reading while live.
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import math
+import shutil
 import signal
 import sys
 import tempfile
@@ -119,8 +121,10 @@ async def count_messages(port: int, topic: str, counter: list[int],
         await proc.wait()
 
 
-async def drain(path: Path, broker_url: str, batches: int) -> tuple[float, float]:
-    """Send the whole store; (seconds until the store is empty, until all were received)."""
+async def drain(path: Path, broker_url: str, batches: int,
+                replay_rate: float) -> tuple[float, float]:
+    """Send the whole store at ``replay_rate`` batches/s; (seconds until the store is empty,
+    until all were received)."""
     store = BatchStore.open(path)
     address = parse_broker_url(broker_url)
     counter = [0]
@@ -129,7 +133,7 @@ async def drain(path: Path, broker_url: str, batches: int) -> tuple[float, float
     await ready.wait()
     uplink = Uplink(MqttSettings(address, GW), store, gw=GW, boot=store.start_boot(),
                     topic_prefix="ssc/v1", max_inflight=8, wake=asyncio.Event(),
-                    clock=time.time)
+                    clock=time.time, replay_rate=replay_rate)
     began = time.perf_counter()
     task = asyncio.create_task(uplink.run())
     emptied = received = math.nan
@@ -237,11 +241,16 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"store size on disk:      {size / MIB:.1f} MiB = {size / readings:.2f} bytes/reading "
           f"(payloads {payload / readings:.2f} bytes/reading)")
     async with local_broker(workdir) as broker_url:
-        emptied, received = await drain(store, broker_url, batches)
-        print(f"time to drain:           {emptied:.2f} s until the store was empty, "
-              f"{received:.2f} s until the subscriber had all {batches}")
-        print(f"drain rate:              {readings / emptied:,.0f} readings/s, "
-              f"{batches / emptied:.1f} batches/s (max_inflight 8, QoS 1, loopback)")
+        for label, rate in (("default replay_rate_per_second", args.replay_rate),
+                            ("unpaced (replay_rate 1e6)", 1e6)):
+            copy = workdir / f"drain-{rate:g}.db"
+            shutil.copyfile(store, copy)  # the store is closed: no WAL to copy along
+            emptied, received = await drain(copy, broker_url, batches, rate)
+            print(f"drain, {label} = {rate:g}:")
+            print(f"  time to drain:         {emptied:.2f} s until the store was empty, "
+                  f"{received:.2f} s until the subscriber had all {batches}")
+            print(f"  drain rate:            {readings / emptied:,.0f} readings/s, "
+                  f"{batches / emptied:.1f} batches/s (max_inflight 8, QoS 1, loopback)")
         live = await live_writes(workdir, broker_url, args.meters, args.live)
     n = live["readings"]
     print(f"live, connected:         {n:,.0f} readings polled in {live['seconds']:.1f} s")
@@ -255,6 +264,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="outage length")
     parser.add_argument("--meters", type=int, default=50, help="meters of 20 points at 1 s")
     parser.add_argument("--live", type=float, default=30.0, help="seconds of live measuring")
+    parser.add_argument("--replay-rate", type=float, default=50.0,
+                        help="replay_rate_per_second of the first drain (the config default)")
     asyncio.run(main_async(parser.parse_args()))
 
 

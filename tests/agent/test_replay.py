@@ -44,10 +44,13 @@ async def test_backlog_is_paced_and_live_batches_interleave(
 ) -> None:
     store = BatchStore.open(tmp_path / "b.db")
     backlog = [seal(store, b"old") for _ in range(30)]
-    sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t", "ssc/v1/gw/batch",
-         "-q", "1", "-C", "36", "-W", "30"], stdout=subprocess.PIPE, text=True)
-    await asyncio.sleep(0.3)
+    # A persistent QoS 1 session, subscribed before anything is published (-E: exit on
+    # SUBACK), so the counting subscriber misses nothing however slowly it starts.
+    sub_args = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t",
+                "ssc/v1/gw/batch", "-q", "1", "-c", "-i", f"replay-{order}"]
+    subprocess.run([*sub_args, "-E"], check=True, timeout=10)
+    sub = subprocess.Popen([*sub_args, "-C", "36", "-W", "30"], stdout=subprocess.PIPE,
+                           text=True)
     wake = asyncio.Event()
     uplink = Uplink(MqttSettings(parse_broker_url(mosquitto.url), "gw"), store, gw="gw", boot=1,
                     topic_prefix="ssc/v1", max_inflight=1, wake=wake, clock=time.time,

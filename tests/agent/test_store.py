@@ -222,3 +222,147 @@ def test_torn_store_keeps_what_is_readable(tmp_path: Path) -> None:
     assert 0 < len(survived) <= 40
     assert store.stats().next_seq > max(b.seq for b in survived)  # seq is never reused
     assert store.drop_events()[-1][1] == "buffer_corrupt"
+
+
+# ------------------------------------------------------ drop reports survive their carrier
+
+
+def events_kept(carried: dict[int, list[Event]]) -> Callable[[int, list[Event]], bytes]:
+    def build(seq: int, events: list[Event]) -> bytes:
+        carried[seq] = events
+        return bytes(1000)
+
+    return build
+
+
+def test_a_report_whose_carrier_is_dropped_is_queued_again(tmp_path: Path) -> None:
+    # Room for two batches: every seal drops the oldest, so each carrier of a drop report is
+    # itself dropped two seals later. Whatever is kept at the end must tell of every drop.
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=2500))
+    carried: dict[int, list[Event]] = {}
+    for _ in range(12):
+        store.seal(events_kept(carried), created=1, n_readings=10, pending_upto=0)
+    kept = [b.seq for b in store.next_unsent(10, set())]
+    assert kept == [11, 12]
+    # one last seal carries whatever is still unreported
+    store.bounds = StoreBounds()
+    store.seal(events_kept(carried), created=1, n_readings=10, pending_upto=0)
+    told = [e.message for s in (*kept, 13) for e in carried[s]]
+    dropped_seqs = set()
+    for message in told:
+        first, last = message.split("seq=")[1].split()[0].split("-")
+        dropped_seqs |= set(range(int(first), int(last) + 1))
+    assert dropped_seqs == set(range(1, 11))
+    assert len(told) == 10  # each drop told once by the batches that survive
+    assert all(d[5] for d in store.drop_events())
+
+
+def test_a_delivered_carrier_keeps_its_reports_reported(tmp_path: Path) -> None:
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=2500))
+    carried: dict[int, list[Event]] = {}
+    for _ in range(4):  # seals 3 and 4 drop seqs 1 and 2; seq 4 carries seq 1's report
+        store.seal(events_kept(carried), created=1, n_readings=10, pending_upto=0)
+    assert [len(carried[s]) for s in (3, 4)] == [0, 1]
+    store.delete(4)  # acknowledged by the broker
+    for _ in range(2):  # seq 3 is dropped now, seq 4 is gone: its report is not re-sent
+        store.seal(events_kept(carried), created=1, n_readings=10, pending_upto=0)
+    again = [e.message for s in (5, 6) for e in carried[s]]
+    assert not any("seq=1-1 " in m for m in again), again
+    assert any("seq=2-2 " in m for m in again), again
+
+
+def test_an_older_store_gains_the_carrier_column(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE drops (id INTEGER PRIMARY KEY AUTOINCREMENT, t INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, message TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
+        " batches INTEGER NOT NULL, readings INTEGER NOT NULL,"
+        " reported INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO drops (t, kind, message, batches, readings) VALUES (1, 'buffer_drop',"
+        " 'batches=1 readings=5 seq=1-1 reason=max_bytes', 1, 5);")
+    conn.close()
+    store = BatchStore.open(path)
+    carried: dict[int, list[Event]] = {}
+    store.seal(events_kept(carried), created=1, n_readings=1, pending_upto=0)
+    assert [e.message for e in carried[1]] == ["batches=1 readings=5 seq=1-1 reason=max_bytes"]
+
+
+# ---------------------------------------------------------- seq is never reused (sidecar)
+
+
+def seq_file(path: Path) -> dict[str, int]:
+    import json
+
+    data: dict[str, int] = json.loads(path.with_name(f"{path.name}.seq").read_text())
+    return data
+
+
+def test_the_seq_reservation_stays_ahead_of_every_committed_seq(tmp_path: Path) -> None:
+    from agent.store import SEQ_RESERVE
+
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    assert store.start_boot() == 1
+    assert seq_file(path) == {"boot": 1, "seq_reserved": 1 + SEQ_RESERVE}
+    for _ in range(2 * SEQ_RESERVE + 5):
+        seq = store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0)
+        assert seq is not None and seq < seq_file(path)["seq_reserved"]
+    store.close()
+    # a normal restart continues exactly (no seqs skipped)
+    store = BatchStore.open(path)
+    assert store.start_boot() == 2
+    assert store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0) == \
+        2 * SEQ_RESERVE + 6
+
+
+def tear(path: Path) -> None:
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_torn_store_resumes_boot_and_seq_past_the_reservation(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    store.start_boot()
+    for i in range(60):
+        store.seal(payload_of(3000 + i), created=i, n_readings=7, pending_upto=0)
+    reserved = seq_file(path)["seq_reserved"]
+    store.close()
+    tear(path)
+    store = BatchStore.open(path)
+    assert store.recovered_from is not None
+    assert store.start_boot() == 3
+    seq = store.seal(payload_of(5), created=99, n_readings=1, pending_upto=0)
+    assert seq is not None and seq >= max(61, reserved)
+    message = store.drop_events()[-1][2]
+    assert f"seq continues at {reserved} after boot 2 (from buffer.db.seq)" in message
+
+
+def test_a_deleted_store_resumes_from_the_reservation(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    for _ in range(3):
+        store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0)
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = BatchStore.open(path)
+    assert store.start_boot() == 2
+    seq = store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0)
+    assert seq is not None and seq > 3
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{", b"[1, 2]", b'{"boot": "x"}', b"\xff\xfe"])
+def test_a_garbage_seq_file_is_ignored_with_a_warning(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "buffer.db"
+    path.with_name("buffer.db.seq").write_bytes(garbage)
+    store = BatchStore.open(path)
+    assert store.start_boot() == 1
+    assert store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0) == 1
+    assert seq_file(path)["boot"] == 1  # rewritten whole
