@@ -210,7 +210,8 @@ class Batcher:
 
         try:
             seq = self._store.seal(build, created=created, n_readings=len(readings),
-                                   pending_upto=self._pending_upto)
+                                   pending_upto=self._pending_upto, n_events=len(events),
+                                   n_aggregates=len(aggregates))
         except BufferFull as exc:
             self.stats.write_errors += 1
             log.error("buffer_seal_failed", error=str(exc), readings=len(readings))

@@ -397,7 +397,8 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
             print(f"boot / next seq: {s.boot} / {s.next_seq}")
             print(f"dropped:         {s.dropped_batches} batches, {s.dropped_readings} readings"
                   + "".join(f"; {reason or 'other'}: {b} batches, {r} readings"
-                            for reason, (b, r) in sorted(store.drop_totals().items())))
+                            for reason, (b, r) in sorted(store.drop_totals().items()))
+                  + f"; with them {s.dropped_events} events, {s.dropped_aggregates} KPI windows")
             return EXIT_OK
         rows = store.iter_batches()
         if args.output is not None:

@@ -66,6 +66,10 @@ class DeliveryCollector:
             dropped_r.add_metric([reason], readings)
         yield dropped_b
         yield dropped_r
+        yield counter("dropped_events", "Events (device down/up, outages) in dropped batches",
+                      s.dropped_events)
+        yield counter("dropped_aggregates", "Closed KPI windows in dropped batches",
+                      s.dropped_aggregates)
         yield gauge("backlog_batches", "Stored batches not yet acknowledged", s.batches)
         yield gauge("backlog_readings", "Readings in stored batches not yet acknowledged",
                     s.readings)

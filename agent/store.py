@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
     created INTEGER NOT NULL,
     n_readings INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    n_events INTEGER NOT NULL DEFAULT 0,
+    n_aggregates INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS kpi_state (id INTEGER PRIMARY KEY CHECK (id = 1), t INTEGER NOT NULL,
                                       body BLOB NOT NULL);
@@ -79,7 +81,7 @@ CREATE TABLE IF NOT EXISTS drops (
 # batches (every ~17 min at 10-s batches); a lost store skips at most this many seqs.
 SEQ_RESERVE = 100
 
-COUNTERS = ("dropped_batches", "dropped_readings")
+COUNTERS = ("dropped_batches", "dropped_readings", "dropped_events", "dropped_aggregates")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,8 @@ class StoreStats:
     next_seq: int
     dropped_batches: int
     dropped_readings: int
+    dropped_events: int
+    dropped_aggregates: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +164,14 @@ class BatchStore:
             conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             _quick_check(conn)
             conn.executescript(SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(drops)")}
-            if "carrier" not in columns:  # a store written before carriers were tracked
-                conn.execute("ALTER TABLE drops ADD COLUMN carrier INTEGER")
+            _add_missing_columns(conn)
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('boot', 0), ('next_seq', 1),"
-                         " ('dropped_batches', 0), ('dropped_readings', 0)")
+                         " ('dropped_batches', 0), ('dropped_readings', 0),"
+                         " ('dropped_events', 0), ('dropped_aggregates', 0)")
+            # never below a stored batch (a meta row lost or older than the batches)
+            conn.execute("UPDATE meta SET value = max(value, (SELECT coalesce(max(seq), 0) + 1"
+                         " FROM batches)) WHERE key = 'next_seq'")
             conn.execute("COMMIT")
         except sqlite3.DatabaseError:
             conn.close()
@@ -367,11 +373,14 @@ class BatchStore:
         return snapshot, journal
 
     def seal(self, build: Callable[[int, list[Event]], bytes], *, created: int,
-             n_readings: int, pending_upto: int) -> int | None:
+             n_readings: int, pending_upto: int, n_events: int = 0,
+             n_aggregates: int = 0) -> int | None:
         """Turn the open batch into a stored batch in one transaction; returns its ``seq``.
 
         ``build(seq, events)`` encodes the batch; ``events`` are the drop reports it must
-        carry. Returns None when ``when_full = "drop_newest"`` dropped this very batch.
+        carry (besides its own ``n_events`` events and ``n_aggregates`` KPI windows, counted
+        so a drop of the batch can say what it lost). Returns None when ``when_full =
+        "drop_newest"`` dropped this very batch.
         """
         with self._txn():
             seq = self._meta("next_seq")
@@ -384,11 +393,12 @@ class BatchStore:
             self._conn.execute("DELETE FROM pending WHERE id <= ?", (pending_upto,))
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             if self._drop_newest_instead(len(payload)):
-                self._record_drop("max_bytes", [(seq, n_readings)])
+                self._record_drop("max_bytes", [(seq, n_readings, n_events, n_aggregates)])
                 return None
             self._conn.execute(
-                "INSERT INTO batches (seq, created, n_readings, payload) VALUES (?, ?, ?, ?)",
-                (seq, created, n_readings, payload),
+                "INSERT INTO batches (seq, created, n_readings, payload, n_events, n_aggregates)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, created, n_readings, payload, n_events, n_aggregates),
             )
             if reports:
                 self._conn.execute(
@@ -413,8 +423,9 @@ class BatchStore:
         b = self.bounds
         if b.max_age_ms is not None:
             cutoff = int(self._clock() * 1000) - b.max_age_ms
-            old = [(s, n) for s, n in self._conn.execute(
-                "SELECT seq, n_readings FROM batches WHERE created < ? ORDER BY seq", (cutoff,))
+            old = [(s, n, e, a) for s, n, e, a in self._conn.execute(
+                "SELECT seq, n_readings, n_events, n_aggregates FROM batches WHERE created < ?"
+                " ORDER BY seq", (cutoff,))
                 if s not in self.in_flight and s != keep]
             if old:
                 self._record_drop("max_age", old)
@@ -423,21 +434,26 @@ class BatchStore:
         excess = self._stored_bytes() - b.max_bytes
         if excess <= 0:
             return
-        victims: list[tuple[int, int]] = []
-        for s, n, size in self._conn.execute(
-                "SELECT seq, n_readings, length(payload) FROM batches ORDER BY seq"):
+        victims: list[tuple[int, int, int, int]] = []
+        for s, n, e, a, size in self._conn.execute(
+                "SELECT seq, n_readings, n_events, n_aggregates, length(payload) FROM batches"
+                " ORDER BY seq"):
             if excess <= 0:
                 break
             if s in self.in_flight or s == keep:
                 continue
-            victims.append((s, n))
+            victims.append((s, n, e, a))
             excess -= size
         if victims:
             self._record_drop("max_bytes", victims)
 
-    def _record_drop(self, reason: str, victims: list[tuple[int, int]]) -> None:
-        seqs = [s for s, _ in victims]
-        readings = sum(n for _, n in victims)
+    def _record_drop(self, reason: str, victims: list[tuple[int, int, int, int]]) -> None:
+        """Delete ``victims`` ``(seq, readings, events, aggregates)``, count and queue a
+        report of them."""
+        seqs = [v[0] for v in victims]
+        readings = sum(v[1] for v in victims)
+        events = sum(v[2] for v in victims)
+        aggregates = sum(v[3] for v in victims)
         self._conn.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in seqs])
         # reports those batches carried never reached the platform: queue them again
         self._conn.executemany(
@@ -445,7 +461,8 @@ class BatchStore:
             [(s,) for s in seqs])
         limit = (f"max_bytes={self.bounds.max_bytes}" if reason == "max_bytes"
                  else f"max_age_ms={self.bounds.max_age_ms}")
-        message = (f"batches={len(seqs)} readings={readings} seq={seqs[0]}-{seqs[-1]} "
+        message = (f"batches={len(seqs)} readings={readings} events={events} "
+                   f"aggregates={aggregates} seq={seqs[0]}-{seqs[-1]} "
                    f"reason={reason} {limit} policy={self.bounds.when_full}")
         self._conn.execute(
             "INSERT INTO drops (t, kind, message, reason, batches, readings)"
@@ -453,10 +470,12 @@ class BatchStore:
             (int(self._clock() * 1000), "buffer_drop", message, reason, len(seqs), readings))
         self._conn.execute(
             "UPDATE meta SET value = value + ? WHERE key = 'dropped_batches'", (len(seqs),))
-        self._conn.execute(
-            "UPDATE meta SET value = value + ? WHERE key = 'dropped_readings'", (readings,))
-        log.warning("buffer_drop", batches=len(seqs), readings=readings, first_seq=seqs[0],
-                    last_seq=seqs[-1], reason=reason, policy=self.bounds.when_full)
+        for key, value in (("dropped_readings", readings), ("dropped_events", events),
+                           ("dropped_aggregates", aggregates)):
+            self._conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (value, key))
+        log.warning("buffer_drop", batches=len(seqs), readings=readings, events=events,
+                    aggregates=aggregates, first_seq=seqs[0], last_seq=seqs[-1],
+                    reason=reason, policy=self.bounds.when_full)
 
     def note_lost(self, readings: int, reason: str) -> None:
         """Record readings lost before they reached the store (disk full for too long)."""
@@ -530,7 +549,7 @@ class BatchStore:
         )
         return StoreStats(self.path, batches, readings, size, oldest, newest, pending,
                           file_bytes, self._meta("boot"), self._meta("next_seq"),
-                          self._meta("dropped_batches"), self._meta("dropped_readings"))
+                          *(self._meta(key) for key in COUNTERS))
 
 
 class _Txn:
@@ -563,6 +582,18 @@ class _Txn:
         with contextlib.suppress(sqlite3.OperationalError):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to this schema."""
+    added = {"drops": [("carrier", "INTEGER")],
+             "batches": [("n_events", "INTEGER NOT NULL DEFAULT 0"),
+                         ("n_aggregates", "INTEGER NOT NULL DEFAULT 0")]}
+    for table, wanted in added.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in wanted:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def _quick_check(conn: sqlite3.Connection) -> None:

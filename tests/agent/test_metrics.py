@@ -67,3 +67,6 @@ async def test_metrics_show_delivery_and_devices(tmp_path: Path, mosquitto: Mosq
     assert value(text, 'ssc_agent_device_failures_total{device="dead"}') >= 1
     assert value(text, "ssc_agent_uplink_connected") == 1
     assert "ssc_agent_backlog_batches" in text and "ssc_agent_backlog_age_seconds" in text
+    # nothing was dropped, and the drop counters say so (rather than being absent)
+    assert value(text, "ssc_agent_dropped_events_total") == 0
+    assert value(text, "ssc_agent_dropped_aggregates_total") == 0

@@ -366,3 +366,35 @@ def test_a_garbage_seq_file_is_ignored_with_a_warning(tmp_path: Path, garbage: b
     assert store.start_boot() == 1
     assert store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0) == 1
     assert seq_file(path)["boot"] == 1  # rewritten whole
+
+
+def test_a_drop_counts_the_events_and_kpi_windows_it_lost(tmp_path: Path) -> None:
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=2500))
+    for events, aggregates in ((2, 1), (3, 0), (0, 4)):
+        store.seal(payload_of(1000), created=1, n_readings=10, pending_upto=0,
+                   n_events=events, n_aggregates=aggregates)
+    [(_, kind, message, batches, readings, _)] = store.drop_events()
+    assert (kind, batches, readings) == ("buffer_drop", 1, 10)
+    assert "readings=10 events=2 aggregates=1 seq=1-1" in message
+    stats = store.stats()
+    assert (stats.dropped_events, stats.dropped_aggregates) == (2, 1)
+    # drop_newest counts the refused batch's events too
+    newest = BatchStore.open(tmp_path / "n.db",
+                             bounds=StoreBounds(max_bytes=1500, when_full="drop_newest"))
+    newest.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    assert newest.seal(payload_of(1000), created=1, n_readings=5, pending_upto=0,
+                       n_events=7, n_aggregates=2) is None
+    assert (newest.stats().dropped_events, newest.stats().dropped_aggregates) == (7, 2)
+
+
+def test_an_older_store_gains_the_count_columns(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE batches (seq INTEGER PRIMARY KEY, created INTEGER NOT NULL,"
+        " n_readings INTEGER NOT NULL, payload BLOB NOT NULL);"
+        "INSERT INTO batches VALUES (1, 5, 3, x'00');")
+    conn.close()
+    store = BatchStore.open(path, bounds=StoreBounds(max_bytes=1))
+    store.seal(payload_of(1), created=6, n_readings=1, pending_upto=0, n_events=1)
+    assert "readings=3 events=0 aggregates=0 seq=1-1" in store.drop_events()[0][2]
