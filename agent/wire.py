@@ -21,7 +21,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -411,6 +411,14 @@ def _pack_value(x: Value, packer: msgpack.Packer) -> bytes:
             exact = False
         return _F32_TAGGED.pack(0xCA, x) if exact else _F64_TAGGED.pack(0xCB, x)
     return packer.pack(x)
+
+
+def pack_values(values: Sequence[Value], packer: msgpack.Packer) -> bytes:
+    """A msgpack array of reading values, each float as float 32 when that is exact (else
+    float 64): lossless, and about half the size for values read from float32 registers.
+    ``packer`` must be made with ``autoreset=True``."""
+    return packer.pack_array_header(len(values)) + b"".join(_pack_value(x, packer)
+                                                            for x in values)
 
 
 def _pack_body(batch: Batch) -> bytes:

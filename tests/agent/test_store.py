@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.readings import Event, Quality, Reading
 from agent.store import BatchStore, StoreBounds
@@ -398,3 +402,64 @@ def test_an_older_store_gains_the_count_columns(tmp_path: Path) -> None:
     store = BatchStore.open(path, bounds=StoreBounds(max_bytes=1))
     store.seal(payload_of(1), created=6, n_readings=1, pending_upto=0, n_events=1)
     assert "readings=3 events=0 aggregates=0 seq=1-1" in store.drop_events()[0][2]
+
+
+# ------------------------------------------------------------------- pending row encoding
+
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False), st.floats(width=32, allow_nan=False),
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["m1", "meter-02", "ü"]), st.text(max_size=8),
+                          st.one_of(st.none(), st.sampled_from(["W", "kWh", "µg/m³"])),
+                          st.integers(min_value=0, max_value=2**53), VALUES,
+                          st.sampled_from(list(Quality))), max_size=40))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_pending_rows_round_trip_every_value_exactly(
+        tmp_path: Path, rows: list[tuple[str, str, str | None, int, Any, Quality]]) -> None:
+    path = tmp_path / f"p{len(list(tmp_path.iterdir()))}.db"
+    store = BatchStore.open(path)
+    given_readings = [Reading(*row) for row in rows]
+    store.append_pending(given_readings, [])
+    got = store.load_pending()[0]
+    assert [(r, type(r.value)) for r in got] == [(r, type(r.value)) for r in given_readings]
+    store.close()
+
+
+def test_pending_nan_and_infinity_survive(tmp_path: Path) -> None:
+    store = BatchStore.open(tmp_path / "b.db")
+    store.append_pending([Reading("m", "p", None, 1, math.nan, Quality.GOOD),
+                          Reading("m", "p", None, 2, -math.inf, Quality.GOOD)], [])
+    got = store.load_pending()[0]
+    assert math.isnan(float(got[0].value or 0)) and got[1].value == -math.inf
+
+
+def test_pending_rows_of_an_earlier_version_still_load(tmp_path: Path) -> None:
+    import msgpack
+    import zstandard
+
+    path = tmp_path / "b.db"
+    BatchStore.open(path).close()
+    legacy = {"r": [["m1", "p0", "W", 5, 1.5, 0], ["m1", "p1", None, 6, None, 2]],
+              "e": [[5, "device_up", "m1", ""]], "a": []}
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO pending (body) VALUES (?)",
+                 (zstandard.ZstdCompressor().compress(msgpack.packb(legacy)),))
+    conn.commit()
+    conn.close()
+    got, events, _, _ = BatchStore.open(path).load_pending()
+    assert got == [Reading("m1", "p0", "W", 5, 1.5, Quality(0)),
+                   Reading("m1", "p1", None, 6, None, Quality(2))]
+    assert events == [Event(5, "device_up", "m1", "")]
+
+
+def test_a_new_store_uses_small_pages(tmp_path: Path) -> None:
+    from agent.store import PAGE_SIZE
+
+    path = tmp_path / "b.db"
+    BatchStore.open(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
+    conn.close()
