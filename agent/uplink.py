@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import ssl
 import time
@@ -87,9 +88,32 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     return context
 
 
+class TransportErrors(logging.Handler):
+    """paho's last error line of a connection attempt.
+
+    A broker that rejects our client certificate does so after the TLS handshake looks done to
+    us; paho then fails on the socket and logs why, but aiomqtt keeps waiting for a CONNACK and
+    reports only a timeout. This handler keeps what paho said, so the error can name the cause.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+        # not registered with logging's manager (one per uplink, freed with it), no parents
+        self.logger = logging.Logger("ssc.mqtt", logging.ERROR)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
 def _client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
-            clean_session: bool | None = None, max_inflight: int | None = None) -> aiomqtt.Client:
+            clean_session: bool | None = None, max_inflight: int | None = None,
+            errors: TransportErrors | None = None) -> aiomqtt.Client:
     password = _read_password(settings.password_file) if settings.password_file else None
+    if errors is not None:
+        errors.last = None
     client = aiomqtt.Client(
         settings.address.host,
         settings.address.port,
@@ -102,6 +126,7 @@ def _client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
         timeout=settings.timeout,
         max_inflight_messages=max_inflight,
         tls_context=_tls_context(settings),
+        logger=errors.logger if errors is not None else None,
     )
     if max_inflight is not None:
         # paho warns once per publish above this threshold; our window is deliberate.
@@ -109,11 +134,20 @@ def _client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
     return client
 
 
-def describe_mqtt_error(exc: BaseException, settings: MqttSettings) -> str:
-    """One line for a connection failure, naming the file when TLS is the cause; no secrets."""
-    text = str(exc)
+def describe_mqtt_error(exc: BaseException, settings: MqttSettings,
+                        transport: str | None = None) -> str:
+    """One line for a connection failure, naming the file when TLS is the cause; no secrets.
+    ``transport`` is what paho logged of the attempt (see :class:`TransportErrors`)."""
+    text = str(exc) if transport is None else f"{exc} ({transport})"
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS: the broker's certificate is not trusted by ca_file {settings.ca_file} "
+                f"({text})")
+    if "CERTIFICATE_REQUIRED" in text:
+        return ("TLS: the broker requires a client certificate: set cert_file and key_file "
+                f"({text})")
+    if any(alert in text for alert in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN",
+                                       "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED")):
+        return (f"TLS: the broker refused the client certificate cert_file {settings.cert_file} "
                 f"({text})")
     if "Not authorized" in text or "code:135" in text or "code:5" in text:
         return f"broker refused the login of user {settings.username!r}: check password_file"
@@ -146,9 +180,10 @@ async def subscribe(
     receiver that dies while storing a batch gets it again (persistent session).
     """
     backoff = BACKOFF_FIRST
+    errors = TransportErrors()
     while True:
         try:
-            client = _client(settings, clean_session=clean_session)
+            client = _client(settings, clean_session=clean_session, errors=errors)
             client._client.manual_ack_set(True)  # aiomqtt exposes no manual ack
             async with client:
                 for topic in topics:
@@ -163,7 +198,8 @@ async def subscribe(
                         client._client.ack(message.mid, message.qos)
         except aiomqtt.MqttError as exc:
             log.warning("mqtt_disconnected", broker=settings.address.url,
-                        error=describe_mqtt_error(exc, settings), retry_in=round(backoff, 1))
+                        error=describe_mqtt_error(exc, settings, errors.last),
+                        retry_in=round(backoff, 1))
         except UplinkError as exc:
             log.error("mqtt_settings_invalid", error=str(exc))
         await asyncio.sleep(_jittered(backoff))
@@ -260,6 +296,7 @@ class Uplink:
         self._clock = clock
         self._inflight = store.in_flight  # shared: the store never drops a batch in flight
         self._undeleted: set[int] = set()  # acknowledged, but the delete failed
+        self._transport = TransportErrors()
         self.stats = UplinkStats()
         self._down_since: float | None = None
         self._idle = asyncio.Event()
@@ -276,7 +313,7 @@ class Uplink:
             try:
                 will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
                 client = _client(self._settings, will=will, clean_session=True,
-                                 max_inflight=self._max_inflight)
+                                 max_inflight=self._max_inflight, errors=self._transport)
                 async with client:
                     self._client = client
                     self.stats.connects += 1
@@ -308,11 +345,12 @@ class Uplink:
         self.stats.disconnects += 1
         if self._down_since is None:
             self._down_since = self._clock()
-            error = describe_mqtt_error(exc, self._settings)
+            error = describe_mqtt_error(exc, self._settings, self._transport.last)
             log.warning("uplink_down", broker=self._settings.address.url, error=error)
             self._emit("uplink_down", error)
         else:
-            log.debug("uplink_retry_failed", error=describe_mqtt_error(exc, self._settings))
+            log.debug("uplink_retry_failed",
+                      error=describe_mqtt_error(exc, self._settings, self._transport.last))
 
     def _retry_deletes(self) -> None:
         for seq in sorted(self._undeleted):

@@ -155,3 +155,58 @@ async def test_tls_and_password(tmp_path: Path, tls_broker: tuple[Mosquitto, int
     else:
         assert f"not trusted by ca_file {ca}" in down[0]["error"]
     assert uplink.stats.disconnects >= 1
+
+
+# --------------------------------------------------------------------------- mutual TLS
+
+
+@pytest.fixture
+def mtls_broker(tmp_path: Path, tls_broker: tuple[Mosquitto, int, Path],
+                mosquitto_factory: Callable[..., Mosquitto]) -> tuple[int, Path]:
+    """A listener that requires a client certificate signed by the test CA."""
+    _, _, certs = tls_broker
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out",
+            "client.csr", "-subj", "/CN=gw-017", cwd=certs)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "client.crt", "-days", "30", cwd=certs)
+    # a certificate the broker does not trust (signed by the other CA's key, self-issued)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "stranger.key", "-out",
+            "stranger.crt", "-days", "30", "-subj", "/CN=stranger", cwd=certs)
+    port = free_port()
+    mosquitto_factory(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n"
+        f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+        f"keyfile {certs / 'server.key'}\n",
+        per_listener_settings=True,
+    )
+    return port, certs
+
+
+@pytest.mark.parametrize("case", ["ok", "no_client_cert", "untrusted_client_cert",
+                                  "garbage_cert_file"])
+async def test_mutual_tls(tmp_path: Path, mtls_broker: tuple[int, Path], case: str) -> None:
+    port, certs = mtls_broker
+    cert = {"ok": certs / "client.crt", "untrusted_client_cert": certs / "stranger.crt",
+            "garbage_cert_file": tmp_path / "garbage.pem", "no_client_cert": None}[case]
+    key = {"untrusted_client_cert": certs / "stranger.key",
+           "garbage_cert_file": certs / "client.key", "no_client_cert": None}.get(
+        case, certs / "client.key")
+    (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    settings = MqttSettings(parse_broker_url(f"mqtts://127.0.0.1:{port}"), "gw-017",
+                            ca_file=certs / "ca.crt", cert_file=cert, key_file=key,
+                            keepalive=5, timeout=3)
+    store = one_batch_store(tmp_path)
+    with capture_logs() as logs:
+        uplink = await run_uplink_for(settings, store, 3.0 if case == "ok" else 4.5)
+    if case == "ok":
+        assert store.stats().batches == 0, logs
+        assert uplink.stats.acknowledged == 1
+        return
+    assert store.stats().batches == 1, "nothing is deleted without a PUBACK"
+    down = [e for e in logs if e["event"] == "uplink_down"]
+    assert len(down) == 1, logs
+    error = down[0]["error"]
+    if case == "garbage_cert_file":
+        assert f"cert_file {cert}" in error and "cannot load the client certificate" in error
+    else:
+        assert "client certificate" in error and "cert_file" in error, error
