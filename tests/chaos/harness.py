@@ -366,11 +366,13 @@ class ReceiverProcess(_Process):
         self.sink = sink
         self.client_id = client_id
 
-    def start(self) -> None:
-        """Start the receiver and wait until it has subscribed."""
+    def start(self, *, wait: bool = True) -> None:
+        """Start the receiver and (``wait``) wait until it has subscribed."""
         subscribed = len(self.events("mqtt_subscribed"))
         self._spawn(["--log-json", "receive", "--broker", self.broker_url, "--sink",
                      f"sqlite:///{self.sink}", "--client-id", self.client_id])
+        if not wait:
+            return
         assert wait_until(lambda: len(self.events("mqtt_subscribed")) > subscribed, 20), (
             f"receiver did not subscribe:\n{self.log_text()[-3000:]}")
 

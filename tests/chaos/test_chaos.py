@@ -6,7 +6,8 @@ the receiver (a subprocess), does to it what the field does, and then compares e
 ``tests/chaos/harness.py`` for why that comparison is exact). Cases 1–4 must lose nothing
 outside the window a SIGKILL is allowed to lose; cases 5 and 6 may lose only what the agent
 counted and reported, oldest first; 7 and 8 check that the agent survives a damaged store and a
-hostile TLS setup, says so clearly, and never shows a secret.
+hostile TLS setup, says so clearly, and never shows a secret; 9 SIGKILLs the receiver in the
+middle of a queue of batches and must lose and duplicate nothing.
 """
 
 from __future__ import annotations
@@ -627,3 +628,49 @@ def test_tls_wrong_ca_and_wrong_password_are_clear_retried_and_secret(
         assert PASSWORD not in text, "the password appeared in the agent's log"
         assert "not-" + PASSWORD not in text
         assert all(len(line) < 2000 for line in text.splitlines())
+
+
+# -------------------------------------------------- 9. receiver killed while it stores batches
+
+
+def test_receiver_sigkill_while_storing_loses_and_duplicates_nothing(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess]
+) -> None:
+    """The platform side of at-least-once: the receiver acknowledges a message only after it
+    stored the batch, in a persistent session, so a SIGKILL while it works through a queue of
+    batches makes the broker deliver the unacknowledged ones again, and the sink's dedup by
+    ``(gw, seq)`` keeps each reading once."""
+    data = tmp_path / f"{GW}-data"
+    with MeterFleet([200, 200, 200]) as fleet:
+        # polls every 200 ms, a batch per flush: five a second, so a queue of dozens builds up
+        # while the receiver is down, and it is still working through them when it is killed
+        agent = new_agent(tmp_path, agents, fleet, broker,
+                          uplink={"batch_max_age": "1 s", "flush_interval": "200 ms",
+                                  "batch_max_readings": 20})
+        agent.start()
+        wait_first_batch(agent, receiver)
+        behind: list[int] = []  # batches sealed but not yet stored, at each kill
+        for pause in (3.0, 4.0, 3.5, 5.0):
+            receiver.kill()
+            time.sleep(pause)  # batches queue at the broker for the offline session
+            before = receiver.top_seq(GW)
+            receiver.start(wait=False)  # ... and are delivered at once: as soon as the first
+            # of them is stored, SIGKILL it, in the middle of the queue
+            assert wait_until(lambda b=before: receiver.top_seq(GW) > b, 20, step=0.001), \
+                receiver.log_text()[-3000:]
+            receiver.kill()
+            behind.append(last_sealed_seq(data) - receiver.top_seq(GW))
+            receiver.start()
+            time.sleep(1.0)
+        stored = finish(agent, receiver, data, grid=0.2)
+    failures = receiver.events("sink_unavailable") + receiver.events("on_batch_failed")
+    assert not failures, failures
+    print(f"receiver: {len(receiver.events('batch_stored'))} batches stored, "
+          f"{len(receiver.events('batch_duplicate'))} redelivered duplicates dropped; "
+          f"behind at the kills: {behind}")
+    # the kills did land in the middle of a queue (else this case proved nothing)
+    assert max(behind) >= 3, behind
+    ledger = Ledger.build(fleet, stored)
+    ledger.assert_exact()
+    assert not ledger.lost and not ledger.duplicates, ledger.summary()
+    assert_seqs_complete(stored)
