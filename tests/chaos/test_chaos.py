@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -633,6 +634,10 @@ def test_tls_wrong_ca_and_wrong_password_are_clear_retried_and_secret(
 # -------------------------------------------------- 9. receiver killed while it stores batches
 
 
+def stored_past(receiver: ReceiverProcess, seq: int) -> bool:
+    return receiver.top_seq(GW) > seq
+
+
 def test_receiver_sigkill_while_storing_loses_and_duplicates_nothing(
     tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess]
 ) -> None:
@@ -656,7 +661,7 @@ def test_receiver_sigkill_while_storing_loses_and_duplicates_nothing(
             before = receiver.top_seq(GW)
             receiver.start(wait=False)  # ... and are delivered at once: as soon as the first
             # of them is stored, SIGKILL it, in the middle of the queue
-            assert wait_until(lambda b=before: receiver.top_seq(GW) > b, 20, step=0.001), \
+            assert wait_until(partial(stored_past, receiver, before), 20, step=0.001), \
                 receiver.log_text()[-3000:]
             receiver.kill()
             behind.append(last_sealed_seq(data) - receiver.top_seq(GW))
