@@ -275,17 +275,23 @@ def test_a_delivered_carrier_keeps_its_reports_reported(tmp_path: Path) -> None:
     assert any("seq=2-2 " in m for m in again), again
 
 
-def test_an_older_store_gains_the_carrier_column(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
+def older_store(path: Path, script: str) -> Path:
+    """A store file as an earlier version wrote it (the tables ``script`` makes)."""
     conn = sqlite3.connect(path)
-    conn.executescript(
+    conn.executescript(script)
+    conn.close()
+    return path
+
+
+def test_an_older_store_gains_the_carrier_column(tmp_path: Path) -> None:
+    path = older_store(
+        tmp_path / "b.db",
         "CREATE TABLE drops (id INTEGER PRIMARY KEY AUTOINCREMENT, t INTEGER NOT NULL,"
         " kind TEXT NOT NULL, message TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
         " batches INTEGER NOT NULL, readings INTEGER NOT NULL,"
         " reported INTEGER NOT NULL DEFAULT 0);"
         "INSERT INTO drops (t, kind, message, batches, readings) VALUES (1, 'buffer_drop',"
         " 'batches=1 readings=5 seq=1-1 reason=max_bytes', 1, 5);")
-    conn.close()
     store = BatchStore.open(path)
     carried: dict[int, list[Event]] = {}
     store.seal(events_kept(carried), created=1, n_readings=1, pending_upto=0)
@@ -392,13 +398,11 @@ def test_a_drop_counts_the_events_and_kpi_windows_it_lost(tmp_path: Path) -> Non
 
 
 def test_an_older_store_gains_the_count_columns(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(
+    path = older_store(
+        tmp_path / "b.db",
         "CREATE TABLE batches (seq INTEGER PRIMARY KEY, created INTEGER NOT NULL,"
         " n_readings INTEGER NOT NULL, payload BLOB NOT NULL);"
         "INSERT INTO batches VALUES (1, 5, 3, x'00');")
-    conn.close()
     store = BatchStore.open(path, bounds=StoreBounds(max_bytes=1))
     store.seal(payload_of(1), created=6, n_readings=1, pending_upto=0, n_events=1)
     assert "readings=3 events=0 aggregates=0 seq=1-1" in store.drop_events()[0][2]
