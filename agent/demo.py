@@ -25,6 +25,7 @@ import structlog
 
 from agent.config import load_config, parse_kpi_duration
 from agent.endpoints import parse_broker_url
+from agent.errors import AgentError
 from agent.logs import configure_logging
 from agent.profiles import load_profile
 from agent.receiver import ReceiverSettings, ReceiverStats, run_receiver
@@ -92,7 +93,13 @@ async def local_broker(workdir: Path, *, embedded: bool = False) -> AsyncIterato
                 proc.kill()
             logfile.close()
         return
-    from amqtt.broker import Broker
+    try:
+        from amqtt.broker import Broker
+    except ImportError:
+        raise AgentError(
+            "demo: no broker to run: mosquitto is not installed (sudo apt-get install "
+            "mosquitto) and neither is the embedded one (pip install 'ssc-edge-agent[demo]'); "
+            "or pass --broker mqtt://HOST:PORT") from None
 
     broker = Broker({
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},

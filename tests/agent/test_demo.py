@@ -38,3 +38,17 @@ def test_demo_runs_the_whole_chain(broker: str, tmp_path: Path) -> None:
     assert re.search(r"KPI power_10s \[[0-9:]+, [0-9:]+\): [0-9.]+ W \(n 10/10\)", out), out
     assert stored == polled
     assert (tmp_path / "received.db").exists()
+
+
+def test_demo_without_any_broker_says_what_to_install(tmp_path: Path) -> None:
+    # amqtt is an extra (`ssc-edge-agent[demo]`): here it is made unimportable, as in a base
+    # install, and the embedded broker is asked for (so an installed mosquitto is not used)
+    code = ("import sys; sys.modules['amqtt'] = None; from agent.cli import main; "
+            "sys.exit(main(['demo', '--duration', '5', '--meters', '1', '--broker', 'embedded',"
+            f" '--data-dir', {str(tmp_path)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "apt-get install mosquitto" in done.stderr, done.stderr
+    assert "pip install 'ssc-edge-agent[demo]'" in done.stderr
+    assert "Traceback" not in done.stderr
