@@ -47,6 +47,19 @@ class DeviceStats:
     down: bool = False
 
 
+def hang_guard(interval: float, max_poll_seconds: float | None) -> float:
+    """How long a poll may take before the scheduler gives up on it.
+
+    A driver has its own I/O timeouts; this guard only catches one that hangs anyway: twice the
+    interval, at least 20 s, and never shorter than 1.5 × what the driver says a good poll may
+    take (its optional ``max_poll_seconds``, e.g. a slow IEC 62056-21 readout at 300 baud).
+    """
+    guard = max(interval, 10.0) * 2
+    if isinstance(max_poll_seconds, int | float) and max_poll_seconds > 0:
+        guard = max(guard, 1.5 * float(max_poll_seconds))
+    return guard
+
+
 class DevicePoller:
     """Polls one device on its grid and hands readings and events to the batcher."""
 
@@ -70,13 +83,17 @@ class DevicePoller:
         self._sleep = sleep
         self._points: Sequence[PointInfo] = driver.points
         self._units = {p.name: p.unit for p in self._points}
-        # A driver has its own I/O timeouts; this guard only catches one that hangs anyway.
-        self._guard = max(interval, 10.0) * 2
+        self._guard = hang_guard(interval, getattr(driver, "max_poll_seconds", None))
         self._connected = False
         self._failures = 0
         self._down_since: int | None = None
         self.stats = DeviceStats()
         self._log = log.bind(device=name)
+
+    @property
+    def guard(self) -> float:
+        """Seconds after which a poll that has not returned counts as failed."""
+        return self._guard
 
     async def run(self) -> None:
         """Poll forever (until cancelled)."""

@@ -71,6 +71,12 @@ class Iec62056Driver:
         return self._points
 
     @property
+    def max_poll_seconds(self) -> float:
+        """The longest a good readout may take (sign-on and identification, the baud switch,
+        the data block): the scheduler's hang guard is never shorter than this."""
+        return self._config.timeout_seconds + self._config.readout_timeout_seconds + 2.0
+
+    @property
     def link(self) -> SerialLink:
         """The serial link (for tests and tools)."""
         return self._link

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from agent.driver import PointInfo
 from agent.errors import DeviceUnavailable
 from agent.readings import Event, PointValue, Quality, Reading
-from agent.scheduler import DevicePoller, backoff_slots, next_slot
+from agent.scheduler import DevicePoller, backoff_slots, hang_guard, next_slot
 
 
 class FakeClock:
@@ -165,3 +165,34 @@ async def test_a_driver_bug_is_a_failed_poll_not_a_dead_agent() -> None:
     down = [e for e in logs if e["event"] == "device_unavailable"]
     assert len(down) == 1 and "KeyError" in down[0]["error"]
     assert driver.closes >= 1  # reconnects after the failure
+
+
+@pytest.mark.parametrize(("interval", "max_poll", "guard"), [
+    (1.0, None, 20.0),       # at least 20 s
+    (60.0, None, 120.0),     # twice the interval
+    (15.0, 35.0, 52.5),      # an IEC 62056-21 readout of up to 35 s at a 15-s interval
+    (900.0, 35.0, 1800.0),   # a long interval already covers it
+    (1.0, 0.0, 20.0),        # nonsense from a third-party driver is ignored
+    (1.0, -5.0, 20.0),
+])
+def test_hang_guard_covers_what_the_driver_says_a_poll_may_take(
+        interval: float, max_poll: float | None, guard: float) -> None:
+    assert hang_guard(interval, max_poll) == guard
+
+
+def test_the_iec62056_driver_declares_its_longest_readout() -> None:
+    from drivers.iec62056.config import Iec62056Config
+    from drivers.iec62056.driver import Iec62056Driver
+
+    config = Iec62056Config.model_validate({
+        "name": "m", "driver": "iec62056", "port": "/dev/null", "timeout": "3 s",
+        "readout_timeout": "40 s", "points": [{"name": "e", "obis": "1.8.0", "unit": "kWh"}]})
+    driver = Iec62056Driver(config)
+    assert driver.max_poll_seconds == 45.0
+    poller = DevicePoller("m", driver, 15.0, emit=lambda r: None, event=lambda e: None,
+                          clock=FakeClock(0.0))
+    assert poller.guard == 67.5
+    # a driver that says nothing gets the plain guard
+    plain = DevicePoller("p", ScriptedDriver(FakeClock(0.0), []), 15.0, emit=lambda r: None,
+                         event=lambda e: None, clock=FakeClock(0.0))
+    assert plain.guard == 30.0
