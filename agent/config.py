@@ -504,6 +504,10 @@ _RULES: dict[str, _OperatorRule] = {
     "min_night_flow": _OperatorRule(keys=frozenset({"night_start", "night_end"}), base="device"),
     "lden": _OperatorRule(keys=frozenset({"day_start", "evening_start", "night_start"})),
 }
+# A percentile without a base keeps every value of its window (nearest rank needs them all):
+# a day of 1-s samples (86,400) is fine; a year of 1-min samples (525,600: ~5 MB in memory and
+# in each checkpoint, every minute) is not, on a gateway with an SD card.
+MAX_PERCENTILE_VALUES = 200_000
 _OPERATOR_KEYS = frozenset().union(*(rule.keys for rule in _RULES.values()))
 _KPI_NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -706,6 +710,14 @@ def kpi_value_problems(kpi: KpiConfig) -> list[tuple[str, str]]:
     finest, level = (base, "base") if base is not None else (window, "window")
     if interval is not None and interval.nominal_seconds > finest.nominal_seconds:
         problems.append(("sample_interval", f"{interval} is longer than the {level} ({finest})"))
+    if op == "percentile" and base is None and interval is not None:
+        kept = window.nominal_seconds // max(1, interval.nominal_seconds)
+        if kept > MAX_PERCENTILE_VALUES:
+            problems.append(("window", (
+                f"a percentile keeps every value of its window: {window} at {interval} is "
+                f"{kept:,} values (at most {MAX_PERCENTILE_VALUES:,}), held in memory and "
+                "written with every KPI checkpoint; take a shorter window, or set base to take "
+                "the percentile of the base aggregates (e.g. of daily means) instead")))
 
     if op == "running_mean":
         need_fixed("window", window)

@@ -319,6 +319,15 @@ BAD: list[tuple[str, str, list[str]]] = [
         ["kpis[0] (name=k, operator=percentile) → q: required for operator percentile"],
     ),
     (
+        "percentile of a year of 1-min values, without a base",
+        BASE + DEVICE + kpi(name="k", source="m1.p", operator="percentile", q=90.0,
+                            window="1 y"),
+        ["kpis[0] (name=k, operator=percentile) → window: a percentile keeps every value of "
+         "its window: 1 y at 1 min is 525,600 values (at most 200,000), held in memory and "
+         "written with every KPI checkpoint; take a shorter window, or set base to take the "
+         "percentile of the base aggregates (e.g. of daily means) instead"],
+    ),
+    (
         "count takes no base",
         BASE + DEVICE + kpi(name="k", source="m1.p", operator="count", window="1 d", base="1 h"),
         ["kpis[0] (name=k, operator=count) → base: operator count takes no base; remove it"],
@@ -807,6 +816,16 @@ GOOD_KPIS: list[tuple[str, str]] = [
             base="1 h",
             sample_interval="1 min",
         ),
+    ),
+    (
+        "percentile of a day of 1-s values, no base (86,400 kept)",
+        kpi(name="l90", source="s.x", operator="percentile", q=90.0, window="1 d",
+            sample_interval="1 s"),
+    ),
+    (
+        "percentile of a year of 1-min values over daily bases",
+        kpi(name="p99y", source="s.x", operator="percentile", q=99.0, window="1 y",
+            base="1 d", sample_interval="1 min"),
     ),
     (
         "percentile",
