@@ -137,7 +137,7 @@ class BatchStore:
     """Durable FIFO of batches plus the open batch's pending readings."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, bounds: StoreBounds,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, sync_full: bool = True) -> None:
         self._conn = conn
         self.path = path
         self.bounds = bounds
@@ -149,7 +149,7 @@ class BatchStore:
         # may still come, and then they were delivered, not lost).
         self.in_flight: set[int] = set()
         self.recovered_from: Path | None = None
-        self._sync_full = True
+        self._sync_full = sync_full  # fsync the directory after replacing the sidecar
         # seqs below this are (or may have been) used; kept ahead of next_seq in the sidecar
         self._reserved = 0
 
@@ -188,9 +188,7 @@ class BatchStore:
         except sqlite3.DatabaseError:
             conn.close()
             raise
-        store = cls(conn, path, bounds, clock)
-        store._sync_full = sync == "full"
-        return store
+        return cls(conn, path, bounds, clock, sync_full=sync == "full")
 
     @classmethod
     def _salvage(cls, path: Path, sync: str, bounds: StoreBounds, clock: Callable[[], float],
@@ -478,10 +476,7 @@ class BatchStore:
             "INSERT INTO drops (t, kind, message, reason, batches, readings)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (int(self._clock() * 1000), "buffer_drop", message, reason, len(seqs), readings))
-        self._conn.execute(
-            "UPDATE meta SET value = value + ? WHERE key = 'dropped_batches'", (len(seqs),))
-        for key, value in (("dropped_readings", readings), ("dropped_events", events),
-                           ("dropped_aggregates", aggregates)):
+        for key, value in zip(COUNTERS, (len(seqs), readings, events, aggregates), strict=True):
             self._conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (value, key))
         log.warning("buffer_drop", batches=len(seqs), readings=readings, events=events,
                     aggregates=aggregates, first_seq=seqs[0], last_seq=seqs[-1],

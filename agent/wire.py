@@ -453,8 +453,7 @@ def _pack_body(batch: Batch) -> bytes:
             p.pack("v"),
             # The Packer's float width is global; values pick theirs one by one (float32 when
             # exact), and concatenated msgpack objects are still one valid array.
-            p.pack_array_header(len(s.v)),
-            *(_pack_value(x, p) for x in s.v),
+            pack_values(s.v, p),
             p.pack("q"),
             p.pack(list(s.q)),
         ]
