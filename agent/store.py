@@ -92,6 +92,10 @@ SEQ_RESERVE = 100
 # written is what an SD card's wear is about. An existing store keeps the size it was made with.
 PAGE_SIZE = 1024
 
+# next_seq is never at or below a stored batch (a meta row lost, or older than the batches)
+_NEXT_SEQ_ABOVE_BATCHES = ("UPDATE meta SET value = max(value, (SELECT coalesce(max(seq), 0)"
+                           " + 1 FROM batches)) WHERE key = 'next_seq'")
+
 COUNTERS = ("dropped_batches", "dropped_readings", "dropped_events", "dropped_aggregates")
 
 
@@ -181,9 +185,7 @@ class BatchStore:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('boot', 0), ('next_seq', 1),"
                          " ('dropped_batches', 0), ('dropped_readings', 0),"
                          " ('dropped_events', 0), ('dropped_aggregates', 0)")
-            # never below a stored batch (a meta row lost or older than the batches)
-            conn.execute("UPDATE meta SET value = max(value, (SELECT coalesce(max(seq), 0) + 1"
-                         " FROM batches)) WHERE key = 'next_seq'")
+            conn.execute(_NEXT_SEQ_ABOVE_BATCHES)
             conn.execute("COMMIT")
         except sqlite3.DatabaseError:
             conn.close()
@@ -208,13 +210,10 @@ class BatchStore:
                 if key in meta:
                     store._conn.execute("UPDATE meta SET value = ? WHERE key = ?",
                                         (meta[key], key))
-            if batches:
-                top = max(b[0] for b in batches) + 1
-                store._conn.execute(
-                    "UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'", (top,))
             store._conn.executemany(
                 "INSERT OR IGNORE INTO batches (seq, created, n_readings, payload)"
                 " VALUES (?, ?, ?, ?)", batches)
+            store._conn.execute(_NEXT_SEQ_ABOVE_BATCHES)
             store._conn.executemany("INSERT INTO pending (body) VALUES (?)",
                                     [(b,) for b in pending])
         resumed = store._continue_from_sidecar(lost=True)
