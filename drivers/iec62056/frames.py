@@ -53,8 +53,10 @@ _IDENTIFICATION = re.compile(
     rb"^/(?P<maker>[A-Za-z]{3})(?P<baud>[0-9A-Z])(?P<escapes>(?:\\[0-9A-Za-z@])*)"
     rb"(?P<ident>[\x20-\x7e]{0,32})\r\n$"
 )
+# The address (OBIS code) of a data set is optional in IEC 62056-21 (a data set is
+# ``[address](value[*unit])``): a line may hold a bare ``(00054.386)``.
 _DATASET = re.compile(
-    r"(?P<code>[^()\s!/][^()\r\n]*?)\s*\((?P<first>[^()\r\n]*)\)(?:\([^()\r\n]*\))*"
+    r"(?P<code>[^()\s!/][^()\r\n]*?)?\s*\((?P<first>[^()\r\n]*)\)(?:\([^()\r\n]*\))*"
 )
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$", re.ASCII)
 _OBIS_MEDIUM = re.compile(r"^\d+-\d+:", re.ASCII)
@@ -77,7 +79,11 @@ class Identification:
 
 @dataclass(frozen=True, slots=True)
 class DataSet:
-    """One ``code(value*unit)`` of the readout; ``unit`` None when the meter sent none."""
+    """One ``code(value*unit)`` of the readout.
+
+    ``code`` is ``""`` for a data set sent without an address (no point can select it);
+    ``unit`` is None when the meter sent none, also for an empty one (``(013925.5*)``).
+    """
 
     code: str
     value: str
@@ -210,8 +216,9 @@ class BlockScanner:
                 self.noise += 1
                 return 1, None
             raise Iec62056FrameError(
-                f"data block BCC {buffer[end + 1]:02X}, computed {bcc(body):02X}: noise on the "
-                "optical link; check the head's position and shield it from light"
+                f"data block BCC {buffer[end + 1]:02X}, but the XOR of its {len(body)} bytes "
+                f"after STX up to and including ETX is {bcc(body):02X}: noise on the optical "
+                "link; check the head's position and shield it from light"
             )
         try:
             text = body[:-1].decode("ascii")
@@ -234,9 +241,9 @@ def parse_data(text: str) -> list[DataSet]:
         if not matches:
             raise Iec62056FrameError(f"not an IEC 62056-21 data line: {line[:80]!r}")
         for match in matches:
-            value, star, unit = match.group("first").partition("*")
-            found.append(DataSet(match.group("code").strip(), value.strip(),
-                                 unit.strip() if star else None))
+            value, _, unit = match.group("first").partition("*")
+            found.append(DataSet((match.group("code") or "").strip(), value.strip(),
+                                 unit.strip() or None))
     return found
 
 
@@ -250,6 +257,8 @@ def normalize_obis(code: str) -> str:
 def find_dataset(datasets: list[DataSet], code: str) -> DataSet | None:
     """The first data set for OBIS ``code`` (compared after :func:`normalize_obis`)."""
     want = normalize_obis(code)
+    if not want:
+        return None  # data sets without an address are never selected
     for dataset in datasets:
         if normalize_obis(dataset.code) == want:
             return dataset

@@ -103,7 +103,7 @@ class Iec62056Simulator:
             hours = (time.monotonic() - self._started) / 3600
             self.readings["1.8.0"] = (f"{1234.567 + hours:010.3f}", "kWh")
         lines = [
-            f"{code}({value}*{unit})" if unit else f"{code}({value})"
+            f"{code}({value}*{unit})" if unit is not None else f"{code}({value})"
             for code, (value, unit) in self.readings.items()
         ]
         return "\r\n".join([*lines, "!"]) + "\r\n"

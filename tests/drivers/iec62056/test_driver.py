@@ -144,7 +144,9 @@ async def test_7e1_over_socket_url(tcp_port: int) -> None:
     [
         (Fault.NOISE, None, None),
         (Fault.PARTIAL, DeviceProtocolError, "the readout was cut off"),
-        (Fault.BAD_BCC, frames.Iec62056FrameError, "BCC 18, computed 19"),
+        # The block: 17 + 23 + 23 + 3 bytes of text, and ETX.
+        (Fault.BAD_BCC, frames.Iec62056FrameError,
+         "BCC 18, but the XOR of its 67 bytes after STX up to and including ETX is 19"),
         (Fault.SILENCE, DeviceUnavailable, "no answer to the sign-on within 0.4 s"),
         (Fault.GARBLED_ID, frames.Iec62056FrameError, "not an IEC 62056-21 identification"),
     ],
@@ -168,6 +170,19 @@ async def test_faults_then_recovery(
             await driver.read()
         assert line.b in str(caught.value)
     assert values(await driver.read()) == GOOD[:2]  # the next read recovers by itself
+
+
+async def test_a_data_set_without_address_and_an_empty_unit_keep_the_readout(
+    line: PtyPair, start_sim: SimFactory, driver_factory: Any
+) -> None:
+    # "(00054.386)" has no address, "013925.5*" an empty unit: both are valid data sets.
+    await start_sim(readings={"0.0.0": ("12345678", None), "": ("00054.386", None),
+                              "1.8.0": ("013925.5", ""), "2.8.0": ("000012.345", "kWh")})
+    driver = driver_factory(config(line.b, points=POINTS[:2]))
+    assert values(await driver.read()) == [
+        ("energy_import", 13925.5, Quality.GOOD),
+        ("energy_export", 12.345, Quality.GOOD),
+    ]
 
 
 async def test_point_problems_are_per_point_and_logged_on_change(

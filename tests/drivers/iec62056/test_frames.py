@@ -85,6 +85,47 @@ def test_readout_data_sets() -> None:
 
 
 @pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # A data set without an address is allowed by the standard: code "", never selected.
+        ("(00054.386)", [frames.DataSet("", "00054.386", None)]),
+        ("(00054.386*m3)", [frames.DataSet("", "00054.386", "m3")]),
+        ("1.8.0(1*kWh)(00054.386)", [frames.DataSet("1.8.0", "1", "kWh")]),  # a 2nd value
+        ("(1)(2)", [frames.DataSet("", "1", None)]),
+        ("( 7 )1.8.0(2)", [frames.DataSet("", "7", None), frames.DataSet("1.8.0", "2", None)]),
+        # An empty unit after the star is no unit.
+        ("1.8.0(013925.5*)", [frames.DataSet("1.8.0", "013925.5", None)]),
+        ("1.8.0(013925.5* )", [frames.DataSet("1.8.0", "013925.5", None)]),
+        ("1.8.0(013925.5*kWh)", [frames.DataSet("1.8.0", "013925.5", "kWh")]),
+        ("1.8.0(013925.5)", [frames.DataSet("1.8.0", "013925.5", None)]),
+        ("1.8.0()", [frames.DataSet("1.8.0", "", None)]),
+    ],
+)
+def test_data_set_forms(line: str, expected: list[frames.DataSet]) -> None:
+    assert frames.parse_data(f"{line}\r\n!\r\n") == expected
+
+
+def test_a_data_set_without_address_keeps_the_rest_of_the_readout() -> None:
+    datasets = frames.parse_data("0.0.0(12345678)\r\n(00054.386)\r\n1.8.0(1.5*kWh)\r\n!\r\n")
+    assert [d.code for d in datasets] == ["0.0.0", "", "1.8.0"]
+    assert frames.find_dataset(datasets, "1.8.0") == frames.DataSet("1.8.0", "1.5", "kWh")
+    assert frames.find_dataset(datasets, "") is None
+
+
+@pytest.mark.parametrize(("flip", "sent", "computed"), [(0x01, "18", "19"), (0x19, "00", "19")])
+def test_bcc_error_names_the_span_and_both_values(flip: int, sent: str, computed: str) -> None:
+    block = BLOCK[:-1] + bytes([BLOCK[-1] ^ flip])
+    span = len(BLOCK) - 2  # every byte after STX, ETX included, BCC excluded
+    assert frames.bcc(BLOCK[1:-1]) == int(computed, 16)
+    with pytest.raises(frames.Iec62056FrameError) as caught:
+        frames.BlockScanner()(block)
+    assert str(caught.value).startswith(
+        f"data block BCC {sent}, but the XOR of its {span} bytes after STX up to and "
+        f"including ETX is {computed}:"
+    )
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [(TEXT.replace("!\r\n", ""), "without its end line"), ("garbage\r\n!\r\n", "not an IEC")],
 )
