@@ -205,6 +205,7 @@ class Batcher:
                 series=build_series(readings),
                 aggregates=tuple(aggregates),
                 events=tuple(event_to_map(e) for e in [*reports, *events]),
+                store=self._store.identity,
             )
             return encode_batch(batch, codec=self._codec, level=self._level)
 

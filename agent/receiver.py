@@ -55,6 +55,7 @@ class ReceiverStats:
     rejected: int = 0
     gaps: int = 0
     gaps_filled: int = 0
+    jumps: int = 0
     statuses: int = 0
 
 
@@ -165,28 +166,43 @@ class MessageHandler:
                 log.warning(
                     "seq_reused",
                     gw=batch.gw,
+                    store=batch.store,
                     seq=batch.seq,
                     boot=batch.boot,
-                    hint="the gateway's seq went back (data_dir reset?); batch dropped",
+                    hint="the same store sent a different batch under this seq; dropped",
                 )
             else:
-                log.info("batch_duplicate", gw=batch.gw, seq=batch.seq)
+                log.info("batch_duplicate", gw=batch.gw, store=batch.store, seq=batch.seq)
             return
         self.stats.batches += 1
         self.stats.readings += batch.n_readings
         log.info(
             "batch_stored",
             gw=batch.gw,
+            store=batch.store,
             seq=batch.seq,
             readings=batch.n_readings,
             aggregates=len(batch.aggregates),
         )
+        if outcome.jump is not None:
+            self.stats.jumps += 1
+            log.warning(
+                "seq_jump",
+                gw=batch.gw,
+                store=batch.store,
+                seq=batch.seq,
+                highest_in_line=outcome.jump[0],
+                hint="stored; no gap opened until a next batch confirms the jump",
+            )
+        if outcome.jump_confirmed is not None:
+            log.warning("seq_jump_confirmed", gw=batch.gw, store=batch.store,
+                        seq=outcome.jump_confirmed)
         for first, last in outcome.new_gaps:
             self.stats.gaps += 1
-            log.warning("seq_gap", gw=batch.gw, first=first, last=last)
+            log.warning("seq_gap", gw=batch.gw, store=batch.store, first=first, last=last)
         for seq in outcome.filled:
             self.stats.gaps_filled += 1
-            log.info("seq_gap_filled", gw=batch.gw, seq=seq)
+            log.info("seq_gap_filled", gw=batch.gw, store=batch.store, seq=seq)
 
 
 async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:

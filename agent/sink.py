@@ -5,11 +5,22 @@ the absolute ``/var/lib/ssc/r.db`` and ``sqlite:///r.db`` is ``r.db`` relative t
 directory. A plain path (no ``scheme://``) is accepted too.
 
 Delivery is at-least-once, so the same batch can arrive twice: the ``batches`` row, keyed by
-``(gw, seq)``, is inserted first and, when it already exists, nothing else of that batch is
-stored. Gaps in ``seq`` are tracked per gateway in ``seq_gaps``: a batch with ``seq`` beyond the
+``(gw, store, seq)``, is inserted first and, when it already exists, nothing else of that batch
+is stored. ``store`` is the batch's optional ``store`` key (the identity of the gateway's store
+file; ``''`` for batches without it), so a gateway whose store was replaced (new SD card,
+wiped data_dir) starts a new seq series that is stored, not dropped as a reuse of old seqs.
+
+Gaps in ``seq`` are tracked per ``(gw, store)`` in ``seq_gaps``: a batch with ``seq`` beyond the
 highest seen so far opens the gap between them; a late batch inside a gap shrinks or splits
-it. The first batch ever seen from a gateway sets the baseline and opens no gap, because a
+it. The first batch ever seen of a ``(gw, store)`` sets the baseline and opens no gap, because a
 receiver may be installed (or its database reset) long after the gateway started counting.
+
+A batch more than ``MAX_SEQ_JUMP`` above the highest seq (a forged or broken seq, e.g. 2⁶³−1) is
+stored but flagged as a jump (``batches.jump = 1``, logged ``seq_jump``): it opens no gap and
+does not move the baseline, so later batches in line are tracked as before. A real jump (a
+gateway that dropped that many batches during a long outage) is confirmed by its next batch:
+a batch within ``MAX_SEQ_JUMP`` above a flagged one clears the flags of that run and the
+baseline moves, with one gap for what lies between.
 """
 
 from __future__ import annotations
@@ -35,13 +46,15 @@ SCHEME = "sqlite:///"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     gw TEXT NOT NULL,
+    store TEXT NOT NULL DEFAULT '',
     seq INTEGER NOT NULL,
     boot INTEGER NOT NULL,
     created INTEGER NOT NULL,
     received INTEGER NOT NULL,
     n_readings INTEGER NOT NULL,
     n_aggregates INTEGER NOT NULL,
-    PRIMARY KEY (gw, seq)
+    jump INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (gw, store, seq)
 );
 CREATE TABLE IF NOT EXISTS readings (
     gw TEXT NOT NULL,
@@ -51,9 +64,9 @@ CREATE TABLE IF NOT EXISTS readings (
     value,
     quality INTEGER NOT NULL,
     unit TEXT,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    store TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gw, dev, pt, t);
 CREATE TABLE IF NOT EXISTS aggregates (
     gw TEXT NOT NULL,
     kpi TEXT NOT NULL,
@@ -66,16 +79,17 @@ CREATE TABLE IF NOT EXISTS aggregates (
     expected INTEGER NOT NULL,
     unit TEXT,
     extras_json TEXT,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    store TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS aggregates_by_kpi ON aggregates (gw, kpi, "start");
 CREATE TABLE IF NOT EXISTS events (
     gw TEXT NOT NULL,
     t INTEGER NOT NULL,
     kind TEXT NOT NULL,
     dev TEXT,
     msg TEXT NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    store TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS status (
     gw TEXT PRIMARY KEY,
@@ -86,11 +100,35 @@ CREATE TABLE IF NOT EXISTS status (
 );
 CREATE TABLE IF NOT EXISTS seq_gaps (
     gw TEXT NOT NULL,
+    store TEXT NOT NULL DEFAULT '',
     "first" INTEGER NOT NULL,
     "last" INTEGER NOT NULL,
-    PRIMARY KEY (gw, "first")
+    PRIMARY KEY (gw, store, "first")
 );
 """
+# after _migrate: an older file's tables gain their columns first
+INDEXES = """
+CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gw, dev, pt, t);
+CREATE INDEX IF NOT EXISTS aggregates_by_kpi ON aggregates (gw, kpi, "start");
+"""
+
+# A batch further than this above a store's highest seq is a jump (see the module docstring).
+# Above anything a real gateway skips in one step (at most SEQ_RESERVE after losing its store
+# file) and than the buffer's bounds drop while a receiver keeps up; confirmed jumps move on.
+MAX_SEQ_JUMP = 100_000
+
+# Columns added since the first release (ALTER TABLE ADD COLUMN is a schema-only change in
+# SQLite, no matter how many rows the table holds).
+_ADDED_COLUMNS = {
+    "readings": [("store", "TEXT NOT NULL DEFAULT ''")],
+    "aggregates": [("store", "TEXT NOT NULL DEFAULT ''")],
+    "events": [("store", "TEXT NOT NULL DEFAULT ''")],
+}
+# Tables whose primary key gained ``store``: rebuilt once, rows copied with store ''.
+_REKEYED = {
+    "batches": "gw, '', seq, boot, created, received, n_readings, n_aggregates, 0",
+    "seq_gaps": 'gw, \'\', "first", "last"',
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +143,10 @@ class StoreOutcome:
     new_gaps: list[tuple[int, int]] = field(default_factory=list)
     filled: list[int] = field(default_factory=list)
     conflict: bool = False
+    # ``(highest seq in line, this seq)`` when the batch was stored as a jump
+    jump: tuple[int, int] | None = None
+    # the seq a confirmed jump moved the baseline to (its run's lowest seq)
+    jump_confirmed: int | None = None
 
 
 def sink_path(url_or_path: str | Path) -> Path:
@@ -122,40 +164,130 @@ def sink_path(url_or_path: str | Path) -> Path:
     )
 
 
-def _gap_rows(cur: sqlite3.Cursor, gw: str, seq: int) -> tuple[list[tuple[int, int]], list[int]]:
-    """Update ``seq_gaps`` for a new (not duplicate) batch; returns (new gaps, filled seqs)."""
-    # The batch's own row is already in: the highest *other* seq is what came before.
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, and bring a sink file written by an earlier release up to them."""
+    statements = [x for x in SCHEMA.split(";") if x.strip()]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        renamed = []
+        for table in _REKEYED:
+            have = _columns(conn, table)
+            if have and "store" not in have:
+                conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
+                renamed.append(table)
+        for statement in statements:
+            conn.execute(statement)
+        for table in renamed:
+            conn.execute(f"INSERT INTO {table} SELECT {_REKEYED[table]} FROM {table}_v0")
+            conn.execute(f"DROP TABLE {table}_v0")
+        for table, wanted in _ADDED_COLUMNS.items():
+            have = _columns(conn, table)
+            for name, decl in wanted:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.executescript(INDEXES)
+
+
+def _seq_runs(seqs: list[int], first: int, last: int) -> list[tuple[int, int]]:
+    """The ranges of ``first..last`` that ``seqs`` (sorted) do not hold."""
+    holes: list[tuple[int, int]] = []
+    expect = first
+    for seq in seqs:
+        if seq > expect:
+            holes.append((expect, seq - 1))
+        expect = max(expect, seq + 1)
+    if expect <= last:
+        holes.append((expect, last))
+    return holes
+
+
+def _gap_rows(cur: sqlite3.Cursor, gw: str, store: str, seq: int) -> StoreOutcome:
+    """Update ``seq_gaps`` for a new (not duplicate) batch, flag it when it is a jump."""
+    # The batch's own row is already in: the highest *other* seq in line is what came before.
     (highest,) = cur.execute(
-        "SELECT MAX(seq) FROM batches WHERE gw = ? AND seq <> ?", (gw, seq)
+        "SELECT MAX(seq) FROM batches WHERE gw = ? AND store = ? AND seq <> ? AND jump = 0",
+        (gw, store, seq),
     ).fetchone()
     if highest is None:
-        return [], []  # first batch from this gateway: the baseline
+        return StoreOutcome(duplicate=False)  # first batch of this store: the baseline
     top = int(highest)
-    if seq > top + 1:
+    if seq > top + MAX_SEQ_JUMP:
+        (run_start,) = cur.execute(
+            "SELECT MIN(seq) FROM batches WHERE gw = ? AND store = ? AND jump = 1"
+            " AND seq >= ? AND seq < ?",
+            (gw, store, seq - MAX_SEQ_JUMP, seq),
+        ).fetchone()
+        if run_start is None:
+            cur.execute(
+                "UPDATE batches SET jump = 1 WHERE gw = ? AND store = ? AND seq = ?",
+                (gw, store, seq),
+            )
+            return StoreOutcome(duplicate=False, jump=(top, seq))
+        # the gateway really is up there: its run of flagged batches becomes the line
+        run = [int(r[0]) for r in cur.execute(
+            "SELECT seq FROM batches WHERE gw = ? AND store = ? AND seq >= ? AND seq <= ?"
+            " ORDER BY seq", (gw, store, int(run_start), seq))]
         cur.execute(
-            'INSERT INTO seq_gaps (gw, "first", "last") VALUES (?, ?, ?)', (gw, top + 1, seq - 1)
+            "UPDATE batches SET jump = 0 WHERE gw = ? AND store = ? AND seq >= ? AND seq <= ?",
+            (gw, store, int(run_start), seq),
         )
-        return [(top + 1, seq - 1)], []
+        gaps = _seq_runs(run, top + 1, seq)
+        cur.executemany(
+            'INSERT INTO seq_gaps (gw, store, "first", "last") VALUES (?, ?, ?, ?)',
+            [(gw, store, a, b) for a, b in gaps],
+        )
+        return StoreOutcome(duplicate=False, new_gaps=gaps, jump_confirmed=int(run_start))
+    if seq > top + 1:
+        # flagged jumps the line has now caught up with are in line again
+        flagged = [int(r[0]) for r in cur.execute(
+            "SELECT seq FROM batches WHERE gw = ? AND store = ? AND jump = 1 AND seq > ?"
+            " AND seq < ? ORDER BY seq", (gw, store, top, seq))]
+        if flagged:
+            cur.execute(
+                "UPDATE batches SET jump = 0 WHERE gw = ? AND store = ? AND jump = 1"
+                " AND seq > ? AND seq < ?", (gw, store, top, seq))
+        gaps = _seq_runs(flagged, top + 1, seq - 1)
+        cur.executemany(
+            'INSERT INTO seq_gaps (gw, store, "first", "last") VALUES (?, ?, ?, ?)',
+            [(gw, store, a, b) for a, b in gaps],
+        )
+        return StoreOutcome(duplicate=False, new_gaps=gaps)
     row = cur.execute(
-        'SELECT "first", "last" FROM seq_gaps WHERE gw = ? AND "first" <= ? AND "last" >= ?',
-        (gw, seq, seq),
+        'SELECT "first", "last" FROM seq_gaps WHERE gw = ? AND store = ? AND "first" <= ?'
+        ' AND "last" >= ?',
+        (gw, store, seq, seq),
     ).fetchone()
     if row is None:
-        return [], []  # next in line, or older than the baseline
+        return StoreOutcome(duplicate=False)  # next in line, or older than the baseline
     first, last = int(row[0]), int(row[1])
-    cur.execute('DELETE FROM seq_gaps WHERE gw = ? AND "first" = ?', (gw, first))
+    cur.execute(
+        'DELETE FROM seq_gaps WHERE gw = ? AND store = ? AND "first" = ?', (gw, store, first)
+    )
     for a, b in ((first, seq - 1), (seq + 1, last)):
         if a <= b:
-            cur.execute('INSERT INTO seq_gaps (gw, "first", "last") VALUES (?, ?, ?)', (gw, a, b))
-    return [], [seq]
+            cur.execute(
+                'INSERT INTO seq_gaps (gw, store, "first", "last") VALUES (?, ?, ?, ?)',
+                (gw, store, a, b),
+            )
+    return StoreOutcome(duplicate=False, filled=[seq])
 
 
 def _reading_rows(batch: Batch) -> Iterator[tuple[Any, ...]]:
+    store = batch.store or ""
     for s in batch.series:
         t = s.t0
         for delta, value, quality in zip(s.dt, s.v, s.q, strict=True):
             t += delta
-            yield (batch.gw, s.dev, s.pt, t, value, quality, s.unit, batch.seq)
+            yield (batch.gw, s.dev, s.pt, t, value, quality, s.unit, batch.seq, store)
 
 
 def _aggregate_row(batch: Batch, a: dict[str, Any]) -> tuple[Any, ...]:
@@ -174,11 +306,13 @@ def _aggregate_row(batch: Batch, a: dict[str, Any]) -> tuple[Any, ...]:
         a["unit"],
         extras_json,
         batch.seq,
+        batch.store or "",
     )
 
 
 class SqliteSink:
-    """Stores decoded batches and gateway status; dedups by ``(gw, seq)`` and tracks gaps."""
+    """Stores decoded batches and gateway status; dedups by ``(gw, store, seq)`` and tracks
+    gaps per ``(gw, store)``."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
         self._conn = conn
@@ -197,7 +331,7 @@ class SqliteSink:
             # must survive a power cut, not only a crash of this process.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")  # several receivers may share a file
-            conn.executescript(SCHEMA)
+            _migrate(conn)
         except sqlite3.Error as exc:
             raise ConfigError(f"sink {path}: cannot open the SQLite database: {exc}") from exc
         return cls(conn, path, clock)
@@ -218,16 +352,18 @@ class SqliteSink:
         self._conn.close()
 
     def store(self, batch: Batch) -> StoreOutcome:
-        """Store a batch in one transaction; a duplicate ``(gw, seq)`` stores nothing."""
+        """Store a batch in one transaction; a duplicate ``(gw, store, seq)`` stores nothing."""
         received = int(self._clock() * 1000)
+        store = batch.store or ""
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.execute(
-                "INSERT OR IGNORE INTO batches (gw, seq, boot, created, received, n_readings,"
-                " n_aggregates) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO batches (gw, store, seq, boot, created, received,"
+                " n_readings, n_aggregates) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch.gw,
+                    store,
                     batch.seq,
                     batch.boot,
                     batch.created,
@@ -238,27 +374,29 @@ class SqliteSink:
             )
             if cur.rowcount == 0:
                 stored = cur.execute(
-                    "SELECT boot, created FROM batches WHERE gw = ? AND seq = ?",
-                    (batch.gw, batch.seq),
+                    "SELECT boot, created FROM batches WHERE gw = ? AND store = ? AND seq = ?",
+                    (batch.gw, store, batch.seq),
                 ).fetchone()
                 cur.execute("ROLLBACK")
                 conflict = tuple(stored) != (batch.boot, batch.created)
                 return StoreOutcome(duplicate=True, conflict=conflict)
-            new_gaps, filled = _gap_rows(cur, batch.gw, batch.seq)
+            outcome = _gap_rows(cur, batch.gw, store, batch.seq)
             cur.executemany(
-                "INSERT INTO readings (gw, dev, pt, t, value, quality, unit, seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO readings (gw, dev, pt, t, value, quality, unit, seq, store)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _reading_rows(batch),
             )
             cur.executemany(
                 'INSERT INTO aggregates (gw, kpi, src, "start", "end", value, valid, n,'
-                " expected, unit, extras_json, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " expected, unit, extras_json, seq, store)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_aggregate_row(batch, a) for a in batch.aggregates],
             )
             cur.executemany(
-                "INSERT INTO events (gw, t, kind, dev, msg, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (gw, t, kind, dev, msg, seq, store)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (batch.gw, e["t"], e["kind"], e["dev"], e["msg"], batch.seq)
+                    (batch.gw, e["t"], e["kind"], e["dev"], e["msg"], batch.seq, store)
                     for e in batch.events
                 ],
             )
@@ -267,7 +405,7 @@ class SqliteSink:
             if self._conn.in_transaction:
                 cur.execute("ROLLBACK")
             raise
-        return StoreOutcome(duplicate=False, new_gaps=new_gaps, filled=filled)
+        return outcome
 
     def store_status(self, gw: str, payload: bytes | str) -> Status:
         """Store a gateway's status JSON (the last one received wins); returns it parsed.
@@ -305,17 +443,40 @@ class SqliteSink:
         )
         return [Reading(d, p, u, t, v, Quality(q)) for d, p, u, t, v, q in rows]
 
-    def seqs(self, gw: str) -> list[int]:
-        """The batch seqs stored for a gateway, ascending."""
-        rows = self._conn.execute("SELECT seq FROM batches WHERE gw = ? ORDER BY seq", (gw,))
+    def seqs(self, gw: str, store: str | None = None) -> list[int]:
+        """The batch seqs stored for a gateway (of one store, or of all), ascending."""
+        rows = self._conn.execute(
+            "SELECT seq FROM batches WHERE gw = ? AND (? IS NULL OR store = ?) ORDER BY seq",
+            (gw, store, store),
+        )
         return [int(r[0]) for r in rows]
 
-    def gaps(self, gw: str) -> list[tuple[int, int]]:
-        """A gateway's open seq gaps as inclusive (first, last) ranges, ascending."""
+    def stores(self, gw: str) -> list[str]:
+        """The store ids a gateway's batches came from (``''``: batches without one), in the
+        order their first batch arrived."""
         rows = self._conn.execute(
-            'SELECT "first", "last" FROM seq_gaps WHERE gw = ? ORDER BY "first"', (gw,)
+            "SELECT store FROM batches WHERE gw = ? GROUP BY store ORDER BY min(received),"
+            " min(rowid)",
+            (gw,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def gaps(self, gw: str, store: str | None = None) -> list[tuple[int, int]]:
+        """A gateway's open seq gaps (of one store, or of all) as inclusive (first, last)
+        ranges, ascending."""
+        rows = self._conn.execute(
+            'SELECT "first", "last" FROM seq_gaps WHERE gw = ? AND (? IS NULL OR store = ?)'
+            ' ORDER BY "first"',
+            (gw, store, store),
         )
         return [(int(a), int(b)) for a, b in rows]
+
+    def jumps(self, gw: str) -> list[tuple[str, int]]:
+        """A gateway's batches stored as seq jumps (not confirmed), as (store, seq)."""
+        rows = self._conn.execute(
+            "SELECT store, seq FROM batches WHERE gw = ? AND jump = 1 ORDER BY store, seq", (gw,)
+        )
+        return [(str(a), int(b)) for a, b in rows]
 
     def aggregates_for(self, gw: str) -> list[dict[str, Any]]:
         """A gateway's aggregates as wire maps (extras merged back), ordered by kpi and start."""

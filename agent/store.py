@@ -18,11 +18,18 @@ Tables:
   later drop the carrier itself, its reports are queued again for the next batch, so the
   platform hears of every drop at least once.
 
-Next to the file, ``buffer.db.seq`` holds the ``boot`` and a ``seq`` ceiling reserved ahead
-of use (``SEQ_RESERVE`` at a time, written atomically before a seq past it is committed). It
+Every store gets a random identity when its file is created (``store_id`` in ``meta``, sent as
+the batches' ``store`` key): a receiver dedups on ``(gw, store, seq)``, so a new store of a known
+gateway (a replaced SD card, a wiped data_dir) starting again at seq 1 is stored, not dropped
+as a reuse of the old store's seqs.
+
+Next to the file, ``buffer.db.seq`` holds the ``boot``, the store identity and a ``seq``
+ceiling reserved ahead of use (``SEQ_RESERVE`` at a time, written atomically before a seq past
+it is committed). It
 is what keeps ``seq`` from ever being reused when the store file itself is lost: a store torn
 by a power cut, or deleted, restarts at the reserved ceiling with the next ``boot``; the
-receiver sees the unused seqs below the ceiling as part of the reported gap.
+receiver sees the unused seqs below the ceiling as part of the reported gap. Such a store keeps
+its identity, as its seqs continue.
 
 Sealing a batch is one transaction: allocate ``seq``, take the unreported drop events into
 it, insert the payload, delete the pending rows it was built from, enforce the bounds. So
@@ -92,11 +99,15 @@ SEQ_RESERVE = 100
 # written is what an SD card's wear is about. An existing store keeps the size it was made with.
 PAGE_SIZE = 1024
 
+COUNTERS = ("dropped_batches", "dropped_readings", "dropped_events", "dropped_aggregates")
+
+# meta keys taken over from a damaged store file
+_SALVAGED_META = ("boot", "next_seq", "store_id", *COUNTERS)
+
 # next_seq is never at or below a stored batch (a meta row lost, or older than the batches)
 _NEXT_SEQ_ABOVE_BATCHES = ("UPDATE meta SET value = max(value, (SELECT coalesce(max(seq), 0)"
                            " + 1 FROM batches)) WHERE key = 'next_seq'")
 
-COUNTERS = ("dropped_batches", "dropped_readings", "dropped_events", "dropped_aggregates")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +195,8 @@ class BatchStore:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('boot', 0), ('next_seq', 1),"
                          " ('dropped_batches', 0), ('dropped_readings', 0),"
-                         " ('dropped_events', 0), ('dropped_aggregates', 0)")
+                         " ('dropped_events', 0), ('dropped_aggregates', 0), ('store_id', ?)",
+                         (_new_store_id(),))
             conn.execute(_NEXT_SEQ_ABOVE_BATCHES)
             conn.execute("COMMIT")
         except sqlite3.DatabaseError:
@@ -206,7 +218,7 @@ class BatchStore:
         store.recovered_from = aside
         meta, batches, pending = _read_what_survived(aside)
         with store._txn():
-            for key in ("boot", "next_seq", *COUNTERS):
+            for key in _SALVAGED_META:
                 if key in meta:
                     store._conn.execute("UPDATE meta SET value = ? WHERE key = ?",
                                         (meta[key], key))
@@ -238,22 +250,31 @@ class BatchStore:
     def _sidecar(self) -> Path:
         return self.path.with_name(f"{self.path.name}.seq")
 
-    def _read_sidecar(self) -> tuple[int, int] | None:
-        """``(boot, seq_reserved)`` from the sidecar, or None when absent or unreadable."""
+    def _read_sidecar(self) -> tuple[int, int, int | None] | None:
+        """``(boot, seq_reserved, store_id)`` from the sidecar (``store_id`` None when a
+        sidecar of an earlier version has none), or None when absent or unreadable."""
         try:
             data = json.loads(self._sidecar.read_text(encoding="utf-8"))
             boot, reserved = int(data["boot"]), int(data["seq_reserved"])
+            store = data.get("store")
+            store_id = None if store is None else _parse_store_id(str(store))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("buffer_seq_file_unreadable", path=str(self._sidecar), error=str(exc))
             return None
-        return boot, reserved
+        return boot, reserved, store_id
+
+    @property
+    def identity(self) -> str:
+        """This store's identity, the batches' ``store`` key (16 hex digits)."""
+        return _format_store_id(self._meta("store_id"))
 
     def _write_sidecar(self, boot: int, reserved: int) -> None:
         """Replace the sidecar atomically (tmp file, fsync, rename, fsync of the directory)."""
         tmp = self._sidecar.with_name(f"{self._sidecar.name}.tmp")
-        body = json.dumps({"boot": boot, "seq_reserved": reserved}).encode()
+        body = json.dumps({"boot": boot, "seq_reserved": reserved,
+                           "store": self.identity}).encode()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -279,7 +300,7 @@ class BatchStore:
         side = self._read_sidecar()
         if side is None:
             return False
-        boot, reserved = side
+        boot, reserved, store_id = side
         self._reserved = reserved
         if not lost and self._meta("boot") >= boot:
             return False
@@ -291,6 +312,9 @@ class BatchStore:
                                (boot,))
             self._conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'",
                                (reserved,))
+            if store_id is not None:  # seq goes on from the reservation: the same store
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'store_id'",
+                                   (store_id,))
         return True
 
     def _reserve(self, seq: int) -> None:
@@ -586,6 +610,22 @@ class _Txn:
         with contextlib.suppress(sqlite3.OperationalError):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+
+
+def _new_store_id() -> int:
+    """A random store identity: 62 bits, never 0 (fits SQLite's signed 64-bit integers)."""
+    return (int.from_bytes(os.urandom(8), "big") >> 2) or 1
+
+
+def _format_store_id(store_id: int) -> str:
+    return f"{store_id:016x}"
+
+
+def _parse_store_id(text: str) -> int:
+    store_id = int(text, 16)
+    if not 0 < store_id < 2**63:
+        raise ValueError(f"store {text[:20]!r} is out of range")
+    return store_id
 
 
 def _pack_pending(readings: Sequence[Reading], events: Sequence[Event],

@@ -8,7 +8,9 @@ Decisions recorded here and in the spec:
   ``build_series`` turns them into ``None`` with quality ``OUT_OF_RANGE`` (a bad quality already
   on the reading is kept); the encoder and the decoder refuse them anywhere in a batch.
 - ``build_series`` sends a bool value as the int 0 or 1 (msgpack bools are not values here).
-- Top-level, series and event maps are exact in v1 (a missing or unknown key is an error).
+- Top-level, series and event maps are exact in v1 (a missing or unknown key is an error),
+  except the optional body keys of ``OPTIONAL_BODY_KEYS`` (spec §3 and §9): a receiver of an
+  older release refuses them, so receivers are upgraded before gateways.
   Aggregate maps must hold the required keys and may carry operator extras, which are kept.
 - The encoder runs the same checks as the decoder, so the agent never stores a batch that a
   receiver would refuse.
@@ -38,6 +40,7 @@ __all__ = [
     "EVENT_KEYS",
     "MAGIC",
     "MAX_BODY_BYTES",
+    "OPTIONAL_BODY_KEYS",
     "Batch",
     "Series",
     "Status",
@@ -68,6 +71,10 @@ INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
 BODY_KEYS: Final = ("gw", "boot", "seq", "created", "series", "aggregates", "events")
+# Body keys a batch may carry besides BODY_KEYS (spec §3): ``store``, the identity of the
+# gateway's store file, so a receiver tells a new store of a known gateway from a resend.
+OPTIONAL_BODY_KEYS: Final = ("store",)
+MAX_STORE_ID_LEN: Final = 64
 SERIES_KEYS: Final = ("dev", "pt", "unit", "t0", "dt", "v", "q")
 AGGREGATE_KEYS: Final = ("kpi", "src", "start", "end", "value", "valid", "n", "expected", "unit")
 EVENT_KEYS: Final = ("t", "kind", "dev", "msg")
@@ -108,6 +115,8 @@ class Batch:
     series: tuple[Series, ...]
     aggregates: tuple[dict[str, Any], ...] = ()
     events: tuple[dict[str, Any], ...] = ()
+    # the optional ``store`` key: None for a batch without it (older gateways)
+    store: str | None = None
 
     @property
     def n_readings(self) -> int:
@@ -377,9 +386,23 @@ def _check_gateway(obj: object, path: str) -> str:
     return gw
 
 
+def _check_store_id(obj: object, path: str) -> str:
+    store = _need_str(obj, path)
+    if len(store) > MAX_STORE_ID_LEN or not _GATEWAY_ID.fullmatch(store):
+        raise WireFormatError(
+            f"{path}: {store[:40]!r} is not a store id (1-{MAX_STORE_ID_LEN} of A-Za-z0-9_-)"
+        )
+    return store
+
+
 def _check_body(body: object) -> Batch:
     m = _need_map(body, "body")
-    _check_keys(m, BODY_KEYS, "body")
+    _check_keys(m, BODY_KEYS, "body", exact=False)
+    extra = sorted(k for k in m if k not in BODY_KEYS and k not in OPTIONAL_BODY_KEYS)
+    if extra:
+        allowed = ", ".join((*BODY_KEYS, *OPTIONAL_BODY_KEYS))
+        raise WireFormatError(f"body: unknown key {extra[0]!r} (v1 allows only {allowed})")
+    store = _check_store_id(m["store"], "store") if "store" in m else None
     gw = _check_gateway(m["gw"], "gw")
     boot = _need_int(m["boot"], "boot", minimum=0)
     seq = _need_int(m["seq"], "seq", minimum=1)
@@ -395,6 +418,7 @@ def _check_body(body: object) -> Batch:
         series=tuple(_check_series(s, f"series[{i}]") for i, s in enumerate(series)),
         aggregates=tuple(_check_aggregate(a, f"aggregates[{i}]") for i, a in enumerate(aggregates)),
         events=tuple(_check_event(e, f"events[{i}]") for i, e in enumerate(events)),
+        store=store,
     )
 
 
@@ -425,7 +449,7 @@ def _pack_body(batch: Batch) -> bytes:
     # autoreset: every call returns its own bytes. use_bin_type keeps str and bin apart.
     p = msgpack.Packer(use_bin_type=True, autoreset=True)
     parts = [
-        p.pack_map_header(len(BODY_KEYS)),
+        p.pack_map_header(len(BODY_KEYS) + (batch.store is not None)),
         p.pack("gw"),
         p.pack(batch.gw),
         p.pack("boot"),
@@ -463,6 +487,8 @@ def _pack_body(batch: Batch) -> bytes:
         p.pack("events"),
         p.pack([dict(e) for e in batch.events]),
     ]
+    if batch.store is not None:
+        parts += [p.pack("store"), p.pack(batch.store)]
     return b"".join(parts)
 
 
@@ -471,7 +497,7 @@ def _as_body_map(batch: Batch) -> dict[str, Any]:
         {"dev": s.dev, "pt": s.pt, "unit": s.unit, "t0": s.t0, "dt": s.dt, "v": s.v, "q": s.q}
         for s in batch.series
     ]
-    return {
+    body: dict[str, Any] = {
         "gw": batch.gw,
         "boot": batch.boot,
         "seq": batch.seq,
@@ -480,6 +506,9 @@ def _as_body_map(batch: Batch) -> dict[str, Any]:
         "aggregates": list(batch.aggregates),
         "events": list(batch.events),
     }
+    if batch.store is not None:
+        body["store"] = batch.store
+    return body
 
 
 def encode_batch(batch: Batch, *, codec: int = CODEC_ZSTD, level: int = 3) -> bytes:

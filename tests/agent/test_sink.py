@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import sqlite3
@@ -14,12 +15,14 @@ from hypothesis import strategies as st
 
 from agent.errors import ConfigError, WireFormatError
 from agent.readings import Quality, Reading
-from agent.sink import SqliteSink, sink_path
-from agent.wire import Batch, Series, Status, encode_status, iter_readings
+from agent.sink import MAX_SEQ_JUMP, SqliteSink, sink_path
+from agent.wire import INT64_MAX, Batch, Series, Status, encode_status, iter_readings
 
 
-def _batch(seq: int, gw: str = "gw-1", *, created: int = 0, boot: int = 1) -> Batch:
+def _batch(seq: int, gw: str = "gw-1", *, created: int = 0, boot: int = 1,
+           store: str | None = None) -> Batch:
     return Batch(
+        store=store,
         gw=gw,
         boot=boot,
         seq=seq,
@@ -276,3 +279,201 @@ def test_readings_for_other_gateways_are_apart(sink: SqliteSink) -> None:
     assert {r.device for r in sink.readings_for("gw-b")} == {"m1"}
     assert sink.readings_for("gw-c") == []
     assert Reading("m1", "count", None, 1500, None, Quality.COMM_ERROR) in sink.readings_for("gw-a")
+
+
+# ------------------------------------------------------------------ store identity (``store``)
+
+
+def test_a_new_store_of_a_known_gateway_is_stored_not_dropped(sink: SqliteSink) -> None:
+    """A replaced SD card: the gateway starts again at seq 1 under a new store id."""
+    for seq in (1, 2, 3):
+        assert not sink.store(_batch(seq, store="old0000000000001")).duplicate
+    for seq in (1, 2):
+        outcome = sink.store(_batch(seq, created=99 + seq, store="new0000000000002"))
+        assert not outcome.duplicate and not outcome.conflict, seq
+    assert sink.count_readings("gw-1") == 4 * 5
+    assert sink.stores("gw-1") == ["old0000000000001", "new0000000000002"]
+    assert sink.seqs("gw-1", "new0000000000002") == [1, 2]
+    assert sink.gaps("gw-1") == []  # the new store's first batch is its baseline
+
+
+def test_a_redelivered_batch_of_a_store_is_still_a_duplicate(sink: SqliteSink) -> None:
+    sink.store(_batch(1, store="s1"))
+    again = sink.store(_batch(1, store="s1"))
+    assert again.duplicate and not again.conflict
+    reused = sink.store(_batch(1, created=77, store="s1"))
+    assert reused.duplicate and reused.conflict
+    assert sink.count_readings() == 4
+
+
+def test_batches_without_a_store_keep_their_own_series(sink: SqliteSink) -> None:
+    sink.store(_batch(1))
+    sink.store(_batch(1, store="s1"))  # not a duplicate of the store-less seq 1
+    assert sink.store(_batch(1)).duplicate
+    assert sink.stores("gw-1") == ["", "s1"]
+    assert sink.count_readings() == 8
+
+
+def test_gaps_are_per_store(sink: SqliteSink) -> None:
+    sink.store(_batch(5, store="a"))
+    sink.store(_batch(1, store="b"))
+    sink.store(_batch(8, store="a"))
+    sink.store(_batch(3, store="b"))
+    assert sink.gaps("gw-1", "a") == [(6, 7)]
+    assert sink.gaps("gw-1", "b") == [(2, 2)]
+    assert sink.gaps("gw-1") == [(2, 2), (6, 7)]
+
+
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    gw TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    boot INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    n_readings INTEGER NOT NULL,
+    n_aggregates INTEGER NOT NULL,
+    PRIMARY KEY (gw, seq)
+);
+CREATE TABLE IF NOT EXISTS readings (
+    gw TEXT NOT NULL,
+    dev TEXT NOT NULL,
+    pt TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    value,
+    quality INTEGER NOT NULL,
+    unit TEXT,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gw, dev, pt, t);
+CREATE TABLE IF NOT EXISTS aggregates (
+    gw TEXT NOT NULL,
+    kpi TEXT NOT NULL,
+    src TEXT NOT NULL,
+    "start" INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    value,
+    valid INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    expected INTEGER NOT NULL,
+    unit TEXT,
+    extras_json TEXT,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aggregates_by_kpi ON aggregates (gw, kpi, "start");
+CREATE TABLE IF NOT EXISTS events (
+    gw TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    dev TEXT,
+    msg TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS status (
+    gw TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seq_gaps (
+    gw TEXT NOT NULL,
+    "first" INTEGER NOT NULL,
+    "last" INTEGER NOT NULL,
+    PRIMARY KEY (gw, "first")
+);
+"""
+
+
+def test_a_sink_file_of_an_earlier_release_opens_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+        conn.execute("INSERT INTO batches VALUES ('gw-1', 1, 1, 5, 6, 1, 0)")
+        conn.execute("INSERT INTO batches VALUES ('gw-1', 4, 1, 8, 9, 1, 0)")
+        conn.execute("INSERT INTO readings VALUES ('gw-1', 'm1', 'v', 1000, 230.5, 0, 'V', 1)")
+        conn.execute("INSERT INTO events VALUES ('gw-1', 1000, 'device_up', 'm1', '', 1)")
+        conn.execute("INSERT INTO seq_gaps VALUES ('gw-1', 2, 3)")
+    conn.close()
+    with SqliteSink.open(path) as sink:
+        assert sink.seqs("gw-1") == [1, 4]
+        assert sink.gaps("gw-1") == [(2, 3)]
+        assert sink.readings_for("gw-1") == [Reading("m1", "v", "V", 1000, 230.5, Quality.GOOD)]
+        assert sink.store(_batch(4, created=8)).duplicate  # dedup of the old rows holds
+        assert sink.store(_batch(3)).filled == [3]
+        assert not sink.store(_batch(4, store="s1")).duplicate
+        assert sink.stores("gw-1") == ["", "s1"]
+    with SqliteSink.open(path) as sink:  # and it opens again as it is now
+        assert sink.seqs("gw-1", "") == [1, 3, 4]
+
+
+# --------------------------------------------------------------------------- seq jumps
+
+def _at(seq: int, store: str | None = None) -> Batch:
+    """A batch whose times stay in range whatever its seq."""
+    return dataclasses.replace(_batch(1), seq=seq, store=store)
+
+
+JUMP_SCENARIOS: dict[str, list[tuple[int, Gaps, bool]]] = {
+    # seq stored -> (new gaps, flagged as a jump)
+    "forged 2^63-1 then real batches": [
+        (1, [], False), (2, [], False), (INT64_MAX, [], True), (3, [], False), (5, [(4, 4)], False),
+    ],
+    "a jump of millions": [(1, [], False), (5_000_000, [], True), (2, [], False)],
+    "a jump confirmed by its next batch": [
+        (1, [], False), (MAX_SEQ_JUMP + 10, [], True),
+        (MAX_SEQ_JUMP + 11, [(2, MAX_SEQ_JUMP + 9)], False), (MAX_SEQ_JUMP + 12, [], False),
+    ],
+    "a confirmed jump with a hole in its run": [
+        (1, [], False), (MAX_SEQ_JUMP + 10, [], True),
+        (MAX_SEQ_JUMP + 13, [(2, MAX_SEQ_JUMP + 9), (MAX_SEQ_JUMP + 11, MAX_SEQ_JUMP + 12)], False),
+    ],
+    "just below the limit is a gap": [
+        (1, [], False), (MAX_SEQ_JUMP + 1, [(2, MAX_SEQ_JUMP)], False),
+    ],
+    "the line catches up with a flagged batch": [
+        (1, [], False), (MAX_SEQ_JUMP + 3, [], True),
+        (MAX_SEQ_JUMP, [(2, MAX_SEQ_JUMP - 1)], False),
+        (MAX_SEQ_JUMP + 4, [(MAX_SEQ_JUMP + 1, MAX_SEQ_JUMP + 2)], False),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", JUMP_SCENARIOS)
+def test_seq_jumps(sink: SqliteSink, name: str) -> None:
+    for seq, new_gaps, jump in JUMP_SCENARIOS[name]:
+        outcome = sink.store(_at(seq, "s"))
+        assert not outcome.duplicate, seq
+        assert outcome.new_gaps == new_gaps, seq
+        assert (outcome.jump is not None) == jump, seq
+
+
+def test_a_forged_top_seq_leaves_later_batches_tracked(sink: SqliteSink) -> None:
+    for seq in (1, 2):
+        sink.store(_at(seq))
+    assert sink.store(_at(INT64_MAX)).jump == (2, INT64_MAX)
+    assert sink.jumps("gw-1") == [("", INT64_MAX)]
+    for seq in range(3, 40):
+        outcome = sink.store(_at(seq))
+        assert not outcome.duplicate and outcome.new_gaps == [] and outcome.filled == [], seq
+    assert sink.gaps("gw-1") == []
+    assert sink.store(_at(42)).new_gaps == [(40, 41)]  # a real gap is still seen
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrivals=st.lists(
+    st.one_of(st.integers(1, 40), st.integers(MAX_SEQ_JUMP + 41, INT64_MAX)), min_size=1,
+    max_size=40))
+def test_gap_rows_stay_bounded_whatever_seqs_arrive(tmp_path: Path, arrivals: list[int]) -> None:
+    """Gaps never exceed one row per stored batch, and no new batch is a duplicate."""
+    with SqliteSink.open(tmp_path / f"j{next(_db_counter)}.db") as sink:
+        seen: set[int] = set()
+        for seq in arrivals:
+            assert sink.store(_at(seq)).duplicate == (seq in seen)
+            seen.add(seq)
+        assert len(sink.gaps("gw-1")) <= len(seen)
+        in_line = [s for s in seen if s <= 40]
+        if arrivals[0] <= 40:  # a baseline in line: the small seqs are tracked exactly
+            missing = set(range(arrivals[0] + 1, max(in_line) + 1)) - seen
+            small_gaps = {s for a, b in sink.gaps("gw-1") for s in range(a, min(b, 40) + 1)}
+            assert small_gaps == missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -301,10 +302,10 @@ def test_an_older_store_gains_the_carrier_column(tmp_path: Path) -> None:
 # ---------------------------------------------------------- seq is never reused (sidecar)
 
 
-def seq_file(path: Path) -> dict[str, int]:
+def seq_file(path: Path) -> dict[str, Any]:
     import json
 
-    data: dict[str, int] = json.loads(path.with_name(f"{path.name}.seq").read_text())
+    data: dict[str, Any] = json.loads(path.with_name(f"{path.name}.seq").read_text())
     return data
 
 
@@ -314,7 +315,8 @@ def test_the_seq_reservation_stays_ahead_of_every_committed_seq(tmp_path: Path) 
     path = tmp_path / "buffer.db"
     store = BatchStore.open(path)
     assert store.start_boot() == 1
-    assert seq_file(path) == {"boot": 1, "seq_reserved": 1 + SEQ_RESERVE}
+    assert seq_file(path) == {"boot": 1, "seq_reserved": 1 + SEQ_RESERVE,
+                              "store": store.identity}
     for _ in range(2 * SEQ_RESERVE + 5):
         seq = store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0)
         assert seq is not None and seq < seq_file(path)["seq_reserved"]
@@ -366,6 +368,57 @@ def test_a_deleted_store_resumes_from_the_reservation(tmp_path: Path) -> None:
     assert store.start_boot() == 2
     seq = store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0)
     assert seq is not None and seq > 3
+
+
+def test_a_new_store_has_its_own_identity_and_keeps_it(tmp_path: Path) -> None:
+    first = BatchStore.open(tmp_path / "a" / "buffer.db")
+    other = BatchStore.open(tmp_path / "b" / "buffer.db")
+    assert re.fullmatch(r"[0-9a-f]{16}", first.identity)
+    assert first.identity != other.identity
+    identity = first.identity
+    first.close()
+    assert BatchStore.open(tmp_path / "a" / "buffer.db").identity == identity
+
+
+def test_a_lost_store_file_keeps_its_identity_from_the_seq_file(tmp_path: Path) -> None:
+    """Deleted or torn, the store continues its seqs past the reservation: the same store."""
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    identity = store.identity
+    store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0)
+    store.close()
+    tear(path)
+    store = BatchStore.open(path)
+    assert store.recovered_from is not None and store.identity == identity
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    assert BatchStore.open(path).identity == identity
+
+
+def test_a_new_data_dir_is_a_new_store(tmp_path: Path) -> None:
+    """A replaced SD card: store file and seq file gone, seq starts at 1 under a new id."""
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    identity = store.identity
+    store.close()
+    for suffix in ("", "-wal", "-shm", ".seq"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = BatchStore.open(path)
+    store.start_boot()
+    assert store.identity != identity
+    assert store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0) == 1
+
+
+def test_a_seq_file_of_an_earlier_version_without_a_store_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    path.with_name("buffer.db.seq").write_text('{"boot": 4, "seq_reserved": 250}')
+    store = BatchStore.open(path)
+    assert store.start_boot() == 5
+    assert store.seal(payload_of(1), created=1, n_readings=1, pending_upto=0) == 250
+    assert seq_file(path)["store"] == store.identity
 
 
 @pytest.mark.parametrize("garbage", [b"", b"{", b"[1, 2]", b'{"boot": "x"}', b"\xff\xfe"])

@@ -385,6 +385,19 @@ def _aggregate(**changes: Any) -> list[dict[str, Any]]:
 _DROP = object()
 
 
+def test_the_optional_store_key_round_trips() -> None:
+    assert decode_batch(_plain(_body())).store is None
+    assert decode_batch(_plain(_body(store="0123abcd0123abcd"))).store == "0123abcd0123abcd"
+    batch = Batch("g", 1, 1, 0, (), store="00ff00ff00ff00ff")
+    for codec in (0, 1):
+        assert decode_batch(encode_batch(batch, codec=codec)) == batch
+    # without it, the bytes are those of a batch of an earlier release
+    plain = Batch("g", 1, 1, 0, ())
+    assert msgpack.unpackb(encode_batch(plain, codec=0)[5:])  == {
+        "gw": "g", "boot": 1, "seq": 1, "created": 0, "series": [], "aggregates": [],
+        "events": []}
+
+
 def test_valid_reference_body_decodes() -> None:
     batch = decode_batch(_plain(_body()))
     assert batch.n_readings == 2
@@ -395,6 +408,10 @@ BAD_BODIES: list[tuple[str, object, str]] = [
     ("not a map", [1, 2], "body: must be a map, got list"),
     ("missing key", {k: v for k, v in _body().items() if k != "seq"}, "body: missing key 'seq'"),
     ("extra key", _body(extra=1), "body: unknown key 'extra'"),
+    ("store empty", _body(store=""), "store: must not be empty"),
+    ("store not str", _body(store=7), "store: must be a str, got int"),
+    ("store pattern", _body(store="a b"), "store: 'a b' is not a store id"),
+    ("store too long", _body(store="a" * 65), "store: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' is not"),
     ("gw pattern", _body(gw="gw/1"), "gw: 'gw/1' is not a gateway id"),
     ("gw empty", _body(gw=""), "gw: must not be empty"),
     ("gw not str", _body(gw=5), "gw: must be a str, got int"),
