@@ -44,6 +44,11 @@ from agent.errors import ConfigError
 from agent.profiles import apply_profile, load_profile
 from agent.units import parse_duration, parse_size
 
+# Half the wire format's readings per batch (agent.wire.MAX_BATCH_READINGS, not imported: it
+# would load msgpack and zstd for `validate`): a batch is sealed at the flush after it fills
+# up, so it may hold up to one flush interval's readings more.
+BATCH_MAX_READINGS_LIMIT = 100_000
+
 __all__ = [
     "OPERATORS",
     "AgentConfig",
@@ -286,7 +291,7 @@ class UplinkConfig(_Section):
     key_file: ConfigPath | None = Field(default=None, validate_default=True)
     keepalive: Duration = "30 s"
     publish_timeout: Duration = "20 s"
-    batch_max_readings: int = Field(default=20000, ge=1)
+    batch_max_readings: int = Field(default=20000, ge=1, le=BATCH_MAX_READINGS_LIMIT)
     batch_max_age: Duration = "10 s"
     flush_interval: Duration = Field(default="1 s", validate_default=True)
     max_inflight: int = Field(default=8, ge=1, le=100)

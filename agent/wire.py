@@ -39,6 +39,10 @@ __all__ = [
     "CODEC_ZSTD",
     "EVENT_KEYS",
     "MAGIC",
+    "MAX_BATCH_AGGREGATES",
+    "MAX_BATCH_EVENTS",
+    "MAX_BATCH_READINGS",
+    "MAX_BATCH_SERIES",
     "MAX_BODY_BYTES",
     "OPTIONAL_BODY_KEYS",
     "Batch",
@@ -60,13 +64,27 @@ MAGIC: Final = b"SSC1"
 CODEC_PLAIN: Final = 0x00
 CODEC_ZSTD: Final = 0x01
 HEADER_LEN: Final = len(MAGIC) + 1
-MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+# Per-batch limits (docs/wire-format.md §11): what one batch may hold. A receiver checks them
+# while decoding, before the items are built; the encoder refuses batches over them.
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+MAX_BATCH_READINGS: Final = 200_000
+MAX_BATCH_SERIES: Final = 50_000
+MAX_BATCH_AGGREGATES: Final = 20_000
+MAX_BATCH_EVENTS: Final = 20_000
+# No v1 array is longer than a batch's readings, no v1 map has more keys than this (aggregate
+# maps with their operator extras included), and the whole body holds at most this many
+# msgpack objects (counted from container headers, before the items are built).
+MAX_ARRAY_LEN: Final = MAX_BATCH_READINGS
+MAX_MAP_LEN: Final = 64
+MAX_BODY_OBJECTS: Final = 2_000_000
 # For frames without a content size (decoded as a stream): the largest window zstd levels 1-19
 # use (level 19: window log 23). A bigger one means --long / ultra settings, and the receiver
 # would hold that much memory per frame. Sized frames decode into their (capped) output.
 MAX_ZSTD_WINDOW: Final = 8 * 1024 * 1024
 MAX_STR_LEN: Final = 1024 * 1024
 MAX_EXTRA_DEPTH: Final = 32
+# body → aggregates → aggregate map → extra value (depth 0 of MAX_EXTRA_DEPTH) → …
+MAX_BODY_DEPTH: Final = MAX_EXTRA_DEPTH + 4
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
@@ -410,6 +428,21 @@ def _check_body(body: object) -> Batch:
     series = _need_list(m["series"], "series", "series maps")
     aggregates = _need_list(m["aggregates"], "aggregates", "aggregate maps")
     events = _need_list(m["events"], "events", "event maps")
+    # The decoder enforces these while reading; here for the encoder (a batch over them would
+    # be refused by every receiver).
+    for name, items, limit in (
+        ("series", series, MAX_BATCH_SERIES),
+        ("aggregates", aggregates, MAX_BATCH_AGGREGATES),
+        ("events", events, MAX_BATCH_EVENTS),
+    ):
+        if len(items) > limit:
+            raise WireFormatError(f"{name}: {len(items)} items, over the limit of {limit}"
+                                  f" {name} per batch")
+    readings = sum(len(s["dt"]) for s in series if isinstance(s, dict)
+                   and isinstance(s.get("dt"), list | tuple))
+    if readings > MAX_BATCH_READINGS:
+        raise WireFormatError(f"series: the batch holds {readings} readings, over the limit of"
+                              f" {MAX_BATCH_READINGS} per batch")
     return Batch(
         gw=gw,
         boot=boot,
@@ -569,33 +602,188 @@ def _decompress(frame: bytes, limit: int) -> bytes:
     raise WireFormatError("zstd frame is truncated (no end of frame)")
 
 
-def _exact_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"a map repeats the key {key!r}")
-        out[key] = value
-    return out
+_MAP_HEADS: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+_ARRAY_HEADS: Final = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+_STR_HEADS: Final = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])
+# Below this many items an array is read item by item; above, in one call (see _scalars).
+_FAST_ARRAY_MIN: Final = 8
+# The longest msgpack encoding of a number or nil (a float 64 or a 64-bit int: tag + 8 bytes).
+_MAX_SCALAR_BYTES: Final = 9
+_SECTION_LIMITS: Final = {
+    "series": MAX_BATCH_SERIES,
+    "aggregates": MAX_BATCH_AGGREGATES,
+    "events": MAX_BATCH_EVENTS,
+}
+
+
+class _NestedContainer(Exception):
+    """An array read in one call held a container: read it again item by item."""
+
+
+def _short(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+class _BoundedReader:
+    """Reads a msgpack body with bounded work: every container's item count is read from
+    its header and charged to budgets (objects in the body, items of each section, readings)
+    *before* its items are built, and nesting is capped.
+
+    ``msgpack.unpackb`` builds every object before anyone can look at it: a few KiB of zstd
+    inflate to millions of empty arrays (56 bytes each as Python lists), gigabytes, which no
+    byte limit catches. Here an attacker's body costs at most the budgets' worth of objects.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._unpacker = self._new_unpacker(max(len(body), 1))
+        self._unpacker.feed(body)
+        self._objects = 0
+        self._readings = 0
+
+    @staticmethod
+    def _new_unpacker(size: int, **hooks: Any) -> msgpack.Unpacker:
+        return msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_buffer_size=size,
+            max_str_len=MAX_STR_LEN,
+            max_bin_len=0,  # v1 has no binary fields
+            max_ext_len=0,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            **hooks,
+        )
+
+    def read_body(self) -> object:
+        self._charge(1, "body")
+        body = self._read(0, "body", "")
+        if self._unpacker.tell() != len(self._body):
+            raise WireFormatError("msgpack body: trailing bytes after the body map")
+        return body
+
+    def _charge(self, n: int, path: str) -> None:
+        self._objects += n
+        if self._objects > MAX_BODY_OBJECTS:
+            raise WireFormatError(
+                f"{path}: the body holds more than {MAX_BODY_OBJECTS} msgpack objects"
+            )
+
+    def _head(self) -> int:
+        pos = self._unpacker.tell()
+        if pos >= len(self._body):
+            raise WireFormatError("msgpack body: truncated")
+        return self._body[pos]
+
+    def _read(self, depth: int, path: str, section: str) -> object:
+        head = self._head()
+        if head in _MAP_HEADS or head in _ARRAY_HEADS:
+            if depth >= MAX_BODY_DEPTH:
+                raise WireFormatError(f"{path}: nested deeper than {MAX_BODY_DEPTH} levels")
+            if head in _MAP_HEADS:
+                return self._map(depth, path, section)
+            return self._array(depth, path, section)
+        return self._unpacker.unpack()  # a scalar: bounded by its own bytes and max_str_len
+
+    def _map(self, depth: int, path: str, section: str) -> dict[str, Any]:
+        n = self._unpacker.read_map_header()
+        if n > MAX_MAP_LEN:
+            raise WireFormatError(f"{path}: a map of {n} keys, over the limit of {MAX_MAP_LEN}")
+        self._charge(2 * n, path)
+        out: dict[str, Any] = {}
+        for _ in range(n):
+            if self._head() not in _STR_HEADS:
+                raise WireFormatError(f"{path}: keys must be str")
+            key = self._unpacker.unpack()
+            if key in out:
+                # A repeated key would let a later value silently win; v1 maps never repeat one.
+                raise WireFormatError(f"{path}: the map repeats the key {_short(key)}")
+            if depth == 0:
+                out[key] = self._read(1, key, key)
+            else:
+                out[key] = self._read(depth + 1, f"{path}.{_short(key)[1:-1]}", section)
+        return out
+
+    def _array_len(self, path: str) -> int:
+        pos = self._unpacker.tell()
+        head = self._body[pos]
+        if head == 0xDC:
+            width = 2
+        elif head == 0xDD:
+            width = 4
+        else:
+            return head & 0x0F
+        raw = self._body[pos + 1 : pos + 1 + width]
+        if len(raw) < width:
+            raise WireFormatError(f"{path}: truncated array header")
+        return int.from_bytes(raw, "big")
+
+    def _array(self, depth: int, path: str, section: str) -> list[Any]:
+        n = self._array_len(path)
+        limit = MAX_ARRAY_LEN
+        if depth == 1 and section in _SECTION_LIMITS:
+            limit = _SECTION_LIMITS[section]
+            if n > limit:
+                raise WireFormatError(
+                    f"{section}: {n} items, over the limit of {limit} {section} per batch"
+                )
+        elif section == "series" and depth == 3 and path.endswith(".dt"):
+            # One reading per dt item: counted before any of them is built.
+            self._readings += n
+            if self._readings > MAX_BATCH_READINGS:
+                raise WireFormatError(
+                    f"{path}: the batch holds more than {MAX_BATCH_READINGS} readings,"
+                    " the limit per batch"
+                )
+        if n > limit:
+            raise WireFormatError(f"{path}: an array of {n} items, over the limit of {limit}")
+        self._charge(n, path)
+        if n >= _FAST_ARRAY_MIN:
+            items = self._scalars(n)
+            if items is not None:
+                self._unpacker.skip()
+                return items
+        self._unpacker.read_array_header()
+        return [self._read(depth + 1, f"{path}[{i}]", section) for i in range(n)]
+
+    def _scalars(self, n: int) -> list[Any] | None:
+        """The array at the read position in one C call if it holds only scalars, else None.
+
+        The call reads from a slice no longer than ``n`` numbers can take, and gives up at the
+        first nested container (the list hook runs for inner lists before the outer one), so
+        whatever the bytes hold, it builds at most that slice's worth of objects.
+        """
+        calls = 0
+
+        def only_outer(items: list[Any]) -> list[Any]:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise _NestedContainer
+            return items
+
+        def no_maps(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+            raise _NestedContainer
+
+        start = self._unpacker.tell()
+        span = 5 + _MAX_SCALAR_BYTES * n  # header (at most 5 bytes) + n numbers
+        sub = self._new_unpacker(span, list_hook=only_outer, object_pairs_hook=no_maps)
+        sub.feed(self._body[start : start + span])
+        try:
+            items = sub.unpack()
+        except Exception:  # nested, longer items (strings), or malformed: item by item
+            return None
+        return items if isinstance(items, list) else None
 
 
 def _unpack(body: bytes) -> object:
     try:
-        return msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            # A repeated key would let a later value silently win; v1 maps never repeat one.
-            object_pairs_hook=_exact_map,
-            max_str_len=min(len(body), MAX_STR_LEN),
-            max_bin_len=0,  # v1 has no binary fields
-            max_ext_len=0,
-            max_array_len=len(body),
-            max_map_len=len(body) // 2,
-        )
-    except msgpack.ExtraData as exc:
-        raise WireFormatError("msgpack body: trailing bytes after the body map") from exc
-    except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, …
+        return _BoundedReader(body).read_body()
+    except WireFormatError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, OutOfData, …
         raise WireFormatError(f"msgpack body: {type(exc).__name__}: {exc}") from exc
 
 

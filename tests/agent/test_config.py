@@ -196,6 +196,11 @@ BAD: list[tuple[str, str, list[str]]] = [
         ["uplink.batch_max_readings: must be an integer"],
     ),
     (
+        "batch_max_readings over what a batch may hold",
+        BASE + "batch_max_readings = 100001\n",
+        ["uplink.batch_max_readings: must be at most 100000"],
+    ),
+    (
         "buffer size",
         BASE + '[buffer]\nmax_bytes = "lots"\n',
         [
@@ -1227,3 +1232,10 @@ def test_config_from_dict_matches_the_file_loader(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(data, driver_models=DRIVERS)
     assert info.value.problems == ["buffer.when_full: must be one of drop_oldest, drop_newest"]
+
+
+def test_batch_max_readings_limit_is_half_the_wire_limit() -> None:
+    from agent.config import BATCH_MAX_READINGS_LIMIT
+    from agent.wire import MAX_BATCH_READINGS
+
+    assert BATCH_MAX_READINGS_LIMIT == MAX_BATCH_READINGS // 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -13,12 +14,18 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import wire
 from agent.errors import WireFormatError
 from agent.readings import Quality, Reading, Value
 from agent.wire import (
     AGGREGATE_KEYS,
     INT64_MAX,
     INT64_MIN,
+    MAX_BATCH_AGGREGATES,
+    MAX_BATCH_EVENTS,
+    MAX_BATCH_READINGS,
+    MAX_BATCH_SERIES,
+    MAX_BODY_BYTES,
     Batch,
     Series,
     Status,
@@ -816,3 +823,136 @@ def test_parse_topic_refuses(topic: str) -> None:
 def test_topic_for_refuses_bad_gateway_ids() -> None:
     with pytest.raises(ValueError, match="not a gateway id"):
         topic_for("ssc/v1", "a/b", "batch")
+
+
+# --------------------------------------------------------------------------- bounded decoding
+
+
+def _array32(n: int) -> bytes:
+    return b"\xdd" + struct.pack(">I", n)
+
+
+def _raw_batch(series: bytes, *, aggregates: bytes = b"\x90", events: bytes = b"\x90") -> bytes:
+    """A plain v1 payload around raw msgpack for the series, aggregates and events arrays."""
+    p = msgpack.Packer(use_bin_type=True)
+    head = b"".join(p.pack(x) for x in ("gw", "gw-1", "boot", 1, "seq", 1, "created", 0))
+    return (b"SSC1\x00" + p.pack_map_header(7) + head + p.pack("series") + series
+            + p.pack("aggregates") + aggregates + p.pack("events") + events)
+
+
+def _one_series(n: int, dt: bytes = b"\x00", v: bytes = b"\xc0", q: bytes = b"\x00") -> bytes:
+    p = msgpack.Packer(use_bin_type=True)
+    return (p.pack_map_header(7) + b"".join(p.pack(x) for x in ("dev", "d", "pt", "p", "unit",
+                                                                 None, "t0", 0))
+            + p.pack("dt") + _array32(n) + dt * n + p.pack("v") + _array32(n) + v * n
+            + p.pack("q") + _array32(n) + q * n)
+
+
+def test_a_batch_at_the_readings_limit_decodes() -> None:
+    payload = _raw_batch(b"\x91" + _one_series(MAX_BATCH_READINGS, v=b"\x01"))
+    batch = decode_batch(payload)
+    assert batch.n_readings == MAX_BATCH_READINGS
+    assert batch.series[0].v[-1] == 1
+
+
+HOSTILE_BODIES: list[tuple[str, bytes, str]] = [
+    # A few KiB of zstd inflate to these: millions of containers, each a Python object.
+    ("millions of empty arrays", b"SSC1\x00" + _array32(4_000_000) + b"\x90" * 4_000_000,
+     "body: an array of 4000000 items, over the limit of 200000"),
+    ("millions of empty maps", b"SSC1\x00" + _array32(4_000_000) + b"\x80" * 4_000_000,
+     "body: an array of 4000000 items"),
+    ("readings over the limit in one series",
+     _raw_batch(b"\x91" + _one_series(MAX_BATCH_READINGS + 1)),
+     f"series[0].dt: the batch holds more than {MAX_BATCH_READINGS} readings"),
+    ("readings over the limit over two series",
+     _raw_batch(b"\x92" + _one_series(MAX_BATCH_READINGS // 2 + 1) * 2),
+     f"series[1].dt: the batch holds more than {MAX_BATCH_READINGS} readings"),
+    ("series over the limit", _raw_batch(_array32(MAX_BATCH_SERIES + 1) + b"\x80" * 10),
+     f"series: {MAX_BATCH_SERIES + 1} items, over the limit of {MAX_BATCH_SERIES} series"),
+    ("aggregates over the limit",
+     _raw_batch(b"\x90", aggregates=_array32(MAX_BATCH_AGGREGATES + 1)),
+     f"aggregates: {MAX_BATCH_AGGREGATES + 1} items, over the limit"),
+    ("events over the limit", _raw_batch(b"\x90", events=_array32(MAX_BATCH_EVENTS + 1)),
+     f"events: {MAX_BATCH_EVENTS + 1} items, over the limit"),
+    ("empty arrays inside values",
+     _raw_batch(b"\x91" + _one_series(MAX_BATCH_READINGS, v=b"\x90")),
+     "series[0].v[0]: must be an int, a float or nil, got list"),
+    ("deep nesting", b"SSC1\x00" + b"\x91" * 5000 + b"\xc0", "body[0]"),
+    ("huge map header", b"SSC1\x00\xdf\xff\xff\xff\xff", "body: a map of 4294967295 keys"),
+    ("huge array header", b"SSC1\x00\xdd\xff\xff\xff\xff", "body: an array of 4294967295"),
+    ("truncated array header", b"SSC1\x00\xdd\x00", "body: truncated array header"),
+    ("non-str key", b"SSC1\x00\x81\x01\x01", "body: keys must be str"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "payload", "message"), HOSTILE_BODIES, ids=[c[0] for c in HOSTILE_BODIES]
+)
+def test_hostile_bodies_are_refused_before_they_are_built(
+    case: str, payload: bytes, message: str
+) -> None:
+    with pytest.raises(WireFormatError) as caught:
+        decode_batch(payload)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_hostile_zstd_is_refused_by_its_declared_size() -> None:
+    # 64 MiB of empty arrays: about 2 KB of zstd, 4.7 GiB of Python lists if built.
+    body = _array32(64 * 1024 * 1024 - 5) + b"\x90" * (64 * 1024 * 1024 - 5)
+    payload = _zstd(body)
+    assert len(payload) < 4096
+    with pytest.raises(WireFormatError, match=f"over the {MAX_BODY_BYTES}-byte body limit"):
+        decode_batch(payload)
+
+
+def test_the_object_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_BODY_OBJECTS", 1000)
+    nested = _array32(100) + (b"\x9a" + b"\x90" * 10) * 100  # 1,101 objects
+    with pytest.raises(WireFormatError, match="more than 1000 msgpack objects"):
+        decode_batch(b"SSC1\x00" + nested)
+    assert decode_batch(_plain(_body())).n_readings == 2
+
+
+def test_encoder_refuses_batches_over_the_limits() -> None:
+    n = MAX_BATCH_READINGS + 1
+    big = Batch("g", 1, 1, 0, (Series("d", "p", None, 0, (0,) * n, (1,) * n, (0,) * n),))
+    with pytest.raises(WireFormatError, match="over the limit of 200000 per batch"):
+        encode_batch(big)
+    events = tuple({"t": 0, "kind": "up", "dev": None, "msg": ""}
+                   for _ in range(MAX_BATCH_EVENTS + 1))
+    with pytest.raises(WireFormatError, match="events: 20001 items"):
+        encode_batch(Batch("g", 1, 1, 0, (), events=events))
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn) -> bytes:
+    """msgpack built to be cheap in bytes and dear in objects: chains and fans of containers
+    holding runs of one item (empty array or map, nil, a 2-char string, a float 64)."""
+    item = draw(st.sampled_from([b"\x90", b"\x80", b"\xc0", b"\xa2ab", b"\xcb" + bytes(8),
+                                 b"\x91\x90"]))
+    shape = draw(st.sampled_from(["chain", "fan"]))
+    levels = draw(st.integers(1, 40))
+    run = draw(st.integers(0, 3000))
+    if shape == "chain":  # [item × run, [item × run, [...]]]: every level open at once
+        out = b"".join(_array32(run + 1) + item * run for _ in range(levels)) + b"\x90"
+    else:  # [[item × run] × levels]
+        out = _array32(levels) + (_array32(run) + item * run) * levels
+    return out + draw(st.binary(max_size=3))  # sometimes truncated junk, sometimes trailing
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=hostile_bodies())
+def test_hostile_bodies_cost_bounded_memory(body: bytes) -> None:
+    # With budgets of 2,000 objects and arrays of 500 items, no body may make the decoder hold
+    # more than those objects (~100 bytes each) plus copies of the body, whatever its size.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wire, "MAX_BODY_OBJECTS", 2000)
+        mp.setattr(wire, "MAX_ARRAY_LEN", 500)
+        tracemalloc.start()
+        try:
+            with pytest.raises(WireFormatError):
+                decode_batch(b"SSC1\x00" + body)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak <= 3 * len(body) + 2000 * 100 + 64 * 1024, (len(body), peak)
