@@ -338,11 +338,32 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     ))
 
 
+def _receive_args_problems(args: argparse.Namespace) -> list[str]:
+    """What in receive's flags cannot be subscribed to (the agent's config rules, as flags)."""
+    from agent.endpoints import printable_problem, topic_prefix_problem
+
+    problems: list[str] = []
+    problem = topic_prefix_problem(args.topic_prefix)
+    if problem is not None:
+        problems.append(f"--topic-prefix: {problem}")
+    problem = printable_problem(args.client_id) if args.client_id else "must not be empty"
+    if problem is not None:
+        problems.append(f"--client-id: {problem}")
+    if args.group is not None and (not args.group or any(c in args.group for c in "/+#")
+                                   or printable_problem(args.group) is not None):
+        problems.append(f"--group: {args.group!r}: a shared-subscription group is one topic "
+                        "level: no '/', '+' or '#', not empty")
+    return problems
+
+
 def _cmd_receive(args: argparse.Namespace) -> int:
     from agent.endpoints import parse_broker_url
     from agent.logs import configure_logging
     from agent.receiver import ReceiverSettings, run_receiver
 
+    problems = _receive_args_problems(args)
+    if problems:
+        raise ConfigError(problems)
     configure_logging(args.log_level or "info", json=args.log_json)
     try:
         broker = parse_broker_url(args.broker)

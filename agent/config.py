@@ -14,6 +14,7 @@ loader, not by :class:`AgentConfig` itself: build configs through the loader.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -39,10 +40,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from agent.driver import DeviceConfig, discover
-from agent.endpoints import BrokerAddress, parse_broker_url
-from agent.errors import ConfigError
+from agent.endpoints import BrokerAddress, parse_broker_url, printable_problem, topic_prefix_problem
+from agent.errors import ConfigError, excerpt
 from agent.profiles import apply_profile, load_profile
-from agent.units import parse_duration, parse_size
+from agent.units import duration_within, parse_duration, parse_size
 
 # Half the wire format's readings per batch (agent.wire.MAX_BATCH_READINGS, not imported: it
 # would load msgpack and zstd for `validate`): a batch is sealed at the flush after it fills
@@ -69,7 +70,11 @@ __all__ = [
 ]
 
 SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
-MIN_DEVICE_INTERVAL_SECONDS = 0.1
+# A device's poll interval: a scheduler slot every 100 ms at most, and at least once a day (a
+# longer interval is a typo, and its first poll would lie far in the future).
+DEVICE_INTERVAL_RANGE = ("100 ms", "1 d")
+# Units travel with every series and every KPI output: short names ("kWh", "µg/m³").
+MAX_UNIT_CHARS = 32
 # Keys whose values must never be echoed in an error line.
 _SECRET_WORDS = ("password", "secret", "key", "token")
 # The loader passes this in the validation context: it reports KPI rule problems itself,
@@ -188,6 +193,24 @@ def _size(value: str) -> str:
     return value
 
 
+def _within(low: str, high: str, why: str = "") -> AfterValidator:
+    """A duration key's range: outside it the agent cannot do what the key asks."""
+
+    def check(value: str) -> str:
+        duration_within(value, low, high, why)
+        return value
+
+    return AfterValidator(check)
+
+
+def _printable(value: str | None) -> str | None:
+    if value is not None:
+        problem = printable_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
 def _kpi_window(value: str) -> str:
     duration = parse_kpi_duration(value)
     if not is_day_aligned(duration):
@@ -220,6 +243,8 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 def _non_empty_path(value: object) -> object:
     if value == "":
         raise ValueError("must not be empty: write a path")
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("a path cannot hold the NUL character (\\u0000)")
     return value
 
 
@@ -235,9 +260,12 @@ ConfigPath = Annotated[
     Path, BeforeValidator(_non_empty_path), Field(strict=False), AfterValidator(_resolve_path)
 ]
 Coverage = Annotated[float, Field(ge=0.0, le=1.0)]
+Unit = Annotated[str, Field(max_length=MAX_UNIT_CHARS)]
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 _M = TypeVar("_M", bound=BaseModel)
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 class _Section(BaseModel):
@@ -255,11 +283,18 @@ class GatewayConfig(_Section):
     timezone: str = "UTC"
     data_dir: ConfigPath = Path("/var/lib/ssc-agent")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_timeout: Duration = "10 s"
+    shutdown_timeout: Annotated[
+        Duration, _within("1 s", "10 min", "time to seal and send the open batch on SIGTERM")
+    ] = "10 s"
     # A reading may reach the KPI engine this much after a later one (slow polls, several
     # devices) and still count in its window; later ones are counted and reported.
-    kpi_lateness: Duration = "1 min"
-    kpi_checkpoint_interval: Duration = "1 min"  # open KPI windows saved at least this often
+    kpi_lateness: Annotated[
+        Duration, _within("1 s", "1 h", "open KPI windows are held in memory this long")
+    ] = "1 min"
+    # Open KPI windows saved at least this often.
+    kpi_checkpoint_interval: Annotated[
+        Duration, _within("1 s", "1 h", "a restart replays the journal since the last save")
+    ] = "1 min"
 
     @field_validator("timezone")
     @classmethod
@@ -283,19 +318,30 @@ class UplinkConfig(_Section):
 
     broker: str
     topic_prefix: str = "ssc/v1"
-    client_id: str | None = Field(default=None, min_length=1, max_length=128)
-    username: str | None = Field(default=None, min_length=1)
+    client_id: Annotated[
+        str | None, Field(default=None, min_length=1, max_length=128), AfterValidator(_printable)
+    ] = None
+    username: Annotated[
+        str | None, Field(default=None, min_length=1, max_length=256), AfterValidator(_printable)
+    ] = None
     password_file: ConfigPath | None = None
     ca_file: ConfigPath | None = None
     cert_file: ConfigPath | None = None
     key_file: ConfigPath | None = Field(default=None, validate_default=True)
     keepalive: Duration = "30 s"
-    publish_timeout: Duration = "20 s"
+    publish_timeout: Annotated[
+        Duration,
+        _within("1 s", "10 min", "the broker's PUBACK comes a round trip after the whole batch"),
+    ] = "20 s"
     batch_max_readings: int = Field(default=20000, ge=1, le=BATCH_MAX_READINGS_LIMIT)
-    batch_max_age: Duration = "10 s"
-    flush_interval: Duration = Field(default="1 s", validate_default=True)
+    batch_max_age: Annotated[Duration, _within("10 ms", "1 d")] = "10 s"
+    flush_interval: Annotated[
+        Duration,
+        _within("10 ms", "1 min", "each flush is a commit; a power cut loses up to one interval"),
+    ] = Field(default="1 s", validate_default=True)
     max_inflight: int = Field(default=8, ge=1, le=100)
-    replay_rate_per_second: float = Field(default=50.0, gt=0)
+    # Below one batch per 10 s a backlog of a day's batches takes weeks to drain.
+    replay_rate_per_second: float = Field(default=50.0, ge=0.1)
     replay_order: Literal["live_first", "fifo"] = "live_first"
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
@@ -316,14 +362,9 @@ class UplinkConfig(_Section):
     @field_validator("topic_prefix")
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty, e.g. 'ssc/v1'")
-        if "#" in value or "+" in value:
-            raise ValueError(f"{value!r}: MQTT wildcards # and + are not allowed in a topic prefix")
-        if value.startswith("/") or value.endswith("/"):
-            raise ValueError(f"{value!r}: no leading or trailing '/', e.g. 'ssc/v1'")
-        if "//" in value or "\0" in value:
-            raise ValueError(f"{value!r}: topic levels must not be empty")
+        problem = topic_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("password_file")
@@ -401,7 +442,8 @@ class BufferConfig(_Section):
     """``[buffer]``: bounds of the store-and-forward buffer."""
 
     max_bytes: Size = "256 MiB"
-    max_age: Duration = "30 d"
+    # At least a minute: batches wait for a batch_max_age before they can be sent at all.
+    max_age: Annotated[Duration, _within("1 min", "3650 d")] = "30 d"
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     # "full" fsyncs each commit (once per flush_interval): a power cut loses at most that
     # interval, as the delivery contract says. "normal" survives a crash of the agent but a
@@ -424,18 +466,33 @@ class MetricsConfig(_Section):
     port: int | None = Field(default=None, ge=1, le=65535)
     address: str = "127.0.0.1"  # loopback: scrape through an SSH tunnel or a local agent
 
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not an address to listen on: write an IP address, e.g. "
+                    "'127.0.0.1', '::1' or '0.0.0.0', or a host name"
+                ) from None
+        return value
+
 
 class BusConfig(_Section):
     """``[[buses]]``: one serial line shared by the devices that name it."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
-    port: str = Field(min_length=1)
+    port: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_printable)]
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    timeout: Duration = "1 s"
-    inter_frame_ms: float = Field(default=5.0, ge=0)
+    timeout: Annotated[
+        Duration, _within("10 ms", "1 min", "an RTU answer takes milliseconds on the wire")
+    ] = "1 s"
+    inter_frame_ms: float = Field(default=5.0, ge=0, le=1000)
 
     @property
     def timeout_seconds(self) -> float:
@@ -538,7 +595,7 @@ class KpiConfig(_Section):
     min_coverage: Coverage = 0.75
     base_min_coverage: Coverage = 0.75
     scale: float = 1.0
-    unit: str | None = None
+    unit: Unit | None = None
     threshold: float | None = None
     q: float | None = Field(default=None, gt=0, le=100)
     max_hold: KpiPeriod | None = None
@@ -551,6 +608,13 @@ class KpiConfig(_Section):
     night_end: ClockTime | None = None
     day_start: ClockTime | None = None
     evening_start: ClockTime | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("must not be 0: every input would become 0")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -959,7 +1023,7 @@ class _Item:
 
 
 def _header(**parts: object) -> str:
-    shown = [f"{key}={value}" for key, value in parts.items() if isinstance(value, str)]
+    shown = [f"{key}={excerpt(value)}" for key, value in parts.items() if isinstance(value, str)]
     return f" ({', '.join(shown)})" if shown else ""
 
 
@@ -1056,8 +1120,8 @@ def _file_problems(raw: Mapping[str, Any], base_dir: Path | None) -> list[tuple[
     problems: list[tuple[str, str]] = []
     for key in ("password_file", "ca_file", "cert_file", "key_file"):
         value = raw.get(key)
-        if not isinstance(value, str) or not value:
-            continue  # absent, or a type error that validation reports
+        if not isinstance(value, str) or not value or "\0" in value:
+            continue  # absent, or an error that validation reports
         path = Path(value)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
@@ -1134,6 +1198,7 @@ class _Loader:
         buses = self._buses()
         devices = self._devices({bus.name for bus in buses} | self._raw_names("buses"))
         kpis = self._kpis()
+        self._across_sections(gateway, uplink, buffer, has_kpis=bool(self._peek("kpis")))
         lines = [line for item in self.items for line in item.lines]
         if lines:
             raise ConfigError(lines)
@@ -1148,6 +1213,29 @@ class _Loader:
             kpis=kpis,
             source_path=source_path,
         )
+
+    def _across_sections(
+        self,
+        gateway: GatewayConfig | None,
+        uplink: UplinkConfig | None,
+        buffer: BufferConfig | None,
+        *,
+        has_kpis: bool,
+    ) -> None:
+        """Durations of different sections that only make sense together."""
+        if uplink is None:
+            return
+        if buffer is not None and buffer.max_age_seconds <= uplink.batch_max_age_seconds:
+            self.item("buffer", listed=False).add(("max_age",), (
+                f"{buffer.max_age!r} is not longer than uplink.batch_max_age "
+                f"({uplink.batch_max_age!r}): every batch would expire before it is sent"))
+        if has_kpis and gateway is not None:
+            lateness = parse_duration(gateway.kpi_lateness)
+            if lateness < uplink.flush_interval_seconds:
+                self.item("gateway", listed=False).add(("kpi_lateness",), (
+                    f"{gateway.kpi_lateness!r} is shorter than uplink.flush_interval "
+                    f"({uplink.flush_interval!r}): readings reach the KPI engine at each flush, "
+                    "so the last ones of every window would count as late"))
 
     def _table(self, section: str, model: type[_M], *, required: bool) -> _M | None:
         value = self.data.get(section)
@@ -1225,9 +1313,7 @@ class _Loader:
             interval = table.get("interval")
             if isinstance(interval, str):
                 try:
-                    if parse_duration(interval) < MIN_DEVICE_INTERVAL_SECONDS:
-                        message = f"{interval!r} is too short: poll at most every 100 ms"
-                        item.add(("interval",), message)
+                    duration_within(interval, *DEVICE_INTERVAL_RANGE)
                 except ValueError as exc:
                     item.add(("interval",), str(exc))
             bus = table.get("bus")

@@ -1,4 +1,5 @@
-"""Broker URLs (``mqtt://host:port``, ``mqtts://host:port``): pure parsing."""
+"""MQTT addressing: broker URLs (``mqtt://host:port``, ``mqtts://host:port``) and topic
+prefixes. Pure parsing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# A topic is {prefix}/{gateway id}/{batch|status}; MQTT allows 65,535 bytes, some brokers far
+# fewer. 256 bytes of prefix keeps every topic under 330 bytes with a 64-character gateway id.
+MAX_TOPIC_PREFIX_BYTES = 256
+MAX_HOST_CHARS = 253  # DNS: longer names cannot be resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,10 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise ValueError("put no credentials in the broker URL: use username and password_file")
     if not parts.hostname:
         raise ValueError(f"{url!r} names no host: write mqtt://HOST[:PORT]")
+    if len(parts.hostname) > MAX_HOST_CHARS or any(
+            len(label) > 63 for label in parts.hostname.split(".")):
+        raise ValueError(f"{url!r}: a host name has at most {MAX_HOST_CHARS} characters, "
+                         "63 per label")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{url!r}: a broker URL has only a host and a port")
     try:
@@ -39,3 +48,36 @@ def parse_broker_url(url: str) -> BrokerAddress:
     except ValueError as exc:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from exc
     return BrokerAddress(parts.hostname, port, parts.scheme == "mqtts")
+
+
+def printable_problem(text: str) -> str | None:
+    """Why ``text`` cannot go into an MQTT string (a control character), or None."""
+    for char in text:
+        if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
+            return f"{text!r}: control character U+{ord(char):04X} is not allowed here"
+    return None
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot start every topic of a gateway, or None.
+
+    Refused: empty levels (the receiver splits topics on '/'), wildcards (+ #: not allowed in
+    a topic one publishes to), a leading '$' (brokers reserve $SYS/… and refuse publishes
+    there), control characters, and more than MAX_TOPIC_PREFIX_BYTES bytes of UTF-8.
+    """
+    if not prefix:
+        return "must not be empty, e.g. 'ssc/v1'"
+    size = len(prefix.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_TOPIC_PREFIX_BYTES:
+        return f"is {size:,} bytes long: at most {MAX_TOPIC_PREFIX_BYTES} bytes of UTF-8"
+    if "#" in prefix or "+" in prefix:
+        return f"{prefix!r}: MQTT wildcards # and + are not allowed in a topic prefix"
+    if prefix.startswith("$"):
+        return f"{prefix!r}: topics starting with '$' are reserved by the broker, e.g. 'ssc/v1'"
+    if prefix.startswith("/") or prefix.endswith("/"):
+        return f"{prefix!r}: no leading or trailing '/', e.g. 'ssc/v1'"
+    if "//" in prefix:
+        return f"{prefix!r}: topic levels must not be empty"
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in prefix):
+        return f"{prefix!r}: not valid UTF-8 (a lone surrogate)"
+    return printable_problem(prefix)

@@ -30,9 +30,9 @@ endpoint = "tcp://127.0.0.1:5020"   # Modbus TCP; try it: ssc-agent simulate ssc
 # bus = "rs485-1"                   # instead of endpoint: a [[buses]] name (Modbus RTU)
 unit = 1                            # Modbus unit (slave) id, 0-255
 profile = "ssc-demo-meter"          # a profile from config/profiles/, or a path to a .toml file
-interval = "10 s"                   # poll period (at least 100 ms); polls align to the clock
+interval = "10 s"                   # poll period (100 ms … 1 d); polls align to the clock
 enabled = true                      # false: keep the table but do not poll the device
-timeout = "1 s"                     # wait this long for each answer
+timeout = "1 s"                     # wait this long for each answer (10 ms … 1 min)
 retries = 1                         # resend an unanswered request this many times (0-5)
 # max_registers_per_request = 125   # registers one request may read (1-125; the profile sets 60)
 # max_bits_per_request = 2000       # coils/discrete inputs one request may read (1-2000)
@@ -46,7 +46,7 @@ retries = 1                         # resend an unanswered request this many tim
 # table = "input"                   # holding (default), input, coil or discrete
 # type = "f32"                      # u16 (default) i16 u32 i32 u64 i64 f32 f64 bool
 # byte_order = "ABCD"               # ABCD (default, big-endian), CDAB, BADC or DCBA
-# scale = 1.0                       # value = raw × scale + offset
+# scale = 1.0                       # value = raw × scale + offset (finite; scale not 0)
 # offset = 0.0
 # unit = "W"
 """
@@ -65,13 +65,16 @@ timezone = "UTC"                    # IANA zone name, e.g. "Europe/Berlin"; KPI 
 data_dir = "/var/lib/ssc-agent"     # buffer and state; created by `run`, never by `validate`
 log_level = "info"                  # debug, info, warning or error
 shutdown_timeout = "10 s"           # on SIGTERM: flush, seal, and send for at most this long
+                                    # (1 s … 10 min; keep it under the unit's TimeoutStopSec)
 kpi_lateness = "1 min"              # how late a reading may reach the KPI engine and count
-kpi_checkpoint_interval = "1 min"   # open KPI windows are saved at least this often
+                                    # (1 s … 1 h, at least flush_interval)
+kpi_checkpoint_interval = "1 min"   # open KPI windows are saved at least this often (1 s … 1 h)
 
 # ---------------------------------------------------------------------------------------------
 [uplink]
 broker = "mqtt://127.0.0.1:1883"    # required; mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS)
-topic_prefix = "ssc/v1"             # batches go to {{topic_prefix}}/{{gateway id}}/batch
+topic_prefix = "ssc/v1"             # batches go to {{topic_prefix}}/{{gateway id}}/batch; at
+                                    # most 256 bytes, no + # or empty level, no leading $
 # client_id = "gw-001"              # MQTT client id; default: the gateway id
 # username = "gw-001"               # broker user; needed with password_file
 # password_file = "secrets/mqtt-password"  # first line is the password (never logged)
@@ -79,12 +82,13 @@ topic_prefix = "ssc/v1"             # batches go to {{topic_prefix}}/{{gateway i
 # cert_file = "certs/gw-001.pem"    # client certificate (mqtts:// only, with key_file)
 # key_file = "certs/gw-001.key"     # its private key
 keepalive = "30 s"                  # MQTT keepalive (1 s … 65535 s)
-publish_timeout = "20 s"            # wait this long for the broker's PUBACK
+publish_timeout = "20 s"            # wait this long for the broker's PUBACK (1 s … 10 min)
 batch_max_readings = 20000          # seal a batch at this many readings …
-batch_max_age = "10 s"              # … or when its oldest reading is this old
-flush_interval = "1 s"              # commit readings to the buffer this often (≤ batch_max_age)
+batch_max_age = "10 s"              # … or when its oldest reading is this old (10 ms … 1 d)
+flush_interval = "1 s"              # commit readings to the buffer this often
+                                    # (10 ms … 1 min, ≤ batch_max_age)
 max_inflight = 8                    # batches published and not yet acknowledged (1-100)
-replay_rate_per_second = 50.0       # batches per second when sending a backlog after an outage
+replay_rate_per_second = 50.0       # batches per second sending a backlog after an outage (≥ 0.1)
 replay_order = "live_first"         # live_first: new batches go out while the backlog drains
                                     # fifo: strictly oldest first
 compression = "zstd"                # zstd or none
@@ -93,7 +97,7 @@ zstd_level = 3                      # 1 (fast) … 19 (small)
 # ---------------------------------------------------------------------------------------------
 [buffer]                            # store-and-forward: batches wait here until acknowledged
 max_bytes = "256 MiB"               # bound on the buffer's size …
-max_age = "30 d"                    # … and on its oldest batch
+max_age = "30 d"                    # … and on its oldest batch (1 min … 3650 d, > batch_max_age)
 when_full = "drop_oldest"           # drop_oldest or drop_newest; drops are counted and reported
 sync = "full"                       # full: fsync every commit (a power cut loses ≤ flush_interval)
                                     # normal: fewer fsyncs; survives a crash, not a power cut
@@ -114,8 +118,8 @@ baudrate = 9600                     # 1200, 2400, 4800, 9600, 19200, 38400, 5760
 parity = "N"                        # N, E or O
 stopbits = 1                        # 1 or 2
 bytesize = 8                        # 7 or 8
-timeout = "1 s"                     # wait this long for an answer
-inter_frame_ms = 5                  # pause between frames on the line, in ms
+timeout = "1 s"                     # wait this long for an answer (10 ms … 1 min)
+inter_frame_ms = 5                  # pause between frames on the line, in ms (0 … 1000)
 """
 
 _KPI_REFERENCE = """\

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_UNITS: dict[str, float] = {
@@ -20,6 +21,10 @@ _SIZE_UNITS: dict[str, int] = {
     "MiB": 1024**2,
     "GiB": 1024**3,
 }
+# No duration or size in a config is meant to be this large: beyond it, a typo (or a number
+# that overflows to infinity) would only break arithmetic far from the config file.
+MAX_DURATION_SECONDS = 3650 * 86400.0
+MAX_SIZE_BYTES = 1024**4
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
 
 
@@ -34,6 +39,22 @@ def parse_duration(text: str) -> float:
     seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"{text!r}: a duration must be greater than zero")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is too long: a duration is at most 3650 d")
+    return seconds
+
+
+def duration_within(text: str, low: str, high: str, why: str = "") -> float:
+    """``text`` parsed, if it lies in [``low``, ``high``]; ValueError naming the bound if not.
+
+    ``why`` says what breaks outside the range, e.g. "a publish needs a round trip".
+    """
+    seconds = parse_duration(text)
+    reason = f": {why}" if why else ""
+    if seconds < parse_duration(low):
+        raise ValueError(f"{text!r} is too short: at least {low}{reason}")
+    if seconds > parse_duration(high):
+        raise ValueError(f"{text!r} is too long: at most {high}{reason}")
     return seconds
 
 
@@ -45,7 +66,10 @@ def parse_size(text: str) -> int:
         raise ValueError(
             f"{text!r} is not a size: write a number and a unit ({units}), e.g. '256 MiB'"
         )
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    number = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not math.isfinite(number) or number > MAX_SIZE_BYTES:
+        raise ValueError(f"{text!r} is too large: a size is at most 1024 GiB")
+    size = int(number)
     if size <= 0:
         raise ValueError(f"{text!r}: a size must be greater than zero")
     return size

@@ -8,7 +8,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.units import parse_duration
+from agent.units import duration_within, parse_duration
 from drivers.iec62056.frames import BAUD_RATES, normalize_obis
 
 __all__ = ["Iec62056Config", "ObisPoint"]
@@ -19,15 +19,23 @@ _OBIS = re.compile(r"^(\d+-\d+:)?[0-9A-Z]+(\.[0-9A-Z]+){1,4}(\*\d+)?$", re.ASCII
 class ObisPoint(BaseModel):
     """One value of the readout: its OBIS code, the point name, and an optional scale."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=64)
     obis: str = Field(description="e.g. 1.8.0 or 1-0:1.8.0*255")
     scale: float = 1.0
     unit: str | None = Field(
         default=None,
+        max_length=32,
         description="unit of the delivered value; with scale 1 the meter's unit must match",
     )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("must not be 0: every value would read 0")
+        return value
 
     @field_validator("obis")
     @classmethod
@@ -59,10 +67,17 @@ class Iec62056Config(DeviceConfig):
     readout_timeout: str = Field(default="30 s", description="wait for the whole data block")
     points: list[ObisPoint] = Field(min_length=1)
 
-    @field_validator("timeout", "readout_timeout")
+    @field_validator("timeout")
     @classmethod
-    def _duration_form(cls, value: str) -> str:
-        parse_duration(value)
+    def _timeout_range(cls, value: str) -> str:
+        duration_within(value, "100 ms", "1 min", "the identification comes within 1.5 s")
+        return value
+
+    @field_validator("readout_timeout")
+    @classmethod
+    def _readout_range(cls, value: str) -> str:
+        # At 300 Bd without a baud switch a long readout takes minutes.
+        duration_within(value, "100 ms", "10 min")
         return value
 
     @field_validator("initial_baudrate", "max_baudrate")

@@ -9,7 +9,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.units import parse_duration
+from agent.units import duration_within, parse_duration
 
 
 class Table(StrEnum):
@@ -55,7 +55,7 @@ REGISTER_COUNT: dict[PointType, int] = {
 BIT_TABLES = frozenset({Table.COIL, Table.DISCRETE})
 
 _ENDPOINT = re.compile(
-    r"^(?P<scheme>tcp|rtu\+tcp)://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$"
+    r"^(?P<scheme>tcp|rtu\+tcp)://(?P<host>[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$"
 )
 
 
@@ -70,7 +70,7 @@ class Transport(StrEnum):
 class ModbusPoint(BaseModel):
     """One value of the device: where it lives and how to decode it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=64)
     address: int = Field(ge=0, le=65535, description="0-based protocol address")
@@ -79,7 +79,14 @@ class ModbusPoint(BaseModel):
     byte_order: ByteOrder = ByteOrder.ABCD
     scale: float = 1.0
     offset: float = 0.0
-    unit: str | None = None
+    unit: str | None = Field(default=None, max_length=32)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("must not be 0: every value would read 0")
+        return value
 
     @model_validator(mode="after")
     def _type_fits_table(self) -> Self:
@@ -136,7 +143,7 @@ class ModbusDeviceConfig(DeviceConfig):
     @field_validator("timeout")
     @classmethod
     def _timeout_form(cls, value: str) -> str:
-        parse_duration(value)
+        duration_within(value, "10 ms", "1 min", "an answer takes milliseconds")
         return value
 
     @field_validator("forbidden_ranges")

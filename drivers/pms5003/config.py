@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from agent.driver import DeviceConfig
-from agent.units import parse_duration
+from agent.units import duration_within, parse_duration
 from drivers.pms5003.frames import FIELDS
 
 __all__ = ["Pms5003Config"]
@@ -26,7 +26,8 @@ class Pms5003Config(DeviceConfig):
     @field_validator("timeout")
     @classmethod
     def _timeout_form(cls, value: str) -> str:
-        parse_duration(value)
+        # Active mode: a frame comes every 0.2-2.3 s; passive: the answer within a frame time.
+        duration_within(value, "100 ms", "1 min")
         return value
 
     @field_validator("points")

@@ -7,14 +7,21 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.units import parse_duration
+from agent.units import duration_within, parse_duration
 from drivers.sds011.frames import parse_device_id
 
 __all__ = ["Sds011Config", "Sds011Duty"]
 
 
 def _duration(value: str) -> str:
-    parse_duration(value)
+    # A duty phase or warm-up of more than a day is a typo.
+    duration_within(value, "1 ms", "1 d")
+    return value
+
+
+def _timeout(value: str) -> str:
+    # A query is answered within about a second, and active frames come every second.
+    duration_within(value, "100 ms", "1 min")
     return value
 
 
@@ -49,7 +56,8 @@ class Sds011Config(DeviceConfig):
     warmup: str = Field(default="30 s", description="after a wake, readings are STALE this long")
     duty: Sds011Duty | None = None
 
-    _check = field_validator("timeout", "warmup")(_duration)
+    _check = field_validator("warmup")(_duration)
+    _check_timeout = field_validator("timeout")(_timeout)
 
     @field_validator("device_id")
     @classmethod

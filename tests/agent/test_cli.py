@@ -206,3 +206,27 @@ def test_simulate_serial_then_scan_and_probe_it(tmp_path: Path) -> None:
             sim.wait(10)
         socat.terminate()
         socat.wait(5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--topic-prefix", "a" * 70_000],
+         "ssc-agent: --topic-prefix: is 70,000 bytes long: at most 256 bytes of UTF-8"),
+        (["--topic-prefix", "$SYS/ssc"],
+         "ssc-agent: --topic-prefix: '$SYS/ssc': topics starting with '$' are reserved by the "
+         "broker, e.g. 'ssc/v1'"),
+        (["--group", "a/b"],
+         "ssc-agent: --group: 'a/b': a shared-subscription group is one topic level: no '/', "
+         "'+' or '#', not empty"),
+    ],
+)
+def test_receive_refuses_topics_it_cannot_subscribe_to(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    """Exit 2 with one line at once, never a struct.error or a reconnect loop."""
+    done = cli("receive", "--broker", f"mqtt://127.0.0.1:{free_port()}",
+               "--sink", f"sqlite:///{tmp_path / 'r.db'}", *flags)
+    assert done.returncode == 2, done.stderr[-500:]
+    assert done.stderr.splitlines() == [expected]
+    assert not (tmp_path / "r.db").exists()

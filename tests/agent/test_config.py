@@ -21,7 +21,7 @@ from agent.config import (
     parse_clock,
     parse_kpi_duration,
 )
-from agent.errors import ConfigError
+from agent.errors import ConfigError, shorten
 from agent.profiles import available_profiles
 from drivers.modbus.config import ModbusDeviceConfig
 
@@ -178,7 +178,7 @@ BAD: list[tuple[str, str, list[str]]] = [
     (
         "replay rate",
         BASE + "replay_rate_per_second = 0\n",
-        ["uplink.replay_rate_per_second: must be greater than 0"],
+        ["uplink.replay_rate_per_second: must be at least 0.1"],
     ),
     (
         "compression",
@@ -289,7 +289,7 @@ BAD: list[tuple[str, str, list[str]]] = [
     (
         "device interval too short",
         BASE + DEVICE.replace('"1 min"', '"50 ms"'),
-        [f"{DEV} → interval: '50 ms' is too short: poll at most every 100 ms"],
+        [f"{DEV} → interval: '50 ms' is too short: at least 100 ms"],
     ),
     (
         "device interval not a duration",
@@ -581,6 +581,264 @@ def test_bad_config_lines(tmp_path: Path, files: Path, text: str, expected: list
 
 def test_table_is_big_enough() -> None:
     assert len(BAD) >= 25
+
+
+def point_key(line: str) -> str:
+    """DEVICE with ``line`` added to its first point."""
+    return DEVICE.replace('name = "p"\n', f'name = "p"\n{line}\n')
+
+
+# Values that validate used to pass and that `run` could not do: each must be refused, located.
+PUBACK = "the broker's PUBACK comes a round trip after the whole batch"
+RUN_BREAKERS: list[tuple[str, str, list[str]]] = [
+    (
+        "topic prefix longer than MQTT allows",
+        BASE + f'topic_prefix = "{"a" * 70_000}"\n',
+        ["uplink.topic_prefix: is 70,000 bytes long: at most 256 bytes of UTF-8"],
+    ),
+    (
+        "topic prefix counted in UTF-8 bytes",
+        BASE + f'topic_prefix = "{"é" * 129}"\n',
+        ["uplink.topic_prefix: is 258 bytes long: at most 256 bytes of UTF-8"],
+    ),
+    (
+        "topic prefix reserved by the broker",
+        BASE + 'topic_prefix = "$SYS/ssc"\n',
+        ["uplink.topic_prefix: '$SYS/ssc': topics starting with '$' are reserved by the broker, "
+         "e.g. 'ssc/v1'"],
+    ),
+    (
+        "topic prefix with a wildcard",
+        BASE + 'topic_prefix = "ssc/+/v1"\n',
+        ["uplink.topic_prefix: 'ssc/+/v1': MQTT wildcards # and + are not allowed in a topic "
+         "prefix"],
+    ),
+    (
+        "topic prefix with an empty level",
+        BASE + 'topic_prefix = "ssc//v1"\n',
+        ["uplink.topic_prefix: 'ssc//v1': topic levels must not be empty"],
+    ),
+    (
+        "topic prefix with NUL",
+        BASE + 'topic_prefix = "ssc\\u0000v1"\n',
+        ["uplink.topic_prefix: 'ssc\\x00v1': control character U+0000 is not allowed here"],
+    ),
+    (
+        "client id with a control character",
+        BASE + 'client_id = "gw\\u0007"\n',
+        ["uplink.client_id: 'gw\\x07': control character U+0007 is not allowed here"],
+    ),
+    (
+        "broker host longer than DNS allows",
+        GATEWAY + f'[uplink]\nbroker = "mqtt://{"h" * 300}:1883"\n',
+        [f"uplink.broker: 'mqtt://{'h' * 33}…{'h' * 15}:1883' (312 characters): a host name has "
+         "at most 253 characters, 63 per label"],
+    ),
+    (
+        "device interval never reached",
+        BASE + DEVICE.replace('"1 min"', '"1000000000 s"'),
+        [f"{DEV} → interval: '1000000000 s' is too long: a duration is at most 3650 d"],
+    ),
+    (
+        "device interval over a day",
+        BASE + DEVICE.replace('"1 min"', '"86401 s"'),
+        [f"{DEV} → interval: '86401 s' is too long: at most 1 d"],
+    ),
+    (
+        "duration that overflows to infinity",
+        BASE + f'[buffer]\nmax_age = "{"9" * 400} d"\n',
+        [f"buffer.max_age: '{'9' * 40}…{'9' * 18} d' (402 characters) is too long: a duration "
+         "is at most 3650 d"],
+    ),
+    (
+        "data dir with NUL",
+        '[gateway]\nid = "gw-1"\ndata_dir = "/var/lib/x\\u0000y"\n' + UPLINK,
+        ["gateway.data_dir: a path cannot hold the NUL character (\\u0000)"],
+    ),
+    (
+        "password file with NUL",
+        BASE + 'username = "u"\npassword_file = "pw\\u0000"\n',
+        ["uplink.password_file: a path cannot hold the NUL character (\\u0000)"],
+    ),
+    ("point scale nan", BASE + point_key("scale = nan"),
+     [f"{DEV} → points[0].scale: must be a finite number"]),
+    ("point scale inf", BASE + point_key("scale = -inf"),
+     [f"{DEV} → points[0].scale: must be a finite number"]),
+    ("point scale 0", BASE + point_key("scale = 0.0"),
+     [f"{DEV} → points[0].scale: must not be 0: every value would read 0"]),
+    ("point offset nan", BASE + point_key("offset = nan"),
+     [f"{DEV} → points[0].offset: must be a finite number"]),
+    ("point unit too long", BASE + point_key(f'unit = "{"W" * 33}"'),
+     [f"{DEV} → points[0].unit: must be at most 32 characters"]),
+    (
+        "modbus timeout 1 ms",
+        BASE + DEVICE.replace('interval = "1 min"', 'interval = "1 min"\ntimeout = "1 ms"'),
+        [f"{DEV} → timeout: '1 ms' is too short: at least 10 ms: an answer takes milliseconds"],
+    ),
+    (
+        "modbus endpoint host too long",
+        BASE + DEVICE.replace("127.0.0.1:5020", "h" * 254 + ":502"),
+        [f"{DEV} → endpoint: 'tcp://{'h' * 34}…{'h' * 16}:502' (264 characters) is not an "
+         "endpoint: write tcp://HOST:PORT (Modbus TCP) or rtu+tcp://HOST:PORT (RTU through a "
+         "serial device server), e.g. tcp://10.0.0.5:502"],
+    ),
+    (
+        "publish timeout 1 ms",
+        BASE + 'publish_timeout = "1 ms"\n',
+        [f"uplink.publish_timeout: '1 ms' is too short: at least 1 s: {PUBACK}"],
+    ),
+    (
+        "publish timeout a year",
+        BASE + 'publish_timeout = "365 d"\n',
+        [f"uplink.publish_timeout: '365 d' is too long: at most 10 min: {PUBACK}"],
+    ),
+    (
+        "flush interval 1 ms",
+        BASE + 'flush_interval = "1 ms"\n',
+        ["uplink.flush_interval: '1 ms' is too short: at least 10 ms: each flush is a commit; "
+         "a power cut loses up to one interval"],
+    ),
+    (
+        "batch max age 1 ms",
+        BASE + 'batch_max_age = "1 ms"\n',
+        ["uplink.batch_max_age: '1 ms' is too short: at least 10 ms"],
+    ),
+    (
+        "replay rate that never drains",
+        BASE + "replay_rate_per_second = 1e-9\n",
+        ["uplink.replay_rate_per_second: must be at least 0.1"],
+    ),
+    ("buffer max age 1 ms", BASE + '[buffer]\nmax_age = "1 ms"\n',
+     ["buffer.max_age: '1 ms' is too short: at least 1 min"]),
+    (
+        "buffer max age shorter than a batch",
+        BASE + 'batch_max_age = "10 min"\n[buffer]\nmax_age = "5 min"\n',
+        ["buffer.max_age: '5 min' is not longer than uplink.batch_max_age ('10 min'): every "
+         "batch would expire before it is sent"],
+    ),
+    ("buffer size overflows", BASE + '[buffer]\nmax_bytes = "1e3 GiB"\n',
+     ["buffer.max_bytes: '1e3 GiB' is not a size: write a number and a unit (B, KB, MB, GB, "
+      "KiB, MiB, GiB), e.g. '256 MiB'"]),
+    ("buffer size too large", BASE + '[buffer]\nmax_bytes = "2000 GiB"\n',
+     ["buffer.max_bytes: '2000 GiB' is too large: a size is at most 1024 GiB"]),
+    (
+        "shutdown timeout 1 ms",
+        '[gateway]\nid = "gw-1"\nshutdown_timeout = "1 ms"\n' + UPLINK,
+        ["gateway.shutdown_timeout: '1 ms' is too short: at least 1 s: time to seal and send the "
+         "open batch on SIGTERM"],
+    ),
+    (
+        "kpi lateness 1 ms",
+        '[gateway]\nid = "gw-1"\nkpi_lateness = "1 ms"\n' + UPLINK,
+        ["gateway.kpi_lateness: '1 ms' is too short: at least 1 s: open KPI windows are held in "
+         "memory this long"],
+    ),
+    (
+        "kpi lateness shorter than a flush",
+        '[gateway]\nid = "gw-1"\nkpi_lateness = "2 s"\n' + UPLINK + 'flush_interval = "5 s"\n'
+        + DEVICE + kpi(name="k", source="m1.p", operator="mean", window="1 h"),
+        ["gateway.kpi_lateness: '2 s' is shorter than uplink.flush_interval ('5 s'): readings "
+         "reach the KPI engine at each flush, so the last ones of every window would count as "
+         "late"],
+    ),
+    (
+        "kpi checkpoint interval 1 ms",
+        '[gateway]\nid = "gw-1"\nkpi_checkpoint_interval = "1 ms"\n' + UPLINK,
+        ["gateway.kpi_checkpoint_interval: '1 ms' is too short: at least 1 s: a restart replays "
+         "the journal since the last save"],
+    ),
+    (
+        "bus timeout 1 ms",
+        BASE + BUS + 'timeout = "1 ms"\n',
+        ["buses[0] (name=rs485-1) → timeout: '1 ms' is too short: at least 10 ms: an RTU answer "
+         "takes milliseconds on the wire"],
+    ),
+    ("bus pause of hours", BASE + BUS + "inter_frame_ms = 1e9\n",
+     ["buses[0] (name=rs485-1) → inter_frame_ms: must be at most 1000"]),
+    ("bus port with NUL", BASE + BUS.replace("/dev/ttyUSB0", "/dev/tty\\u0000"),
+     ["buses[0] (name=rs485-1) → port: '/dev/tty\\x00': control character U+0000 is not allowed "
+      "here"]),
+    (
+        "metrics address not an address",
+        BASE + '[metrics]\nport = 9108\naddress = "every interface"\n',
+        ["metrics.address: 'every interface' is not an address to listen on: write an IP "
+         "address, e.g. '127.0.0.1', '::1' or '0.0.0.0', or a host name"],
+    ),
+    (
+        "kpi scale 0",
+        BASE + DEVICE + kpi(name="k", source="m1.p", operator="mean", window="1 h", scale=0.0),
+        ["kpis[0] (name=k, operator=mean) → scale: must not be 0: every input would become 0"],
+    ),
+    (
+        "kpi scale nan",
+        BASE + DEVICE + kpi(name="k", source="m1.p", operator="mean", window="1 h",
+                              scale=float("nan")),
+        ["kpis[0] (name=k, operator=mean) → scale: must be a finite number"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(t, e) for _, t, e in RUN_BREAKERS],
+    ids=[c for c, _, _ in RUN_BREAKERS],
+)
+def test_values_run_cannot_do_are_refused(tmp_path: Path, text: str, expected: list[str]) -> None:
+    assert problems_of(tmp_path, text) == expected
+
+
+def test_every_duration_key_has_a_floor_and_a_ceiling(tmp_path: Path) -> None:
+    """1 ms and 5000 d are refused for every duration key of the agent's own sections."""
+    keys = {
+        "gateway": ["shutdown_timeout", "kpi_lateness", "kpi_checkpoint_interval"],
+        "uplink": ["keepalive", "publish_timeout", "batch_max_age", "flush_interval"],
+        "buffer": ["max_age"],
+    }
+    for section, names in keys.items():
+        for name in names:
+            for value in ("1 ms", "5000 d"):
+                line = f'{name} = "{value}"\n'
+                text = {
+                    "gateway": GATEWAY + line + UPLINK,
+                    "uplink": BASE + line,
+                    "buffer": BASE + "[buffer]\n" + line,
+                }[section]
+                lines = problems_of(tmp_path, text)
+                assert any(problem.startswith(f"{section}.{name}: '{value}'")
+                           for problem in lines), lines
+
+
+def test_long_values_are_echoed_as_a_short_excerpt(tmp_path: Path) -> None:
+    name = "n" * 100_000
+    text = BASE + DEVICE.replace('name = "m1"', f'name = "{name}"') + DEVICE.replace(
+        'name = "m1"', f'name = "{name}"')
+    lines = problems_of(tmp_path, text)
+    assert lines, "a 100,000-character name must be refused"
+    for line in lines:
+        assert len(line) < 400, line[:200]
+        assert "n" * 61 not in line
+    assert lines[0].startswith(f"devices[0] (name={'n' * 40}…{'n' * 20}, driver=modbus) → name: ")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("short 'value' stays", "short 'value' stays"),
+        (f"x {'a' * 100} y", f"x {'a' * 100} y"),
+        (f"x {'a' * 101} y", f"x {'a' * 40}…{'a' * 20} (101 characters) y"),
+        (f"x: {'b c ' * 50!r}", f"x: '{('b c ' * 10)}…{('b c ' * 5)}' (200 characters)"),
+        (f"x: {('it' + chr(39)) * 60!r}",
+         f"x: \"{(('it' + chr(39)) * 60)[:40]}…{(('it' + chr(39)) * 60)[-20:]}\" (180 characters)"),
+    ],
+)
+def test_shorten_cuts_long_values(line: str, expected: str) -> None:
+    assert shorten(line) == expected
+
+
+def test_shorten_caps_a_line_of_many_short_words() -> None:
+    line = shorten("word " * 1000)
+    assert len(line) < 700
+    assert line.endswith("… (5,000 characters)")
 
 
 def test_four_independent_errors_four_lines(tmp_path: Path) -> None:
