@@ -150,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, metavar="FILE")
     p.add_argument("--ca-file", type=Path, metavar="FILE")
+    p.add_argument("--cert-file", type=Path, metavar="FILE",
+                   help="client certificate (PEM), when the broker wants one")
+    p.add_argument("--key-file", type=Path, metavar="FILE", help="its private key (PEM)")
 
     p = sub.add_parser("kpi", help="KPI tools: replay recorded readings through the engine")
     kpi_sub = p.add_subparsers(dest="kpi_command", metavar="KPI_COMMAND", required=True)
@@ -359,7 +362,8 @@ def _receive_args_problems(args: argparse.Namespace) -> list[str]:
 def _cmd_receive(args: argparse.Namespace) -> int:
     from agent.endpoints import parse_broker_url
     from agent.logs import configure_logging
-    from agent.receiver import ReceiverSettings, run_receiver
+    from agent.receiver import ReceiverSettings, check_settings, run_until_signalled
+    from agent.sink import sink_path
 
     problems = _receive_args_problems(args)
     if problems:
@@ -378,9 +382,17 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         username=args.username,
         password_file=args.password_file,
         ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
         shared_group=args.group,
     )
-    asyncio.run(run_receiver(settings))
+    try:
+        sink_path(args.sink)
+    except ConfigError as exc:
+        raise ConfigError(f"--sink: {exc}") from None
+    check_settings(settings)
+    # SIGTERM/SIGINT stop it cleanly (exit 0, a receiver_stopped line), as `run` does.
+    asyncio.run(run_until_signalled(settings))
     return EXIT_OK
 
 

@@ -2,26 +2,34 @@
 
 MQTT comes from :func:`agent.uplink.subscribe` (the only module that imports aiomqtt). It
 acknowledges a message when the next one is asked for, so a batch is stored (and committed)
-before the broker hears PUBACK; a receiver that dies mid-batch gets it again.
+before the broker hears PUBACK; a receiver that dies mid-batch gets it again. A message that
+cannot be decoded or stored is set aside in the sink and acknowledged, so it cannot block the
+others; a failing sink is retried without acknowledging (``docs/wire-format.md`` §7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import ssl
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from agent.endpoints import BrokerAddress
-from agent.errors import WireFormatError
+from agent.errors import ConfigError, WireFormatError
 from agent.sink import SqliteSink, StoreOutcome
 from agent.uplink import MqttSettings, subscribe
 from agent.wire import Batch, decode_batch, parse_topic
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 STORE_RETRY_FIRST = 0.5
 STORE_RETRY_MAX = 30.0
@@ -42,6 +50,8 @@ class ReceiverSettings:
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     shared_group: str | None = None
 
 
@@ -70,8 +80,44 @@ def subscription_topics(prefix: str, shared_group: str | None = None) -> list[st
     return [f"$share/{shared_group}/{t}" for t in topics]
 
 
+# SQLite primary result codes that blame the sink (disk full, locked, I/O error, a broken or
+# read-only file), not the message: the message stays unacknowledged and is retried.
+_SINK_FAULTS = frozenset({
+    1,  # SQLITE_ERROR: e.g. a table missing from the file, not something a payload causes
+    3, 4, 5, 6, 7, 8, 9, 10, 11,  # PERM ABORT BUSY LOCKED NOMEM READONLY INTERRUPT IOERR CORRUPT
+    13, 14, 15, 26,  # FULL CANTOPEN PROTOCOL NOTADB
+})
+# A burst of set-aside messages of one gateway and kind is logged when it starts, then at most
+# once per this many seconds (with a count), and once when a good message of it arrives.
+SET_ASIDE_REPORT_SECONDS = 60.0
+MAX_BURSTS = 1000
+
+
+def is_sink_fault(exc: BaseException) -> bool:
+    """True when ``exc`` says the sink cannot take anything now (retry, do not acknowledge);
+    False when it is this message that cannot be stored (set it aside)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return isinstance(exc, sqlite3.OperationalError)
+        return (code & 0xFF) in _SINK_FAULTS
+    return isinstance(exc, OSError | MemoryError)
+
+
+@dataclass
+class _Burst:
+    unreported: int  # set aside since the last line
+    reported_at: float
+
+
 class MessageHandler:
-    """Decodes and stores one message at a time; never raises for a bad payload."""
+    """Decodes and stores one message at a time.
+
+    :meth:`handle` returns once the message is stored or set aside (kept in the sink's
+    ``rejected`` table with its reason), and only then is it acknowledged; while the sink
+    itself fails (disk full, locked) it retries, so the message stays unacknowledged and a
+    receiver stopped meanwhile gets it again. It raises nothing but cancellation.
+    """
 
     def __init__(
         self,
@@ -79,43 +125,51 @@ class MessageHandler:
         prefix: str,
         stats: ReceiverStats,
         on_batch: Callable[[Batch, StoreOutcome], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sink = sink
         self._prefix = prefix
         self.stats = stats
         self._on_batch = on_batch
-
-    def _reject(self, event: str, topic: str, payload: bytes, error: str) -> None:
-        self.stats.rejected += 1
-        log.warning(event, topic=topic, size=len(payload), error=error)
+        self._clock = clock
+        self._bursts: dict[tuple[str, str], _Burst] = {}
 
     async def handle(self, topic: str, payload: bytes) -> None:
-        """Decode, store and log one message."""
+        """Decode, store (or set aside) and log one message."""
+        try:
+            await self._handle(topic, payload)
+        except Exception as exc:  # a bug: the message must still not block the others
+            log.exception("message_handling_failed", topic=topic[:200], error=str(exc)[:300])
+            await self._set_aside(None, topic, "internal_error",
+                                  f"{type(exc).__name__}: {exc}", payload)
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
         try:
             gw, kind = parse_topic(self._prefix, topic)
         except WireFormatError as exc:
-            self._reject("message_rejected", topic, payload, str(exc))
+            await self._set_aside(None, topic, "bad_topic", str(exc), payload)
             return
         if kind == "status":
-            self._status(gw, topic, payload)
+            await self._status(gw, topic, payload)
             return
         try:
             batch = decode_batch(payload)
         except WireFormatError as exc:
-            self._reject("batch_rejected", topic, payload, str(exc))
+            await self._set_aside(gw, topic, "undecodable", str(exc), payload)
             return
         if batch.gw != gw:
             # Broker ACLs are per topic: a gateway must not write into another one's data.
-            self._reject(
-                "batch_rejected",
-                topic,
-                payload,
-                f"topic names gateway {gw!r}, the batch {batch.gw!r}",
-            )
+            await self._set_aside(gw, topic, "wrong_gateway",
+                                  f"topic names gateway {gw!r}, the batch {batch.gw!r}", payload)
             return
-        outcome = await self._store(batch, topic, payload)
-        if outcome is None:
+        try:
+            outcome = await self._with_sink(gw, lambda: self._sink.store(batch))
+        except Exception as exc:  # this batch cannot be stored (too big a value, …)
+            await self._set_aside(gw, topic, "unstorable", f"{type(exc).__name__}: {exc}",
+                                  payload)
             return
+        self._good(gw)
         self._log_outcome(batch, outcome)
         if self._on_batch is not None:
             try:
@@ -123,41 +177,80 @@ class MessageHandler:
             except Exception as exc:  # a caller's hook must not stop the receiver
                 log.exception("on_batch_failed", gw=batch.gw, seq=batch.seq, error=str(exc))
 
-    def _status(self, gw: str, topic: str, payload: bytes) -> None:
+    async def _status(self, gw: str, topic: str, payload: bytes) -> None:
         if not payload:
             log.info("gateway_status_cleared", gw=gw)  # someone removed the retained message
             return
         try:
-            status = self._sink.store_status(gw, payload)
-        except WireFormatError as exc:
-            self._reject("status_rejected", topic, payload, str(exc))
+            status = await self._with_sink(gw, lambda: self._sink.store_status(gw, payload))
+        except Exception as exc:
+            await self._set_aside(gw, topic, "bad_status", str(exc), payload)
             return
+        self._good(gw)
         self.stats.statuses += 1
         log.info(
             "gateway_status", gw=gw, state=status.state, boot=status.boot, version=status.version
         )
 
-    async def _store(self, batch: Batch, topic: str, payload: bytes) -> StoreOutcome | None:
-        # Disk full, database locked, I/O error: keep the batch unacknowledged and retry, so it
-        # is not lost. Anything else cannot succeed on retry and must not wedge the receiver.
+    async def _with_sink(self, gw: str | None, call: Callable[[], T]) -> T:
+        """``call()`` until it succeeds or fails for a reason of its own (raised); while the
+        sink is at fault, retry with backoff and keep the message unacknowledged."""
         delay = STORE_RETRY_FIRST
         failing = False
         while True:
             try:
-                outcome = self._sink.store(batch)
-            except sqlite3.OperationalError as exc:
+                result = call()
+            except Exception as exc:
+                if not is_sink_fault(exc):
+                    raise
                 if not failing:
-                    log.error("sink_unavailable", gw=batch.gw, seq=batch.seq, error=str(exc))
+                    log.error("sink_unavailable", gw=gw, error=f"{type(exc).__name__}: {exc}",
+                              hint="the message stays unacknowledged; retrying")
                     failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
                 continue
-            except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
-                self._reject("batch_store_failed", topic, payload, f"{type(exc).__name__}: {exc}")
-                return None
             if failing:
-                log.info("sink_restored", gw=batch.gw, seq=batch.seq)
-            return outcome
+                log.info("sink_restored", gw=gw)
+            return result
+
+    async def _set_aside(
+        self, gw: str | None, topic: str, kind: str, reason: str, payload: bytes
+    ) -> None:
+        try:
+            await self._with_sink(
+                gw, lambda: self._sink.set_aside(gw, topic, kind, reason, payload)
+            )
+        except Exception as exc:
+            log.exception("set_aside_failed", gw=gw, kind=kind, error=str(exc)[:300])
+        self.stats.rejected += 1
+        self._note_burst(gw, topic, kind, reason, len(payload))
+
+    def _note_burst(self, gw: str | None, topic: str, kind: str, reason: str, size: int) -> None:
+        key = (gw or "", kind)
+        now = self._clock()
+        burst = self._bursts.get(key)
+        if burst is None:
+            if len(self._bursts) >= MAX_BURSTS:
+                del self._bursts[next(iter(self._bursts))]
+            self._bursts[key] = _Burst(0, now)
+            log.warning("message_set_aside", gw=gw, kind=kind, topic=topic[:200], size=size,
+                        error=reason[:300],
+                        hint="kept in the sink's rejected table and acknowledged; more of this "
+                        "gateway and kind are counted, not logged one by one")
+            return
+        burst.unreported += 1
+        if now - burst.reported_at >= SET_ASIDE_REPORT_SECONDS:
+            log.warning("messages_set_aside", gw=gw, kind=kind, count=burst.unreported,
+                        last_error=reason[:300])
+            burst.unreported = 0
+            burst.reported_at = now
+
+    def _good(self, gw: str) -> None:
+        """A message of ``gw`` was stored: its bursts of set-aside messages are over."""
+        for key in [k for k in self._bursts if k[0] == gw]:
+            burst = self._bursts.pop(key)
+            log.info("messages_set_aside_ended", gw=gw, kind=key[1], unreported=burst.unreported)
 
     def _log_outcome(self, batch: Batch, outcome: StoreOutcome) -> None:
         if outcome.duplicate:
@@ -212,6 +305,8 @@ async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
         username=settings.username,
         password_file=settings.password_file,
         ca_file=settings.ca_file,
+        cert_file=settings.cert_file,
+        key_file=settings.key_file,
     )
     topics = subscription_topics(settings.topic_prefix, settings.shared_group)
     # Persistent session: the broker queues batches for us while we are away.
@@ -222,6 +317,47 @@ async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
     finally:
         if isinstance(messages, AsyncGenerator):
             await messages.aclose()
+
+
+def check_settings(settings: ReceiverSettings) -> None:
+    """Raise ConfigError (one line per problem, naming the option) for files that cannot be
+    read or loaded: such settings never start working, so retrying them would hide them."""
+    problems: list[str] = []
+    if settings.password_file is not None:
+        path = settings.password_file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"--password-file {path}: cannot read it: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            problems.append(f"--password-file {path}: is not UTF-8 text")
+        else:
+            if not text.strip():
+                problems.append(f"--password-file {path}: is empty")
+        if settings.username is None:
+            problems.append("--password-file: needs --username")
+    if settings.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(settings.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"--ca-file {settings.ca_file}: cannot load CA certificates: {why}")
+    if settings.key_file is not None and settings.cert_file is None:
+        problems.append("--key-file: needs --cert-file")
+    if settings.cert_file is not None:
+        try:
+            ssl.create_default_context().load_cert_chain(
+                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"--cert-file {settings.cert_file}: cannot load the client "
+                            f"certificate (and --key-file {settings.key_file}): {why}")
+    if (settings.ca_file or settings.cert_file) and not settings.broker.tls:
+        problems.append(f"--broker {settings.broker.url}: TLS files given, but the URL is "
+                        "mqtt:// (plain TCP); write mqtts://")
+    if problems:
+        raise ConfigError(problems)
 
 
 async def run_receiver(
@@ -258,3 +394,24 @@ async def run_receiver(
             rejected=handler.stats.rejected,
             duplicates=handler.stats.duplicates,
         )
+
+
+async def run_until_signalled(settings: ReceiverSettings) -> None:
+    """Run the receiver until SIGTERM or SIGINT, then stop cleanly: a store in progress is
+    finished (it does not wait on anything) or, while the sink is failing, abandoned
+    unacknowledged, so the broker delivers that message again; ``receiver_stopped`` is logged."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("receiver_stopping", signal=sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await run_receiver(settings, stop=stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

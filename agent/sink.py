@@ -112,6 +112,53 @@ CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gw, dev, pt, t);
 CREATE INDEX IF NOT EXISTS aggregates_by_kpi ON aggregates (gw, kpi, "start");
 """
 
+# Messages set aside (``set_aside``): a poison message is kept, bounded, and acknowledged, so it
+# cannot block the others. ``rejected`` keeps the most recent ones with the start of their
+# payload; ``rejected_totals`` counts every one, per gateway and kind, for good.
+REJECTED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY,
+    gw TEXT,
+    topic TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_by_gw ON rejected (gw, received);
+CREATE TABLE IF NOT EXISTS rejected_totals (
+    gw TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    last_received INTEGER NOT NULL,
+    PRIMARY KEY (gw, kind)
+);
+"""
+# 64 KiB holds a whole batch of the default 20,000 readings (about 55 kB with zstd level 3).
+REJECTED_KEEP_BYTES = 64 * 1024
+REJECTED_KEEP_ROWS = 1000  # so at most ~64 MiB of payloads, however many are refused
+REJECTED_TEXT_CHARS = 500  # reason and topic are cut to this
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    """A message the receiver set aside: where it came from, why, and its first bytes."""
+
+    gw: str | None
+    topic: str
+    received: int
+    kind: str
+    reason: str
+    size: int
+    payload: bytes
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= REJECTED_TEXT_CHARS else text[: REJECTED_TEXT_CHARS - 1] + "…"
+
+
 # A batch further than this above a store's highest seq is a jump (see the module docstring).
 # Above anything a real gateway skips in one step (at most SEQ_RESERVE after losing its store
 # file) and than the buffer's bounds drop while a receiver keeps up; confirmed jumps move on.
@@ -332,6 +379,7 @@ class SqliteSink:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")  # several receivers may share a file
             _migrate(conn)
+            conn.executescript(REJECTED_SCHEMA)
         except sqlite3.Error as exc:
             raise ConfigError(f"sink {path}: cannot open the SQLite database: {exc}") from exc
         return cls(conn, path, clock)
@@ -506,3 +554,51 @@ class SqliteSink:
             "SELECT state, gw, boot, t, version FROM status WHERE gw = ?", (gw,)
         ).fetchone()
         return None if row is None else Status(*row)
+
+    # ----------------------------------------------------------------------- set aside
+
+    def set_aside(
+        self, gw: str | None, topic: str, kind: str, reason: str, payload: bytes
+    ) -> None:
+        """Keep a message that cannot be stored (cut to ``REJECTED_KEEP_BYTES``) and count it;
+        only the most recent ``REJECTED_KEEP_ROWS`` are kept, the counts for good."""
+        received = int(self._clock() * 1000)
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(
+                "INSERT INTO rejected (gw, topic, received, kind, reason, size, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (gw, _cut(topic), received, kind, _cut(reason), len(payload),
+                 bytes(payload[:REJECTED_KEEP_BYTES])),
+            )
+            cur.execute(
+                "DELETE FROM rejected WHERE id <= ?", ((cur.lastrowid or 0) - REJECTED_KEEP_ROWS,)
+            )
+            cur.execute(
+                "INSERT INTO rejected_totals (gw, kind, n, bytes, last_received)"
+                " VALUES (?, ?, 1, ?, ?) ON CONFLICT (gw, kind) DO UPDATE SET n = n + 1,"
+                " bytes = bytes + excluded.bytes, last_received = excluded.last_received",
+                (gw or "", kind, len(payload), received),
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+
+    def rejected(self, gw: str | None = None, limit: int = 100) -> list[RejectedMessage]:
+        """The most recent messages set aside (of one gateway, or all), newest first."""
+        where, args = ("WHERE gw = ?", (gw,)) if gw is not None else ("", ())
+        rows = self._conn.execute(
+            "SELECT gw, topic, received, kind, reason, size, payload FROM rejected"
+            f" {where} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [RejectedMessage(*row) for row in rows]
+
+    def rejected_totals(self) -> dict[tuple[str, str], int]:
+        """How many messages were set aside, per (gateway, kind); gateway '' when the topic
+        named none."""
+        rows = self._conn.execute("SELECT gw, kind, n FROM rejected_totals")
+        return {(str(g), str(k)): int(n) for g, k, n in rows}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from tests.conftest import free_port
+from tests.conftest import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,3 +232,65 @@ def test_receive_refuses_topics_it_cannot_subscribe_to(
     assert done.returncode == 2, done.stderr[-500:]
     assert done.stderr.splitlines() == [expected]
     assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--username", "rx", "--password-file", "/missing/pw"],
+         "ssc-agent: --password-file /missing/pw: cannot read it: No such file or directory"),
+        (["--password-file", "{tmp}/pw"], "ssc-agent: --password-file: needs --username"),
+        (["--ca-file", "/missing/ca.crt"],
+         "ssc-agent: --ca-file /missing/ca.crt: cannot load CA certificates: No such file"),
+        (["--ca-file", "{tmp}/pw"], "ssc-agent: --ca-file {tmp}/pw: cannot load CA certificates"),
+        (["--cert-file", "/missing/c.crt"], "ssc-agent: --cert-file /missing/c.crt: cannot load"),
+        (["--key-file", "{tmp}/pw"], "ssc-agent: --key-file: needs --cert-file"),
+        (["--sink", "postgres://db/x"], "ssc-agent: --sink: sink 'postgres://db/x': write"),
+        (["--sink", "sqlite:////missing/dir/x.db"],
+         "ssc-agent: sink /missing/dir/x.db: cannot open the SQLite database"),
+        (["--broker", "http://127.0.0.1:1"], "ssc-agent: --broker: 'http://127.0.0.1:1': a broker"),
+    ],
+)
+def test_receive_bad_settings_exit_2_with_one_line(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    args = {"--broker": "mqtts://127.0.0.1:1", "--sink": f"sqlite:///{tmp_path}/r.db"}
+    extra = [x.replace("{tmp}", str(tmp_path)) for x in extra]
+    for flag in list(args):
+        if flag in extra:
+            i = extra.index(flag)
+            args[flag] = extra.pop(i + 1)
+            extra.pop(i)
+    argv = [x for kv in args.items() for x in kv] + extra
+    done = cli("receive", *argv)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(message.replace("{tmp}", str(tmp_path))), lines[0]
+    assert "secret" not in done.stderr
+
+
+def test_receive_stops_on_sigterm_with_exit_0_and_a_stop_line(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--log-json", "receive", "--broker", mosquitto.url,
+         "--sink", f"sqlite:///{tmp_path}/r.db"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if "mqtt_subscribed" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    events = [json.loads(x)["event"] for x in err.splitlines() if x.startswith("{")]
+    assert events[-2:] == ["receiver_stopping", "receiver_stopped"]

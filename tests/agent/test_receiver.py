@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,8 +15,20 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.endpoints import parse_broker_url
-from agent.receiver import ReceiverSettings, ReceiverStats, run_receiver, subscription_topics
-from agent.sink import SqliteSink, StoreOutcome
+from agent.receiver import (
+    ReceiverSettings,
+    ReceiverStats,
+    is_sink_fault,
+    run_receiver,
+    subscription_topics,
+)
+from agent.sink import (
+    REJECTED_KEEP_BYTES,
+    REJECTED_KEEP_ROWS,
+    REJECTED_TEXT_CHARS,
+    SqliteSink,
+    StoreOutcome,
+)
 from agent.wire import Batch, Series, Status, encode_batch, encode_status
 from tests.conftest import Mosquitto
 
@@ -135,10 +148,12 @@ async def test_stores_dedups_rejects_and_reports_gaps(mosquitto: Mosquitto, tmp_
     ]
     assert (r.stats.batches, r.stats.duplicates, r.stats.readings) == (4, 1, 12)
 
-    (rejected,) = r.events("batch_rejected")
+    (rejected,) = r.events("message_set_aside")
     assert rejected["topic"] == f"{PREFIX}/gw-1/batch"
+    assert rejected["kind"] == "undecodable"
     assert rejected["size"] == len(garbage)
     assert rejected["error"].startswith("zstd frame header:")
+    assert [e["kind"] for e in r.events("messages_set_aside_ended")] == ["undecodable"]
     assert [e["seq"] for e in r.events("batch_stored")] == [1, 2, 5, 4]
     assert r.events("batch_stored")[0]["readings"] == 3
     assert [e["seq"] for e in r.events("batch_duplicate")] == [1]
@@ -165,10 +180,11 @@ async def test_status_and_foreign_batches(mosquitto: Mosquitto, tmp_path: Path) 
         await r.wait_for(lambda: r.stats.batches == 1)
         assert r.stats.statuses == 1
         assert r.stats.rejected == 2
-    assert [e["error"] for e in r.events("batch_rejected")] == [
-        "topic names gateway 'gw-7', the batch 'gw-8'"
+    assert [(e["kind"], e["error"]) for e in r.events("message_set_aside")] == [
+        ("wrong_gateway", "topic names gateway 'gw-7', the batch 'gw-8'"),
+        ("bad_status", "status: not JSON (Expecting property name enclosed in double quotes:"
+         " line 1 column 2 (char 1))"),
     ]
-    assert len(r.events("status_rejected")) == 1
     with SqliteSink.open(r.sink_path) as sink:
         assert sink.status_for("gw-7") == status
         assert sink.seqs("gw-8") == []
@@ -244,3 +260,85 @@ def test_broker_fixture_controls(mosquitto: Mosquitto) -> None:
     assert mosquitto.log_text().count(" running") == 2
     mosquitto.kill()
     assert mosquitto.proc.poll() is not None
+
+
+async def test_poison_messages_are_set_aside_counted_logged_once_and_acknowledged(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    garbage = [b"SSC1\x01not zstd %d" % i for i in range(5)]
+    async with receiver(mosquitto, tmp_path, client_id="rx-poison") as r:
+        for payload in garbage:
+            await r.publish(f"{PREFIX}/gw-1/batch", payload)
+        await r.publish(f"{PREFIX}/gw-2/batch", encode_batch(_batch(1, "gw-3")))
+        await r.publish_batch(_batch(1))  # queued behind the poison ones: not blocked
+        await r.wait_for(lambda: r.stats.batches == 1)
+        assert r.stats.rejected == 6
+    # One line per burst (gateway, kind), not one per message; the good batch ends gw-1's.
+    assert [(e["gw"], e["kind"]) for e in r.events("message_set_aside")] == [
+        ("gw-1", "undecodable"), ("gw-2", "wrong_gateway")]
+    assert [(e["gw"], e["unreported"]) for e in r.events("messages_set_aside_ended")] == [
+        ("gw-1", 4)]
+    with SqliteSink.open(r.sink_path) as sink:
+        kept = sink.rejected("gw-1")
+        assert [m.payload for m in kept] == garbage[::-1]  # newest first, whole (small)
+        assert {(m.topic, m.kind, m.size) for m in kept} == {
+            (f"{PREFIX}/gw-1/batch", "undecodable", len(p)) for p in garbage}
+        assert kept[0].reason.startswith("zstd frame header:")
+        assert sink.rejected_totals() == {("gw-1", "undecodable"): 5,
+                                          ("gw-2", "wrong_gateway"): 1}
+        assert sink.seqs("gw-1") == [1]
+    # Acknowledged: a new run on the same persistent session gets none of them again.
+    async with receiver(mosquitto, tmp_path, client_id="rx-poison") as again:
+        await again.publish_batch(_batch(2))
+        await again.wait_for(lambda: again.stats.batches == 1)
+        assert again.stats.rejected == 0
+
+
+def test_set_aside_keeps_the_start_of_a_payload_and_the_latest_rows(tmp_path: Path) -> None:
+    clock = itertools.count(1000)
+    with SqliteSink.open(tmp_path / "s.db", clock=lambda: next(clock)) as sink:
+        big = bytes(range(256)) * 1024  # 256 KiB
+        sink.set_aside("gw-1", "ssc/v1/gw-1/batch", "undecodable", "x" * 10_000, big)
+        (kept,) = sink.rejected()
+        assert kept.payload == big[:REJECTED_KEEP_BYTES]
+        assert kept.size == len(big)
+        assert len(kept.reason) == REJECTED_TEXT_CHARS
+        for i in range(REJECTED_KEEP_ROWS + 5):
+            sink.set_aside(None, f"t/{i}", "bad_topic", "no", b"")
+        assert len(sink.rejected(limit=10**6)) == REJECTED_KEEP_ROWS
+        assert sink.rejected(limit=1)[0].topic == f"t/{REJECTED_KEEP_ROWS + 4}"
+        assert sink.rejected_totals() == {("gw-1", "undecodable"): 1,
+                                          ("", "bad_topic"): REJECTED_KEEP_ROWS + 5}
+
+
+@pytest.mark.parametrize(
+    ("exc", "fault"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.IntegrityError("constraint"), False),
+        (OverflowError("int too big"), False),
+        (ValueError("bad"), False),
+        (OSError(28, "No space left on device"), True),
+    ],
+)
+def test_sink_faults_and_message_faults(exc: BaseException, fault: bool) -> None:
+    assert is_sink_fault(exc) is fault
+
+
+def test_real_sqlite_errors_are_classified(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER NOT NULL)")
+    with pytest.raises(sqlite3.Error) as integrity:
+        conn.execute("INSERT INTO t VALUES (NULL)")
+    assert not is_sink_fault(integrity.value)
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None, timeout=0)
+    conn.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(sqlite3.Error) as locked:
+        other.execute("INSERT INTO t VALUES (1)")
+    assert is_sink_fault(locked.value)
+    conn.execute("ROLLBACK")
+    conn.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.Error) as full:
+        conn.execute("INSERT INTO t SELECT zeroblob(100000)")
+    assert "full" in str(full.value)
+    assert is_sink_fault(full.value)
