@@ -46,6 +46,8 @@ __all__ = [
     "ModbusLine",
     "NoAnswer",
     "SerialSettings",
+    "WrongAnswer",
+    "describe_wrong_bytes",
     "line_for",
 ]
 
@@ -59,7 +61,58 @@ _SHARED_MAX_NO_RESPONSES = 1_000_000
 
 
 class NoAnswer(Exception):
-    """One exchange got no usable answer (timeout, CRC error, connection lost)."""
+    """One exchange got no usable answer: silence (timeout, or the connection closed before
+    a byte came back), or a :class:`WrongAnswer`."""
+
+
+class WrongAnswer(NoAnswer):
+    """Bytes came back, but no valid answer to the request: a wrong transaction or unit id,
+    a CRC error, junk, or a connection reset in the middle of the answer.
+
+    pymodbus drops frames with a wrong transaction or unit id and junk without a word and
+    then times out like on silence; the line tells the two apart by whether any byte arrived
+    during the exchange (its ``trace_packet`` hook).
+    """
+
+
+EXCERPT_BYTES = 12
+
+
+def _crc16(data: bytes) -> int:
+    """The Modbus RTU CRC of ``data`` (sent low byte first)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def describe_wrong_bytes(data: bytes, *, rtu: bool, unit: int, tid: int) -> str:
+    """Why ``data``, received in answer to a request (``unit``, ``tid``), is no answer to it.
+
+    Pure: ``data`` is what arrived in the exchange (possibly cut short); names the first thing
+    that does not match, else shows an excerpt.
+    """
+    shown = data[:EXCERPT_BYTES].hex(" ") + (" …" if len(data) > EXCERPT_BYTES else "")
+    if rtu:
+        whole = len(data) >= 4 and _crc16(data[:-2]) == int.from_bytes(data[-2:], "little")
+        if unit and whole and data[0] != unit:
+            return f"answer from unit {data[0]}, asked unit {unit} ({len(data)} bytes: {shown})"
+        return f"{len(data)} bytes with no valid RTU frame (CRC error or junk: {shown})"
+    if len(data) < 7 and b"\x00\x00".startswith(data[2:4]):
+        return f"answer cut off after {len(data)} bytes ({shown})"
+    if len(data) >= 7 and data[2:4] == b"\x00\x00":
+        got_tid = int.from_bytes(data[0:2], "big")
+        if tid and got_tid != tid:
+            return f"answer with transaction id {got_tid}, sent {tid} ({len(data)} bytes: {shown})"
+        if unit and data[6] != unit:
+            return f"answer from unit {data[6]}, asked unit {unit} ({len(data)} bytes: {shown})"
+        length = int.from_bytes(data[4:6], "big") + 6
+        if len(data) < length:
+            return f"answer cut off after {len(data)} of {length} bytes ({shown})"
+        return f"{len(data)} bytes that are no valid answer ({shown})"
+    return f"{len(data)} bytes that are no Modbus TCP answer (junk: {shown})"
 
 
 class LineUnavailable(DeviceUnavailable):
@@ -94,7 +147,8 @@ class LineStats:
     """Counters of one line since it was created."""
 
     exchanges: int = 0
-    no_answers: int = 0
+    no_answers: int = 0  # wrong answers included
+    wrong_answers: int = 0
     connects: int = 0
     connect_failures: int = 0
 
@@ -137,6 +191,10 @@ class ModbusLine:
         self._client: Client | None = None
         self._ready_at = 0.0
         self._holders = 0
+        # What the current exchange has seen, from the client's trace hooks.
+        self._heard = b""
+        self._sent_tid = 0
+        self._dropped = False
         self.stats = LineStats()
         self._log = log.bind(line=name)
 
@@ -189,6 +247,9 @@ class ModbusLine:
                 reconnect_delay=0,
                 timeout=self._timeout,
                 retries=0,
+                trace_packet=self._trace_packet,
+                trace_pdu=self._trace_pdu,
+                trace_connect=self._trace_connect,
             )
         else:
             client = AsyncModbusTcpClient(
@@ -199,10 +260,29 @@ class ModbusLine:
                 reconnect_delay=0,
                 timeout=self._timeout,
                 retries=0,
+                trace_packet=self._trace_packet,
+                trace_pdu=self._trace_pdu,
+                trace_connect=self._trace_connect,
             )
         if self.shared:
             client.set_max_no_responses(_SHARED_MAX_NO_RESPONSES)
+        _drop_undecodable(client)
         return client
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # Received data comes as the client's whole receive buffer so far: keep the latest.
+        if not sending and data:
+            self._heard = bytes(data[:256])
+        return data
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if sending:
+            self._sent_tid = pdu.transaction_id
+        return pdu
+
+    def _trace_connect(self, connected: bool) -> None:
+        if not connected:
+            self._dropped = True
 
     @property
     def connected(self) -> bool:
@@ -276,11 +356,14 @@ class ModbusLine:
 
     # ---------------------------------------------------------------- exchanges
 
-    async def exchange(self, call: Callable[[Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """Run one request on the line, alone, after the pause the line needs.
+    async def exchange(
+        self, call: Callable[[Client], Awaitable[ModbusPDU]], *, unit: int = 0
+    ) -> ModbusPDU:
+        """Run one request to ``unit`` on the line, alone, after the pause the line needs.
 
-        Raises :class:`NoAnswer` when it got no usable answer (the line then stays quiet for
-        the quiet gap), :class:`LineUnavailable` when the line cannot be opened.
+        Raises :class:`WrongAnswer` when bytes came back but no valid answer to it,
+        :class:`NoAnswer` when nothing came back (either way the line then stays quiet for the
+        quiet gap), :class:`LineUnavailable` when the line cannot be opened.
         """
         from pymodbus.exceptions import ModbusException
 
@@ -290,18 +373,67 @@ class ModbusLine:
             if wait > 0:
                 await self._sleep(wait)
             self.stats.exchanges += 1
+            self._heard, self._sent_tid, self._dropped = b"", 0, False
             answered = False
             try:
                 answer = await call(client)
-                answered = True
+                problem = self._mismatch(answer, unit)
+                answered = problem is None
             except (ModbusException, OSError) as exc:  # TimeoutError is an OSError
                 self.stats.no_answers += 1
+                if self._heard:
+                    self.stats.wrong_answers += 1
+                    detail = describe_wrong_bytes(self._heard, rtu=self.is_rtu, unit=unit,
+                                                  tid=self._sent_tid)
+                    if self._dropped:
+                        detail += "; then the device closed the connection"
+                    raise WrongAnswer(detail) from exc
+                if self._dropped:
+                    raise NoAnswer("the device closed the connection without answering") from exc
                 raise NoAnswer(str(exc) or type(exc).__name__) from exc
             finally:
                 # Also after a cancelled exchange: its answer may still be on its way.
                 pause = self.inter_frame if answered else max(self.inter_frame, self.quiet_gap)
                 self._ready_at = self._clock() + pause
+            if problem is not None:
+                self.stats.no_answers += 1
+                self.stats.wrong_answers += 1
+                raise WrongAnswer(problem)
             return answer
+
+    def _mismatch(self, answer: ModbusPDU, unit: int) -> str | None:
+        """What makes an answer pymodbus accepted no answer to this request, or None.
+
+        pymodbus skips frames with another unit or transaction id, but takes transaction id 0
+        on TCP as a match, and any unit for a request to unit 0.
+        """
+        if not self.is_rtu and answer.transaction_id != self._sent_tid:
+            return f"answer with transaction id {answer.transaction_id}, sent {self._sent_tid}"
+        if unit and answer.dev_id != unit:
+            return f"answer from unit {answer.dev_id}, asked unit {unit}"
+        return None
+
+
+def _drop_undecodable(client: Client) -> None:
+    """Make the client drop an answer it cannot decode instead of raising in data_received.
+
+    pymodbus raises ModbusIOException from its protocol's data_received for a frame whose PDU
+    does not decode (e.g. a byte count longer than the data); asyncio then logs a traceback
+    and closes the connection, at every poll of such a device. Dropped, the exchange times out
+    with bytes heard: a WrongAnswer, reported once like any other.
+    """
+    from pymodbus.exceptions import ModbusIOException
+
+    framer = client.ctx.framer
+    handle = framer.handleFrame
+
+    def tolerant(data: bytes, exp_devid: int, exp_tid: int) -> tuple[int, ModbusPDU | None]:
+        try:
+            return handle(data, exp_devid, exp_tid)
+        except ModbusIOException:
+            return len(data), None
+
+    setattr(framer, "handleFrame", tolerant)  # noqa: B010  # mypy refuses assigning a method
 
 
 def _resource_key(config: ModbusDeviceConfig) -> str:

@@ -5,11 +5,14 @@ of a ``serialize = true`` endpoint), RTU through a TCP socket (``rtu+tcp://``), 
 serial bus (``bus = "NAME"``). Shared paths are :class:`~drivers.modbus.bus.ModbusLine`
 objects, one per run and physical line, held in ``DriverContext.resources``.
 
-Per request the driver retries an unanswered (timed-out, CRC-failed) request ``retries``
-times, then gives up on that request only. A device that answers nothing of a cycle raises
-``DeviceUnavailable`` and the scheduler backs off. A merged request answered with exception 2
-(illegal data address) is split by ``planner.split_request``, read again in the same cycle,
-and the split is kept for later cycles.
+Per request the driver resends an unanswered (silent) or wrongly answered (wrong transaction
+or unit id, CRC error, junk, cut off) request ``retries`` times, then gives up on that request
+only. A device silent to the first request of a cycle raises ``DeviceUnavailable``; a device
+that answers, but gives no valid answer to any request of a cycle (only exceptions, short or
+wrong answers) raises ``DeviceProtocolError``: either way the poll failed, and the scheduler
+counts it and backs off. A merged request answered with exception 2 (illegal data address) is
+split by ``planner.split_request``, read again in the same cycle, and the split is kept for
+later cycles.
 
 pymodbus is imported inside the methods that use it: discovering drivers (``ssc-agent
 drivers``, config validation) loads ``SPEC`` and should not pay for pymodbus.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,12 +30,13 @@ import structlog
 
 import agent
 from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
-from agent.errors import ConfigError, DeviceUnavailable
+from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.modbus.bus import (
     LineUnavailable,
     ModbusLine,
     NoAnswer,
+    WrongAnswer,
     line_for,
     note_private_endpoint,
 )
@@ -52,6 +56,21 @@ log = structlog.get_logger()
 SAMPLE_TOML = (Path(__file__).parent / "sample.toml").read_text(encoding="utf-8")
 
 ILLEGAL_DATA_ADDRESS = 2
+# A gateway answers these for the device behind it when that device is silent or unreachable:
+# the device's own silence, not a wrong answer of the device.
+GATEWAY_EXCEPTIONS = frozenset({10, 11})
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+FUNCTION_CODES = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 Splitter = Callable[[ReadRequest, Sequence[ModbusPoint]], tuple[ReadRequest, ...]]
 """``planner.split_request``: the parts that replace a request refused with exception 2."""
@@ -63,9 +82,12 @@ class DriverStats:
 
     cycles: int = 0
     attempts: int = 0  # requests sent, retries included
-    no_answers: int = 0
+    no_answers: int = 0  # silent attempts
+    wrong_answers: int = 0  # attempts answered with bytes that are no valid answer
     exception_answers: int = 0
+    short_answers: int = 0
     splits: int = 0
+    failed_cycles: int = 0  # cycles without any valid answer (read() raised)
 
 
 class _Silent(Exception):
@@ -77,8 +99,16 @@ class _Cycle:
     """What one read() has seen so far."""
 
     results: list[PointValue | None]
-    answered: int = 0
+    answered: int = 0  # requests the device answered at all (rightly or wrongly)
+    valid: int = 0  # requests answered with usable data
     last_error: str = ""
+    problems: list[str] = field(default_factory=list)  # one per request without valid answer
+    codes: list[tuple[ReadRequest, int | None]] = field(default_factory=list)
+
+
+def _exception_text(code: int) -> str:
+    name = EXCEPTION_NAMES.get(code)
+    return f"exception {code} ({name})" if name else f"exception {code}"
 
 
 def _describe(request: ReadRequest) -> str:
@@ -182,17 +212,38 @@ class ModbusDriver:
             request.address, count=request.count, device_id=unit
         )
 
-    async def _send(self, request: ReadRequest, cycle: _Cycle) -> ModbusPDU | None:
-        """The answer to ``request`` after up to ``retries`` resends, or None."""
+    async def _send(
+        self, request: ReadRequest, cycle: _Cycle
+    ) -> ModbusPDU | WrongAnswer | None:
+        """The answer to ``request`` after up to ``retries`` resends; else the last wrong
+        answer if any attempt got one, or None when every attempt met silence."""
+        wrong: WrongAnswer | None = None
+        unit = self._config.unit
         for _ in range(self._config.retries + 1):
             self.stats.attempts += 1
             try:
                 # The line waits out its quiet gap before the resend (and before neighbours).
-                return await self._line.exchange(lambda client: self._call(client, request))
+                answer = await self._line.exchange(
+                    lambda client: self._call(client, request), unit=unit
+                )
+            except WrongAnswer as exc:
+                self.stats.wrong_answers += 1
+                cycle.last_error = str(exc)
+                wrong = exc
+                continue
             except NoAnswer as exc:
                 self.stats.no_answers += 1
                 cycle.last_error = str(exc)
-        return None
+                continue
+            expected = FUNCTION_CODES[request.table]
+            if answer.function_code & 0x7F == expected:
+                return answer
+            self.stats.wrong_answers += 1
+            wrong = WrongAnswer(
+                f"answer with function code {answer.function_code}, sent {expected}"
+            )
+            cycle.last_error = str(wrong)
+        return wrong
 
     def _note_code(self, request: ReadRequest, code: int | None) -> None:
         """Log an exception code when it changes for a request, not at every poll."""
@@ -214,15 +265,38 @@ class ModbusDriver:
     async def _read_request(self, request: ReadRequest, cycle: _Cycle) -> tuple[ReadRequest, ...]:
         """Read one request into ``cycle``; returns the requests that replace it in the plan."""
         answer = await self._send(request, cycle)
-        if answer is None:
+        gateway_code: int | None = None
+        if answer is not None and not isinstance(answer, WrongAnswer) and answer.isError():
+            code = int(answer.exception_code)
+            if code in GATEWAY_EXCEPTIONS:
+                gateway_code = code
+        if answer is None or gateway_code is not None:
+            if gateway_code is not None:
+                cycle.last_error = f"the gateway answered {_exception_text(gateway_code)}"
             if cycle.answered == 0:
                 raise _Silent
             self._mark(request, cycle, Quality.COMM_ERROR)
+            cycle.problems.append(f"{_describe(request)}: no answer")
             return (request,)
         cycle.answered += 1
+        if isinstance(answer, WrongAnswer):
+            self._mark(request, cycle, Quality.PROTOCOL_ERROR)
+            cycle.problems.append(f"{_describe(request)}: {answer}")
+            return (request,)
         if not answer.isError():
-            self._note_code(request, None)
-            for index, value in self._decode(request, answer):
+            cycle.codes.append((request, None))
+            decoded = self._decode(request, answer)
+            if decoded is None:
+                self.stats.short_answers += 1
+                self._mark(request, cycle, Quality.PROTOCOL_ERROR)
+                got = len(answer.bits if request.table in BIT_TABLES else answer.registers)
+                cycle.problems.append(
+                    f"{_describe(request)}: answer too short ({got} of {request.count} "
+                    f"{'bits' if request.table in BIT_TABLES else 'registers'})"
+                )
+                return (request,)
+            cycle.valid += 1
+            for index, value in decoded:
                 cycle.results[index] = value
             return (request,)
         code = int(answer.exception_code)
@@ -240,24 +314,20 @@ class ModbusDriver:
                 for part in parts:
                     replaced.extend(await self._read_request(part, cycle))
                 return tuple(replaced)
-        self._note_code(request, code)
+        cycle.codes.append((request, code))
         self._mark(request, cycle, Quality.PROTOCOL_ERROR)
+        cycle.problems.append(f"{_describe(request)}: {_exception_text(code)}")
         return (request,)
 
-    def _decode(self, request: ReadRequest, answer: ModbusPDU) -> list[tuple[int, PointValue]]:
+    def _decode(
+        self, request: ReadRequest, answer: ModbusPDU
+    ) -> list[tuple[int, PointValue]] | None:
+        """The points of an answer, or None when it holds fewer registers (bits) than asked."""
         points = self._config.points
         is_bits = request.table in BIT_TABLES
         data: Sequence[int] | Sequence[bool] = answer.bits if is_bits else answer.registers
         if len(data) < request.count:
-            self._log.debug(
-                "modbus_short_answer",
-                request=_describe(request),
-                got=len(data),
-            )
-            return [
-                (i, PointValue(points[i].name, None, Quality.PROTOCOL_ERROR))
-                for i, _ in request.points
-            ]
+            return None
         out: list[tuple[int, PointValue]] = []
         for index, offset in request.points:
             point = points[index]
@@ -282,13 +352,28 @@ class ModbusDriver:
             "wired and at this unit id"
         )
 
+    def _failed_cycle(self, cycle: _Cycle) -> DeviceProtocolError:
+        self.stats.failed_cycles += 1
+        shown = "; ".join(cycle.problems[:2])
+        if len(cycle.problems) > 2:
+            shown += f"; and {len(cycle.problems) - 2} more"
+        codes = {code for _, code in cycle.codes}
+        code = codes.pop() if len(codes) == 1 else None
+        return DeviceProtocolError(
+            f"{self._where}: no valid answer to any of its {len(cycle.problems)} request(s): "
+            f"{shown}; check the unit id and the register map",
+            code=code,
+        )
+
     async def read(self) -> Sequence[PointValue]:
         """Read every point once: one PointValue per point, in config order.
 
-        Raises DeviceUnavailable when the line cannot be opened or the device answers none
-        of the cycle (after its first request stays unanswered, the rest are not sent: a
-        silent device must not hold its bus neighbours up). Otherwise unanswered requests
-        give COMM_ERROR and exception answers PROTOCOL_ERROR, for their own points only.
+        Raises DeviceUnavailable when the line cannot be opened or the device is silent to
+        the first request of the cycle (the rest are then not sent: a silent device must not
+        hold its bus neighbours up). Raises DeviceProtocolError when the device answered, but
+        no request got a valid answer (exceptions, short or wrong answers only). Otherwise
+        silent requests give COMM_ERROR and exception, short or wrong answers
+        PROTOCOL_ERROR, for their own points only.
         """
         self._hold()
         self.stats.cycles += 1
@@ -306,10 +391,17 @@ class ModbusDriver:
                 # The connection went away mid-cycle: the rest of the plan waits for the next.
                 for rest in requests[i:]:
                     self._mark(rest, cycle, Quality.COMM_ERROR)
+                    cycle.problems.append(f"{_describe(rest)}: {exc.reason}")
                 plan.extend(requests[i:])
                 break
         if tuple(plan) != self._plan.requests:
             self._plan = ReadPlan(tuple(plan))
+        if cycle.valid == 0:
+            # The whole poll failed: the scheduler logs the device down once; the per-request
+            # codes are noted only from polls that read something.
+            raise self._failed_cycle(cycle)
+        for request, code in cycle.codes:
+            self._note_code(request, code)
         return [
             value if value is not None else PointValue(p.name, None, Quality.COMM_ERROR)
             for value, p in zip(cycle.results, self._config.points, strict=True)

@@ -191,18 +191,19 @@ async def test_other_exception_codes_do_not_split(tmp_path: Path) -> None:
     async def busy(
         fc: int, start: int, address: int, count: int, registers: list[int], set_values: Any
     ) -> ExcCodes | None:
-        return ExcCodes.DEVICE_BUSY if set_values is None else None
+        return ExcCodes.DEVICE_BUSY if set_values is None and address == 0 else None
 
     port = free_port()
-    server = await serve({1: register_profile(tmp_path, [0, 1])}, "127.0.0.1", port,
+    server = await serve({1: register_profile(tmp_path, [0, 1, 9])}, "127.0.0.1", port,
                          update_interval=3600, action=busy)
-    driver = ModbusDriver(config(port, u16(0, 1)))
+    # Register 9 is read on its own and answered: the poll reads something, so it stands.
+    driver = ModbusDriver(config(port, u16(0, 1, 9), max_gap=0))
     try:
         with capture_logs() as logs:
             values = await driver.read()
             await driver.read()
-        assert {v.quality for v in values} == {Quality.PROTOCOL_ERROR}
-        assert driver.requests_per_cycle == 1
+        assert [v.quality for v in values] == [Quality.PROTOCOL_ERROR] * 2 + [Quality.GOOD]
+        assert driver.requests_per_cycle == 2
         answers = [e for e in logs if e["event"] == "modbus_exception_answer"]
         assert [(e["code"], e["request"]) for e in answers] == [(6, "holding[0..1]")]
     finally:
