@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pymodbus.constants import ExcCodes
 from structlog.testing import capture_logs
 
+from agent.errors import DeviceProtocolError
 from agent.profiles import Profile
 from agent.readings import Quality
 from agent.simulator import serve
@@ -262,8 +263,22 @@ def test_split_never_loses_a_readable_point(
     def refuses(address: int, count: int) -> bool:
         return any(address <= r < address + count for r in refused)
 
+    def covered(point: dict[str, Any]) -> set[int]:
+        address = int(point["address"])
+        return set(range(address, address + (1 if point["type"] == "u16" else 2)))
+
     async def scenario() -> None:
         async with device(tmp_path, range(REGISTERS), table, refuses) as (driver, seen):
+            if all(covered(point) & refused for point in table):
+                # Nothing readable: the poll fails as a whole, with the split remembered.
+                with pytest.raises(DeviceProtocolError, match="exception 2"):
+                    await driver.read()
+                splits, planned = driver.stats.splits, driver.requests_per_cycle
+                seen.clear()
+                with pytest.raises(DeviceProtocolError, match="exception 2"):
+                    await driver.read()
+                assert (len(seen), driver.stats.splits) == (planned, splits)
+                return
             first = await driver.read()
             for point, value in zip(table, first, strict=True):
                 address, type_ = int(point["address"]), str(point["type"])
