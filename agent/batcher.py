@@ -55,12 +55,14 @@ class Batcher:
         clock: Callable[[], float],
         on_sealed: Callable[[], None],
         kpis: LiveKpis | None = None,
+        flush_interval: float = 0.0,
     ) -> None:
         self._store = store
         self._gw = gw
         self._boot = boot
         self._max_readings = max_readings
         self._max_age = max_age
+        self._flush_interval = flush_interval
         self._codec = codec
         self._level = level
         self._clock = clock
@@ -185,8 +187,15 @@ class Batcher:
     def _due(self) -> bool:
         if self._opened_at is None:
             return False
-        return (len(self._open) >= self._max_readings
-                or self._clock() - self._opened_at >= self._max_age)
+        # Sealed at the last flush before the batch is max_age old: sealing at the first
+        # flush after it would keep readings up to a flush interval longer, and, with polls
+        # between flushes, take one poll more into every batch (6 s apart instead of 5).
+        if len(self._open) >= self._max_readings:
+            return True
+        age = self._clock() - self._opened_at
+        if self._flush_interval <= 0:
+            return age >= self._max_age
+        return age + self._flush_interval > self._max_age
 
     def seal(self) -> int | None:
         """Seal the open batch (its readings must all be flushed); returns its seq."""
@@ -243,6 +252,7 @@ class Batcher:
 
     async def run(self, flush_interval: float) -> None:
         """Flush every ``flush_interval`` seconds, forever."""
+        self._flush_interval = flush_interval
         while True:
             await asyncio.sleep(flush_interval)
             self.flush()

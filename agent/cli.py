@@ -1,14 +1,17 @@
 """``ssc-agent``: the command line (a contract: ARCHITECTURE.md "CLI").
 
 Exit status 0 on success, 1 on failure, 2 on bad usage or an invalid config; errors go to
-stderr, one line each, naming where. Heavy modules are imported per command so that
-``validate`` and ``--help`` stay quick on a Pi.
+stderr, one line each, naming where. When the reader of stdout goes away (``… | head``), a
+command stops quietly with status 141, as a shell tool killed by SIGPIPE does, so that
+``set -o pipefail`` scripts see the same status as for ``cat``. Heavy modules are imported per
+command so that ``validate`` and ``--help`` stay quick on a Pi.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 
 EPILOG = """\
 commissioning a site:
@@ -127,14 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--units", default="1", metavar="IDS",
-                   help="comma-separated unit ids to serve, e.g. 1,2,3 (default 1)")
+                   help="unit ids to serve, e.g. 1-3 or 1,3,10-12 (default 1)")
     p.add_argument("--serial", metavar="PATH",
                    help="serve Modbus RTU on this serial device instead of TCP (e.g. one end "
                    "of a socat pty pair)")
     p.add_argument("--baudrate", type=int, default=9600, help="--serial: default 9600")
     p.add_argument("--parity", choices=["N", "E", "O"], default="N", help="--serial: default N")
     p.add_argument("--silent-units", default="", metavar="IDS",
-                   help="--serial: unit ids that never answer (a dead meter on the bus)")
+                   help="--serial: unit ids that never answer (a dead meter on the bus), "
+                   "written like --units")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
 
     p = sub.add_parser("receive", help="the central platform side: store batches in SQLite",
@@ -255,18 +260,23 @@ def _cmd_drivers(_: argparse.Namespace) -> int:
     return EXIT_FAILURE if broken else EXIT_OK
 
 
+def _unit_ids(flag: str, text: str) -> list[int]:
+    """Unit ids as both ``scan`` and ``simulate`` take them; an error names ``flag``."""
+    from drivers.modbus.tools import parse_units
+
+    try:
+        return parse_units(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.simulator import run_simulate
 
+    units = _unit_ids("--units", args.units)
+    silent = _unit_ids("--silent-units", args.silent_units) if args.silent_units.strip() else []
     configure_logging(args.log_level or "info", json=args.log_json)
-    try:
-        units = [int(u) for u in args.units.split(",") if u.strip()]
-        silent = [int(u) for u in args.silent_units.split(",") if u.strip()]
-    except ValueError:
-        _err(f"--units {args.units!r} / --silent-units {args.silent_units!r}: write unit ids "
-             "as numbers, e.g. 1,2,3")
-        return EXIT_USAGE
     from agent.driver import discover
 
     entry = discover().get(args.profile)
@@ -327,14 +337,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from drivers.modbus.tools import parse_units, run_scan
+    from drivers.modbus.tools import run_scan
 
     _tool_logging(args)
     target, table, address, timeout = _modbus_tool_args(args)
-    try:
-        units = parse_units(args.units)
-    except ValueError as exc:
-        raise ConfigError(f"--units: {exc}") from exc
+    units = _unit_ids("--units", args.units)
     return asyncio.run(run_scan(
         target, units, table=table, address=address, timeout_seconds=timeout, output=args.format,
         out=sys.stdout, err=sys.stderr,
@@ -477,9 +484,17 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssc-agent`` console script."""
-    args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        args = _parser().parse_args(argv)  # --help and --version print too
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
+    except BaseExceptionGroup as group:  # a task of a command's TaskGroup wrote to the pipe
+        if group.subgroup(BrokenPipeError) is None:
+            raise
+        return _stdout_gone()
     except ConfigError as exc:
         for problem in exc.problems:
             _err(problem)
@@ -489,6 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _stdout_gone() -> int:
+    # Python flushes stdout once more at exit: point it at /dev/null so that flush has nowhere
+    # to fail and prints no "Exception ignored" lines.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

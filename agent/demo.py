@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,14 +55,27 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-@contextlib.asynccontextmanager
-async def local_broker(workdir: Path, *, embedded: bool = False) -> AsyncIterator[str]:
-    """A broker on a free loopback port for the demo's lifetime; yields its URL."""
-    port = free_port()
+def find_mosquitto() -> str | None:
+    """The mosquitto binary, or None."""
     # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
-    mosquitto = None if embedded else shutil.which("mosquitto") or (
+    return shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
+
+
+EMBEDDED_EXTRA = "pip install '.[demo]' in a checkout of ssc-edge-agent, or its wheel with [demo]"
+
+
+@contextlib.asynccontextmanager
+async def local_broker(workdir: Path, *, embedded: bool = False) -> AsyncIterator[str]:
+    """A broker on a free loopback port for the demo's lifetime; yields its URL.
+
+    mosquitto when it is installed, else the embedded (amqtt) one; ``embedded`` asks for the
+    embedded one even when mosquitto is there.
+    """
+    port = free_port()
+    installed = find_mosquitto()
+    mosquitto = None if embedded else installed
     if mosquitto is not None:
         conf = workdir / "mosquitto.conf"
         lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
@@ -96,18 +109,23 @@ async def local_broker(workdir: Path, *, embedded: bool = False) -> AsyncIterato
     try:
         from amqtt.broker import Broker
     except ImportError:
+        if embedded:
+            other = (f"or leave --broker out to use mosquitto ({installed})" if installed
+                     else "or pass --broker mqtt://HOST:PORT")
+            raise AgentError(f"demo --broker embedded: the embedded broker (amqtt) is not "
+                             f"installed ({EMBEDDED_EXTRA}); {other}") from None
         raise AgentError(
-            "demo: no broker to run: mosquitto is not installed (sudo apt-get install "
-            "mosquitto) and neither is the embedded one (pip install 'ssc-edge-agent[demo]'); "
-            "or pass --broker mqtt://HOST:PORT") from None
+            "demo: no broker to run: mosquitto is not installed (apt-get install mosquitto) "
+            f"and neither is the embedded one ({EMBEDDED_EXTRA}); or pass "
+            "--broker mqtt://HOST:PORT") from None
 
     broker = Broker({
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     })
     await broker.start()
-    print(f"broker:   embedded (amqtt) on mqtt://127.0.0.1:{port} (mosquitto not found)",
-          flush=True)
+    why = "as asked" if embedded else "mosquitto not found"
+    print(f"broker:   embedded (amqtt) on mqtt://127.0.0.1:{port} ({why})", flush=True)
     try:
         yield f"mqtt://127.0.0.1:{port}"
     finally:
@@ -154,15 +172,25 @@ unit = "kWh"
 class DemoPrinter:
     """Prints each batch the receiver stores, with the latest values of a few points."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, on_output_gone: Callable[[], None] = lambda: None) -> None:
         self.started = started
         self.bytes = 0
         self.readings = 0
+        self.output_gone = False
+        self._on_output_gone = on_output_gone
 
     def on_payload_size(self, size: int) -> None:
         self.bytes += size
 
     def __call__(self, batch: Batch, outcome: StoreOutcome) -> None:
+        try:
+            self._print(batch, outcome)
+        except BrokenPipeError:
+            # `demo | head`: the reader has gone; stop the demo instead of logging every batch.
+            self.output_gone = True
+            self._on_output_gone()
+
+    def _print(self, batch: Batch, outcome: StoreOutcome) -> None:
         n = sum(len(s.v) for s in batch.series)
         self.readings += n if not outcome.duplicate else 0
         when = datetime.fromtimestamp(batch.created / 1000, UTC).strftime("%H:%M:%S")
@@ -225,9 +253,9 @@ async def run_demo(
                 print(f"agent:    config {config_path}, buffer {workdir / 'agent'}", flush=True)
                 sink = workdir / "received.db"
                 print(f"receiver: sqlite:///{sink}", flush=True)
-                printer = DemoPrinter(time.time())
                 stats = ReceiverStats()
                 stop_agent, stop_receiver = asyncio.Event(), asyncio.Event()
+                printer = DemoPrinter(time.time(), on_output_gone=stop_agent.set)
                 runtime: list[AgentRuntime] = []
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -241,8 +269,10 @@ async def run_demo(
                     agent = tg.create_task(
                         run_agent(config, stop=stop_agent, on_start=runtime.append,
                                   install_signal_handlers=False), name="agent")
+                    assert config.uplink is not None
                     print(f"running{'' if duration is None else f' for {duration:g} s'}; "
-                          "batches are sealed every 5 s (Ctrl-C stops)\n", flush=True)
+                          f"batches are sealed every {config.uplink.batch_max_age} "
+                          "(Ctrl-C stops)\n", flush=True)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(duration):
                             await stop_agent.wait()

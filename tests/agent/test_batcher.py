@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -177,3 +178,28 @@ def test_disk_full_for_too_long_drops_oldest_in_memory_and_reports_it(tiny_fs: P
     reports = [e for *_, p in store.iter_batches() for e in decode_batch(p).events
                if e["kind"] == "buffer_drop"]
     assert len(reports) == 1 and f"readings={lost}" in reports[0]["msg"]
+
+
+@pytest.mark.parametrize("poll_offset", [0.0, 0.3, 0.7])
+def test_a_batch_is_sealed_before_it_is_max_age_old(tmp_path: Path, poll_offset: float) -> None:
+    """Polls every 1 s, flushes every 1 s, batch_max_age 5 s: a batch every 5 polls, not 6.
+
+    Sealing at the first flush *after* max_age took in the poll between that flush and the one
+    before, so batches came every 6 s with batch_max_age = "5 s" (the demo's banner).
+    """
+    clock = Clock()
+    store = BatchStore.open(tmp_path / "b.db")
+    batcher = Batcher(store, gw="gw-t", boot=1, max_readings=1000, max_age=5.0, codec=1,
+                      level=3, clock=clock, on_sealed=lambda: None, flush_interval=1.0)
+    start = clock.now
+    for k in range(40):
+        clock.now = start + k + poll_offset
+        batcher.add(poll(round(clock.now * 1000), n=2))
+        clock.now = start + k + 1
+        batcher.flush()
+    batches = [decode_batch(p) for *_, p in store.iter_batches()]
+    assert len(batches) == 8
+    assert [b.n_readings for b in batches] == [5 * 2] * 8
+    assert {b2.created - b1.created for b1, b2 in itertools.pairwise(batches)} == {5000}
+    for b in batches:  # no reading waited longer than max_age in the open batch
+        assert b.created - min(r.t for r in iter_readings(b)) <= 5000

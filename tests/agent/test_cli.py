@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,90 @@ def test_receive_stops_on_sigterm_with_exit_0_and_a_stop_line(
     assert proc.returncode == 0, err
     events = [json.loads(x)["event"] for x in err.splitlines() if x.startswith("{")]
     assert events[-2:] == ["receiver_stopping", "receiver_stopped"]
+SSC_AGENT = str(Path(sys.executable).parent / "ssc-agent")
+
+
+def run_with_closed_stdout(*args: str) -> tuple[int, str]:
+    """Run ssc-agent with a stdout pipe whose reader is gone before anything is written."""
+    proc = subprocess.Popen([SSC_AGENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=120), err
+
+
+def kpi_replay_files(tmp_path: Path) -> tuple[Path, Path]:
+    config = write(tmp_path, '[gateway]\nid = "gw-1"\n[[kpis]]\nname = "m"\nsource = "s.x"\n'
+                   'operator = "mean"\nwindow = "1 min"\nsample_interval = "1 min"\n')
+    csv = tmp_path / "in.csv"
+    csv.write_text("time,device,point,value\n" + "".join(
+        f"2025-01-15T{h:02d}:{m:02d}:00Z,s,x,{m}\n" for h in range(24) for m in range(60)))
+    return config, csv
+
+
+@pytest.mark.parametrize("command", ["sample-config", "drivers", "validate", "kpi replay"])
+def test_a_closed_stdout_ends_a_command_quietly_with_141(tmp_path: Path, command: str) -> None:
+    config, csv = kpi_replay_files(tmp_path)
+    args = {
+        "sample-config": ["sample-config"],
+        "drivers": ["drivers"],
+        "validate": ["validate", "--config", str(ROOT / "config" / "example.toml")],
+        "kpi replay": ["kpi", "replay", "--config", str(config), "--input", str(csv)],
+    }[command]
+    status, err = run_with_closed_stdout(*args)
+    assert (status, err) == (141, "")
+
+
+def test_sample_config_into_head_has_no_traceback() -> None:
+    """`ssc-agent sample-config | head -1`, as a shell runs it."""
+    agent = subprocess.Popen([SSC_AGENT, "sample-config"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=ROOT)
+    assert agent.stdout is not None and agent.stderr is not None
+    head = subprocess.run(["head", "-1"], stdin=agent.stdout, capture_output=True, text=True,
+                          check=False, timeout=60)
+    agent.stdout.close()
+    err = agent.stderr.read().decode()
+    status = agent.wait(timeout=60)
+    assert head.stdout.startswith("# ssc-agent configuration (TOML)")
+    assert head.stdout.count("\n") == 1
+    assert err == ""
+    assert status in (0, 141)  # 0 when it wrote everything before head went away
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--units", "1-x"], "ssc-agent: --units: '1-x' is not a unit range: write e.g. 1-247 "
+                             "or 1,3,10-12"),
+        (["--serial", "/dev/null", "--silent-units", "300"],
+         "ssc-agent: --silent-units: '300': unit ids go from 0 to 255, the first not above the "
+         "last"),
+    ],
+)
+def test_simulate_unit_errors_name_the_flag_given(flags: list[str], expected: str) -> None:
+    done = cli("simulate", "ssc-demo-meter", *flags)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [expected]
+
+
+def test_simulate_takes_unit_ranges_as_scan_does(tmp_path: Path) -> None:
+    """simulate --units 1-2 serves units 1 and 2, which scan (same syntax) then finds."""
+    port = free_port()
+    sim = subprocess.Popen([SSC_AGENT, "simulate", "ssc-demo-meter", "--port", str(port),
+                            "--units", "1-2,4", "--duration", "60"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        scan = None
+        for _ in range(100):
+            scan = cli("scan", "--endpoint", f"tcp://127.0.0.1:{port}", "--units", "1-5",
+                       "--timeout", "1 s", "--format", "json")
+            if scan.returncode == 0:
+                break
+            time.sleep(0.2)
+        assert scan is not None and scan.returncode == 0, scan and scan.stderr
+        found = json.loads(scan.stdout)
+        assert found["found"] == [1, 2, 4], found
+    finally:
+        sim.terminate()
+        sim.wait(10)
