@@ -94,7 +94,7 @@ def test_profile_plan_respects_its_limits(name: str) -> None:
     [
         ("eastron-sdm630", 19, 5),
         ("eastron-sdm120", 12, 3),
-        ("carlo-gavazzi-em24", 20, 4),
+        ("carlo-gavazzi-em24", 20, 7),
         ("generic-water-meter", 5, 1),
         ("ssc-demo-meter", 20, 2),
     ],
@@ -157,11 +157,50 @@ def test_em24_map_decodes_the_protocol_examples() -> None:
     assert scales["power_factor"] == 0.001
     assert scales["frequency"] == 0.1
     assert scales["energy_import"] == 0.1
-    assert {n: p.address for n, p in points.items() if n.startswith("energy")} == {
-        "energy_import": 0x34,
-        "energy_export": 0x4E,
-    }
-    assert load_profile("carlo-gavazzi-em24").defaults["max_registers_per_request"] <= 60
+
+
+# The RS-485 EM24 DIN's table 2.3-1 ("EM24-DIN PFA, PFB & X models - Communication Protocol",
+# V4R0): after W sys come VA sys, var sys, DMD W (0x2E), DMD VA (0x30), then the power factors.
+EM24_DIN = {
+    "voltage_l1_n": (0x00, "i32", 0.1), "voltage_l2_n": (0x02, "i32", 0.1),
+    "voltage_l3_n": (0x04, "i32", 0.1), "voltage_l1_l2": (0x06, "i32", 0.1),
+    "voltage_l2_l3": (0x08, "i32", 0.1), "voltage_l3_l1": (0x0A, "i32", 0.1),
+    "current_l1": (0x0C, "i32", 0.001), "current_l2": (0x0E, "i32", 0.001),
+    "current_l3": (0x10, "i32", 0.001), "power_l1": (0x12, "i32", 0.1),
+    "power_l2": (0x14, "i32", 0.1), "power_l3": (0x16, "i32", 0.1),
+    "power_total": (0x28, "i32", 0.1),
+    "power_factor_l1": (0x32, "i16", 0.001), "power_factor_l2": (0x33, "i16", 0.001),
+    "power_factor_l3": (0x34, "i16", 0.001), "power_factor": (0x35, "i16", 0.001),
+    "frequency": (0x37, "i16", 0.1),
+    "energy_import": (0x3E, "i32", 0.1), "energy_export": (0x5C, "i32", 0.1),
+}  # fmt: skip
+
+
+def test_em24_is_the_rs485_din_map() -> None:
+    points = _by_name("carlo-gavazzi-em24")
+    got = {n: (p.address, p.type.value, p.scale) for n, p in points.items()}
+    assert got == EM24_DIN
+    for p in points.values():
+        assert p.table is Table.HOLDING
+        assert p.byte_order is (ByteOrder.CDAB if p.type is PointType.I32 else ByteOrder.ABCD)
+    # The demand words (0x2E-0x31) are never read as power factors again.
+    assert not {0x2E, 0x2F, 0x30, 0x31} & {p.address for p in points.values()}
+
+
+def test_em24_requests_stay_within_the_documented_11_registers() -> None:
+    config = config_for(load_profile("carlo-gavazzi-em24"))
+    assert config.max_registers_per_request == 11
+    assert max(r.count for r in plan_for(config)) <= 11
+
+
+def test_every_vendor_profile_cites_its_document() -> None:
+    for name, document in [
+        ("carlo-gavazzi-em24", "EM24-DIN PFA, PFB & X models - Communication Protocol"),
+        ("eastron-sdm630", "SDM630-Modbus MID V2 User Manual"),
+        ("eastron-sdm120", "SDM630-Modbus MID V2 User Manual"),
+    ]:
+        head = load_profile(name).path.read_text(encoding="utf-8").split("[profile]")[0]
+        assert document in head, name
 
 
 def test_water_meter_counter_is_32_bit_litres() -> None:
