@@ -23,6 +23,7 @@ from agent.batcher import Batcher
 from agent.config import AgentConfig
 from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
+from agent.fdlimit import prepare_open_files
 from agent.scheduler import DevicePoller
 from agent.store import BatchStore, StoreBounds
 from agent.units import parse_duration
@@ -102,6 +103,7 @@ async def run_agent(
 
     context = DriverContext(buses=config.buses_by_name)
     drivers = create_drivers(config, context)
+    prepare_open_files(len(drivers))
 
     data_dir = Path(config.gateway.data_dir)
     buf = config.buffer

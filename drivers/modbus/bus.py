@@ -31,6 +31,7 @@ import structlog
 
 from agent.driver import DriverContext
 from agent.errors import ConfigError, DeviceUnavailable
+from agent.fdlimit import fds_exhausted, report_fds_exhausted
 from drivers.modbus.config import ModbusDeviceConfig, Transport
 
 if TYPE_CHECKING:
@@ -308,6 +309,9 @@ class ModbusLine:
         raise LineUnavailable(self.name, self._connect_failure(self._clock() - started))
 
     def _connect_failure(self, elapsed: float) -> str:
+        # pymodbus logs the OSError and returns False: an EMFILE would read as "refused".
+        if fds_exhausted():
+            return report_fds_exhausted()
         if self.transport is Transport.BUS:
             assert self.serial is not None
             port = self.serial.port
