@@ -77,6 +77,9 @@ MAX_BATCH_EVENTS: Final = 20_000
 MAX_ARRAY_LEN: Final = MAX_BATCH_READINGS
 MAX_MAP_LEN: Final = 64
 MAX_BODY_OBJECTS: Final = 2_000_000
+# Arrays and maps among them: each costs a Python object of 56+ bytes and, read item by item,
+# far more time than a number; a v1 batch has about four per series.
+MAX_BODY_CONTAINERS: Final = 300_000
 # For frames without a content size (decoded as a stream): the largest window zstd levels 1-19
 # use (level 19: window log 23). A bigger one means --long / ultra settings, and the receiver
 # would hold that much memory per frame. Sized frames decode into their (capped) output.
@@ -605,6 +608,7 @@ def _decompress(frame: bytes, limit: int) -> bytes:
 _MAP_HEADS: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 _ARRAY_HEADS: Final = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 _STR_HEADS: Final = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])
+_CONTAINER_HEADS: Final = _MAP_HEADS | _ARRAY_HEADS
 # Below this many items an array is read item by item; above, in one call (see _scalars).
 _FAST_ARRAY_MIN: Final = 8
 # The longest msgpack encoding of a number or nil (a float 64 or a 64-bit int: tag + 8 bytes).
@@ -640,16 +644,17 @@ class _BoundedReader:
         self._unpacker = self._new_unpacker(max(len(body), 1))
         self._unpacker.feed(body)
         self._objects = 0
+        self._containers = 0
         self._readings = 0
 
     @staticmethod
-    def _new_unpacker(size: int, **hooks: Any) -> msgpack.Unpacker:
+    def _new_unpacker(size: int, max_str_len: int = MAX_STR_LEN, **hooks: Any) -> msgpack.Unpacker:
         return msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
             use_list=True,
             max_buffer_size=size,
-            max_str_len=MAX_STR_LEN,
+            max_str_len=max_str_len,
             max_bin_len=0,  # v1 has no binary fields
             max_ext_len=0,
             max_array_len=MAX_ARRAY_LEN,
@@ -679,16 +684,25 @@ class _BoundedReader:
 
     def _read(self, depth: int, path: str, section: str) -> object:
         head = self._head()
-        if head in _MAP_HEADS or head in _ARRAY_HEADS:
-            if depth >= MAX_BODY_DEPTH:
-                raise WireFormatError(f"{path}: nested deeper than {MAX_BODY_DEPTH} levels")
-            if head in _MAP_HEADS:
-                return self._map(depth, path, section)
-            return self._array(depth, path, section)
+        if head in _CONTAINER_HEADS:
+            return self._container(head, depth, path, section)
         return self._unpacker.unpack()  # a scalar: bounded by its own bytes and max_str_len
 
+    def _container(self, head: int, depth: int, path: str, section: str) -> object:
+        if depth >= MAX_BODY_DEPTH:
+            raise WireFormatError(f"{path}: nested deeper than {MAX_BODY_DEPTH} levels")
+        self._containers += 1
+        if self._containers > MAX_BODY_CONTAINERS:
+            raise WireFormatError(
+                f"{path}: the body holds more than {MAX_BODY_CONTAINERS} arrays and maps"
+            )
+        if head in _MAP_HEADS:
+            return self._map(depth, path, section)
+        return self._array(depth, path, section)
+
     def _map(self, depth: int, path: str, section: str) -> dict[str, Any]:
-        n = self._unpacker.read_map_header()
+        unpacker = self._unpacker
+        n = unpacker.read_map_header()
         if n > MAX_MAP_LEN:
             raise WireFormatError(f"{path}: a map of {n} keys, over the limit of {MAX_MAP_LEN}")
         self._charge(2 * n, path)
@@ -696,14 +710,20 @@ class _BoundedReader:
         for _ in range(n):
             if self._head() not in _STR_HEADS:
                 raise WireFormatError(f"{path}: keys must be str")
-            key = self._unpacker.unpack()
+            key = unpacker.unpack()
             if key in out:
                 # A repeated key would let a later value silently win; v1 maps never repeat one.
                 raise WireFormatError(f"{path}: the map repeats the key {_short(key)}")
-            if depth == 0:
-                out[key] = self._read(1, key, key)
+            head = self._head()
+            if head in _CONTAINER_HEADS:
+                # Paths are built for containers only (numbers and strings need none).
+                if depth == 0:
+                    out[key] = self._container(head, 1, key, key)
+                else:
+                    child = f"{path}.{_short(key)[1:-1]}"
+                    out[key] = self._container(head, depth + 1, child, section)
             else:
-                out[key] = self._read(depth + 1, f"{path}.{_short(key)[1:-1]}", section)
+                out[key] = unpacker.unpack()
         return out
 
     def _array_len(self, path: str) -> int:
@@ -741,19 +761,26 @@ class _BoundedReader:
             raise WireFormatError(f"{path}: an array of {n} items, over the limit of {limit}")
         self._charge(n, path)
         if n >= _FAST_ARRAY_MIN:
-            items = self._scalars(n)
-            if items is not None:
+            scalars = self._scalars(n)
+            if scalars is not None:
                 self._unpacker.skip()
-                return items
+                return scalars
         self._unpacker.read_array_header()
-        return [self._read(depth + 1, f"{path}[{i}]", section) for i in range(n)]
+        items: list[Any] = []
+        for i in range(n):
+            head = self._head()
+            if head in _CONTAINER_HEADS:
+                items.append(self._container(head, depth + 1, f"{path}[{i}]", section))
+            else:
+                items.append(self._unpacker.unpack())
+        return items
 
     def _scalars(self, n: int) -> list[Any] | None:
         """The array at the read position in one C call if it holds only scalars, else None.
 
         The call reads from a slice no longer than ``n`` numbers can take, and gives up at the
-        first nested container (the list hook runs for inner lists before the outer one), so
-        whatever the bytes hold, it builds at most that slice's worth of objects.
+        first string or nested container (the list hook runs for inner lists before the outer
+        one), so whatever the bytes hold, it builds at most ``n`` numbers' worth of objects.
         """
         calls = 0
 
@@ -769,7 +796,8 @@ class _BoundedReader:
 
         start = self._unpacker.tell()
         span = 5 + _MAX_SCALAR_BYTES * n  # header (at most 5 bytes) + n numbers
-        sub = self._new_unpacker(span, list_hook=only_outer, object_pairs_hook=no_maps)
+        # Strings end the attempt at once (max_str_len 0): the arrays worth it hold numbers.
+        sub = self._new_unpacker(span, 0, list_hook=only_outer, object_pairs_hook=no_maps)
         sub.feed(self._body[start : start + span])
         try:
             items = sub.unpack()

@@ -913,6 +913,14 @@ def test_the_object_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert decode_batch(_plain(_body())).n_readings == 2
 
 
+def test_the_container_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_BODY_CONTAINERS", 50)
+    nested = _array32(100) + b"\x90" * 100  # 101 arrays, 100 objects
+    with pytest.raises(WireFormatError, match=r"body\[49\]: the body holds more than 50 arrays"):
+        decode_batch(b"SSC1\x00" + nested)
+    assert decode_batch(_plain(_body())).n_readings == 2
+
+
 def test_encoder_refuses_batches_over_the_limits() -> None:
     n = MAX_BATCH_READINGS + 1
     big = Batch("g", 1, 1, 0, (Series("d", "p", None, 0, (0,) * n, (1,) * n, (0,) * n),))
