@@ -1,4 +1,9 @@
-"""Plantower PMS5003 / PMS7003 driver: the 12 values of a data frame over a UART.
+"""Plantower PMS5003-family driver: the values of a data frame over a UART.
+
+``model`` selects what the frame's words mean (``frames.MODELS``): a PMS5003 / PMS7003 /
+PMSA003 sends 12 values; a PMS5003T sends temperature and humidity in the words of the two
+largest particle counts; a PMS5003S adds formaldehyde; a PMS5003ST sends a longer frame with
+formaldehyde, temperature and humidity after the 12 values.
 
 Passive mode (default): after a (re)open the driver sends the passive-mode command, then at
 every poll drops whatever was buffered, sends the read command and takes the data frame. Active
@@ -29,21 +34,23 @@ __all__ = ["SPEC", "UNITS", "Pms5003Driver", "create_driver"]
 
 SAMPLE_TOML = (Path(__file__).parent / "sample.toml").read_text(encoding="utf-8")
 
-MASS = "µg/m³"
-COUNT = "1/0.1L"  # particles per 0.1 litre of air
-UNITS = {name: (COUNT if name.startswith("count_") else MASS) for name in frames.FIELDS}
+UNITS = {f.name: f.unit for f in frames.MODELS["pms5003"].fields}
+"""Units of the PMS5003's values (every model: ``frames.MODELS[...].fields``)."""
 
 
 class Pms5003Driver:
-    """One PMS5003 (or PMS7003) on its own serial port."""
+    """One PMS5003-family sensor on its own serial port."""
 
     def __init__(self, config: Pms5003Config) -> None:
         self._config = config
+        self._model = config.sensor
         self._timeout = config.timeout_seconds
         self._passive = config.mode == "passive"
-        self._where = f"{config.name} (pms5003 on {config.port})"
+        self._where = f"{config.name} ({config.model} on {config.port})"
         self._link = SerialLink(SerialSettings(config.port, config.baudrate), name=self._where)
-        self._points = tuple(PointInfo(name, UNITS[name]) for name in config.points)
+        self._points = tuple(
+            PointInfo(name, self._model.field(name).unit) for name in config.point_names
+        )
         self._mode_set = False
 
     @property
@@ -82,7 +89,7 @@ class Pms5003Driver:
         """Every configured value once, from one data frame."""
         await self._open()
         what = "the read command" if self._passive else "a data frame"
-        scanner = frames.FrameScanner()
+        scanner = frames.FrameScanner(self._model.data_length)
         try:
             frame = await self._frame(scanner)
         except ReadTimeout as exc:
@@ -106,9 +113,8 @@ class Pms5003Driver:
         except PortGone:
             await self._link.close()
             raise
-        return [
-            PointValue(p.name, frame.value(p.name), Quality.GOOD) for p in self._points
-        ]
+        values = frames.decode(frame, self._model)
+        return [PointValue(p.name, values[p.name], Quality.GOOD) for p in self._points]
 
 
 def create_driver(config: DeviceConfig, context: DriverContext) -> Pms5003Driver:
@@ -121,7 +127,10 @@ def create_driver(config: DeviceConfig, context: DriverContext) -> Pms5003Driver
 SPEC = DriverSpec(
     name="pms5003",
     version=agent.__version__,
-    description="Plantower PMS5003/PMS7003 particulate sensor (PM1/2.5/10, counts) over a UART",
+    description=(
+        "Plantower PMS5003-family particulate sensor (PM1/2.5/10, counts; T/ST models: "
+        "temperature, humidity, formaldehyde) over a UART"
+    ),
     config_model=Pms5003Config,
     create=create_driver,
     sample_toml=SAMPLE_TOML,

@@ -1,11 +1,19 @@
-"""Plantower PMS5003 / PMS7003 frames (data manual): pure building and parsing.
+"""Plantower PMS5003-family frames (the models' data manuals): pure building and parsing.
 
-A data frame is 32 bytes: ``42 4D``, the frame length 28 (big-endian), 13 big-endian words
-(PM1.0/2.5/10 at CF=1, PM1.0/2.5/10 atmospheric, counts per 0.1 L above 0.3/0.5/1/2.5/5/10 µm,
-a reserved word) and the 16-bit sum of bytes 0..29. A command is ``42 4D CMD DH DL`` plus its
-16-bit sum; mode changes are answered with an 8-byte frame of length 4.
-Every function raises :class:`Pms5003FrameError` (a ``DeviceProtocolError``) and nothing else on
-bad input.
+A data frame is ``42 4D``, the frame length (big-endian; data words × 2 + 2), big-endian data
+words and the 16-bit sum of every byte before it. The PMS5003 / PMS7003 / PMSA003 send 13 words
+(length 28): PM1.0/2.5/10 at CF=1, PM1.0/2.5/10 atmospheric, counts per 0.1 L above
+0.3/0.5/1/2.5/5/10 µm, a reserved word. The other models reuse those words (:data:`MODELS`):
+
+- PMS5003S (length 28): word 13 is formaldehyde (mg/m³ × 1000);
+- PMS5003T (length 28): words 10 and 11 are temperature and relative humidity (× 10), not the
+  counts above 2.5 and 5 µm; the counts above 10 µm, word 12, are not sent either;
+- PMS5003ST (length 36, 17 words): the 12 PMS5003 values, then formaldehyde, temperature,
+  humidity, a reserved word and the firmware version / error code.
+
+A command is ``42 4D CMD DH DL`` plus its 16-bit sum; mode changes are answered with an 8-byte
+frame of length 4. Every function raises :class:`Pms5003FrameError` (a ``DeviceProtocolError``)
+and nothing else on bad input.
 """
 
 from __future__ import annotations
@@ -20,15 +28,20 @@ __all__ = [
     "FIELDS",
     "FRAME_SIZE",
     "HEADER",
+    "MODELS",
     "Answer",
     "Command",
     "DataFrame",
+    "Field",
     "FrameScanner",
+    "Model",
     "Pms5003FrameError",
     "build_answer",
     "build_command",
     "build_data_frame",
     "checksum",
+    "decode",
+    "encode_word",
     "parse_command",
     "parse_frame",
     "scan_command",
@@ -45,7 +58,70 @@ FIELDS = (
     "pm1_0", "pm2_5", "pm10",
     "count_0_3", "count_0_5", "count_1_0", "count_2_5", "count_5_0", "count_10",
 )  # fmt: skip
-"""The 12 values of a data frame, in frame order (the 13th word is reserved)."""
+"""The 12 values of a PMS5003 data frame, in frame order (the 13th word is reserved)."""
+
+MASS = "µg/m³"
+COUNT = "1/0.1L"  # particles per 0.1 litre of air
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One value of a data frame: its data word (0-based), how to scale it, its unit."""
+
+    name: str
+    word: int
+    unit: str
+    divisor: int = 1  # the value is the word / divisor (10 for °C × 10)
+    signed: bool = False  # the word is two's complement (temperatures below 0)
+
+    def decode(self, word: int) -> int | float:
+        """The value of a data word."""
+        raw = word - 0x10000 if self.signed and word & 0x8000 else word
+        return raw if self.divisor == 1 else raw / self.divisor
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """What one sensor model sends: its data length and the values in its data words."""
+
+    name: str
+    data_length: int
+    fields: tuple[Field, ...]
+
+    @property
+    def words(self) -> int:
+        """Data words in a frame (the checksum not counted)."""
+        return (self.data_length - 2) // 2
+
+    def field(self, name: str) -> Field:
+        """A field by name (KeyError when this model does not send it)."""
+        for candidate in self.fields:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+
+_PM = tuple(Field(name, i, MASS) for i, name in enumerate(FIELDS[:6]))
+_COUNTS = tuple(Field(name, 6 + i, COUNT) for i, name in enumerate(FIELDS[6:]))
+_HCHO = "formaldehyde"
+_STANDARD = _PM + _COUNTS
+
+MODELS: dict[str, Model] = {
+    model.name: model
+    for model in (
+        Model("pms5003", 28, _STANDARD),
+        Model("pms7003", 28, _STANDARD),
+        Model("pmsa003", 28, _STANDARD),
+        Model("pms5003s", 28, (*_STANDARD, Field(_HCHO, 12, "mg/m³", 1000))),
+        Model("pms5003t", 28, (*_PM, *_COUNTS[:3],
+                               Field("temperature", 9, "°C", 10, signed=True),
+                               Field("humidity", 10, "%", 10))),
+        Model("pms5003st", 36, (*_STANDARD, Field(_HCHO, 12, "mg/m³", 1000),
+                                Field("temperature", 13, "°C", 10, signed=True),
+                                Field("humidity", 14, "%", 10))),
+    )
+}
+"""Every supported model by its ``model`` setting."""
 
 
 class Command(IntEnum):
@@ -62,14 +138,40 @@ class Pms5003FrameError(DeviceProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class DataFrame:
-    """The 12 values of a data frame (``FIELDS`` order) and the reserved word."""
+    """The data words of a frame: the first 12 (``FIELDS`` order for a PMS5003), the 13th,
+    and for a 17-word frame (PMS5003ST) the rest in ``extra``."""
 
     values: tuple[int, ...]
     reserved: int
+    extra: tuple[int, ...] = ()
+
+    @property
+    def words(self) -> tuple[int, ...]:
+        """Every data word, in frame order."""
+        return (*self.values, self.reserved, *self.extra)
 
     def value(self, name: str) -> int:
-        """One value by its ``FIELDS`` name."""
+        """One raw word by its PMS5003 ``FIELDS`` name."""
         return self.values[FIELDS.index(name)]
+
+
+def decode(frame: DataFrame, model: Model) -> dict[str, int | float]:
+    """The values ``model`` sends, decoded from a frame with its data length."""
+    words = frame.words
+    if len(words) != model.words:
+        raise Pms5003FrameError(
+            f"a {model.name} sends {model.words} data words, this frame has {len(words)}: "
+            "check the model setting"
+        )
+    return {f.name: f.decode(words[f.word]) for f in model.fields}
+
+
+def encode_word(field: Field, value: float) -> int:
+    """The data word that carries ``value`` (for the simulator); clamped to the word's range."""
+    raw = round(value * field.divisor)
+    if field.signed:
+        raw = max(-0x8000, min(0x7FFF, raw)) & 0xFFFF
+    return max(0, min(0xFFFF, raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +222,16 @@ def scan_command(buffer: bytes) -> tuple[int, tuple[int, int] | None]:
         return 1, None
 
 
-def build_data_frame(values: tuple[int, ...] | list[int], reserved: int = 0x9700) -> bytes:
-    """A data frame for the 12 values (each clamped to 0..65535)."""
+def build_data_frame(
+    values: tuple[int, ...] | list[int], reserved: int = 0x9700, extra: tuple[int, ...] = ()
+) -> bytes:
+    """A data frame for the 12 values (each clamped to 0..65535), the 13th word and, for a
+    PMS5003ST, the 4 words after it."""
     if len(values) != len(FIELDS):
         raise ValueError(f"a PMS5003 frame has {len(FIELDS)} values, got {len(values)}")
-    words = [max(0, min(0xFFFF, int(v))) for v in values] + [reserved & 0xFFFF]
-    body = HEADER + DATA_LENGTH.to_bytes(2, "big") + b"".join(w.to_bytes(2, "big") for w in words)
+    words = [max(0, min(0xFFFF, int(v))) for v in (*values, reserved, *extra)]
+    length = 2 * len(words) + 2
+    body = HEADER + length.to_bytes(2, "big") + b"".join(w.to_bytes(2, "big") for w in words)
     return body + checksum(body).to_bytes(2, "big")
 
 
@@ -135,16 +241,20 @@ def build_answer(command: int, data: int) -> bytes:
     return body + checksum(body).to_bytes(2, "big")
 
 
-def parse_frame(frame: bytes) -> DataFrame | Answer:
-    """Check a whole frame's header, length and sum, and decode it."""
+ST_DATA_LENGTH = 36
+DATA_LENGTHS = (DATA_LENGTH, ST_DATA_LENGTH)
+
+
+def parse_frame(frame: bytes, data_length: int = DATA_LENGTH) -> DataFrame | Answer:
+    """Check a whole frame's header, length (``data_length`` for data) and sum; decode it."""
     if len(frame) < 4 or frame[:2] != HEADER:
         raise Pms5003FrameError(f"not a PMS5003 frame (no 42 4D header): {frame[:8].hex(' ')}")
     length = int.from_bytes(frame[2:4], "big")
-    if length not in (DATA_LENGTH, ANSWER_LENGTH):
-        raise Pms5003FrameError(
-            f"PMS5003 frame length {length}, expected {DATA_LENGTH}: a PMS1003/3003 (length "
-            "20) is not supported, otherwise noise on the line"
-        )
+    if length not in (data_length, ANSWER_LENGTH):
+        other = {DATA_LENGTH: "a PMS5003/5003S/5003T/7003", ST_DATA_LENGTH: "a PMS5003ST"}
+        hint = f"{other[length]} sends it: check the model setting" if length in other else (
+            "a PMS1003/3003 (length 20) is not supported, otherwise noise on the line")
+        raise Pms5003FrameError(f"PMS5003 frame length {length}, expected {data_length}: {hint}")
     if len(frame) != 4 + length:
         raise Pms5003FrameError(
             f"PMS5003 frame is {len(frame)} bytes, its length says {4 + length}"
@@ -157,8 +267,8 @@ def parse_frame(frame: bytes) -> DataFrame | Answer:
         )
     if length == ANSWER_LENGTH:
         return Answer(frame[4], frame[5])
-    words = tuple(int.from_bytes(frame[i : i + 2], "big") for i in range(4, 30, 2))
-    return DataFrame(words[:12], words[12])
+    words = tuple(int.from_bytes(frame[i : i + 2], "big") for i in range(4, len(frame) - 2, 2))
+    return DataFrame(words[:12], words[12], words[13:])
 
 
 def _find_header(buffer: bytes) -> int:
@@ -178,8 +288,9 @@ class FrameScanner:
     follows, that is the reason to report.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, data_length: int = DATA_LENGTH) -> None:
         self.rejected: Pms5003FrameError | None = None
+        self.data_length = data_length
 
     def __call__(self, buffer: bytes) -> tuple[int, DataFrame | None]:
         start = _find_header(buffer)
@@ -188,10 +299,10 @@ class FrameScanner:
         if len(buffer) < 4:
             return 0, None
         length = int.from_bytes(buffer[2:4], "big")
-        if length in (DATA_LENGTH, ANSWER_LENGTH) and len(buffer) < 4 + length:
+        if length in (*DATA_LENGTHS, ANSWER_LENGTH) and len(buffer) < 4 + length:
             return 0, None
         try:
-            frame = parse_frame(buffer[: 4 + length])
+            frame = parse_frame(buffer[: 4 + length], self.data_length)
         except Pms5003FrameError as exc:
             self.rejected = exc
             return 1, None

@@ -1,5 +1,9 @@
-"""A simulated Plantower PMS5003 on a serial path, for tests and
-``ssc-agent simulate pms5003 --serial PATH``.
+"""A simulated Plantower PMS5003-family sensor on a serial path, for tests and
+``ssc-agent simulate pms5003 --serial PATH`` (a PMS5003).
+
+``model`` (``frames.MODELS``) sets the frame it sends: a PMS5003T puts temperature and humidity
+in the words of the two largest particle counts, a PMS5003ST sends a 40-byte frame with
+formaldehyde, temperature and humidity after the 12 values.
 
 Like the sensor it powers up in active mode (a frame every ``period`` seconds), switches to
 passive mode on command (answering with the 8-byte mode answer), sends one frame per read
@@ -38,18 +42,28 @@ class Fault(Enum):
 
 
 class Pms5003Simulator:
-    """One simulated sensor; ``values`` fixed (12 ints in ``frames.FIELDS`` order) or a walk."""
+    """One simulated sensor; ``values`` fixed (12 ints in ``frames.FIELDS`` order) or a walk.
+
+    ``climate`` gives the temperature (°C), relative humidity (%) and formaldehyde (mg/m³) the
+    T, S and ST models send.
+    """
 
     def __init__(
         self,
         port: str,
         *,
+        model: str = "pms5003",
         values: tuple[int, ...] | None = None,
+        climate: tuple[float, float, float] = (21.4, 48.5, 0.012),
         period: float = 1.0,
         seed: int | None = None,
     ) -> None:
-        self.link = SerialLink(SerialSettings(port, 9600), name=f"pms5003 simulator ({port})")
+        if model not in frames.MODELS:
+            raise ValueError(f"model {model!r}: one of {', '.join(frames.MODELS)}")
+        self.model = frames.MODELS[model]
+        self.link = SerialLink(SerialSettings(port, 9600), name=f"{model} simulator ({port})")
         self.values = values
+        self.climate = climate
         self.period = period
         self.faults: deque[Fault] = deque()
         self.passive = False
@@ -72,8 +86,23 @@ class Pms5003Simulator:
         counts = [round(pm25 * k) for k in (130.0, 38.0, 7.0, 0.9, 0.25, 0.1)]
         return tuple(mass + mass + counts)
 
+    def frame(self) -> bytes:
+        """The next data frame of this model."""
+        words = [*self._frame_values(), 0x9700, 0, 0, 0, 0][: self.model.words]
+        temperature, humidity, formaldehyde = self.climate
+        for name, value in (("temperature", temperature), ("humidity", humidity),
+                            ("formaldehyde", formaldehyde)):
+            try:
+                field = self.model.field(name)
+            except KeyError:
+                continue
+            words[field.word] = frames.encode_word(field, value)
+        if self.model.name == "pms5003t":
+            words[11] = 0  # reserved; the counts above 10 µm are not sent
+        return frames.build_data_frame(tuple(words[:12]), words[12], tuple(words[13:]))
+
     async def _send_data(self, link: SerialLink) -> None:
-        frame = frames.build_data_frame(self._frame_values())
+        frame = self.frame()
         fault = self.faults.popleft() if self.faults else None
         if fault is Fault.SILENCE:
             return

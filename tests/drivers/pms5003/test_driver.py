@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import load_config
 from agent.driver import DriverContext
-from agent.errors import DeviceProtocolError, DeviceUnavailable
+from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
 from agent.readings import Quality
 from drivers.pms5003 import frames
 from drivers.pms5003.config import Pms5003Config
@@ -161,20 +161,28 @@ def test_sample_validates_and_the_readme_shows_it(tmp_path: Path) -> None:
     sample = (DRIVER_DIR / "sample.toml").read_text(encoding="utf-8")
     assert sample == SPEC.sample_toml
     devices = [SPEC.config_model.model_validate(d) for d in tomllib.loads(sample)["devices"]]
-    assert [len(getattr(d, "points", [])) for d in devices] == [12, 3]
+    assert [len(d.point_names) for d in devices if isinstance(d, Pms5003Config)] == [12, 3, 5]
+    assert [d.model for d in devices if isinstance(d, Pms5003Config)] == [
+        "pms5003", "pms5003", "pms5003t"]
     readme = (DRIVER_DIR / "README.md").read_text(encoding="utf-8")
     assert f"```toml\n{sample}```" in readme.split("## Configuration", 1)[1]
     path = tmp_path / "agent.toml"
     head = '[gateway]\nid = "gw-1"\n\n[uplink]\nbroker = "mqtt://127.0.0.1:1883"\n\n'
     path.write_text(head + sample, encoding="utf-8")
-    assert len(load_config(path, driver_models={"pms5003": Pms5003Config}).devices) == 2
+    assert len(load_config(path, driver_models={"pms5003": Pms5003Config}).devices) == 3
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"mode": "query"}, "mode"),
-        ({"points": ["pm25"]}, "not a PMS5003 value"),
+        ({"points": ["pm25"]}, "'pm25' is not a pms5003 value: write one of pm1_0_cf1"),
+        ({"points": ["temperature"]},
+         "'temperature' is not a pms5003 value \\(a value of pms5003t, pms5003st\\)"),
+        ({"model": "pms5003t", "points": ["count_10"]},
+         "'count_10' is not a pms5003t value \\(a value of pms5003, pms7003"),
+        ({"model": "pms9003"}, "model"),
+        ({"points": ["x" * 5000]}, "'x{40}…' is not"),
         ({"points": ["pm10", "pm10"]}, "twice"),
         ({"points": []}, "at least 1"),
         ({"timeout": "3"}, "not a duration"),
@@ -183,3 +191,72 @@ def test_sample_validates_and_the_readme_shows_it(tmp_path: Path) -> None:
 def test_config_errors(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config("/dev/ttyUSB0", **change)
+
+
+def test_a_bad_point_is_located_at_the_device_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[gateway]\nid = "gw-1"\n\n[uplink]\nbroker = "mqtt://127.0.0.1:1883"\n\n'
+        '[[devices]]\nname = "dust-9"\ndriver = "pms5003"\nport = "/dev/ttyS0"\n'
+        'points = ["humidity"]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, driver_models={"pms5003": Pms5003Config})
+    [line] = caught.value.problems
+    assert "dust-9" in line and "points" in line
+    assert "'humidity' is not a pms5003 value (a value of pms5003t, pms5003st)" in line
+
+
+# A PMS5003T / PMS5003ST's values: temperature -3.5 °C (two's complement), 61.2 %, 0.045 mg/m³.
+CLIMATE = (-3.5, 61.2, 0.045)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("pms5003t", [*GOOD[:9], ("temperature", -3.5, Quality.GOOD),
+                      ("humidity", 61.2, Quality.GOOD)]),
+        ("pms5003st", [*GOOD, ("formaldehyde", 0.045, Quality.GOOD),
+                       ("temperature", -3.5, Quality.GOOD), ("humidity", 61.2, Quality.GOOD)]),
+        ("pms5003s", [*GOOD, ("formaldehyde", 0.045, Quality.GOOD)]),
+        ("pms7003", GOOD),
+    ],
+)
+@pytest.mark.parametrize("mode", ["passive", "active"])
+async def test_models_decode_their_words(
+    line: PtyPair, driver_factory: Any, model: str, expected: list[Any], mode: str
+) -> None:
+    simulator = Pms5003Simulator(line.a, model=model, values=VALUES, climate=CLIMATE, period=0.05)
+    task = asyncio.create_task(simulator.run(), name="pms5003-simulator")
+    try:
+        await wait_open(simulator)
+        driver = driver_factory(config(line.b, model=model, mode=mode))
+        units = {p.name: p.unit for p in driver.points}
+        assert values(await driver.read()) == expected
+        assert {k: units[k] for k in units if k in ("temperature", "humidity", "formaldehyde")} \
+            == {k: v for k, v in {"temperature": "°C", "humidity": "%",
+                                  "formaldehyde": "mg/m³"}.items() if k in units}
+        assert "count_2_5" not in units if model == "pms5003t" else "count_2_5" in units
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(("sensor", "configured"), [("pms5003st", "pms5003t"),
+                                                    ("pms5003", "pms5003st")])
+async def test_a_wrong_model_setting_is_named(
+    line: PtyPair, driver_factory: Any, sensor: str, configured: str
+) -> None:
+    simulator = Pms5003Simulator(line.a, model=sensor, values=VALUES, period=0.05)
+    task = asyncio.create_task(simulator.run(), name="pms5003-simulator")
+    try:
+        await wait_open(simulator)
+        driver = driver_factory(config(line.b, model=configured))
+        with pytest.raises(DeviceProtocolError, match="check the model setting"):
+            await driver.read()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

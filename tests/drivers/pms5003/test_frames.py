@@ -116,3 +116,64 @@ def test_truncated_frames(length: int) -> None:
     with pytest.raises(frames.Pms5003FrameError):
         frames.parse_frame(VECTOR[:length])
     assert frames.FrameScanner()(VECTOR[:length]) == (0, None)  # waits for the rest
+
+
+# The words of one frame per model: VALUES, then what the model puts after or instead of them.
+@pytest.mark.parametrize(
+    ("model", "words", "expected"),
+    [
+        ("pms5003", [*VALUES, 0x9700], dict(zip(frames.FIELDS, VALUES, strict=True))),
+        # PMS5003T: words 10 and 11 are temperature × 10 (signed) and humidity × 10.
+        ("pms5003t", [*VALUES[:9], 0xFFDD, 612, 0, 0x9700],
+         {**dict(zip(frames.FIELDS[:9], VALUES[:9], strict=True)),
+          "temperature": -3.5, "humidity": 61.2}),
+        ("pms5003t", [*VALUES[:9], 235, 1000, 0, 0x9700],
+         {**dict(zip(frames.FIELDS[:9], VALUES[:9], strict=True)),
+          "temperature": 23.5, "humidity": 100.0}),
+        ("pms5003s", [*VALUES, 45],
+         {**dict(zip(frames.FIELDS, VALUES, strict=True)), "formaldehyde": 0.045}),
+        # PMS5003ST: 17 words, formaldehyde / 1000, temperature / 10, humidity / 10.
+        ("pms5003st", [*VALUES, 1234, 0x8000, 0, 0, 0x9100],
+         {**dict(zip(frames.FIELDS, VALUES, strict=True)),
+          "formaldehyde": 1.234, "temperature": -3276.8, "humidity": 0.0}),
+    ],
+)
+def test_models_decode_their_words(
+    model: str, words: list[int], expected: dict[str, float]
+) -> None:
+    frame = frames.build_data_frame(tuple(words[:12]), words[12], tuple(words[13:]))
+    spec = frames.MODELS[model]
+    assert len(frame) == 4 + spec.data_length
+    parsed = frames.parse_frame(frame, spec.data_length)
+    assert isinstance(parsed, frames.DataFrame)
+    assert frames.decode(parsed, spec) == expected
+    assert [f.name for f in spec.fields] == list(expected)
+
+
+def test_the_st_frame_is_40_bytes_with_its_own_length_field() -> None:
+    frame = frames.build_data_frame(VALUES, 0, (1, 2, 3, 4))
+    assert len(frame) == 40 and frame[2:4] == b"\x00\x24"
+    with pytest.raises(frames.Pms5003FrameError, match="a PMS5003ST sends it: check the model"):
+        frames.parse_frame(frame)  # expecting a PMS5003's 28
+    short = frames.build_data_frame(VALUES)
+    with pytest.raises(frames.Pms5003FrameError, match="a PMS5003/5003S/5003T/7003 sends it"):
+        frames.parse_frame(short, frames.MODELS["pms5003st"].data_length)
+    scanner = frames.FrameScanner(frames.MODELS["pms5003st"].data_length)
+    assert scanner(frame) == (40, frames.DataFrame(VALUES, 0, (1, 2, 3, 4)))
+
+
+@given(st.sampled_from(sorted(frames.MODELS)), st.data())
+def test_model_values_round_trip(model: str, data: st.DataObject) -> None:
+    spec = frames.MODELS[model]
+    words = [0] * spec.words
+    expected: dict[str, float] = {}
+    for field in spec.fields:
+        low, high = (-0x8000, 0x7FFF) if field.signed else (0, 0xFFFF)
+        raw = data.draw(st.integers(low, high))
+        value = raw / field.divisor if field.divisor != 1 else raw
+        words[field.word] = frames.encode_word(field, value)
+        expected[field.name] = value
+    frame = frames.build_data_frame(tuple(words[:12]), words[12], tuple(words[13:]))
+    parsed = frames.parse_frame(frame, spec.data_length)
+    assert isinstance(parsed, frames.DataFrame)
+    assert frames.decode(parsed, spec) == expected
