@@ -390,10 +390,11 @@ class ModbusLine:
                     detail = describe_wrong_bytes(self._heard, rtu=self.is_rtu, unit=unit,
                                                   tid=self._sent_tid)
                     if self._dropped:
-                        detail += "; then the device closed the connection"
+                        detail += "; then the connection closed"
                     raise WrongAnswer(detail) from exc
                 if self._dropped:
-                    raise NoAnswer("the device closed the connection without answering") from exc
+                    # The device (a reset) or pymodbus (after unanswered requests) closed it.
+                    raise NoAnswer("the connection closed without an answer") from exc
                 raise NoAnswer(str(exc) or type(exc).__name__) from exc
             finally:
                 # Also after a cancelled exchange: its answer may still be on its way.
