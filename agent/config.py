@@ -42,7 +42,7 @@ from pydantic_core import ErrorDetails
 from agent.driver import DeviceConfig, discover
 from agent.endpoints import BrokerAddress, parse_broker_url, printable_problem, topic_prefix_problem
 from agent.errors import ConfigError, excerpt
-from agent.profiles import apply_profile, load_profile
+from agent.profiles import Profile, apply_profile, load_profile
 from agent.units import duration_within, parse_duration, parse_size
 
 # Half the wire format's readings per batch (agent.wire.MAX_BATCH_READINGS, not imported: it
@@ -1180,6 +1180,7 @@ class _Loader:
         # Device tables after profile merging, by name: KPI sources are checked against them.
         self.device_tables: dict[str, dict[str, Any]] = {}
         self.device_models: dict[str, DeviceConfig] = {}
+        self.profiles: dict[str, Profile | OSError | ValueError] = {}
 
     def item(self, where: str, *, listed: bool) -> _Item:
         item = _Item(where, listed=listed)
@@ -1349,6 +1350,18 @@ class _Loader:
             item.add(("driver",), f"unknown driver {driver!r}; {self.drivers.installed}")
         return None
 
+    def _profile(self, name: str) -> Profile:
+        """A profile, read once per load however many devices name it."""
+        if name not in self.profiles:
+            try:
+                self.profiles[name] = load_profile(name, self.base_dir)
+            except (OSError, ValueError) as exc:  # reported at every device that names it
+                self.profiles[name] = exc
+        found = self.profiles[name]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
     def _merge_profile(
         self, raw: dict[str, Any], driver: object, model: type[DeviceConfig] | None, item: _Item
     ) -> dict[str, Any]:
@@ -1356,7 +1369,7 @@ class _Loader:
         name = raw.get("profile")
         if isinstance(name, str):
             try:
-                profile = load_profile(name, self.base_dir)
+                profile = self._profile(name)
             except (FileNotFoundError, ValueError) as exc:
                 item.add(("profile",), str(exc))
             except OSError as exc:

@@ -1497,3 +1497,31 @@ def test_batch_max_readings_limit_is_half_the_wire_limit() -> None:
     from agent.wire import MAX_BATCH_READINGS
 
     assert BATCH_MAX_READINGS_LIMIT == MAX_BATCH_READINGS // 2
+
+
+def test_devices_of_one_profile_share_its_point_models(tmp_path: Path) -> None:
+    """1,000 meters of one profile hold one copy of its points, not 1,000 (memory per device)."""
+    devices = "".join(
+        f'[[devices]]\nname = "m{i}"\ndriver = "modbus"\nendpoint = "tcp://127.0.0.1:502"\n'
+        'profile = "ssc-demo-meter"\n'
+        for i in range(3)
+    ) + ('[[devices.points]]\nname = "voltage_l1"\nscale = 0.5\n')
+    config = load_text(tmp_path, BASE + devices)
+    a, b, c = (d.points for d in config.devices)  # type: ignore[attr-defined]
+    assert a == b and all(p is q for p, q in zip(a, b, strict=True))
+    overridden = {p.name: p for p in c}["voltage_l1"]
+    assert overridden.scale == 0.5
+    assert overridden is not {p.name: p for p in a}["voltage_l1"]
+    assert sum(p is q for p, q in zip(a, c, strict=True)) == len(a) - 1
+
+
+def test_a_missing_profile_is_reported_at_every_device_that_names_it(tmp_path: Path) -> None:
+    devices = "".join(
+        f'[[devices]]\nname = "m{i}"\ndriver = "modbus"\nendpoint = "tcp://127.0.0.1:502"\n'
+        'profile = "no-such-meter"\n'
+        for i in range(2)
+    )
+    lines = [line for line in problems_of(tmp_path, BASE + devices) if "→ profile:" in line]
+    assert [line.split(" → ")[0] for line in lines] == [
+        "devices[0] (name=m0, driver=modbus)", "devices[1] (name=m1, driver=modbus)"]
+    assert all("no profile named 'no-such-meter'" in line for line in lines)
