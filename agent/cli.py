@@ -1,10 +1,11 @@
 """``ssc-agent``: the command line (a contract: ARCHITECTURE.md "CLI").
 
-Exit status 0 on success, 1 on failure, 2 on bad usage or an invalid config; errors go to
-stderr, one line each, naming where. When the reader of stdout goes away (``… | head``), a
-command stops quietly with status 141, as a shell tool killed by SIGPIPE does, so that
-``set -o pipefail`` scripts see the same status as for ``cat``. Heavy modules are imported per
-command so that ``validate`` and ``--help`` stay quick on a Pi.
+Exit status 0 on success, 1 on failure, 2 on bad usage or an invalid config, and for ``run``
+when its data_dir cannot be used (cannot be created, not writable, in use by another agent,
+store locked); errors go to stderr, one line each, naming where. When the reader of stdout
+goes away (``… | head``), a command stops quietly with status 141, as a shell tool killed by
+SIGPIPE does, so that ``set -o pipefail`` scripts see the same status as for ``cat``. Heavy
+modules are imported per command so that ``validate`` and ``--help`` stay quick on a Pi.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, StorageError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -229,7 +230,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     configure_logging(args.log_level or config.gateway.log_level, json=args.log_json)
-    asyncio.run(run_agent(config))
+    try:
+        asyncio.run(run_agent(config))
+    except StorageError as exc:
+        # as a config error: systemd's restarts do not help until someone fixes the place
+        _err(str(exc))
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -422,13 +428,14 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
     if not path.exists():
         _err(f"buffer {path} does not exist yet (the agent has not run with this data_dir)")
         return EXIT_FAILURE
-    store = BatchStore.open(path)
+    store = BatchStore.open_readonly(path)  # no writes, no salvage: safe while the agent runs
     try:
         if args.action == "stats":
             s = store.stats()
             now = time.time() * 1000
             age = f"{(now - s.oldest_created) / 1000:.0f} s" if s.oldest_created else "-"
-            print(f"buffer:          {s.path}")
+            print(f"buffer:          {s.path}" + (f" (store {s.identity})" if s.identity
+                                                          else ""))
             print(f"batches unsent:  {s.batches} ({s.readings} readings, "
                   f"{s.payload_bytes} payload bytes)")
             print(f"oldest unsent:   {age}")

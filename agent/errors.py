@@ -63,6 +63,11 @@ class DeviceProtocolError(AgentError):
         super().__init__(message)
 
 
+class StorageError(AgentError):
+    """The data_dir or its store cannot be used at all (cannot be created, not writable, in
+    use by another agent, locked): the agent cannot start; ``run`` exits 2 with one line."""
+
+
 class BufferFull(AgentError):
     """The store-and-forward buffer cannot take more data (bounds or disk full)."""
 

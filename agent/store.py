@@ -35,14 +35,23 @@ Sealing a batch is one transaction: allocate ``seq``, take the unreported drop e
 it, insert the payload, delete the pending rows it was built from, enforce the bounds. So
 every reading is either pending, in exactly one batch, or counted in exactly one drop.
 
-A store file that cannot be opened or fails SQLite's quick check (a power cut on an SD card)
-is moved aside as ``buffer.db.corrupt-<time>``; what can still be read from it is copied into
-a fresh store, and the damage is reported as a ``buffer_corrupt`` event.
+A store file that SQLite reports as damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, or a failed
+quick check: a power cut on an SD card) is moved aside as ``buffer.db.corrupt-<time>``; what can
+still be read from it is copied into a fresh store, and the damage is reported as a
+``buffer_corrupt`` event. Any other failure to open is not damage and touches nothing: a store
+locked by another process (waited for ``OPEN_BUSY_SECONDS``), a directory that cannot be
+created or written, raise :class:`StorageError` saying so.
+
+One agent per data_dir: ``agent.lock`` in it is held with ``flock`` for the agent's life (the
+kernel releases it when the process dies, SIGKILL included); a second agent is refused.
+``buffer stats`` / ``export`` open the store read-only (:meth:`BatchStore.open_readonly`):
+no lock, no writes, no salvage, so they work while the agent runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -56,7 +65,7 @@ import msgpack
 import structlog
 import zstandard
 
-from agent.errors import BufferFull
+from agent.errors import BufferFull, StorageError
 from agent.readings import Event, Quality, Reading
 from agent.wire import pack_values
 
@@ -93,6 +102,16 @@ CREATE TABLE IF NOT EXISTS drops (
 # batches (every ~17 min at 10-s batches); a lost store skips at most this many seqs.
 SEQ_RESERVE = 100
 
+# How long opening waits for another process's write lock on the store before it gives up
+# (a `buffer` command, a backup tool; never long in practice).
+OPEN_BUSY_SECONDS = 10.0
+RUN_BUSY_MS = 5000
+
+LOCK_FILE = "agent.lock"
+
+# SQLite's result codes for a file that is not (or no longer) a sound database
+_DAMAGED = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
 # SQLite page size of a new store. Every commit writes each page it touches to the WAL whole;
 # with 1 KiB pages a live agent writes about half the bytes it does with 4 KiB pages (measured
 # by benchmarks/backlog.py: ~12 vs ~24 bytes per reading passed to write()). Fewer bytes
@@ -119,6 +138,83 @@ class OutgoingBatch:
     n_readings: int
 
 
+class _QuickCheckFailed(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found damage."""
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged (not busy, locked, read-only, missing, ...)."""
+    if isinstance(exc, _QuickCheckFailed):
+        return True
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return name in _DAMAGED or name.startswith("SQLITE_CORRUPT_")
+
+
+def _open_failure(path: Path, exc: sqlite3.Error) -> StorageError:
+    """The one-line error for a store that cannot be opened and is not damaged."""
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StorageError(
+            f"buffer {path}: locked by another process for more than {OPEN_BUSY_SECONDS:g} s "
+            f"({exc}); not touched. Is another program writing it?")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or \
+            not os.access(path.parent, os.W_OK):
+        return StorageError(f"buffer {path}: cannot open it for writing ({exc}); is "
+                            f"{path.parent} writable?")
+    return StorageError(f"buffer {path}: cannot open it ({name}: {exc}); not touched")
+
+
+class DataDirLock:
+    """``agent.lock`` in the data_dir, held with ``flock`` while the agent runs."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, data_dir: Path) -> DataDirLock:
+        """Create the data_dir if needed and take its lock, or raise StorageError."""
+        ensure_data_dir(data_dir)
+        path = data_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"data_dir {data_dir}: cannot write {LOCK_FILE} there "
+                               f"({exc.strerror or exc}); the agent needs a writable data_dir"
+                               ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise StorageError(
+                f"data_dir {data_dir} is in use by another agent (pid {holder or '?'}); stop "
+                "it, or give this one its own data_dir") from exc
+        with contextlib.suppress(OSError):  # the pid is for humans; the lock is what counts
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def ensure_data_dir(data_dir: Path) -> None:
+    """Create the data_dir (and its parents), or raise StorageError naming why not."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"data_dir {data_dir}: cannot create it ({exc.strerror or exc})"
+                           ) from exc
+    if not data_dir.is_dir():
+        raise StorageError(f"data_dir {data_dir}: exists and is not a directory")
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     """What ``buffer stats`` shows."""
@@ -137,6 +233,7 @@ class StoreStats:
     dropped_readings: int
     dropped_events: int
     dropped_aggregates: int
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,20 +268,41 @@ class BatchStore:
     @classmethod
     def open(cls, path: Path, *, sync: str = "full", bounds: StoreBounds | None = None,
              clock: Callable[[], float] = time.time) -> BatchStore:
-        """Open (create) the store; a corrupt file is moved aside and salvaged (see above)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (create) the store; a damaged file is moved aside and salvaged (see above);
+        any other failure raises StorageError and leaves the file alone."""
+        ensure_data_dir(path.parent)
         bounds = bounds or StoreBounds()
         try:
             store = cls._open_checked(path, sync, bounds, clock)
-        except sqlite3.DatabaseError as exc:
-            return cls._salvage(path, sync, bounds, clock, exc)
+        except sqlite3.Error as exc:
+            if not _is_damage(exc):
+                raise _open_failure(path, exc) from exc
+            try:
+                return cls._salvage(path, sync, bounds, clock, exc)
+            except sqlite3.Error as again:
+                raise _open_failure(path, again) from again
+            except OSError as again:
+                raise StorageError(f"buffer {path}: damaged, and cannot move it aside "
+                                   f"({again.strerror or again})") from again
         store._continue_from_sidecar(lost=False)
         return store
 
     @classmethod
+    def open_readonly(cls, path: Path) -> BatchStore:
+        """Open an existing store to read it: no writes, no salvage, no lock (``buffer`` while
+        the agent runs). StorageError when it cannot be read."""
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                   isolation_level=None, timeout=OPEN_BUSY_SECONDS)
+            conn.execute("SELECT count(*) FROM meta").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer {path}: cannot read it ({exc})") from exc
+        return cls(conn, path, StoreBounds(), time.time)
+
+    @classmethod
     def _open_checked(cls, path: Path, sync: str, bounds: StoreBounds,
                       clock: Callable[[], float]) -> BatchStore:
-        conn = sqlite3.connect(path, isolation_level=None)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=OPEN_BUSY_SECONDS)
         try:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
             conn.execute("PRAGMA journal_mode=WAL")
@@ -199,14 +317,16 @@ class BatchStore:
                          (_new_store_id(),))
             conn.execute(_NEXT_SEQ_ABOVE_BATCHES)
             conn.execute("COMMIT")
-        except sqlite3.DatabaseError:
+            # at run time a flush waits for a lock no longer than before (the event loop waits)
+            conn.execute(f"PRAGMA busy_timeout={RUN_BUSY_MS}")
+        except sqlite3.Error:
             conn.close()
             raise
         return cls(conn, path, bounds, clock, sync_full=sync == "full")
 
     @classmethod
     def _salvage(cls, path: Path, sync: str, bounds: StoreBounds, clock: Callable[[], float],
-                 error: sqlite3.DatabaseError) -> BatchStore:
+                 error: sqlite3.Error) -> BatchStore:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(clock()))
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm"):
@@ -336,7 +456,7 @@ class BatchStore:
 
     def _meta(self, key: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0])
+        return 0 if row is None else int(row[0])  # a key an older (read-only) store lacks
 
     def start_boot(self) -> int:
         """Count this start of the agent and return its ``boot`` number."""
@@ -575,9 +695,11 @@ class BatchStore:
             for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
             if p.exists()
         )
+        dropped = [self._meta(key) for key in COUNTERS]
         return StoreStats(self.path, batches, readings, size, oldest, newest, pending,
-                          file_bytes, self._meta("boot"), self._meta("next_seq"),
-                          *(self._meta(key) for key in COUNTERS))
+                          file_bytes, self._meta("boot"), self._meta("next_seq"), dropped[0],
+                          dropped[1], dropped[2], dropped[3],
+                          self.identity if self._meta("store_id") else "")
 
 
 class _Txn:
@@ -659,7 +781,7 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 def _quick_check(conn: sqlite3.Connection) -> None:
     check = conn.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
-        raise sqlite3.DatabaseError(f"quick_check: {check}")
+        raise _QuickCheckFailed(f"quick_check: {check}")
 
 
 def _read_what_survived(

@@ -25,7 +25,7 @@ from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
 from agent.fdlimit import prepare_open_files
 from agent.scheduler import DevicePoller
-from agent.store import BatchStore, StoreBounds
+from agent.store import BatchStore, DataDirLock, StoreBounds
 from agent.units import parse_duration
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ async def run_agent(
 
     data_dir = Path(config.gateway.data_dir)
     buf = config.buffer
+    # one agent per data_dir: a second one would poll every device again under the same seqs
+    lock = DataDirLock.acquire(data_dir)
     store = BatchStore.open(
         data_dir / STORE_FILE,
         sync=buf.sync,
@@ -205,5 +207,6 @@ async def run_agent(
                 loop.remove_signal_handler(sig)
         left = store.stats()
         store.close()
+        lock.release()
         log.info("agent_stopped", gw=gw, boot=boot, unsent_batches=left.batches,
                  unsent_readings=left.readings)

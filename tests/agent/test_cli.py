@@ -155,11 +155,15 @@ def test_buffer_stats_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     store.start_boot()
     upto = store.append_pending([Reading("m", "p", None, 1, 1, Quality.GOOD)], [])
     store.seal(lambda seq, ev: b"SSC1\x00payload", created=5, n_readings=1, pending_upto=upto)
-    store.close()
+    # the agent holds its store open, in the middle of a write: stats and export still work
+    store._conn.execute("BEGIN IMMEDIATE")
     assert main(["buffer", "stats", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "batches unsent:  1 (1 readings" in out
     assert "boot / next seq: 1 / 2" in out
+    assert f"(store {store.identity})" in out
+    store._conn.execute("ROLLBACK")
+    store.close()
     assert main(["buffer", "export", "--config", str(config), "--output",
                  str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "gw-1-0000000001.ssc1").read_bytes() == b"SSC1\x00payload"
@@ -382,3 +386,13 @@ def test_simulate_takes_unit_ranges_as_scan_does(tmp_path: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+def test_run_with_a_data_dir_that_cannot_be_created_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    data = tmp_path / "a-file" / "data"
+    config = write(tmp_path, GOOD.format(data=data, port=free_port()))
+    done = cli("run", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"ssc-agent: data_dir {data}: cannot create it (Not a directory)"], lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sqlite3
 import subprocess
@@ -15,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.errors import StorageError
 from agent.readings import Event, Quality, Reading
-from agent.store import BatchStore, StoreBounds
+from agent.store import BatchStore, DataDirLock, StoreBounds
 
 
 def readings(n: int, t0: int = 1_000) -> list[Reading]:
@@ -94,7 +96,8 @@ def test_a_killed_writer_loses_nothing_it_committed(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     code = f"""
 import os, signal
-from agent.store import BatchStore, StoreBounds
+from agent.errors import StorageError
+from agent.store import BatchStore, DataDirLock, StoreBounds
 from agent.readings import Reading, Quality
 from collections.abc import Callable
 from pathlib import Path
@@ -227,6 +230,93 @@ def test_torn_store_keeps_what_is_readable(tmp_path: Path) -> None:
     assert 0 < len(survived) <= 40
     assert store.stats().next_seq > max(b.seq for b in survived)  # seq is never reused
     assert store.drop_events()[-1][1] == "buffer_corrupt"
+
+
+# ------------------------------------------------ locked is not damaged; one agent per dir
+
+
+def test_a_locked_store_is_an_error_not_damage(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.store as store_module
+
+    monkeypatch.setattr(store_module, "OPEN_BUSY_SECONDS", 0.3)
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    store.seal(payload_of(5), created=1, n_readings=1, pending_upto=0)
+    store.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageError, match=r"locked by another process for more than 0.3 s"):
+            BatchStore.open(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
+    store = BatchStore.open(path)  # the lock is gone: the same store, nothing lost
+    assert store.recovered_from is None
+    assert [b.seq for b in store.next_unsent(10, set())] == [1]
+
+
+def test_a_readonly_open_reads_under_a_writer_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    store.seal(payload_of(5), created=1, n_readings=3, pending_upto=0)
+    store._conn.execute("BEGIN IMMEDIATE")  # the running agent in the middle of a flush
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    reader = BatchStore.open_readonly(path)
+    stats = reader.stats()
+    assert (stats.batches, stats.readings, stats.next_seq) == (1, 3, 2)
+    assert stats.identity == store.identity
+    assert [seq for seq, *_ in reader.iter_batches()] == [1]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader._conn.execute("DELETE FROM batches")
+    reader.close()
+    store._conn.execute("ROLLBACK")
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_a_readonly_open_never_salvages(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StorageError, match=r"buffer .*buffer.db: cannot read it"):
+        BatchStore.open_readonly(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["buffer.db"]
+
+
+def test_a_data_dir_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match=r"data_dir .*file/data: cannot create it"):
+        BatchStore.open(tmp_path / "file" / "data" / "buffer.db")
+    with pytest.raises(StorageError, match=r"data_dir .*file/data: cannot create it"):
+        DataDirLock.acquire(tmp_path / "file" / "data")
+
+
+def test_the_data_dir_lock_admits_one_agent(tmp_path: Path) -> None:
+    lock = DataDirLock.acquire(tmp_path)
+    with pytest.raises(StorageError, match=rf"data_dir {tmp_path} is in use by another agent "
+                       rf"\(pid {os.getpid()}\)"):
+        DataDirLock.acquire(tmp_path)
+    lock.release()
+    DataDirLock.acquire(tmp_path).release()
+
+
+def test_the_data_dir_lock_dies_with_its_process(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from agent.store import DataDirLock; lock = DataDirLock.acquire(Path(sys.argv[1])); "
+         "print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(StorageError, match=rf"in use by another agent \(pid {holder.pid}\)"):
+            DataDirLock.acquire(tmp_path)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs
+        holder.wait()
+    DataDirLock.acquire(tmp_path).release()
 
 
 # ------------------------------------------------------ drop reports survive their carrier
