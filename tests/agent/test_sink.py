@@ -471,9 +471,12 @@ def test_gap_rows_stay_bounded_whatever_seqs_arrive(tmp_path: Path, arrivals: li
         for seq in arrivals:
             assert sink.store(_at(seq)).duplicate == (seq in seen)
             seen.add(seq)
-        assert len(sink.gaps("gw-1")) <= len(seen)
+        gaps = sink.gaps("gw-1")
+        assert len(gaps) <= len(seen)
+        # a gap never holds a stored batch, and every small seq missing after a small
+        # baseline is in one (a confirmed jump may also open a gap up to itself)
+        assert not any(a <= seq <= b for seq in seen for a, b in gaps)
         in_line = [s for s in seen if s <= 40]
-        if arrivals[0] <= 40:  # a baseline in line: the small seqs are tracked exactly
+        if arrivals[0] <= 40:
             missing = set(range(arrivals[0] + 1, max(in_line) + 1)) - seen
-            small_gaps = {s for a, b in sink.gaps("gw-1") for s in range(a, min(b, 40) + 1)}
-            assert small_gaps == missing
+            assert all(any(a <= m <= b for a, b in gaps) for m in missing)
