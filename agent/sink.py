@@ -279,13 +279,14 @@ def _gap_rows(cur: sqlite3.Cursor, gw: str, store: str, seq: int) -> StoreOutcom
                 (gw, store, seq),
             )
             return StoreOutcome(duplicate=False, jump=(top, seq))
-        # the gateway really is up there: its run of flagged batches becomes the line
+        # the gateway really is up there: every flagged batch up to this one is in line again
+        # (above the line, only flagged batches exist), with gaps for the seqs between them
         run = [int(r[0]) for r in cur.execute(
-            "SELECT seq FROM batches WHERE gw = ? AND store = ? AND seq >= ? AND seq <= ?"
-            " ORDER BY seq", (gw, store, int(run_start), seq))]
+            "SELECT seq FROM batches WHERE gw = ? AND store = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq", (gw, store, top, seq))]
         cur.execute(
-            "UPDATE batches SET jump = 0 WHERE gw = ? AND store = ? AND seq >= ? AND seq <= ?",
-            (gw, store, int(run_start), seq),
+            "UPDATE batches SET jump = 0 WHERE gw = ? AND store = ? AND seq > ? AND seq <= ?",
+            (gw, store, top, seq),
         )
         gaps = _seq_runs(run, top + 1, seq)
         cur.executemany(

@@ -428,6 +428,11 @@ JUMP_SCENARIOS: dict[str, list[tuple[int, Gaps, bool]]] = {
         (1, [], False), (MAX_SEQ_JUMP + 10, [], True),
         (MAX_SEQ_JUMP + 13, [(2, MAX_SEQ_JUMP + 9), (MAX_SEQ_JUMP + 11, MAX_SEQ_JUMP + 12)], False),
     ],
+    "two jumps, the second confirmed, keep the first": [
+        (1, [], False), (MAX_SEQ_JUMP + 41, [], True), (2 * MAX_SEQ_JUMP + 42, [], True),
+        (2 * MAX_SEQ_JUMP + 43, [(2, MAX_SEQ_JUMP + 40),
+                                 (MAX_SEQ_JUMP + 42, 2 * MAX_SEQ_JUMP + 41)], False),
+    ],
     "just below the limit is a gap": [
         (1, [], False), (MAX_SEQ_JUMP + 1, [(2, MAX_SEQ_JUMP)], False),
     ],
