@@ -8,12 +8,14 @@ in-memory open batch and the store's pending rows never disagree.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agent.clock import ClockStep, ClockWatch
 from agent.errors import BufferFull, WireFormatError
 from agent.readings import Event, Reading
 from agent.store import BatchStore
@@ -56,6 +58,7 @@ class Batcher:
         on_sealed: Callable[[], None],
         kpis: LiveKpis | None = None,
         flush_interval: float = 0.0,
+        watch: ClockWatch | None = None,
     ) -> None:
         self._store = store
         self._gw = gw
@@ -66,6 +69,10 @@ class Batcher:
         self._codec = codec
         self._level = level
         self._clock = clock
+        # Batch age is elapsed time: a wall-clock step must neither hold a batch open nor seal
+        # it early. Without a watch (tests) the wall clock is taken as one that never steps.
+        self._watch = watch or ClockWatch(clock, clock, synced=lambda: None)
+        self._watch.on_step(self._clock_stepped)
         self._on_sealed = on_sealed
         self._kpis = kpis
         self._open_aggregates: list[dict[str, Any]] = []
@@ -90,7 +97,7 @@ class Batcher:
             self._open_events.extend(events)
             self._open_aggregates.extend(aggregates)
             self._pending_upto = last_id
-            self._opened_at = self._clock()
+            self._opened_at = self._watch.monotonic()
         return len(readings)
 
     def add(self, readings: list[Reading]) -> None:
@@ -98,14 +105,14 @@ class Batcher:
         if not readings:
             return
         if self._opened_at is None:
-            self._opened_at = self._clock()
+            self._opened_at = self._watch.monotonic()
         self._open.extend(readings)
         self._unflushed.extend(readings)
         self.stats.readings += len(readings)
 
     def add_event(self, event: Event) -> None:
         if self._opened_at is None:
-            self._opened_at = self._clock()
+            self._opened_at = self._watch.monotonic()
         self._open_events.append(event)
         self._unflushed_events.append(event)
 
@@ -119,7 +126,7 @@ class Batcher:
         self._unflushed_steps.append(step)
         if aggregates:
             if self._opened_at is None:
-                self._opened_at = self._clock()
+                self._opened_at = self._watch.monotonic()
             self._open_aggregates.extend(aggregates)
             self._unflushed_aggregates.extend(aggregates)
         for event in events:
@@ -192,7 +199,7 @@ class Batcher:
         # between flushes, take one poll more into every batch (6 s apart instead of 5).
         if len(self._open) >= self._max_readings:
             return True
-        age = self._clock() - self._opened_at
+        age = self._watch.monotonic() - self._opened_at
         if self._flush_interval <= 0:
             return age >= self._max_age
         return age + self._flush_interval > self._max_age
@@ -204,6 +211,9 @@ class Batcher:
             return None
         created = int(self._clock() * 1000)
         readings, events, aggregates = self._open, self._open_events, self._open_aggregates
+        # Said only when the kernel says the clock is not synchronised (absent otherwise, so
+        # receivers that predate the key keep working with synchronised gateways).
+        clock = {"synced": False} if self._watch.synced() is False else None
 
         def build(seq: int, reports: list[Event]) -> bytes:
             batch = Batch(
@@ -215,6 +225,7 @@ class Batcher:
                 aggregates=tuple(aggregates),
                 events=tuple(event_to_map(e) for e in [*reports, *events]),
                 store=self._store.identity,
+                clock=clock,
             )
             return encode_batch(batch, codec=self._codec, level=self._level)
 
@@ -250,9 +261,32 @@ class Batcher:
             self._checkpoint()
         self.seal()
 
+    def _clock_stepped(self, step: ClockStep) -> None:
+        """The wall clock stepped by ``step``: what is still open was stamped in this boot on
+        the clock before it, so it is wrong by exactly the step. Move those readings and events
+        by it, tell the platform (``clock_step``), and seal at once, so that every batch is
+        wholly on one clock: those sealed before the step (seq below ``before_seq``) on the old
+        one, this one and all later on the new one."""
+        ms = step.ms
+        held, held_events = len(self._unflushed), len(self._unflushed_events)
+        self._open = [dataclasses.replace(r, t=r.t + ms) for r in self._open]
+        self._unflushed = self._open[len(self._open) - held:] if held else []
+        self._open_events = [dataclasses.replace(e, t=e.t + ms) for e in self._open_events]
+        self._unflushed_events = (self._open_events[len(self._open_events) - held_events:]
+                                  if held_events else [])
+        synced = self._watch.synced()
+        self.add_event(Event(
+            round(step.wall * 1000), "clock_step", None,
+            f"step_ms={ms} boot={self._boot} before_seq={self._store.next_seq()} "
+            f"synced={'unknown' if synced is None else str(synced).lower()}"))
+        self.flush()
+        self.seal()
+
     async def run(self, flush_interval: float) -> None:
-        """Flush every ``flush_interval`` seconds, forever."""
+        """Flush every ``flush_interval`` seconds, forever (looking at the clock first, so a
+        step is seen even when no device is polled for a while)."""
         self._flush_interval = flush_interval
         while True:
             await asyncio.sleep(flush_interval)
+            self._watch.check()
             self.flush()

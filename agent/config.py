@@ -343,6 +343,8 @@ class UplinkConfig(_Section):
     # Below one batch per 10 s a backlog of a day's batches takes weeks to drain.
     replay_rate_per_second: float = Field(default=50.0, ge=0.1)
     replay_order: Literal["live_first", "fifo"] = "live_first"
+    reconnect_min: Duration = "500 ms"
+    reconnect_max: Duration = Field(default="5 s", validate_default=True)
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
 
@@ -407,6 +409,24 @@ class UplinkConfig(_Section):
         age = info.data.get("batch_max_age")
         if isinstance(age, str) and parse_duration(value) > parse_duration(age):
             raise ValueError(f"{value!r} is longer than batch_max_age ({age!r}): make it shorter")
+        return value
+
+    @field_validator("reconnect_min")
+    @classmethod
+    def _reconnect_min_range(cls, value: str) -> str:
+        if not 0.1 <= parse_duration(value) <= 3600:
+            raise ValueError(f"{value!r}: must be between 100 ms and 1 h (e.g. '500 ms')")
+        return value
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _reconnect_max_range(cls, value: str, info: ValidationInfo) -> str:
+        seconds = parse_duration(value)
+        if not 0.1 <= seconds <= 3600:
+            raise ValueError(f"{value!r}: must be between 100 ms and 1 h (e.g. '5 s')")
+        low = info.data.get("reconnect_min")
+        if isinstance(low, str) and seconds < parse_duration(low):
+            raise ValueError(f"{value!r} is shorter than reconnect_min ({low!r}): make it longer")
         return value
 
     @property

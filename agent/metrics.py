@@ -87,12 +87,16 @@ class DeliveryCollector:
                                     labels=["device"])
         overruns = CounterMetricFamily("ssc_agent_device_overruns",
                                        "Polls that overran their interval", labels=["device"])
+        skipped = CounterMetricFamily("ssc_agent_device_skipped_slots",
+                                      "Slots not polled because a poll overran into them",
+                                      labels=["device"])
         for p in self._pollers:
             up.add_metric([p.name], 0 if p.stats.down else 1)
             polls.add_metric([p.name], p.stats.polls)
             fails.add_metric([p.name], p.stats.failures)
             overruns.add_metric([p.name], p.stats.overruns)
-        yield from (up, polls, fails, overruns)
+            skipped.add_metric([p.name], p.stats.skipped_slots)
+        yield from (up, polls, fails, overruns, skipped)
 
 
 def start_metrics_server(collector: DeliveryCollector, address: str, port: int) -> None:

@@ -91,6 +91,9 @@ max_inflight = 8                    # batches published and not yet acknowledged
 replay_rate_per_second = 50.0       # batches per second sending a backlog after an outage (≥ 0.1)
 replay_order = "live_first"         # live_first: new batches go out while the backlog drains
                                     # fifo: strictly oldest first
+reconnect_min = "500 ms"            # after losing the broker, wait between this …
+reconnect_max = "5 s"               # … and this (doubling, jittered) before trying again:
+                                    # back within reconnect_max of the broker's return
 compression = "zstd"                # zstd or none
 zstd_level = 3                      # 1 (fast) … 19 (small)
 

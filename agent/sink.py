@@ -167,6 +167,8 @@ MAX_SEQ_JUMP = 100_000
 # Columns added since the first release (ALTER TABLE ADD COLUMN is a schema-only change in
 # SQLite, no matter how many rows the table holds).
 _ADDED_COLUMNS = {
+    # the optional body key ``clock``: NULL when a batch did not say
+    "batches": [("clock_synced", "INTEGER")],
     "readings": [("store", "TEXT NOT NULL DEFAULT ''")],
     "aggregates": [("store", "TEXT NOT NULL DEFAULT ''")],
     "events": [("store", "TEXT NOT NULL DEFAULT ''")],
@@ -409,7 +411,7 @@ class SqliteSink:
         try:
             cur.execute(
                 "INSERT OR IGNORE INTO batches (gw, store, seq, boot, created, received,"
-                " n_readings, n_aggregates) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " n_readings, n_aggregates, clock_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch.gw,
                     store,
@@ -419,6 +421,8 @@ class SqliteSink:
                     received,
                     batch.n_readings,
                     len(batch.aggregates),
+                    # the optional body key `clock`: NULL when the gateway did not say
+                    None if batch.clock is None else int(batch.clock["synced"]),
                 ),
             )
             if cur.rowcount == 0:
@@ -499,6 +503,13 @@ class SqliteSink:
             (gw, store, store),
         )
         return [int(r[0]) for r in rows]
+
+    def clock_synced(self, gw: str) -> list[tuple[int, bool | None]]:
+        """``(seq, synced)`` per stored batch in arrival order: what its optional ``clock``
+        key said (None: the key was absent)."""
+        rows = self._conn.execute(
+            "SELECT seq, clock_synced FROM batches WHERE gw = ? ORDER BY rowid", (gw,))
+        return [(int(seq), None if c is None else bool(c)) for seq, c in rows]
 
     def stores(self, gw: str) -> list[str]:
         """The store ids a gateway's batches came from (``''``: batches without one), in the

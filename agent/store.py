@@ -13,6 +13,7 @@ Tables:
 - ``kpi_state`` / ``kpi_journal``: the KPI engine's open windows, checkpointed every minute,
   and what was fed to it since (one journal row per flush, written in the flush's
   transaction), so a restart resumes the windows exactly where the last flush left them.
+- ``meta`` also keeps the store's elapsed clock (``elapsed_ms``, see "Ages" below).
 - ``drops``: batches the bounds (``max_bytes``, ``max_age``) made us drop, each reported
   as a ``buffer_drop`` event inside the next sealed batch (its ``carrier``). When the bounds
   later drop the carrier itself, its reports are queued again for the next batch, so the
@@ -34,6 +35,17 @@ its identity, as its seqs continue.
 Sealing a batch is one transaction: allocate ``seq``, take the unreported drop events into
 it, insert the payload, delete the pending rows it was built from, enforce the bounds. So
 every reading is either pending, in exactly one batch, or counted in exactly one drop.
+
+Ages. ``max_age`` is measured on the store's elapsed clock, not on wall-clock differences: a
+gateway without a real-time clock has its wall clock stepped by NTP, by months, and a backlog
+15 s old must not look 180 days old. The elapsed clock advances with the monotonic clock while
+the store is open and is saved in ``meta`` (``elapsed_ms``, with the wall time and the kernel's
+NTP status at the save) at every seal (in the seal's transaction: no extra write) and at close;
+every batch records it (``created_elapsed``). Time while the agent was not running counts only
+when the kernel said the clock was NTP-synchronised both at the last save and at the next open,
+and the wall clock did not go back in between; otherwise it counts as zero. So an age is never
+overestimated, and data stays at most ``max_age`` plus the unaccounted downtime. Batches
+without ``created_elapsed`` (salvaged, or stored by an earlier version) age from the open.
 
 A store file that SQLite reports as damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, or a failed
 quick check: a power cut on an SD card) is moved aside as ``buffer.db.corrupt-<time>``; what can
@@ -80,7 +92,8 @@ CREATE TABLE IF NOT EXISTS batches (
     n_readings INTEGER NOT NULL,
     payload BLOB NOT NULL,
     n_events INTEGER NOT NULL DEFAULT 0,
-    n_aggregates INTEGER NOT NULL DEFAULT 0
+    n_aggregates INTEGER NOT NULL DEFAULT 0,
+    created_elapsed INTEGER
 );
 CREATE TABLE IF NOT EXISTS kpi_state (id INTEGER PRIMARY KEY CHECK (id = 1), t INTEGER NOT NULL,
                                       body BLOB NOT NULL);
@@ -264,12 +277,25 @@ class BatchStore:
         self._sync_full = sync_full  # fsync the directory after replacing the sidecar
         # seqs below this are (or may have been) used; kept ahead of next_seq in the sidecar
         self._reserved = 0
+        # the elapsed clock (module docstring, "Ages"); set up by _start_elapsed
+        self._monotonic: Callable[[], float] = time.monotonic
+        self._clock_synced: Callable[[], bool | None] = lambda: None
+        self._elapsed_base = 0
+        self._mono_base = self._monotonic()
+        self._opened_elapsed = 0
+        self._elapsed_saved = False
 
     @classmethod
     def open(cls, path: Path, *, sync: str = "full", bounds: StoreBounds | None = None,
-             clock: Callable[[], float] = time.time) -> BatchStore:
+             clock: Callable[[], float] = time.time,
+             monotonic: Callable[[], float] = time.monotonic,
+             clock_synced: Callable[[], bool | None] | None = None) -> BatchStore:
         """Open (create) the store; a damaged file is moved aside and salvaged (see above);
-        any other failure raises StorageError and leaves the file alone."""
+        any other failure raises StorageError and leaves the file alone.
+
+        ``monotonic`` drives the elapsed clock that ages batches; ``clock_synced`` says whether
+        the kernel has the wall clock NTP-synchronised (None: unknown), which decides whether
+        the time the agent was not running counts (module docstring, "Ages")."""
         ensure_data_dir(path.parent)
         bounds = bounds or StoreBounds()
         try:
@@ -278,14 +304,54 @@ class BatchStore:
             if not _is_damage(exc):
                 raise _open_failure(path, exc) from exc
             try:
-                return cls._salvage(path, sync, bounds, clock, exc)
+                store = cls._salvage(path, sync, bounds, clock, exc)
             except sqlite3.Error as again:
                 raise _open_failure(path, again) from again
             except OSError as again:
                 raise StorageError(f"buffer {path}: damaged, and cannot move it aside "
                                    f"({again.strerror or again})") from again
-        store._continue_from_sidecar(lost=False)
+        else:
+            store._continue_from_sidecar(lost=False)
+        store._start_elapsed(monotonic, clock_synced)
         return store
+
+    # -- the elapsed clock ---------------------------------------------------------------------
+
+    def _meta_or(self, key: str, default: int) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def _start_elapsed(self, monotonic: Callable[[], float],
+                       clock_synced: Callable[[], bool | None] | None) -> None:
+        """Continue the elapsed clock where the last run saved it (reads only: ``buffer
+        stats`` opens a store it must not write)."""
+        self._monotonic = monotonic
+        self._clock_synced = clock_synced or (lambda: None)
+        elapsed = self._meta_or("elapsed_ms", 0)
+        saved_wall = self._meta_or("elapsed_wall_ms", 0)
+        saved_synced = self._meta_or("elapsed_synced", 0) == 1
+        wall = int(self._clock() * 1000)
+        downtime = 0
+        if saved_synced and saved_wall and wall >= saved_wall and self._clock_synced() is True:
+            downtime = wall - saved_wall
+        self._elapsed_base = elapsed + downtime
+        self._mono_base = monotonic()
+        self._opened_elapsed = self._elapsed_base
+
+    def elapsed_ms(self) -> int:
+        """The store's elapsed clock now (ms): what batch ages are measured on."""
+        return self._elapsed_base + round((self._monotonic() - self._mono_base) * 1000)
+
+    def _save_elapsed(self) -> None:
+        """Save the elapsed clock, the wall time and the NTP status (inside a transaction)."""
+        self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [
+            ("elapsed_ms", self.elapsed_ms()), ("elapsed_wall_ms", int(self._clock() * 1000)),
+            ("elapsed_synced", 1 if self._clock_synced() is True else 0)])
+        self._elapsed_saved = True
+
+    def next_seq(self) -> int:
+        """The seq the next sealed batch will get."""
+        return self._meta("next_seq")
 
     @classmethod
     def open_readonly(cls, path: Path) -> BatchStore:
@@ -443,6 +509,9 @@ class BatchStore:
             self._write_sidecar(self._meta("boot"), seq + SEQ_RESERVE)
 
     def close(self) -> None:
+        if self._elapsed_saved:  # a store this run wrote to: keep the elapsed clock's last value
+            with contextlib.suppress(BufferFull, sqlite3.Error), self._txn():
+                self._save_elapsed()
         self._conn.close()
 
     def _txn(self) -> _Txn:
@@ -547,10 +616,11 @@ class BatchStore:
                 self._record_drop("max_bytes", [(seq, n_readings, n_events, n_aggregates)])
                 return None
             self._conn.execute(
-                "INSERT INTO batches (seq, created, n_readings, payload, n_events, n_aggregates)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, created, n_readings, payload, n_events, n_aggregates),
+                "INSERT INTO batches (seq, created, n_readings, payload, n_events, n_aggregates,"
+                " created_elapsed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, created, n_readings, payload, n_events, n_aggregates, self.elapsed_ms()),
             )
+            self._save_elapsed()
             if reports:
                 self._conn.execute(
                     f"UPDATE drops SET reported = 1, carrier = ? WHERE id IN "
@@ -573,10 +643,11 @@ class BatchStore:
         """Drop the oldest batches (never ``keep`` or one in flight) over the bounds."""
         b = self.bounds
         if b.max_age_ms is not None:
-            cutoff = int(self._clock() * 1000) - b.max_age_ms
+            cutoff = self.elapsed_ms() - b.max_age_ms
             old = [(s, n, e, a) for s, n, e, a in self._conn.execute(
-                "SELECT seq, n_readings, n_events, n_aggregates FROM batches WHERE created < ?"
-                " ORDER BY seq", (cutoff,))
+                "SELECT seq, n_readings, n_events, n_aggregates FROM batches"
+                " WHERE coalesce(created_elapsed, ?) < ? ORDER BY seq",
+                (self._opened_elapsed, cutoff))
                 if s not in self.in_flight and s != keep]
             if old:
                 self._record_drop("max_age", old)
@@ -770,7 +841,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a store written by an earlier version up to this schema."""
     added = {"drops": [("carrier", "INTEGER")],
              "batches": [("n_events", "INTEGER NOT NULL DEFAULT 0"),
-                         ("n_aggregates", "INTEGER NOT NULL DEFAULT 0")]}
+                         ("n_aggregates", "INTEGER NOT NULL DEFAULT 0"),
+                         ("created_elapsed", "INTEGER")]}
     for table, wanted in added.items():
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for name, decl in wanted:

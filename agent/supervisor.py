@@ -20,6 +20,7 @@ import structlog
 
 from agent import __version__
 from agent.batcher import Batcher
+from agent.clock import ClockWatch, kernel_clock_synced
 from agent.config import AgentConfig
 from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
@@ -95,6 +96,7 @@ async def run_agent(
     *,
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
     on_start: Callable[[AgentRuntime], None] | None = None,
     install_signal_handlers: bool = True,
 ) -> None:
@@ -105,6 +107,9 @@ async def run_agent(
     drivers = create_drivers(config, context)
     prepare_open_files(len(drivers))
 
+    # One watch for the whole agent: a wall-clock step is seen, logged and sent upstream once.
+    watch = ClockWatch(clock, monotonic, synced=kernel_clock_synced)
+    watch.synced()  # logs clock_not_synchronised now if the kernel says so
     data_dir = Path(config.gateway.data_dir)
     buf = config.buffer
     # one agent per data_dir: a second one would poll every device again under the same seqs
@@ -116,6 +121,8 @@ async def run_agent(
                            max_age_ms=int(buf.max_age_seconds * 1000),
                            when_full=buf.when_full),
         clock=clock,
+        monotonic=monotonic,
+        clock_synced=kernel_clock_synced,
     )
     boot = store.start_boot()
     gw = config.gateway.id
@@ -140,6 +147,7 @@ async def run_agent(
         clock=clock,
         on_sealed=wake.set,
         kpis=kpis,
+        watch=watch,
     )
     recovered = batcher.recover()
     batcher.seal()  # what a crash left pending goes out first, in its own batch
@@ -157,13 +165,15 @@ async def run_agent(
     uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
                     max_inflight=up.max_inflight, wake=wake, clock=clock,
                     event=batcher.add_event, replay_rate=up.replay_rate_per_second,
-                    replay_order=up.replay_order)
+                    replay_order=up.replay_order,
+                    reconnect_min=parse_duration(up.reconnect_min),
+                    reconnect_max=parse_duration(up.reconnect_max), monotonic=monotonic)
     wake.set()
     runtime = AgentRuntime(store, batcher, boot=boot)
     for device, driver in drivers:
         runtime.pollers.append(
             DevicePoller(device.name, driver, parse_duration(device.interval),
-                         emit=batcher.add, event=batcher.add_event, clock=clock)
+                         emit=batcher.add, event=batcher.add_event, watch=watch)
         )
     log.info("agent_started", gw=gw, boot=boot, version=__version__, devices=len(drivers),
              recovered_readings=recovered, store=str(store.path),

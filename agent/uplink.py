@@ -37,8 +37,12 @@ from agent.wire import Status, encode_status
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 60.0
+# Reconnect waits (``[uplink] reconnect_min`` / ``reconnect_max``): each wait is drawn
+# uniformly between the minimum and a ceiling that doubles from it up to the maximum, so a
+# gateway tries again at most RECONNECT_MAX after the broker is back, and a fleet that lost the
+# broker together spreads its reconnects over [min, max] instead of arriving in lockstep.
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 5.0
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,12 @@ async def _watch(client: aiomqtt.Client) -> None:
         pass
 
 
-def _jittered(backoff: float) -> float:
-    return backoff * random.uniform(0.5, 1.0)
+def reconnect_delay(failures: int, low: float, high: float, draw: float) -> float:
+    """Seconds to wait before the next connection attempt, after ``failures`` failed ones in a
+    row (0: the connection was just lost): uniform between ``low`` and a ceiling doubling from
+    ``low`` to ``high``; ``draw`` is uniform in [0, 1). Never more than ``high``."""
+    ceiling = min(high, low * 2.0 ** min(failures, 64))
+    return low + (max(ceiling, low) - low) * draw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +181,15 @@ async def subscribe(
     topics: Sequence[str],
     *,
     clean_session: bool = False,
+    reconnect_min: float = RECONNECT_MIN,
+    reconnect_max: float = RECONNECT_MAX,
 ) -> AsyncIterator[tuple[str, bytes]]:
     """Yield ``(topic, payload)`` forever, reconnecting with backoff; QoS 1 subscriptions.
 
     Messages are acknowledged to the broker only when the consumer asks for the next one, so a
     receiver that dies while storing a batch gets it again (persistent session).
     """
-    backoff = BACKOFF_FIRST
+    failures = 0
     errors = TransportErrors()
     while True:
         try:
@@ -189,7 +199,7 @@ async def subscribe(
                 for topic in topics:
                     await client.subscribe(topic, qos=1)
                 log.info("mqtt_subscribed", broker=settings.address.url, topics=list(topics))
-                backoff = BACKOFF_FIRST
+                failures = 0
                 async for message in client.messages:
                     payload = message.payload
                     data = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -197,13 +207,15 @@ async def subscribe(
                     if message.qos > 0:
                         client._client.ack(message.mid, message.qos)
         except aiomqtt.MqttError as exc:
+            delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
             log.warning("mqtt_disconnected", broker=settings.address.url,
                         error=describe_mqtt_error(exc, settings, errors.last),
-                        retry_in=round(backoff, 1))
+                        retry_in=round(delay, 1))
         except UplinkError as exc:
+            delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
             log.error("mqtt_settings_invalid", error=str(exc))
-        await asyncio.sleep(_jittered(backoff))
-        backoff = min(backoff * 2, BACKOFF_MAX)
+        await asyncio.sleep(delay)
+        failures += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +293,13 @@ class Uplink:
         event: Callable[[Event], None] | None = None,
         replay_rate: float = 50.0,
         replay_order: str = "live_first",
+        reconnect_min: float = RECONNECT_MIN,
+        reconnect_max: float = RECONNECT_MAX,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._reconnect = (reconnect_min, reconnect_max)
+        self._monotonic = monotonic
         self._replay_rate = replay_rate
         self._replay_order = replay_order
         self._event = event
@@ -308,7 +325,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, send, reconnect with jittered exponential backoff; forever."""
-        backoff = BACKOFF_FIRST
+        failures = 0
         while True:
             try:
                 will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
@@ -319,14 +336,14 @@ class Uplink:
                     self.stats.connects += 1
                     self.stats.connected = True
                     if self._down_since is not None:
-                        down = round(self._clock() - self._down_since, 1)
+                        down = round(self._monotonic() - self._down_since, 1)
                         log.info("uplink_restored", broker=self._settings.address.url,
                                  down_seconds=down)
                         self._emit("uplink_up", f"connected again after {down} s")
                         self._down_since = None
                     else:
                         log.info("uplink_connected", broker=self._settings.address.url)
-                    backoff = BACKOFF_FIRST
+                    failures = 0
                     await client.publish(self._status_topic, self._status("online"), qos=1,
                                          retain=True)
                     async with asyncio.TaskGroup() as tg:
@@ -338,13 +355,15 @@ class Uplink:
                 self._client = None
                 self.stats.connected = False
                 self._inflight.clear()
-            await asyncio.sleep(_jittered(backoff))
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            delay = reconnect_delay(failures, *self._reconnect, random.random())
+            failures += 1
+            log.debug("uplink_retry_in", seconds=round(delay, 2), failures=failures)
+            await asyncio.sleep(delay)
 
     def _note_down(self, exc: BaseException) -> None:
         self.stats.disconnects += 1
         if self._down_since is None:
-            self._down_since = self._clock()
+            self._down_since = self._monotonic()
             error = describe_mqtt_error(exc, self._settings, self._transport.last)
             log.warning("uplink_down", broker=self._settings.address.url, error=error)
             self._emit("uplink_down", error)

@@ -35,6 +35,7 @@ from agent.readings import Event, Quality, Reading, Value
 
 __all__ = [
     "AGGREGATE_KEYS",
+    "CLOCK_KEYS",
     "CODEC_PLAIN",
     "CODEC_ZSTD",
     "EVENT_KEYS",
@@ -92,10 +93,12 @@ INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
 BODY_KEYS: Final = ("gw", "boot", "seq", "created", "series", "aggregates", "events")
-# Body keys a batch may carry besides BODY_KEYS (spec §3): ``store``, the identity of the
-# gateway's store file, so a receiver tells a new store of a known gateway from a resend.
-OPTIONAL_BODY_KEYS: Final = ("store",)
+# Body keys a batch may carry besides BODY_KEYS (spec §3.1): ``store``, the identity of the
+# gateway's store file, so a receiver tells a new store of a known gateway from a resend;
+# ``clock``, whether the gateway's clock was NTP-synchronised.
+OPTIONAL_BODY_KEYS: Final = ("store", "clock")
 MAX_STORE_ID_LEN: Final = 64
+CLOCK_KEYS: Final = ("synced",)
 SERIES_KEYS: Final = ("dev", "pt", "unit", "t0", "dt", "v", "q")
 AGGREGATE_KEYS: Final = ("kpi", "src", "start", "end", "value", "valid", "n", "expected", "unit")
 EVENT_KEYS: Final = ("t", "kind", "dev", "msg")
@@ -138,6 +141,9 @@ class Batch:
     events: tuple[dict[str, Any], ...] = ()
     # the optional ``store`` key: None for a batch without it (older gateways)
     store: str | None = None
+    # Optional ``clock`` map (spec §3.1): ``{"synced": False}`` when the gateway's kernel said
+    # its clock was not NTP-synchronised when the batch was sealed; None: not sent.
+    clock: dict[str, Any] | None = None
 
     @property
     def n_readings(self) -> int:
@@ -416,6 +422,14 @@ def _check_store_id(obj: object, path: str) -> str:
     return store
 
 
+def _check_clock(obj: object, path: str) -> dict[str, Any]:
+    m = _need_map(obj, path)
+    _check_keys(m, CLOCK_KEYS, path)
+    if type(m["synced"]) is not bool:
+        raise WireFormatError(f"{path}.synced: must be a bool, got {_kind(m['synced'])}")
+    return dict(m)
+
+
 def _check_body(body: object) -> Batch:
     m = _need_map(body, "body")
     _check_keys(m, BODY_KEYS, "body", exact=False)
@@ -424,6 +438,7 @@ def _check_body(body: object) -> Batch:
         allowed = ", ".join((*BODY_KEYS, *OPTIONAL_BODY_KEYS))
         raise WireFormatError(f"body: unknown key {extra[0]!r} (v1 allows only {allowed})")
     store = _check_store_id(m["store"], "store") if "store" in m else None
+    clock = _check_clock(m["clock"], "clock") if "clock" in m else None
     gw = _check_gateway(m["gw"], "gw")
     boot = _need_int(m["boot"], "boot", minimum=0)
     seq = _need_int(m["seq"], "seq", minimum=1)
@@ -455,6 +470,7 @@ def _check_body(body: object) -> Batch:
         aggregates=tuple(_check_aggregate(a, f"aggregates[{i}]") for i, a in enumerate(aggregates)),
         events=tuple(_check_event(e, f"events[{i}]") for i, e in enumerate(events)),
         store=store,
+        clock=clock,
     )
 
 
@@ -485,7 +501,8 @@ def _pack_body(batch: Batch) -> bytes:
     # autoreset: every call returns its own bytes. use_bin_type keeps str and bin apart.
     p = msgpack.Packer(use_bin_type=True, autoreset=True)
     parts = [
-        p.pack_map_header(len(BODY_KEYS) + (batch.store is not None)),
+        p.pack_map_header(len(BODY_KEYS) + (batch.store is not None)
+                          + (batch.clock is not None)),
         p.pack("gw"),
         p.pack(batch.gw),
         p.pack("boot"),
@@ -525,6 +542,8 @@ def _pack_body(batch: Batch) -> bytes:
     ]
     if batch.store is not None:
         parts += [p.pack("store"), p.pack(batch.store)]
+    if batch.clock is not None:
+        parts += [p.pack("clock"), p.pack(dict(batch.clock))]
     return b"".join(parts)
 
 
@@ -544,6 +563,8 @@ def _as_body_map(batch: Batch) -> dict[str, Any]:
     }
     if batch.store is not None:
         body["store"] = batch.store
+    if batch.clock is not None:
+        body["clock"] = batch.clock
     return body
 
 

@@ -203,3 +203,77 @@ def test_a_batch_is_sealed_before_it_is_max_age_old(tmp_path: Path, poll_offset:
     assert {b2.created - b1.created for b1, b2 in itertools.pairwise(batches)} == {5000}
     for b in batches:  # no reading waited longer than max_age in the open batch
         assert b.created - min(r.t for r in iter_readings(b)) <= 5000
+
+
+# ------------------------------------------------------------------------------ clock steps
+
+
+class TwoClocks:
+    def __init__(self) -> None:
+        self.wall_now = 1_700_000_000.0
+        self.mono_now = 50.0
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def mono(self) -> float:
+        return self.mono_now
+
+    def advance(self, seconds: float) -> None:
+        self.wall_now += seconds
+        self.mono_now += seconds
+
+
+@pytest.mark.parametrize(("step", "synced"), [(-90.0, False), (180 * 86400.0, True),
+                                              (-3600.0, None)])
+def test_a_clock_step_corrects_what_is_open_and_is_sent_once(
+        tmp_path: Path, step: float, synced: bool | None) -> None:
+    from agent.clock import ClockWatch
+
+    clocks = TwoClocks()
+    watch = ClockWatch(clocks.wall, clocks.mono, synced=lambda: synced)
+    store = BatchStore.open(tmp_path / "b.db")
+    batcher = Batcher(store, gw="gw-t", boot=4, max_readings=1000, max_age=5.0, codec=1,
+                      level=3, clock=clocks.wall, on_sealed=lambda: None, watch=watch)
+    taken: list[tuple[float, int]] = []  # (true wall time of the poll, stamp)
+    for _ in range(12):  # a poll a second; sealed by age after 5 s
+        t = round(clocks.wall() * 1000)
+        batcher.add(poll(t, n=2))
+        taken.append((clocks.wall(), t))
+        clocks.advance(1)
+        watch.check()
+        batcher.flush()
+    sealed_before = store.last_seq()
+    assert sealed_before == 2
+    open_stamps = [t for _, t in taken[10:]]
+    clocks.wall_now += step
+    with capture_logs() as logs:
+        watch.check()
+    # sealed at once: the batch with the event holds the open readings, moved by the step
+    assert store.last_seq() == sealed_before + 1
+    batches = [decode_batch(p) for *_, p in store.iter_batches()]
+    last = batches[-1]
+    assert sorted({r.t for r in iter_readings(last)}) == [t + round(step * 1000)
+                                                          for t in open_stamps]
+    steps = [e for b in batches for e in b.events if e["kind"] == "clock_step"]
+    assert len(steps) == 1 and steps[0]["dev"] is None
+    words = dict(w.split("=") for w in steps[0]["msg"].split())
+    assert words == {"step_ms": str(round(step * 1000)), "boot": "4",
+                     "before_seq": str(sealed_before + 1),
+                     "synced": {False: "false", True: "true", None: "unknown"}[synced]}
+    assert steps[0]["t"] == round(clocks.wall() * 1000)
+    # batches sealed before the step keep their stamps (the event names them)
+    assert sorted(r.t for b in batches[:-1] for r in iter_readings(b)) == sorted(
+        t for _, t in taken[:10] for _ in range(2))
+    assert [e["event"] for e in logs].count("clock_step") == 1
+    # the body says whether the kernel had the clock synchronised
+    assert all(b.clock == ({"synced": False} if synced is False else None) for b in batches)
+    # a step does not age or hold the open batch: it seals 5 s of elapsed time later
+    for _ in range(4):
+        batcher.add(poll(round(clocks.wall() * 1000), n=2))
+        clocks.advance(1)
+        batcher.flush()
+    assert store.last_seq() == sealed_before + 1
+    clocks.advance(1)
+    batcher.flush()
+    assert store.last_seq() == sealed_before + 2

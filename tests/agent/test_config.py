@@ -1525,3 +1525,28 @@ def test_a_missing_profile_is_reported_at_every_device_that_names_it(tmp_path: P
     assert [line.split(" → ")[0] for line in lines] == [
         "devices[0] (name=m0, driver=modbus)", "devices[1] (name=m1, driver=modbus)"]
     assert all("no profile named 'no-such-meter'" in line for line in lines)
+
+
+# --- reconnect bounds --------------------------------------------------------------------------
+
+
+def test_reconnect_bounds_default_and_parse(tmp_path: Path) -> None:
+    up = load_text(tmp_path, BASE + BUS + DEVICE).uplink
+    assert up is not None and (up.reconnect_min, up.reconnect_max) == ("500 ms", "5 s")
+    text = GATEWAY + UPLINK + 'reconnect_min = "2 s"\nreconnect_max = "30 s"\n' + BUS + DEVICE
+    up = load_text(tmp_path, text).uplink
+    assert up is not None and (up.reconnect_min, up.reconnect_max) == ("2 s", "30 s")
+
+
+@pytest.mark.parametrize(("keys", "problem"), [
+    ('reconnect_min = "50 ms"\n',
+     "uplink.reconnect_min: '50 ms': must be between 100 ms and 1 h"),
+    ('reconnect_max = "2 h"\n', "uplink.reconnect_max: '2 h': must be between 100 ms and 1 h"),
+    ('reconnect_min = "10 s"\n',
+     "uplink.reconnect_max: '5 s' is shorter than reconnect_min ('10 s'): make it longer"),
+    ('reconnect_max = "soon"\n', "uplink.reconnect_max:"),
+])
+def test_reconnect_bounds_are_checked_and_located(tmp_path: Path, keys: str,
+                                                  problem: str) -> None:
+    problems = problems_of(tmp_path, GATEWAY + UPLINK + keys + BUS + DEVICE)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems

@@ -196,3 +196,157 @@ def test_the_iec62056_driver_declares_its_longest_readout() -> None:
     plain = DevicePoller("p", ScriptedDriver(FakeClock(0.0), []), 15.0, emit=lambda r: None,
                          event=lambda e: None, clock=FakeClock(0.0))
     assert plain.guard == 30.0
+
+
+# ------------------------------------------------------------------ wall-clock steps, skipped slots
+
+
+class SteppingClocks:
+    """A wall and a monotonic clock; sleeping moves both, a step moves only the wall."""
+
+    def __init__(self, wall: float, mono: float = 100.0) -> None:
+        self.wall_now = wall
+        self.mono_now = mono
+        self.slept = 0.0
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def mono(self) -> float:
+        return self.mono_now
+
+    async def sleep(self, seconds: float) -> None:
+        self.wall_now += seconds
+        self.mono_now += seconds
+        self.slept += seconds
+        await asyncio.sleep(0)
+
+
+class SteppingDriver:
+    """Answers every read; the wall clock steps by ``steps[n]`` during read number ``n``."""
+
+    def __init__(self, clocks: SteppingClocks, steps: dict[int, float]) -> None:
+        self._clocks = clocks
+        self._steps = steps
+        self.reads = 0
+        self.read_mono: list[float] = []
+
+    @property
+    def points(self) -> Sequence[PointInfo]:
+        return [PointInfo("p", "W")]
+
+    async def connect(self) -> None:
+        pass
+
+    async def read(self) -> Sequence[PointValue]:
+        self.reads += 1
+        self.read_mono.append(self._clocks.mono_now)
+        self._clocks.wall_now += self._steps.get(self.reads, 0.0)
+        return [PointValue("p", float(self.reads))]
+
+    async def close(self) -> None:
+        pass
+
+
+async def run_mono(poller: DevicePoller, clocks: SteppingClocks, seconds: float) -> None:
+    task = asyncio.create_task(poller.run())
+    until = clocks.mono_now + seconds
+    while clocks.mono_now < until and not task.done():
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("step", [-90.0, -3600.0, -93.7, 90.0, 400 * 86400.0, -2.5])
+async def test_polling_keeps_its_interval_through_a_wall_clock_step(step: float) -> None:
+    """Before: a 90 s step back stalled polling for 90 s, an hour back for the hour."""
+    clocks = SteppingClocks(1_000_000.3)
+    driver = SteppingDriver(clocks, {5: step})  # the clock steps during the 5th poll
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=lambda e: None,
+                          clock=clocks.wall, monotonic=clocks.mono, sleep=clocks.sleep)
+    with capture_logs() as logs:
+        await run_mono(poller, clocks, 20.0)
+    # a poll every second of elapsed time, through the step: no stall, no burst (a step by a
+    # fraction of the interval moves the grid's phase once: one shorter gap)
+    gaps = [b - a for a, b in zip(driver.read_mono, driver.read_mono[1:], strict=False)]
+    assert driver.reads >= 19 and all(0.0 < g <= 1.01 for g in gaps), gaps
+    assert len([g for g in gaps if g != pytest.approx(1.0, abs=0.01)]) <= 1, gaps
+    times = [r.t for r in got]
+    # the first five were stamped on the old clock, the rest on the new grid, one per slot
+    assert times[:5] == [1_000_001_000 + 1000 * i for i in range(5)]
+    after = times[5:]
+    assert after == list(range(after[0], after[0] + 1000 * len(after), 1000))
+    assert after[0] % 1000 == 0
+    assert abs(after[0] - (times[4] + step * 1000 + 1000)) < 1000
+    assert len([e for e in logs if e["event"] == "clock_step"]) == 1
+
+
+async def test_a_backing_off_device_keeps_its_backoff_through_a_step() -> None:
+    clocks = SteppingClocks(5_000.5)
+    driver = ScriptedDriver(FakeClock(0.0), [False] * 3 + [True] * 50)
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=lambda e: None,
+                          clock=clocks.wall, monotonic=clocks.mono, sleep=clocks.sleep)
+    task = asyncio.create_task(poller.run())
+    while clocks.mono_now < 103.0:  # failed at 5001 and 5002; next try at 5004
+        await asyncio.sleep(0)
+    clocks.wall_now -= 600.0
+    while clocks.mono_now < 120.0:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    p = [(r.t, r.quality) for r in got if r.point == "p"]
+    # one reading per slot throughout, the step back included
+    assert len(p) == 20
+    # the backoff wait is kept: the third attempt came 2 slots after the second, on the new clock
+    assert driver.reads >= 4 and p[3][1] is Quality.COMM_ERROR and p[3][0] == 4_404_000 - 0
+
+
+async def test_skipped_slots_are_counted_reported_and_logged_once() -> None:
+    """timeout × attempts over the interval: every skipped slot is accounted for."""
+    clock = FakeClock(0.0)
+    driver = ScriptedDriver(clock, [True] * 20, read_seconds=2.5)
+    got: list[Reading] = []
+    events: list[Event] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=events.append,
+                          clock=clock, sleep=clock.sleep)
+    with capture_logs() as logs:
+        await run_for(poller, clock, 20.0)
+    polled = sorted({r.t for r in got})
+    skipped = [e for e in events if e.kind == "slots_skipped"]
+    assert skipped and all(e.device == "m1" for e in skipped)
+    named: set[int] = set()
+    for e in skipped:
+        fields = dict(word.split("=") for word in e.message.split())
+        assert fields["reason"] == "overrun" and fields["interval_ms"] == "1000"
+        named |= {e.t + 1000 * i for i in range(int(fields["slots"]))}
+    # polled and skipped slots tile the grid exactly, from the first poll to the last
+    grid = set(range(polled[0], polled[-1] + 1, 1000))
+    assert named.isdisjoint(polled) and grid - set(polled) <= named
+    assert poller.stats.skipped_slots == len(named)
+    assert poller.stats.overruns == len(skipped)
+    assert len([e for e in logs if e["event"] == "poll_overrun"]) == 1
+
+
+async def test_an_overrun_episode_ends_with_one_line() -> None:
+    clock = FakeClock(0.0)
+    driver = ScriptedDriver(clock, [True] * 40)
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=lambda e: None,
+                          clock=clock, sleep=clock.sleep)
+    slow = [2.5, 2.5, 0.0]
+    original = driver.read
+
+    async def read() -> Sequence[PointValue]:
+        clock.now += slow.pop(0) if slow else 0.0
+        return await original()
+
+    driver.read = read  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await run_for(poller, clock, 15.0)
+    events = [e["event"] for e in logs if e["event"] in ("poll_overrun", "poll_on_time")]
+    assert events == ["poll_overrun", "poll_on_time"]
+    assert poller.stats.skipped_slots == 4

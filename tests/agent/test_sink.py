@@ -485,3 +485,19 @@ def test_gap_rows_stay_bounded_whatever_seqs_arrive(tmp_path: Path, arrivals: li
         if arrivals[0] <= 40:
             missing = set(range(arrivals[0] + 1, max(in_line) + 1)) - seen
             assert all(any(a <= m <= b for a, b in gaps) for m in missing)
+
+
+def test_the_clock_key_is_stored_per_batch(tmp_path: Path) -> None:
+    import dataclasses
+
+    path = tmp_path / "sink.db"
+    # a sink made by an earlier version, without the column
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE batches (gw TEXT NOT NULL, seq INTEGER NOT NULL, boot INTEGER"
+                     " NOT NULL, created INTEGER NOT NULL, received INTEGER NOT NULL, n_readings"
+                     " INTEGER NOT NULL, n_aggregates INTEGER NOT NULL, PRIMARY KEY (gw, seq))")
+    with SqliteSink.open(path) as sink:
+        sink.store(_batch(1))
+        sink.store(dataclasses.replace(_batch(2), clock={"synced": False}))
+        sink.store(dataclasses.replace(_batch(3), clock={"synced": True}))
+        assert sink.clock_synced("gw-1") == [(1, None), (2, False), (3, True)]

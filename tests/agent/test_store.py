@@ -184,16 +184,101 @@ def test_drop_newest_refuses_the_new_batch(tmp_path: Path) -> None:
     assert store.stats().next_seq == 4
 
 
+class Clocks:
+    """A wall clock and a monotonic clock, moved by the test (a step moves only the wall)."""
+
+    def __init__(self, wall: float = 1_000.0, mono: float = 50.0) -> None:
+        self.wall_now = wall
+        self.mono_now = mono
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def mono(self) -> float:
+        return self.mono_now
+
+    def advance(self, seconds: float) -> None:
+        self.wall_now += seconds
+        self.mono_now += seconds
+
+
+def aged_store(path: Path, clocks: Clocks, synced: bool | None = None) -> BatchStore:
+    return BatchStore.open(path, bounds=StoreBounds(max_age_ms=60_000), clock=clocks.wall,
+                           monotonic=clocks.mono, clock_synced=lambda: synced)
+
+
 def test_max_age_expires_old_batches(tmp_path: Path) -> None:
-    now = [1_000.0]
-    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_age_ms=60_000),
-                            clock=lambda: now[0])
+    clocks = Clocks()
+    store = aged_store(tmp_path / "b.db", clocks)
     store.seal(payload_of(10), created=1_000_000, n_readings=4, pending_upto=0)
+    clocks.advance(30)
     store.seal(payload_of(10), created=1_030_000, n_readings=4, pending_upto=0)
-    now[0] = 1_075.0
+    clocks.advance(45)
     store.expire()
     assert [b.seq for b in store.next_unsent(10, set())] == [2]
     assert "reason=max_age" in store.drop_events()[0][2]
+
+
+@pytest.mark.parametrize("step", [180 * 86_400.0, 400 * 86_400.0, -3_600.0, -180 * 86_400.0])
+def test_a_wall_clock_step_does_not_age_the_backlog(tmp_path: Path, step: float) -> None:
+    """An NTP step by months, with the broker down: 15-s-old batches are 15 s old."""
+    clocks = Clocks(wall=1_700_000_000.0 - 180 * 86_400)
+    store = aged_store(tmp_path / "b.db", clocks)
+    for _ in range(3):
+        store.seal(payload_of(10), created=int(clocks.wall() * 1000), n_readings=4,
+                   pending_upto=0)
+        clocks.advance(5)
+    clocks.wall_now += step
+    store.expire()
+    store.seal(payload_of(10), created=int(clocks.wall() * 1000), n_readings=4, pending_upto=0)
+    assert [b.seq for b in store.next_unsent(10, set())] == [1, 2, 3, 4]
+    assert store.drop_events() == [] and store.stats().dropped_batches == 0
+    # … and they still age by elapsed time after the step
+    clocks.advance(46)
+    store.expire()
+    assert [b.seq for b in store.next_unsent(10, set())] == [2, 3, 4]
+
+
+@pytest.mark.parametrize(("synced_before", "synced_after", "downtime", "dropped"), [
+    (True, True, 50.0, [1]),      # both ends synchronised: the 50 s off count
+    (True, True, -3600.0, []),    # the wall clock went back while off: downtime unknown, 0
+    (False, True, 50.0, []),      # the last save was on an unsynchronised clock: 0
+    (True, False, 50.0, []),      # not synchronised now: 0
+    (None, None, 50.0, []),       # the kernel cannot say: 0
+])
+def test_downtime_counts_only_between_synchronised_clocks(
+        tmp_path: Path, synced_before: bool | None, synced_after: bool | None,
+        downtime: float, dropped: list[int]) -> None:
+    clocks = Clocks()
+    store = aged_store(tmp_path / "b.db", clocks, synced_before)
+    store.seal(payload_of(10), created=1_000_000, n_readings=4, pending_upto=0)
+    clocks.advance(20)
+    store.close()  # saves the elapsed clock at 20 s
+    # the machine reboots: the monotonic clock starts again near 0
+    clocks.wall_now += downtime
+    clocks.mono_now = 3.0
+    store = aged_store(tmp_path / "b.db", clocks, synced_after)
+    store.expire()
+    assert [s for s in (1,) if s not in [b.seq for b in store.next_unsent(10, set())]] == dropped
+    # elapsed time runs on from the saved value either way
+    clocks.advance(41)
+    store.expire()
+    assert store.next_unsent(10, set()) == []
+
+
+def test_batches_of_an_earlier_version_age_from_the_open(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = aged_store(tmp_path / "b.db", clocks)
+    store.seal(payload_of(10), created=1_000_000, n_readings=4, pending_upto=0)
+    store._conn.execute("UPDATE batches SET created_elapsed = NULL")  # as an old store has it
+    store.close()
+    clocks.wall_now += 10 * 86_400  # its created is days old on the wall clock
+    store = aged_store(tmp_path / "b.db", clocks)
+    store.expire()
+    assert [b.seq for b in store.next_unsent(10, set())] == [1]
+    clocks.advance(61)
+    store.expire()
+    assert store.next_unsent(10, set()) == []
 
 
 def test_corrupt_file_is_moved_aside_and_salvaged(tmp_path: Path) -> None:

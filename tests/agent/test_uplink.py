@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.endpoints import parse_broker_url
 from agent.store import BatchStore
-from agent.uplink import MqttSettings, Uplink
+from agent.uplink import MqttSettings, Uplink, reconnect_delay
 from agent.wire import decode_status
 from tests.conftest import Mosquitto, free_port
 
@@ -216,3 +218,25 @@ async def test_mutual_tls(tmp_path: Path, mtls_broker: tuple[int, Path], case: s
         assert f"cert_file {cert}" in error and "cannot load the client certificate" in error
     else:
         assert "client certificate" in error and "cert_file" in error, error
+
+
+# --- reconnect waits ------------------------------------------------------------------------
+
+
+@given(failures=st.integers(0, 10_000), draw=st.floats(0.0, 0.999999),
+       low=st.floats(0.1, 10.0), span=st.floats(0.0, 100.0))
+def test_a_reconnect_wait_stays_within_its_bounds(failures: int, draw: float, low: float,
+                                                  span: float) -> None:
+    high = low + span
+    delay = reconnect_delay(failures, low, high, draw)
+    assert low <= delay <= high
+    # the ceiling doubles from low: the first waits are short whatever the maximum
+    assert delay <= low * 2.0 ** min(failures, 64) + 1e-9
+
+
+def test_reconnect_waits_spread_a_fleet_over_the_bounds() -> None:
+    # once the ceiling is reached, draws cover [min, max] evenly: no lockstep
+    delays = [reconnect_delay(20, 0.5, 5.0, i / 1000) for i in range(1000)]
+    assert min(delays) == 0.5 and max(delays) == pytest.approx(5.0, abs=0.01)
+    assert sum(1 for d in delays if d < 2.75) == 500
+    assert [reconnect_delay(0, 0.5, 5.0, d) for d in (0.0, 0.9)] == [0.5, 0.5]

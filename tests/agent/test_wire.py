@@ -964,3 +964,39 @@ def test_hostile_bodies_cost_bounded_memory(body: bytes) -> None:
         finally:
             tracemalloc.stop()
     assert peak <= 3 * len(body) + 2000 * 100 + 64 * 1024, (len(body), peak)
+
+
+# --------------------------------------------------------------------- optional body keys (§3)
+
+
+def _plain_batch(**extra: object) -> Batch:
+    return Batch(gw="gw-1", boot=1, seq=7, created=1_700_000_002_000, series=(), **extra)  # type: ignore[arg-type]
+
+
+def test_the_optional_clock_key_round_trips_and_is_absent_by_default() -> None:
+    plain = encode_batch(_plain_batch(), codec=0)
+    assert b"clock" not in plain and decode_batch(plain).clock is None
+    unsynced = encode_batch(_plain_batch(clock={"synced": False}), codec=0)
+    assert decode_batch(unsynced).clock == {"synced": False}
+    assert decode_batch(encode_batch(_plain_batch(clock={"synced": True}))).clock == {
+        "synced": True}
+
+
+@pytest.mark.parametrize(("clock", "error"), [
+    ({"synced": 0}, "clock.synced: must be a bool, got int"),
+    ({}, "clock: missing key 'synced'"),
+    ({"synced": False, "tz": "UTC"}, "clock: unknown key 'tz'"),
+    ("unsynced", "clock: must be a map, got str"),
+])
+def test_a_bad_clock_key_is_refused(clock: object, error: str) -> None:
+    body = msgpack.packb({"gw": "gw-1", "boot": 1, "seq": 1, "created": 0, "series": [],
+                          "aggregates": [], "events": [], "clock": clock})
+    with pytest.raises(WireFormatError, match=error.replace("'", ".")):
+        decode_batch(b"SSC1\x00" + body)
+
+
+def test_an_unknown_body_key_names_the_optional_ones() -> None:
+    body = msgpack.packb({"gw": "gw-1", "boot": 1, "seq": 1, "created": 0, "series": [],
+                          "aggregates": [], "events": [], "colour": 1})
+    with pytest.raises(WireFormatError, match=r"unknown key 'colour'.*store, clock\)"):
+        decode_batch(b"SSC1\x00" + body)
