@@ -109,7 +109,6 @@ async def run_agent(
 
     # One watch for the whole agent: a wall-clock step is seen, logged and sent upstream once.
     watch = ClockWatch(clock, monotonic, synced=kernel_clock_synced)
-    watch.synced()  # logs clock_not_synchronised now if the kernel says so
     data_dir = Path(config.gateway.data_dir)
     buf = config.buffer
     # one agent per data_dir: a second one would poll every device again under the same seqs
@@ -175,6 +174,7 @@ async def run_agent(
             DevicePoller(device.name, driver, parse_duration(device.interval),
                          emit=batcher.add, event=batcher.add_event, watch=watch)
         )
+    watch.synced()  # logs clock_not_synchronised if the kernel says so
     log.info("agent_started", gw=gw, boot=boot, version=__version__, devices=len(drivers),
              recovered_readings=recovered, store=str(store.path),
              backlog_batches=store.stats().batches)
