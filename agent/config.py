@@ -49,6 +49,12 @@ from agent.units import duration_within, parse_duration, parse_size
 # would load msgpack and zstd for `validate`): a batch is sealed at the flush after it fills
 # up, so it may hold up to one flush interval's readings more.
 BATCH_MAX_READINGS_LIMIT = 100_000
+# The wire format's limits per batch (agent.wire.MAX_BATCH_READINGS / MAX_BATCH_SERIES): a
+# config whose batches could exceed them is refused, as every receiver would refuse them.
+WIRE_MAX_READINGS = 2 * BATCH_MAX_READINGS_LIMIT
+WIRE_MAX_SERIES = 50_000
+# Points of a device whose driver does not list them in its config (counted generously).
+UNLISTED_POINTS = 64
 
 __all__ = [
     "OPERATORS",
@@ -1220,6 +1226,7 @@ class _Loader:
         devices = self._devices({bus.name for bus in buses} | self._raw_names("buses"))
         kpis = self._kpis()
         self._across_sections(gateway, uplink, buffer, has_kpis=bool(self._peek("kpis")))
+        self._batches_fit(uplink, devices)
         lines = [line for item in self.items for line in item.lines]
         if lines:
             raise ConfigError(lines)
@@ -1257,6 +1264,35 @@ class _Loader:
                     f"{gateway.kpi_lateness!r} is shorter than uplink.flush_interval "
                     f"({uplink.flush_interval!r}): readings reach the KPI engine at each flush, "
                     "so the last ones of every window would count as late"))
+
+    def _batches_fit(self, uplink: UplinkConfig | None, devices: list[DeviceConfig]) -> None:
+        """A batch is sealed at the first flush after it holds batch_max_readings, so it may
+        hold one flush interval's readings more; both must fit the wire format's limits."""
+        if uplink is None:
+            return
+        points = per_flush = 0
+        for device in devices:
+            if not device.enabled:
+                continue
+            listed = getattr(device, "points", None)
+            n = len(listed) if isinstance(listed, list) else UNLISTED_POINTS
+            points += n
+            try:
+                interval = parse_duration(device.interval)
+            except ValueError:
+                continue  # reported with the device
+            per_flush += n * (int(uplink.flush_interval_seconds // max(interval, 1e-3)) + 1)
+        if points > WIRE_MAX_SERIES:
+            self.item("devices", listed=False).add((), (
+                f"{points:,} points over all devices: a batch may carry at most "
+                f"{WIRE_MAX_SERIES:,} series (docs/wire-format.md §11.1); split the gateway"))
+        worst = uplink.batch_max_readings + per_flush
+        if worst > WIRE_MAX_READINGS:
+            self.item("uplink", listed=False).add(("batch_max_readings",), (
+                f"{uplink.batch_max_readings:,} plus up to {per_flush:,} readings of one "
+                f"flush_interval ({uplink.flush_interval}) makes batches of up to {worst:,} "
+                f"readings, over the {WIRE_MAX_READINGS:,} a batch may carry: lower "
+                "batch_max_readings or flush_interval"))
 
     def _table(self, section: str, model: type[_M], *, required: bool) -> _M | None:
         value = self.data.get(section)

@@ -1493,10 +1493,11 @@ def test_config_from_dict_matches_the_file_loader(tmp_path: Path) -> None:
 
 
 def test_batch_max_readings_limit_is_half_the_wire_limit() -> None:
-    from agent.config import BATCH_MAX_READINGS_LIMIT
-    from agent.wire import MAX_BATCH_READINGS
+    from agent.config import BATCH_MAX_READINGS_LIMIT, WIRE_MAX_READINGS, WIRE_MAX_SERIES
+    from agent.wire import MAX_BATCH_READINGS, MAX_BATCH_SERIES
 
     assert BATCH_MAX_READINGS_LIMIT == MAX_BATCH_READINGS // 2
+    assert (WIRE_MAX_READINGS, WIRE_MAX_SERIES) == (MAX_BATCH_READINGS, MAX_BATCH_SERIES)
 
 
 def test_devices_of_one_profile_share_its_point_models(tmp_path: Path) -> None:
@@ -1550,3 +1551,28 @@ def test_reconnect_bounds_are_checked_and_located(tmp_path: Path, keys: str,
                                                   problem: str) -> None:
     problems = problems_of(tmp_path, GATEWAY + UPLINK + keys + BUS + DEVICE)
     assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def _devices(n: int, points: int, interval: str) -> str:
+    point_tables = "".join(f'[[devices.points]]\nname = "p{j}"\naddress = {j}\n'
+                           for j in range(points))
+    return "".join(f'[[devices]]\nname = "m{i}"\ndriver = "modbus"\n'
+                   f'endpoint = "tcp://127.0.0.1:{5020 + i}"\ninterval = "{interval}"\n'
+                   + point_tables for i in range(n))
+
+
+def test_configs_whose_batches_exceed_the_wire_limits_are_refused(tmp_path: Path) -> None:
+    # 100 devices × 200 points at 1 s, flushed every 9 s: up to 200,000 readings per flush.
+    fleet = _devices(100, 200, "1 s")
+    text = GATEWAY + UPLINK + 'flush_interval = "9 s"\nbatch_max_age = "10 s"\n' + fleet
+    assert problems_of(tmp_path, text) == [
+        "uplink.batch_max_readings: 20,000 plus up to 200,000 readings of one flush_interval "
+        "(9 s) makes batches of up to 220,000 readings, over the 200,000 a batch may carry: "
+        "lower batch_max_readings or flush_interval"
+    ]
+    # The same fleet flushed every second fits (40,000 readings per flush).
+    assert load_text(tmp_path, GATEWAY + UPLINK + fleet).devices[99].name == "m99"
+    assert problems_of(tmp_path, GATEWAY + UPLINK + _devices(251, 200, "1 min")) == [
+        "devices: 50,200 points over all devices: a batch may carry at most 50,000 series "
+        "(docs/wire-format.md §11.1); split the gateway"
+    ]
