@@ -1,0 +1,309 @@
+"""Chaos: the agent's wall clock steps while it runs, and the broker comes back after an outage.
+
+The agent runs as a real process under libfaketime: ``LD_PRELOAD`` of ``libfaketime.so.1``
+with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` (only the wall clock is faked; the monotonic clock the
+agent waits on stays real) and the offset read from ``FAKETIME_TIMESTAMP_FILE`` at every call
+(``FAKETIME_NO_CACHE=1``), so rewriting that file (atomically: write, rename) steps the
+running agent's wall clock, as NTP or an operator does. Relative offsets (``+0``, ``-90s``,
+``-180d``) keep the faked clock ticking at the real rate. (With libfaketime 0.9.10 and
+``DONT_FAKE_MONOTONIC`` Python's ``time.sleep`` fails with EINVAL; the agent never calls it.)
+
+The ground truth is the receiver's SQLite sink, compared with what the simulated meters served
+(``tests/chaos/harness.py``). The meters log requests in real time; the agent stamps readings on
+its (faked) wall clock, so a stored reading is mapped back to real time with what the wire
+format says a platform must do (``docs/wire-format.md`` §7.1): batches of the boot sealed before
+a ``clock_step`` event's ``before_seq`` are moved by its ``step_ms`` onto the new clock; the new
+clock is the real one shifted by the fake offset in force after the step. Then every polled
+(device, point, slot) must be stored exactly once and nothing else.
+
+In CI a missing libfaketime is a failure, not a skip (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos.harness import (
+    ROOT,
+    AgentProcess,
+    Key,
+    Ledger,
+    MeterFleet,
+    ReceiverProcess,
+    Stored,
+    last_sealed_seq,
+    persistent_broker_config,
+    sleep_to_quiet_point,
+    store_batches,
+    store_meta,
+    wait_until,
+    write_agent_config,
+)
+from tests.conftest import Mosquitto
+
+GW = "gw-clock"
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+DAY_S = 86_400
+WORDS = re.compile(r"(\w+)=(\S+)")
+
+
+def _need_libfaketime() -> None:
+    if LIBFAKETIME.exists():
+        return
+    message = f"libfaketime is not installed ({LIBFAKETIME}): apt-get install faketime libfaketime"
+    if os.environ.get("SSC_REQUIRE_MOSQUITTO") == "1":  # CI: a missing tool is a failure
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class FakeTimeAgent(AgentProcess):
+    """``ssc-agent run`` whose wall clock is offset by what ``clock_file`` says (libfaketime)."""
+
+    def __init__(self, config: Path, log: Path, clock_file: Path, *,
+                 log_level: str = "info") -> None:
+        super().__init__(config, log, log_level=log_level)
+        self.clock_file = clock_file
+
+    def set_offset(self, offset: str) -> float:
+        """Step the running agent's wall clock to ``offset`` from real time (``-90s``, ``+0``);
+        returns the real time of the step."""
+        tmp = self.clock_file.with_name(self.clock_file.name + ".tmp")
+        tmp.write_text(offset + "\n")
+        tmp.replace(self.clock_file)
+        return time.time()
+
+    def start(self) -> None:
+        assert not self.alive, "already running"
+        env = dict(os.environ, LD_PRELOAD=str(LIBFAKETIME), FAKETIME_DONT_FAKE_MONOTONIC="1",
+                   FAKETIME_NO_CACHE="1", FAKETIME_TIMESTAMP_FILE=str(self.clock_file))
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "--log-json", "--log-level", self.log_level,
+                 "run", "--config", str(self.config)],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+            )
+
+
+@pytest.fixture
+def broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    return mosquitto_factory(persistent_broker_config(tmp_path / "broker-db"))
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, broker: Mosquitto) -> Iterator[ReceiverProcess]:
+    rx = ReceiverProcess(broker.url, tmp_path / "received.db", tmp_path / "receiver.log")
+    offset = len(broker.log_text())
+    rx.start()
+    assert wait_until(lambda: "Saving in-memory database" in broker.log_text()[offset:], 10)
+    yield rx
+    if rx.alive:
+        rx.terminate()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        if agent.alive:
+            agent.kill()
+
+
+def new_agent(tmp_path: Path, agents: list[AgentProcess], fleet: MeterFleet, broker: Mosquitto,
+              *, offset: str | None, **sections: dict[str, object]) -> AgentProcess:
+    config = write_agent_config(
+        tmp_path / f"{GW}.toml", gw=GW, data_dir=tmp_path / f"{GW}-data",
+        broker_url=broker.url, devices=fleet.devices, uplink=sections.get("uplink"),
+        buffer=sections.get("buffer"), gateway=sections.get("gateway"))
+    agent: AgentProcess
+    if offset is None:
+        agent = AgentProcess(config, tmp_path / f"{GW}.log", log_level="debug")
+    else:
+        _need_libfaketime()
+        clock = FakeTimeAgent(config, tmp_path / f"{GW}.log", tmp_path / "faketime",
+                              log_level="debug")
+        clock.set_offset(offset)
+        agent = clock
+    agents.append(agent)
+    return agent
+
+
+def tail(agent: AgentProcess, receiver: ReceiverProcess) -> str:
+    return (f"agent log:\n{agent.log_text()[-4000:]}\nreceiver log:\n"
+            f"{receiver.log_text()[-2000:]}")
+
+
+def finish(agent: AgentProcess, receiver: ReceiverProcess, data: Path) -> None:
+    """Stop the agent cleanly between polls and wait until the receiver has every batch."""
+    sleep_to_quiet_point(1.0)
+    assert agent.terminate() == 0, tail(agent, receiver)
+    assert agent.events("agent_stopped")[-1]["unsent_batches"] == 0, tail(agent, receiver)
+    receiver.wait_for_seq(GW, last_sealed_seq(data))
+
+
+def stored_rows(sink: Path) -> list[tuple[str, str, int, int]]:
+    """Every stored reading as (dev, pt, t, seq of its batch)."""
+    conn = sqlite3.connect(f"file:{sink}?mode=ro", uri=True, timeout=5)
+    try:
+        return [(str(d), str(p), int(t), int(s)) for d, p, t, s in conn.execute(
+            "SELECT dev, pt, t, seq FROM readings WHERE gw = ?", (GW,))]
+    finally:
+        conn.close()
+
+
+def clock_steps(stored: Stored) -> list[dict[str, str]]:
+    """The ``key=value`` words of every stored ``clock_step`` event."""
+    return [dict(WORDS.findall(e["msg"])) for e in stored.events_of("clock_step")]
+
+
+def on_new_clock(rows: list[tuple[str, str, int, int]],
+                 steps: list[dict[str, str]]) -> Counter[Key]:
+    """Readings moved onto the clock after the last step, as wire-format §7.1 says: a batch
+    sealed before a step (seq below its ``before_seq``) is moved by its ``step_ms``."""
+    out: Counter[Key] = Counter()
+    for dev, pt, t, seq in rows:
+        moved = sum(int(s["step_ms"]) for s in steps if seq < int(s["before_seq"]))
+        out[(dev, pt, t + moved)] += 1
+    return out
+
+
+def polls_after(fleet: MeterFleet, since: float) -> int:
+    """Polls (bursts of requests, one per real slot) the meters served after ``since``."""
+    device = fleet.devices[0]
+    return len({round(r) for r in fleet.requests(device.name) if r > since})
+
+
+# ------------------------------------------------------------------ 1. backward steps of a clock
+
+
+@pytest.mark.parametrize(("offset", "step_s"), [("-90s", -90), ("-3600s", -3600)])
+def test_polling_goes_on_through_a_backward_step_and_every_reading_is_accounted(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess],
+    offset: str, step_s: int,
+) -> None:
+    """Before: 0 polls for 90 s after a 90 s step back, none for the run after an hour back."""
+    data = tmp_path / f"{GW}-data"
+    with MeterFleet([1000]) as fleet:
+        agent = new_agent(tmp_path, agents, fleet, broker, offset="+0")
+        assert isinstance(agent, FakeTimeAgent)
+        agent.start()
+        agent.wait_started(1)
+        assert wait_until(lambda: receiver.count(GW) > 0, 20), tail(agent, receiver)
+        time.sleep(1.5)
+        stepped_at = agent.set_offset(offset)
+        # polling goes on at its interval: 8 polls in the next 8-odd seconds, not after 90 s
+        assert wait_until(lambda: polls_after(fleet, stepped_at) >= 8, 30), (
+            polls_after(fleet, stepped_at), tail(agent, receiver))
+        time.sleep(1.5)
+        finish(agent, receiver, data)
+        expected = fleet.expected()
+    stored = Stored.read(receiver.sink, GW)
+    steps = clock_steps(stored)
+    assert len(steps) == 1, stored.events
+    assert abs(int(steps[0]["step_ms"]) - step_s * 1000) < 50, steps
+    assert steps[0]["boot"] == "1"
+    assert len(agent.events("clock_step")) == 1
+    # Onto real time: the new clock is real time + step.
+    real = Counter({(d, p, t - step_s * 1000): n
+                    for (d, p, t), n in on_new_clock(stored_rows(receiver.sink), steps).items()})
+    ledger = Ledger(expected, real)
+    ledger.assert_exact()
+    assert not ledger.lost, ledger.summary()
+    # the readings sealed after the step were stamped on the stepped clock
+    assert min(t for _, _, t, s in stored_rows(receiver.sink)
+               if s >= int(steps[0]["before_seq"])) < (stepped_at + step_s + 5) * 1000
+    assert not stored.events_of("slots_skipped")
+
+
+# ---------------------------------------------------- 2. NTP steps months forward, broker down
+
+
+def test_a_180_day_step_with_the_broker_down_drops_nothing_as_too_old(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess],
+) -> None:
+    """Before: the step made max_age (30 d) drop 15-s-old batches (``reason=max_age``)."""
+    data = tmp_path / f"{GW}-data"
+    with MeterFleet([1000]) as fleet:
+        # boots with the clock 180 days back (fake-hwclock), the broker unreachable
+        agent = new_agent(tmp_path, agents, fleet, broker, offset="-180d",
+                          buffer={"max_age": "30 d"}, uplink={"batch_max_age": "2 s"})
+        assert isinstance(agent, FakeTimeAgent)
+        broker.kill()
+        agent.start()
+        agent.wait_started(1)
+        assert wait_until(lambda: store_batches(data) >= 3, 30), tail(agent, receiver)
+        agent.set_offset("+0")  # NTP steps the clock to the right time
+        assert wait_until(lambda: bool(agent.events("clock_step")), 10), tail(agent, receiver)
+        time.sleep(3.0)  # flushes and seals after the step: max_age is applied at each
+        broker.start()
+        assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent, receiver)
+        time.sleep(1.5)
+        finish(agent, receiver, data)
+        expected = fleet.expected()
+    assert not agent.events("buffer_drop"), agent.events("buffer_drop")
+    assert store_meta(data)["dropped_readings"] == 0
+    stored = Stored.read(receiver.sink, GW)
+    assert not stored.events_of("buffer_drop"), stored.events_of("buffer_drop")
+    steps = clock_steps(stored)
+    assert len(steps) == 1, stored.events
+    assert abs(int(steps[0]["step_ms"]) - 180 * DAY_S * 1000) < 50, steps
+    # the new clock is real time: every polled slot stored once, with its real time
+    ledger = Ledger(expected, on_new_clock(stored_rows(receiver.sink), steps))
+    ledger.assert_exact()
+    assert not ledger.lost, ledger.summary()
+
+
+# ------------------------------------------------------------- 3. back after a broker outage
+
+
+def _at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def test_readings_flow_again_within_the_reconnect_bound_after_a_broker_restart(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess],
+) -> None:
+    """Before: a 1 s → 60 s backoff kept a gateway away for up to a minute after the broker's
+    return (16.9 s measured). Now every wait is within [reconnect_min, reconnect_max]."""
+    data = tmp_path / f"{GW}-data"
+    reconnect_max = 2.0
+    with MeterFleet([1000, 1000]) as fleet:
+        agent = new_agent(tmp_path, agents, fleet, broker, offset=None,
+                          uplink={"reconnect_min": "250 ms", "reconnect_max": "2 s"})
+        agent.start()
+        agent.wait_started(1)
+        assert wait_until(lambda: receiver.count(GW) > 0, 20), tail(agent, receiver)
+        broker.kill()
+        time.sleep(20.0)  # long enough for the old backoff to have grown to 16-32 s
+        broker.start()
+        back = time.time()
+        stored_before = receiver.count(GW)
+        assert wait_until(lambda: receiver.count(GW) > stored_before, 60), tail(agent, receiver)
+        flowing = time.time() - back
+        assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent, receiver)
+        time.sleep(1.5)
+        finish(agent, receiver, data)
+    waits = [e["seconds"] for e in agent.events("uplink_retry_in")]
+    assert len(waits) >= 5 and max(waits) <= reconnect_max, waits
+    restored = [_at(e) - back for e in agent.events("uplink_restored")]
+    assert restored, tail(agent, receiver)
+    # the documented bound, plus slack for a loaded machine (connect, CONNACK, scheduling):
+    # the old backoff misses it by seconds
+    assert restored[0] <= reconnect_max + 3.0, restored
+    # … and the receiver (which reconnects within 5 s by default) stores new readings
+    assert flowing <= 5.0 + 3.0, flowing
+    ledger = Ledger.build(fleet, Stored.read(receiver.sink, GW))
+    ledger.assert_exact()
+    assert not ledger.lost, ledger.summary()
