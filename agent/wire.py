@@ -18,6 +18,7 @@ Decisions recorded here and in the spec:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -500,51 +501,47 @@ def pack_values(values: Sequence[Value], packer: msgpack.Packer) -> bytes:
 def _pack_body(batch: Batch) -> bytes:
     # autoreset: every call returns its own bytes. use_bin_type keeps str and bin apart.
     p = msgpack.Packer(use_bin_type=True, autoreset=True)
-    parts = [
-        p.pack_map_header(len(BODY_KEYS) + (batch.store is not None)
-                          + (batch.clock is not None)),
-        p.pack("gw"),
-        p.pack(batch.gw),
-        p.pack("boot"),
-        p.pack(batch.boot),
-        p.pack("seq"),
-        p.pack(batch.seq),
-        p.pack("created"),
-        p.pack(batch.created),
-        p.pack("series"),
-        p.pack_array_header(len(batch.series)),
-    ]
+    # One growing buffer: a list of every packed piece (15 per series) held 300,000 small
+    # bytes objects for a 20,000-series batch, a 37 MiB peak for a 1.2 MB body.
+    out = bytearray(p.pack_map_header(len(BODY_KEYS) + (batch.store is not None)
+                                      + (batch.clock is not None)))
+    for key, value in (("gw", batch.gw), ("boot", batch.boot), ("seq", batch.seq),
+                       ("created", batch.created)):
+        out += p.pack(key)
+        out += p.pack(value)
+    out += p.pack("series")
+    out += p.pack_array_header(len(batch.series))
+    series_header = p.pack_map_header(len(SERIES_KEYS))
+    keys = {key: p.pack(key) for key in SERIES_KEYS}
     for s in batch.series:
-        parts += [
-            p.pack_map_header(len(SERIES_KEYS)),
-            p.pack("dev"),
-            p.pack(s.dev),
-            p.pack("pt"),
-            p.pack(s.pt),
-            p.pack("unit"),
-            p.pack(s.unit),
-            p.pack("t0"),
-            p.pack(s.t0),
-            p.pack("dt"),
-            p.pack(list(s.dt)),
-            p.pack("v"),
-            # The Packer's float width is global; values pick theirs one by one (float32 when
-            # exact), and concatenated msgpack objects are still one valid array.
-            pack_values(s.v, p),
-            p.pack("q"),
-            p.pack(list(s.q)),
-        ]
-    parts += [
-        p.pack("aggregates"),
-        p.pack([dict(a) for a in batch.aggregates]),
-        p.pack("events"),
-        p.pack([dict(e) for e in batch.events]),
-    ]
+        out += series_header
+        out += keys["dev"]
+        out += p.pack(s.dev)
+        out += keys["pt"]
+        out += p.pack(s.pt)
+        out += keys["unit"]
+        out += p.pack(s.unit)
+        out += keys["t0"]
+        out += p.pack(s.t0)
+        out += keys["dt"]
+        out += p.pack(list(s.dt))
+        out += keys["v"]
+        # The Packer's float width is global; values pick theirs one by one (float32 when
+        # exact), and concatenated msgpack objects are still one valid array.
+        out += pack_values(s.v, p)
+        out += keys["q"]
+        out += p.pack(list(s.q))
+    out += p.pack("aggregates")
+    out += p.pack([dict(a) for a in batch.aggregates])
+    out += p.pack("events")
+    out += p.pack([dict(e) for e in batch.events])
     if batch.store is not None:
-        parts += [p.pack("store"), p.pack(batch.store)]
+        out += p.pack("store")
+        out += p.pack(batch.store)
     if batch.clock is not None:
-        parts += [p.pack("clock"), p.pack(dict(batch.clock))]
-    return b"".join(parts)
+        out += p.pack("clock")
+        out += p.pack(dict(batch.clock))
+    return bytes(out)
 
 
 def _as_body_map(batch: Batch) -> dict[str, Any]:
@@ -568,6 +565,25 @@ def _as_body_map(batch: Batch) -> dict[str, Any]:
     return body
 
 
+def _check_encodable(batch: Batch) -> None:
+    """What :func:`_check_body` checks, one series at a time.
+
+    The whole body as maps (and a checked copy of it) made a 37 MiB peak for a batch of
+    20,000 one-reading series (1,000 devices × 20 points): over the unit's memory limit.
+    """
+    _check_body(_as_body_map(dataclasses.replace(batch, series=())))
+    if len(batch.series) > MAX_BATCH_SERIES:
+        raise WireFormatError(f"series: {len(batch.series)} items, over the limit of "
+                              f"{MAX_BATCH_SERIES} series per batch")
+    readings = sum(len(s.dt) for s in batch.series)
+    if readings > MAX_BATCH_READINGS:
+        raise WireFormatError(f"series: the batch holds {readings} readings, over the limit of"
+                              f" {MAX_BATCH_READINGS} per batch")
+    for i, s in enumerate(batch.series):
+        _check_series({"dev": s.dev, "pt": s.pt, "unit": s.unit, "t0": s.t0, "dt": s.dt,
+                       "v": s.v, "q": s.q}, f"series[{i}]")
+
+
 def encode_batch(batch: Batch, *, codec: int = CODEC_ZSTD, level: int = 3) -> bytes:
     """Encode a batch; raises WireFormatError (naming where) if it would not decode."""
     if codec not in (CODEC_PLAIN, CODEC_ZSTD):
@@ -577,7 +593,7 @@ def encode_batch(batch: Batch, *, codec: int = CODEC_ZSTD, level: int = 3) -> by
         raise ValueError(f"zstd level must be 1-19, got {level}")
     # Same checks as the receiver runs: a batch it would refuse must fail here, before the
     # agent stores it, not after it has been sent and acknowledged.
-    _check_body(_as_body_map(batch))
+    _check_encodable(batch)
     body = _pack_body(batch)
     if len(body) > MAX_BODY_BYTES:
         raise WireFormatError(
