@@ -134,6 +134,7 @@ class Batcher:
 
     def flush(self) -> None:
         """Commit what arrived since the last flush; seal the batch when it is full or old."""
+        self._store.watch()  # store file deleted or data_dir read-only: writes refused, held
         self._kpi_step()
         if self._unflushed or self._unflushed_events or self._unflushed_aggregates \
                 or self._unflushed_steps:

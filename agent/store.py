@@ -54,6 +54,17 @@ still be read from it is copied into a fresh store, and the damage is reported a
 locked by another process (waited for ``OPEN_BUSY_SECONDS``), a directory that cannot be
 created or written, raise :class:`StorageError` saying so.
 
+While the agent runs, :meth:`BatchStore.watch` (every flush) checks that the store file is
+still the one it has open (same inode at the path) and that the data_dir is writable. When
+the file was deleted (with or without its directory) or the directory became read-only, the
+store says so once (``buffer_store_unavailable``) and refuses new writes (``BufferFull``), so
+the batcher holds readings in memory within its bounds and counts what it drops, as on a full
+disk; batches sealed before stay readable and the uplink keeps sending them. As soon as the
+place is usable again it is repaired: a deleted store is written back whole from the open
+connection (SQLite's backup: batches, pending rows, seq and identity continue exactly) and
+the data_dir's lock retaken; a read-only directory that became writable needs nothing. The
+platform hears of the episode once, as a ``buffer_unavailable`` event in the next batch.
+
 One agent per data_dir: ``agent.lock`` in it is held with ``flock`` for the agent's life (the
 kernel releases it when the process dies, SIGKILL included); a second agent is refused.
 ``buffer stats`` / ``export`` open the store read-only (:meth:`BatchStore.open_readonly`):
@@ -208,6 +219,20 @@ class DataDirLock:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)
 
+    def retake(self) -> None:
+        """Take the lock again when its file was deleted (the data_dir was removed and has
+        been recreated): the old one, on a deleted file, keeps no other agent out."""
+        if self._fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                return
+        except FileNotFoundError:
+            pass
+        again = DataDirLock.acquire(self.path.parent)
+        self.release()
+        self._fd, again._fd = again._fd, None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -284,6 +309,11 @@ class BatchStore:
         self._mono_base = self._monotonic()
         self._opened_elapsed = 0
         self._elapsed_saved = False
+        self._inode = _inode(path)  # the file this connection has open (watch compares)
+        # why the store cannot be written right now (``watch``), and since when
+        self.unavailable: str | None = None
+        self._unavailable_since = 0.0
+        self.lock: DataDirLock | None = None  # retaken by watch when the data_dir came back
 
     @classmethod
     def open(cls, path: Path, *, sync: str = "full", bounds: StoreBounds | None = None,
@@ -514,9 +544,105 @@ class BatchStore:
                 self._save_elapsed()
         self._conn.close()
 
-    def _txn(self) -> _Txn:
+    # -- the place: store file deleted or data_dir read-only while running ---------------------
+
+    def _place_problem(self) -> str | None:
+        """Why new writes would not be durable here (None when they would)."""
+        directory = self.path.parent
+        current = _inode(self.path)
+        if current is None:
+            return "deleted" if directory.is_dir() else "data_dir deleted"
+        if current != self._inode:
+            return "replaced by another file"
+        if os.statvfs(directory).f_flag & os.ST_RDONLY or not os.access(directory, os.W_OK):
+            return "data_dir read-only"
+        return None
+
+    def watch(self) -> None:
+        """Check the store's place (see the module docstring); the batcher calls it every
+        flush. Never raises: while the place is unusable, writes raise BufferFull."""
+        try:
+            problem = self._place_problem()
+        except OSError as exc:
+            problem = f"data_dir unreadable ({exc.strerror or exc})"
+        if problem is None:
+            if self.unavailable is not None:
+                self._available_again(recreated=False)
+            return
+        if self.unavailable is None:
+            self.unavailable = problem
+            self._unavailable_since = self._clock()
+            log.error("buffer_store_unavailable", path=str(self.path), reason=problem,
+                      hint="holding new readings in memory; sealed batches still go out")
+        if problem != "data_dir read-only":
+            self._recreate()
+
+    def _recreate(self) -> None:
+        """Write the store back at its path from the open connection (deleted or replaced)."""
+        directory = self.path.parent
+        try:
+            ensure_data_dir(directory)
+            if os.statvfs(directory).f_flag & os.ST_RDONLY or not os.access(directory,
+                                                                              os.W_OK):
+                return
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+            if self.path.exists():  # someone else's file: keep it, beside ours
+                self.path.replace(self.path.with_name(f"{self.path.name}.replaced-{stamp}"))
+            for suffix in ("-wal", "-shm"):  # our own, of the deleted file: never reuse them
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            fresh = sqlite3.connect(self.path, isolation_level=None, timeout=OPEN_BUSY_SECONDS)
+        except (OSError, StorageError, sqlite3.Error) as exc:
+            log.debug("buffer_recreate_failed", error=str(exc))
+            return
+        try:
+            self._conn.backup(fresh)
+            fresh.execute("PRAGMA journal_mode=WAL")
+            fresh.execute(f"PRAGMA synchronous={'FULL' if self._sync_full else 'NORMAL'}")
+            fresh.execute(f"PRAGMA busy_timeout={RUN_BUSY_MS}")
+            _quick_check(fresh)
+        except sqlite3.Error as exc:
+            fresh.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            log.debug("buffer_recreate_failed", error=str(exc))
+            return
+        orphan, self._conn = self._conn, fresh
+        orphan.close()
+        self._inode = _inode(self.path)
+        if self.lock is not None:
+            try:
+                self.lock.retake()
+            except StorageError as exc:
+                log.error("data_dir_lock_lost", error=str(exc))
+        self._available_again(recreated=True)
+
+    def _available_again(self, *, recreated: bool) -> None:
+        problem, self.unavailable = self.unavailable, None
+        seconds = self._clock() - self._unavailable_since
+        next_seq = self._meta("next_seq")
+        try:
+            self._write_sidecar(self._meta("boot"), next_seq + SEQ_RESERVE)
+            with self._txn():
+                self._conn.execute(
+                    "INSERT INTO drops (t, kind, message, batches, readings)"
+                    " VALUES (?, ?, ?, 0, 0)",
+                    (int(self._clock() * 1000), "buffer_unavailable",
+                     f"store {self.path.name} was unusable ({problem}) for {seconds:.0f} s"
+                     f"{'; recreated from the open store' if recreated else ''}; new "
+                     f"readings were held in memory meanwhile (any lost: buffer_drop "
+                     f"reason=store_unwritable); seq continues at {next_seq}"))
+        except BufferFull as exc:
+            self.unavailable = problem  # not yet: try again next flush
+            log.debug("buffer_still_unwritable", error=str(exc))
+            return
+        log.info("buffer_store_available", path=str(self.path), was=problem,
+                 seconds=round(seconds, 1), recreated=recreated, next_seq=next_seq)
+
+    def _txn(self, *, always: bool = False) -> _Txn:
         # isolation_level=None: we open transactions ourselves, IMMEDIATE so a write never
         # fails half-way on a lock.
+        if self.unavailable is not None and not always:
+            raise BufferFull(f"buffer {self.path}: {self.unavailable}; not written")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -744,8 +870,9 @@ class BatchStore:
         return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()[0])
 
     def delete(self, seq: int) -> None:
-        """Forget a batch the broker acknowledged."""
-        with self._txn():
+        """Forget a batch the broker acknowledged (also while the place is unusable: the
+        open store is what a repair copies)."""
+        with self._txn(always=True):
             self._conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
 
     def iter_batches(self) -> list[tuple[int, int, int, bytes]]:
@@ -803,6 +930,14 @@ class _Txn:
         with contextlib.suppress(sqlite3.OperationalError):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _new_store_id() -> int:

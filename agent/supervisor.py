@@ -123,6 +123,7 @@ async def run_agent(
         monotonic=monotonic,
         clock_synced=kernel_clock_synced,
     )
+    store.lock = lock  # the store retakes it if the data_dir is deleted and comes back
     boot = store.start_boot()
     gw = config.gateway.id
     up = config.uplink

@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent.batcher import HELD_BATCHES, Batcher
+from agent.errors import StorageError
 from agent.readings import Event, Quality, Reading
-from agent.store import BatchStore
+from agent.store import BatchStore, DataDirLock
 from agent.wire import decode_batch, iter_readings
 
 
@@ -277,3 +280,123 @@ def test_a_clock_step_corrects_what_is_open_and_is_sent_once(
     clocks.advance(1)
     batcher.flush()
     assert store.last_seq() == sealed_before + 2
+
+
+# ------------------------------------------- the store file deleted / data_dir read-only
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], Callable[[], None]]]:
+    """Make a directory read-only with a read-only bind mount over itself (root ignores
+    permission bits, not a read-only mount); returns the undo. Every mount is undone."""
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root (CI runs as root)")
+    mounted: list[Path] = []
+
+    def make(path: Path) -> Callable[[], None]:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        mounted.append(path)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+
+        def undo() -> None:
+            subprocess.run(["umount", str(path)], check=True)
+            mounted.remove(path)
+
+        return undo
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def unavailable_events(store: BatchStore) -> list[dict[str, object]]:
+    return [e for *_, p in store.iter_batches() for e in decode_batch(p).events
+            if e["kind"] == "buffer_unavailable"]
+
+
+@pytest.mark.parametrize("remove", ["file", "data_dir"])
+def test_a_deleted_store_is_reported_once_and_written_back_whole(tmp_path: Path,
+                                                                 remove: str) -> None:
+    clock = Clock()
+    data = tmp_path / "data"
+    store = BatchStore.open(data / "buffer.db")
+    store.lock = DataDirLock.acquire(data)
+    store.start_boot()
+    identity = store.identity
+    batcher = batcher_for(store, clock, max_readings=100)
+    sent: list[Reading] = []
+    for k in range(8):  # a sealed batch (unsent) and pending rows
+        sent += poll(k * 1000)
+        batcher.add(poll(k * 1000))
+        clock.now += 1
+        batcher.flush()
+    assert store.stats().batches == 1 and store.stats().pending_rows > 0
+    if remove == "file":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{data / 'buffer.db'}{suffix}").unlink()
+    else:
+        shutil.rmtree(data)
+    with capture_logs() as logs:
+        for k in range(8, 30):
+            sent += poll(k * 1000)
+            batcher.add(poll(k * 1000))
+            clock.now += 1
+            batcher.flush()
+        batcher.close()
+    assert [e["reason"] for e in logs if e["event"] == "buffer_store_unavailable"] == [
+        "deleted" if remove == "file" else "data_dir deleted"]
+    assert [e["recreated"] for e in logs if e["event"] == "buffer_store_available"] == [True]
+    # the file at the path is the store, with everything: nothing lost, seq and id continue
+    again = BatchStore.open(data / "buffer.db")
+    assert again.identity == identity
+    assert sorted((r.t, r.point) for r in stored_readings(again)) == sorted(
+        (r.t, r.point) for r in sent)
+    assert [seq for seq, *_ in again.iter_batches()] == [1, 2, 3, 4, 5, 6]  # 30 polls of 20
+    assert len(unavailable_events(again)) == 1
+    assert json.loads((data / "buffer.db.seq").read_text())["store"] == identity
+    with pytest.raises(StorageError, match="in use by another agent"):  # the lock is back
+        DataDirLock.acquire(data)
+
+
+def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
+        tmp_path: Path, read_only: Callable[[Path], Callable[[], None]]) -> None:
+    clock = Clock()
+    data = tmp_path / "data"
+    store = BatchStore.open(data / "buffer.db")
+    store.start_boot()
+    batcher = batcher_for(store, clock, max_readings=20)  # holds 10 batches × 20 readings
+    for k in range(3):
+        batcher.add(poll(k * 1000))
+        clock.now += 1
+        batcher.flush()
+        batcher.seal()
+    undo = read_only(data)
+    polls = 30
+    with capture_logs() as logs:
+        for k in range(3, 3 + polls):
+            batcher.add(poll(k * 1000))
+            clock.now += 1
+            batcher.flush()
+        # what was sealed before still goes out, and is forgotten after its PUBACK
+        sendable = store.next_unsent(10, set())
+        assert [b.seq for b in sendable] == [1, 2, 3]
+        store.delete(1)
+    assert [e["reason"] for e in logs if e["event"] == "buffer_store_unavailable"] == [
+        "data_dir read-only"]
+    assert len([e for e in logs if e["event"] == "buffer_write_failed"]) == 1
+    lost = polls * 20 - HELD_BATCHES * 20
+    assert batcher.stats.lost_in_memory == lost
+    undo()
+    with capture_logs() as logs:
+        clock.now += 1
+        batcher.flush()
+        batcher.close()
+    assert [e["recreated"] for e in logs if e["event"] == "buffer_store_available"] == [False]
+    kept = {r.t for r in stored_readings(store)}
+    last = 3 + polls - 1
+    assert kept == {1000, 2000} | {k * 1000 for k in range(last - HELD_BATCHES + 1, last + 1)}
+    assert store.stats().dropped_readings == lost
+    events = [e for *_, p in store.iter_batches() for e in decode_batch(p).events]
+    assert [e["kind"] for e in events].count("buffer_unavailable") == 1
+    assert [e["msg"] for e in events if e["kind"] == "buffer_drop"] == [
+        f"batches=0 readings={lost} reason=store_unwritable"]
