@@ -107,12 +107,13 @@ async def run_agent(
     drivers = create_drivers(config, context)
     prepare_open_files(len(drivers))
 
-    # One watch for the whole agent: a wall-clock step is seen, logged and sent upstream once.
-    watch = ClockWatch(clock, monotonic, synced=kernel_clock_synced)
     data_dir = Path(config.gateway.data_dir)
     buf = config.buffer
     # one agent per data_dir: a second one would poll every device again under the same seqs
+    # (first: a data_dir the agent cannot use ends the start with its one line, nothing else)
     lock = DataDirLock.acquire(data_dir)
+    # One watch for the whole agent: a wall-clock step is seen, logged and sent upstream once.
+    watch = ClockWatch(clock, monotonic, synced=kernel_clock_synced)
     store = BatchStore.open(
         data_dir / STORE_FILE,
         sync=buf.sync,
