@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -74,6 +75,15 @@ async def receiving(broker: Mosquitto, sink: Path) -> AsyncIterator[ReceiverStat
     finally:
         stop.set()
         await task
+
+
+def pending_rows(data_dir: Path) -> int:
+    """Rows of the open batch committed in the agent's store (read-only, beside the agent)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'buffer.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+    finally:
+        conn.close()
 
 
 async def wait_for(predicate: object, seconds: float) -> bool:
@@ -181,6 +191,10 @@ async def test_sigkilled_agent_resends_its_backlog_and_loses_nothing_committed(
             # up in the store; then the agent dies without warning and the broker comes back.
             mosquitto.stop()
             await asyncio.sleep(5.0)
+            # Kill while the open batch has committed rows (between two seals), so the
+            # restart has something to take back: that is what this test is about.
+            assert await wait_for(lambda: pending_rows(tmp_path / "data") > 0, 10), \
+                log.read_text()
             killed_at = time.time()
             os.kill(agent.pid, signal.SIGKILL)
             agent.wait()
