@@ -227,10 +227,17 @@ def _kpi_window(value: str) -> str:
     return value
 
 
+# A sample period or hold longer than a month is a typo; unbounded, its milliseconds would
+# overflow the 64-bit integers of the KPI journal and the wire format.
+MAX_KPI_PERIOD_SECONDS = 31 * 86400
+
+
 def _kpi_period(value: str) -> str:
     duration = parse_kpi_duration(value)
     if duration.is_calendar:
         raise ValueError(f"{value!r}: use s, min or h here (e.g. '24 h' instead of '1 d')")
+    if duration.seconds > MAX_KPI_PERIOD_SECONDS:
+        raise ValueError(f"{value!r} is too long: at most 744 h (31 days)")
     return value
 
 

@@ -770,6 +770,13 @@ RUN_BREAKERS: list[tuple[str, str, list[str]]] = [
         ["kpis[0] (name=k, operator=mean) → scale: must not be 0: every input would become 0"],
     ),
     (
+        "kpi hold beyond 64-bit milliseconds",
+        BASE + DEVICE + kpi(name="k", source="m1.p", operator="time_weighted_mean",
+                            window="1 h", max_hold="99999999999999999999 h"),
+        ["kpis[0] (name=k, operator=time_weighted_mean) → max_hold: '99999999999999999999 h' is "
+         "too long: at most 744 h (31 days)"],
+    ),
+    (
         "kpi scale nan",
         BASE + DEVICE + kpi(name="k", source="m1.p", operator="mean", window="1 h",
                               scale=float("nan")),
