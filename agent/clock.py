@@ -7,8 +7,9 @@ two:
 
 - :class:`StepDetector` (pure, time injected): ``offset = wall − monotonic``. Between two
   looks the offset only moves by NTP slewing (at most 0.5 ms per second); a move of more than
-  ``STEP_THRESHOLD_SECONDS`` is a step of the wall clock, by that amount. A suspend of the
-  machine looks the same (the monotonic clock stops while suspended) and is handled the same.
+  ``STEP_THRESHOLD_SECONDS`` is a step of the wall clock, by that amount. The agent's
+  "monotonic" clock is :func:`elapsed_clock` (``CLOCK_BOOTTIME`` on Linux: monotonic, and it
+  keeps counting while the machine is suspended, so a resume is not taken for a step).
 - :class:`ClockWatch`: the one place that looks (every poll and every flush), logs a step once
   (``clock_step``) and tells its listeners once (the batcher sends it upstream as a
   ``clock_step`` event and corrects the readings it still holds).
@@ -71,13 +72,13 @@ class ClockWatch:
     """The agent's wall and monotonic clocks, and every step between them, seen once."""
 
     def __init__(self, wall: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, *,
+                 monotonic: Callable[[], float] | None = None, *,
                  threshold: float = STEP_THRESHOLD_SECONDS,
                  synced: Callable[[], bool | None] | None = None) -> None:
         self.wall = wall
-        self.monotonic = monotonic
+        self.monotonic = monotonic or elapsed_clock
         self._synced = synced if synced is not None else kernel_clock_synced
-        self._detector = StepDetector(wall(), monotonic(), threshold)
+        self._detector = StepDetector(wall(), self.monotonic(), threshold)
         self._listeners: list[Callable[[ClockStep], None]] = []
         self.steps = 0
         self._last_synced: bool | str | None = "never asked"
@@ -121,6 +122,15 @@ class ClockWatch:
                 log.info("clock_synchronised")
             self._last_synced = now
         return now
+
+
+def elapsed_clock() -> float:
+    """Seconds on a clock no wall-clock step moves: ``CLOCK_BOOTTIME`` where there is one
+    (Linux; it counts time suspended too), else ``time.monotonic``."""
+    return time.clock_gettime(_ELAPSED_CLOCK) if _ELAPSED_CLOCK is not None else time.monotonic()
+
+
+_ELAPSED_CLOCK: int | None = getattr(time, "CLOCK_BOOTTIME", None)
 
 
 # --------------------------------------------------------------------------------- adjtimex

@@ -20,7 +20,7 @@ import structlog
 
 from agent import __version__
 from agent.batcher import Batcher
-from agent.clock import ClockWatch, kernel_clock_synced
+from agent.clock import ClockWatch, elapsed_clock, kernel_clock_synced
 from agent.config import AgentConfig
 from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
@@ -96,7 +96,7 @@ async def run_agent(
     *,
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
-    monotonic: Callable[[], float] = time.monotonic,
+    monotonic: Callable[[], float] = elapsed_clock,
     on_start: Callable[[AgentRuntime], None] | None = None,
     install_signal_handlers: bool = True,
 ) -> None:
