@@ -150,7 +150,8 @@ class DevicePoller:
                     retry_at += anchored - slot
                     slot = anchored
                 t_ms = round(slot * 1000)
-                if slot >= retry_at:
+                polled = slot >= retry_at
+                if polled:
                     ok = await self._poll(t_ms)
                     retry_at = slot + (
                         interval if ok else interval * backoff_slots(self._failures, interval)
@@ -163,7 +164,8 @@ class DevicePoller:
                 if now >= following:
                     following = next_slot(now, interval)
                     self._skipped(slot, following)
-                elif self._overrunning:
+                elif self._overrunning and polled:
+                    # (a slot skipped by backoff does no I/O: it ends no overrun episode)
                     self._log.info("poll_on_time", skipped_slots=self._overrunning)
                     self._overrunning = 0
                 slot = following

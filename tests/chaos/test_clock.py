@@ -307,3 +307,56 @@ def test_readings_flow_again_within_the_reconnect_bound_after_a_broker_restart(
     ledger = Ledger.build(fleet, Stored.read(receiver.sink, GW))
     ledger.assert_exact()
     assert not ledger.lost, ledger.summary()
+
+
+# ------------------------------------------------ 4. polls longer than the interval skip slots
+
+
+class SilentMeters(MeterFleet):
+    """Meters that never answer (their unit is silent, Modbus RTU over TCP, where the
+    simulator can mute a unit): every poll runs into its timeout."""
+
+    async def _start(self) -> None:
+        from agent.simulator import serve
+
+        for device in self.devices:
+            self._servers.append(await serve(
+                {1: self._profile}, "127.0.0.1", device.port, seed=device.name,
+                trace_pdu=self._tracer(device.name), rtu=True, silent_units=(1,)))
+
+
+def test_every_slot_is_polled_or_reported_skipped_when_polls_outlast_the_interval(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess],
+) -> None:
+    """Before: with timeout × attempts over the interval, 9 of 52 slots had no reading and no
+    record. Now a slot has a reading (here quality 2) or is named by a slots_skipped event."""
+    data = tmp_path / f"{GW}-data"
+    with SilentMeters([1000]) as fleet:
+        agent = new_agent(tmp_path, agents, fleet, broker, offset=None)
+        # 2 attempts of 700 ms: every poll of the silent meter takes 1.4 s, over its 1-s slot
+        agent.config.write_text(agent.config.read_text().replace(
+            'interval = "1000 ms"\n', 'interval = "1000 ms"\ntimeout = "700 ms"\nretries = 1\n'
+        ).replace('"tcp://', '"rtu+tcp://'))
+        agent.start()
+        agent.wait_started(1)
+        assert wait_until(lambda: len(agent.events("poll_overrun")) >= 1, 30), tail(
+            agent, receiver)
+        time.sleep(12.0)
+        finish(agent, receiver, data)
+    stored = Stored.read(receiver.sink, GW)
+    polled = {t for _, _, t in stored.keys}
+    assert polled and set(stored.qualities) == {2}, stored.qualities
+    skipped: set[int] = set()
+    for event in stored.events_of("slots_skipped"):
+        words = dict(WORDS.findall(event["msg"]))
+        assert event["dev"] == fleet.devices[0].name and words["reason"] == "overrun", event
+        step = int(words["interval_ms"])
+        named = {event["t"] + step * i for i in range(int(words["slots"]))}
+        assert not named & skipped, "a slot reported skipped twice"
+        skipped |= named
+    assert skipped, stored.events
+    assert not skipped & polled, "a slot both polled and reported skipped"
+    grid = set(range(min(polled), max(polled) + 1, 1000))
+    assert grid <= polled | skipped, sorted(grid - polled - skipped)
+    # the agent logs the condition once, not per overrun
+    assert len(agent.events("poll_overrun")) == 1
