@@ -81,6 +81,25 @@ async def _serve_metrics(config: AgentConfig, runtime: AgentRuntime, uplink: Upl
         collector.refresh()
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]], every: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again those that carry on.
+
+    Python 3.11's ``asyncio.wait_for`` (pymodbus connects and reads with it) drops a
+    cancellation that arrives as its inner future completes: the poller then kept polling,
+    and the agent never stopped after SIGTERM (until systemd killed it).
+    """
+    pending = set(tasks)
+    rounds = 0
+    while pending:
+        if rounds == 1:
+            log.info("pollers_cancelled_again", pollers=len(pending))
+        rounds += 1
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    await asyncio.gather(*tasks, return_exceptions=True)  # retrieve what they raised
+
+
 @dataclass
 class AgentRuntime:
     """Live objects of a running agent (tests and the demo look at them)."""
@@ -200,9 +219,7 @@ async def run_agent(
                                              name="metrics"))
             await stop.wait()
             log.info("agent_stopping")
-            for task in polls:
-                task.cancel()
-            await asyncio.gather(*polls, return_exceptions=True)
+            await _cancel_all(polls)
             flusher.cancel()
             batcher.close()
             with contextlib.suppress(TimeoutError):
