@@ -139,8 +139,9 @@ class Batcher:
         if self._unflushed or self._unflushed_events or self._unflushed_aggregates \
                 or self._unflushed_steps:
             try:
-                if self._unreported_loss:
-                    self._store.note_lost(self._unreported_loss, "store_unwritable")
+                dropped = self._unreported_loss
+                if dropped:
+                    self._store.note_lost(dropped, "store_unwritable")
                     self._unreported_loss = 0
                 self._pending_upto = self._store.append_pending(
                     self._unflushed, self._unflushed_events, self._unflushed_aggregates,
@@ -151,7 +152,7 @@ class Batcher:
                 return
             if self._failing:
                 self._failing = False
-                log.info("buffer_writable_again", held=len(self._unflushed))
+                log.info("buffer_writable_again", held=len(self._unflushed), dropped=dropped)
             self._unflushed = []
             self._kpi_fed = 0
             self._unflushed_events = []
@@ -188,9 +189,12 @@ class Batcher:
             self._unflushed = self._unflushed[excess:]
             self._kpi_fed = max(0, self._kpi_fed - excess)
             self._open = [r for r in self._open if id(r) not in lost]
+            if not self._unreported_loss:  # once per episode; the total comes with the end
+                log.error("readings_dropped_in_memory", readings=excess,
+                          reason="store_unwritable",
+                          hint="the oldest held readings go until writes work again")
             self._unreported_loss += excess
             self.stats.lost_in_memory += excess
-            log.error("readings_dropped_in_memory", readings=excess, reason="store_unwritable")
 
     def _due(self) -> bool:
         if self._opened_at is None:
@@ -261,6 +265,10 @@ class Batcher:
         if self._kpis is not None and not self._unflushed_steps:
             self._checkpoint()
         self.seal()
+        if self._unflushed or self._unreported_loss:
+            # the store could not be written up to the end: what memory held dies with us
+            log.error("readings_lost_at_stop", held=len(self._unflushed),
+                      dropped_unreported=self._unreported_loss, reason="store_unwritable")
 
     def _clock_stepped(self, step: ClockStep) -> None:
         """The wall clock stepped by ``step``: what is still open was stamped in this boot on

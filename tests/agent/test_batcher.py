@@ -384,6 +384,7 @@ def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
     assert [e["reason"] for e in logs if e["event"] == "buffer_store_unavailable"] == [
         "data_dir read-only"]
     assert len([e for e in logs if e["event"] == "buffer_write_failed"]) == 1
+    assert len([e for e in logs if e["event"] == "readings_dropped_in_memory"]) == 1
     lost = polls * 20 - HELD_BATCHES * 20
     assert batcher.stats.lost_in_memory == lost
     undo()
@@ -392,6 +393,7 @@ def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
         batcher.flush()
         batcher.close()
     assert [e["recreated"] for e in logs if e["event"] == "buffer_store_available"] == [False]
+    assert [e["dropped"] for e in logs if e["event"] == "buffer_writable_again"] == [lost]
     kept = {r.t for r in stored_readings(store)}
     last = 3 + polls - 1
     assert kept == {1000, 2000} | {k * 1000 for k in range(last - HELD_BATCHES + 1, last + 1)}
@@ -400,3 +402,21 @@ def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
     assert [e["kind"] for e in events].count("buffer_unavailable") == 1
     assert [e["msg"] for e in events if e["kind"] == "buffer_drop"] == [
         f"batches=0 readings={lost} reason=store_unwritable"]
+
+
+def test_a_stop_while_the_store_is_unusable_says_what_memory_held(
+        tmp_path: Path, read_only: Callable[[Path], Callable[[], None]]) -> None:
+    clock = Clock()
+    data = tmp_path / "data"
+    store = BatchStore.open(data / "buffer.db")
+    batcher = batcher_for(store, clock, max_readings=20)
+    undo = read_only(data)
+    with capture_logs() as logs:
+        for k in range(12):
+            batcher.add(poll(k * 1000))
+            clock.now += 1
+            batcher.flush()
+        batcher.close()
+    undo()
+    [lost] = [e for e in logs if e["event"] == "readings_lost_at_stop"]
+    assert (lost["held"], lost["dropped_unreported"]) == (HELD_BATCHES * 20, 2 * 20)
