@@ -350,3 +350,34 @@ async def test_an_overrun_episode_ends_with_one_line() -> None:
     events = [e["event"] for e in logs if e["event"] in ("poll_overrun", "poll_on_time")]
     assert events == ["poll_overrun", "poll_on_time"]
     assert poller.stats.skipped_slots == 4
+
+
+async def test_a_poll_in_flight_when_another_task_sees_the_step_lands_on_the_new_clock() -> None:
+    """The batcher has already moved what it holds; a reading stamped before the step and
+    handed over after it is moved by the poller, so all of them are on one clock."""
+    from agent.clock import ClockWatch
+
+    clocks = SteppingClocks(2_000.0)
+    watch = ClockWatch(clocks.wall, clocks.mono, synced=lambda: None)
+    seen: list[int] = []
+    watch.on_step(lambda step: seen.append(step.ms))
+
+    class StepMidRead(SteppingDriver):
+        async def read(self) -> Sequence[PointValue]:
+            values = await super().read()
+            if self.reads == 3:
+                watch.check()  # e.g. the batcher's flush sees the step while this poll runs
+            return values
+
+    driver = StepMidRead(clocks, {3: -600.0})
+    got: list[Reading] = []
+    events: list[Event] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=events.append,
+                          watch=watch, sleep=clocks.sleep)
+    await run_mono(poller, clocks, 6.0)
+    assert seen == [-600_000]
+    times = [r.t for r in got]
+    # polls at 2001, 2002 on the old clock; the third (stamped 2003, read during the step) is
+    # moved to 1403; then 1404, 1405, … on the new grid
+    assert times[:2] == [2_001_000, 2_002_000]
+    assert times[2:] == list(range(1_403_000, 1_403_000 + 1000 * len(times[2:]), 1000))
