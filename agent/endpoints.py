@@ -44,9 +44,12 @@ def parse_broker_url(url: str) -> BrokerAddress:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{url!r}: a broker URL has only a host and a port")
     try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        port = parts.port
     except ValueError as exc:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from exc
+    if port == 0:  # not "no port": it would have silently become the default one
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
+    port = port or DEFAULT_PORTS[parts.scheme]
     return BrokerAddress(parts.hostname, port, parts.scheme == "mqtts")
 
 

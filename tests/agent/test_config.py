@@ -635,6 +635,11 @@ RUN_BREAKERS: list[tuple[str, str, list[str]]] = [
          "at most 253 characters, 63 per label"],
     ),
     (
+        "broker port 0 is not the default port",
+        GATEWAY + '[uplink]\nbroker = "mqtt://127.0.0.1:0"\n',
+        ["uplink.broker: 'mqtt://127.0.0.1:0': the port must be a number from 1 to 65535"],
+    ),
+    (
         "device interval never reached",
         BASE + DEVICE.replace('"1 min"', '"1000000000 s"'),
         [f"{DEV} → interval: '1000000000 s' is too long: a duration is at most 3650 d"],
