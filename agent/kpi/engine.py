@@ -41,7 +41,7 @@ from agent.kpi.operators import (
 )
 from agent.readings import Quality, Reading
 
-__all__ = ["TIME_EXTRAS", "Engine", "KpiOutput"]
+__all__ = ["TIME_EXTRAS", "Engine", "KpiOutput", "TimeJump"]
 
 Extra: TypeAlias = float | int | str | None
 State: TypeAlias = dict[str, Any]
@@ -84,6 +84,20 @@ class KpiOutput:
         }
         record.update(self.extras)
         return record
+
+
+@dataclass(frozen=True, slots=True)
+class TimeJump:
+    """The engine's time moved by more than ``max_step_ms``: from ``frm`` to ``to`` (epoch
+    ms; ``to < frm`` for a step back), closing ``closed`` windows open at ``frm``."""
+
+    frm: int
+    to: int
+    closed: int
+
+    @property
+    def size_ms(self) -> int:
+        return self.to - self.frm
 
 
 def _sort_key(output: KpiOutput) -> tuple[int, str]:
@@ -587,6 +601,13 @@ class _Windows:
         while self.start <= last:
             self.close()
 
+    def skip(self, frm: int, to: int) -> None:
+        """A time jump from ``frm`` to ``to``: close the window holding ``frm`` and open the
+        one holding ``to``, unless one window spans both (then it stays open)."""
+        if self.end <= to:
+            self.finish(frm)
+            self.begin(to)
+
     def state(self) -> State:
         return {"start": self.start, "end": self.end, "acc": self.acc.state()}
 
@@ -654,6 +675,16 @@ class _BaseFront:
         while self.start <= last:
             self.close()
 
+    def skip(self, frm: int, to: int) -> bool:
+        """A time jump: close the base window holding ``frm``, reopen at ``to``. The base
+        windows in between are missing items, which no window operator counts. Returns
+        whether the front moved."""
+        if self.end > to:
+            return False
+        self.finish(frm)
+        self.begin(to)
+        return True
+
     def state(self) -> State:
         return {"start": self.start, "end": self.end, "n": self.n, "total": self.total}
 
@@ -683,6 +714,13 @@ class _Runner:
 
     def advance(self, watermark: int) -> None:
         """Close the windows that ``watermark`` (``now − lateness``) has completed."""
+
+    def jump(self, frm: int, to: int) -> None:
+        """Time jumped forward from ``frm`` (every reading up to it was fed) to ``to``: close
+        the windows holding ``frm`` as at the end of input, skip the windows that lie wholly
+        inside the jump without materialising them, and open the windows holding ``to``. A
+        window that holds both stays open. Bounded work, whatever the size of the jump."""
+        raise NotImplementedError
 
     def finish(self, last: int) -> None:
         raise NotImplementedError
@@ -744,6 +782,11 @@ class _SimpleRunner(_Runner):
             return
         while self.windows.end <= watermark:
             self.windows.close()
+
+    def jump(self, frm: int, to: int) -> None:
+        if self.front is not None:
+            self.front.skip(frm, to)
+        self.windows.skip(frm, to)
 
     def finish(self, last: int) -> None:
         if self.front is not None:
@@ -846,6 +889,17 @@ class _CounterRunner(_Runner):
     def advance(self, watermark: int) -> None:
         while self.end < watermark:
             self.close()
+
+    def jump(self, frm: int, to: int) -> None:
+        # (start, end] windows: the one holding frm has start < frm ≤ end. The counter keeps
+        # its baseline: the first delta after the jump is real consumption, checked against
+        # max_delta like any other.
+        if self.end >= to:
+            return
+        while self.start < frm:
+            self.close()
+        self.start, self.end = self.kpi.calendar.window_at(self.kpi.window, to - 1)
+        self._reset_window()
 
     def finish(self, last: int) -> None:
         while self.start <= last:
@@ -951,6 +1005,19 @@ class _DemandRunner(_Runner):
         while self.block[1] < watermark:
             self.close_block()
 
+    def jump(self, frm: int, to: int) -> None:
+        if self.block[1] >= to:
+            return
+        while self.block[0] < frm:
+            self.close_block()
+        calendar = self.kpi.calendar
+        if self.window[1] < to:
+            while self.window[0] < frm:
+                self.close_window()
+            self.window = list(calendar.window_at(self.kpi.window, to - 1))
+            self._reset_window()
+        self.block = [*calendar.window_at(self.base, to - 1), 0, 0.0]
+
     def finish(self, last: int) -> None:
         while self.block[0] <= last:
             self.close_block()
@@ -1040,6 +1107,16 @@ class _TimeWeightedRunner(_Runner):
     def advance(self, watermark: int) -> None:
         while self.end <= watermark:
             self.close()
+
+    def jump(self, frm: int, to: int) -> None:
+        self.advance(frm)
+        # A hold is real time; the wall clock's jump is not: the hold ends at the jump.
+        self._hold_until(frm)
+        self.held = None
+        if self.end <= to:
+            self.close()
+            self.begin(to)
+            self._reset_window()
 
     def finish(self, last: int) -> None:
         while self.start <= last:
@@ -1153,6 +1230,10 @@ class _SlidingRunner(_Runner):
     def advance(self, watermark: int) -> None:
         self.front.advance(watermark)
 
+    def jump(self, frm: int, to: int) -> None:
+        if self.front.skip(frm, to):
+            self.recent.begin(self.front.start)  # the bases of the jump are missing
+
     def state(self) -> State:
         return {"front": self.front.state(), "recent": self.recent.state()}
 
@@ -1226,11 +1307,23 @@ class _DailyMaxRunner(_Runner):
 
     def finish(self, last: int) -> None:
         self.front.finish(last)
+        # The bases after the last reading are missing, yet a running mean ending with one of
+        # them may still hold enough valid bases (6 of 8): they are items of the day too.
+        day_end = self.kpi.calendar.window_at(self.kpi.window, last)[1]
+        while self.front.end <= day_end and self.day[0] <= last:
+            self.front.close()
         while self.day[0] <= last:
             self.close_day()
 
     def advance(self, watermark: int) -> None:
         self.front.advance(watermark)
+
+    def jump(self, frm: int, to: int) -> None:
+        if self.day[1] <= to:
+            self.finish(frm)
+            self.begin(to)
+        else:  # one day holds the jump: at most a day of bases to close
+            self.front.advance(to)
 
     def state(self) -> State:
         return {
@@ -1298,10 +1391,14 @@ Source: TypeAlias = tuple[str, str]
 class Engine:
     """Streaming KPI engine: :meth:`feed` readings, :meth:`advance` time, :meth:`finish` at end."""
 
-    def __init__(self, kpis: Sequence[KpiConfig], tz: ZoneInfo, *, lateness_ms: int = 0) -> None:
+    def __init__(self, kpis: Sequence[KpiConfig], tz: ZoneInfo, *, lateness_ms: int = 0,
+                 max_step_ms: int | None = None) -> None:
         if lateness_ms < 0:
             raise ValueError(f"lateness_ms must be ≥ 0, got {lateness_ms}")
+        if max_step_ms is not None and max_step_ms <= 0:
+            raise ValueError(f"max_step_ms must be > 0, got {max_step_ms}")
         self.tz = tz
+        self.max_step_ms = max_step_ms
         self.calendar = Calendar(tz)
         self.lateness_ms = lateness_ms
         self.configs = _topological(kpis)
@@ -1331,12 +1428,16 @@ class Engine:
         self.late_dropped: dict[str, int] = {config.name: 0 for config in self.configs}
         self.duplicates = 0
         self.discarded: list[str] = []  # KPIs whose saved state did not match (restore)
+        self.jumps: list[TimeJump] = []  # taken by the caller (take_jumps)
+        self._behind = False  # the clock is behind the engine by more than max_step_ms
         self._finished = False
 
     @classmethod
-    def from_config(cls, config: AgentConfig, *, lateness_ms: int = 0) -> Engine:
+    def from_config(cls, config: AgentConfig, *, lateness_ms: int = 0,
+                    max_step_ms: int | None = None) -> Engine:
         """An engine for the ``[[kpis]]`` of a loaded config, in the gateway's zone."""
-        return cls(config.kpis, config.gateway.tz, lateness_ms=lateness_ms)
+        return cls(config.kpis, config.gateway.tz, lateness_ms=lateness_ms,
+                   max_step_ms=max_step_ms)
 
     @property
     def sources(self) -> frozenset[Source]:
@@ -1394,6 +1495,8 @@ class Engine:
             raise RuntimeError("the engine has finished: create a new one")
         key = (device, point)
         runners = self._by_source.get(key)
+        if runners is not None:
+            self._check_step(t)
         watermark = self._watermark()
         if runners is not None:
             if watermark is not None and t < watermark:
@@ -1436,15 +1539,53 @@ class Engine:
         """Move the engine clock to ``now_ms``: close every window ``now − lateness`` completed."""
         if self._finished:
             raise RuntimeError("the engine has finished: create a new one")
+        self._check_step(now_ms)
         if self._now is None or now_ms > self._now:
             self._now = now_ms
         watermark = self._now - self.lateness_ms
         self._release(watermark)
         if self._origin is None:
-            self.start(watermark)
+            return self._take()  # no window opens before the first reading
         for runner in self._order:
             runner.advance(watermark)
         return self._take()
+
+    def _check_step(self, t: int) -> None:
+        """Handle ``t`` more than ``max_step_ms`` away from the engine's time (a clock step).
+
+        Forward: the open windows close as at the end of input, the windows wholly inside the
+        jump are skipped (not emitted), and the windows holding ``t`` open; one
+        :class:`TimeJump` is recorded. Backward: nothing moves; the engine keeps its windows
+        and counts readings before ``now − lateness`` as late until the clock is back, and
+        one :class:`TimeJump` (negative) is recorded when the clock falls behind.
+        """
+        step = self.max_step_ms
+        now = self._now
+        if step is None or now is None:
+            return
+        if t < now - step:
+            if not self._behind:
+                self._behind = True
+                self.jumps.append(TimeJump(now, t, 0))
+            return
+        if t >= now:
+            self._behind = False
+        if t - now <= step:
+            return
+        self._release(math.inf)  # every accepted reading is at or before now
+        if self._origin is None:
+            return  # nothing was fed: the first reading will open the windows
+        to = max(now, t - self.lateness_ms)
+        before = len(self._out)
+        for runner in self._order:
+            runner.jump(now, to)
+        self.jumps.append(TimeJump(now, t, len(self._out) - before))
+        self._now = t
+
+    def take_jumps(self) -> list[TimeJump]:
+        """The clock steps seen since the last call."""
+        jumps, self.jumps = self.jumps, []
+        return jumps
 
     def finish(self, last_ms: int | None = None) -> list[KpiOutput]:
         """Close every window through the one holding ``last_ms`` (default: now); end of input."""
