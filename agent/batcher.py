@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+import zstandard
 
 from agent.clock import ClockStep, ClockWatch
 from agent.errors import BufferFull, WireFormatError
 from agent.readings import Event, Reading
-from agent.store import BatchStore
-from agent.wire import Batch, build_series, encode_batch, event_to_map
+from agent.store import BatchStore, Sealer
+from agent.wire import MAGIC, MAX_BODY_BYTES, Batch, build_series, encode_batch, event_to_map
 
 if TYPE_CHECKING:
     from agent.kpi.live import LiveKpis, Step
@@ -34,11 +35,38 @@ class BatcherStats:
     batches_sealed: int = 0
     write_errors: int = 0
     lost_in_memory: int = 0
+    lost_aggregates: int = 0
+    lost_events: int = 0
+    unencodable: int = 0
 
 
 # While the store cannot be written (disk full), readings wait in memory up to this many
 # batches' worth; beyond it the oldest are dropped, counted, and reported once writes work.
 HELD_BATCHES = 10
+# The same for closed KPI windows and events; the KPI journal held meanwhile is given up
+# beyond HELD_STEPS flushes: the first write that works then checkpoints the engine instead.
+HELD_AGGREGATES = 5_000
+HELD_EVENTS = 5_000
+HELD_STEPS = 600
+
+# What one sealed batch holds at most, besides batch_max_readings; a body is also kept under
+# half of what receivers accept (wire.MAX_BODY_BYTES), by halving a part that encodes larger.
+BATCH_READINGS_CAP = 100_000
+BATCH_AGGREGATES_CAP = 5_000
+BATCH_EVENTS_CAP = 5_000
+BODY_TARGET_BYTES = MAX_BODY_BYTES // 2
+
+
+class _TooLarge(WireFormatError):
+    """A part encodes to more than BODY_TARGET_BYTES: split it."""
+
+
+def _body_size(payload: bytes) -> int:
+    """The decompressed body size of an encoded batch (header: magic and codec byte)."""
+    header = len(MAGIC) + 1
+    if payload[len(MAGIC)] == 0:
+        return len(payload) - header
+    return int(zstandard.frame_content_size(payload[header:]))
 
 
 class Batcher:
@@ -86,19 +114,56 @@ class Batcher:
         self._pending_upto = 0
         self._kpi_fed = 0  # how many of _unflushed the KPI engine has seen
         self._unreported_loss = 0
+        self._unreported_events = 0
+        self._unreported_aggregates = 0
+        self._journal_lost = False  # held steps given up: checkpoint at the next write
         self._failing = False
+        self._recover_upto = 0  # pending rows of a previous run still to seal
         self.stats = BatcherStats()
 
     def recover(self) -> int:
-        """Take back readings committed before a crash into the open batch; returns how many."""
-        readings, events, last_id, aggregates = self._store.load_pending()
-        if readings or events or aggregates:
-            self._open.extend(readings)
-            self._open_events.extend(events)
-            self._open_aggregates.extend(aggregates)
-            self._pending_upto = last_id
-            self._opened_at = self._watch.monotonic()
-        return len(readings)
+        """Seal what a previous run committed but did not seal (pending rows) into batches
+        of their own, streamed from the store in bounded pieces; returns the readings. If
+        the store cannot be written now, every flush tries again before anything is sealed."""
+        self._recover_upto = self._store.pending_upto()
+        return self._recover()
+
+    def _recover(self) -> int:
+        if not self._recover_upto:
+            return 0
+        created = int(self._clock() * 1000)
+        total = 0
+        readings: list[Reading] = []
+        events: list[Event] = []
+        aggregates: list[dict[str, Any]] = []
+        try:
+            with self._store.sealing(pending_upto=self._recover_upto,
+                                     created=created) as sealer:
+                for piece in self._store.iter_pending(self._recover_upto):
+                    readings.extend(piece.readings)
+                    events.extend(piece.events)
+                    aggregates.extend(piece.aggregates)
+                    total += len(piece.readings)
+                    if (len(readings) >= self._readings_cap or len(events) >= BATCH_EVENTS_CAP
+                            or len(aggregates) >= BATCH_AGGREGATES_CAP):
+                        self._seal_parts(sealer, readings, events, aggregates)
+                        readings, events, aggregates = [], [], []
+                if readings or events or aggregates:
+                    self._seal_parts(sealer, readings, events, aggregates)
+        except BufferFull as exc:
+            self.stats.write_errors += 1
+            if not self._failing:
+                self._failing = True
+                log.error("buffer_write_failed", error=str(exc), held=0)
+            return 0
+        self._recover_upto = 0
+        if total:
+            log.info("pending_recovered", readings=total)
+        return total
+
+    @property
+    def _readings_cap(self) -> int:
+        return min(self._max_readings, BATCH_READINGS_CAP)
 
     def add(self, readings: list[Reading]) -> None:
         """Accept readings of one poll."""
@@ -123,7 +188,8 @@ class Batcher:
         fresh = self._unflushed[self._kpi_fed:]
         aggregates, step, events = self._kpis.step(fresh, int(self._clock() * 1000))
         self._kpi_fed = len(self._unflushed)
-        self._unflushed_steps.append(step)
+        if not self._journal_lost:
+            self._unflushed_steps.append(step)
         if aggregates:
             if self._opened_at is None:
                 self._opened_at = self._watch.monotonic()
@@ -136,20 +202,36 @@ class Batcher:
         """Commit what arrived since the last flush; seal the batch when it is full or old."""
         self._store.watch()  # store file deleted or data_dir read-only: writes refused, held
         self._kpi_step()
+        if self._recover_upto:
+            self._recover()
+            if self._recover_upto:  # the store still cannot be written
+                self._write_failed(None)
+                return
         if self._unflushed or self._unflushed_events or self._unflushed_aggregates \
-                or self._unflushed_steps:
+                or self._unflushed_steps or self._journal_lost:
             try:
                 dropped = self._unreported_loss
-                if dropped:
-                    self._store.note_lost(dropped, "store_unwritable")
+                if dropped or self._unreported_events or self._unreported_aggregates:
+                    self._store.note_lost(dropped, "store_unwritable",
+                                          events=self._unreported_events,
+                                          aggregates=self._unreported_aggregates)
                     self._unreported_loss = 0
+                    self._unreported_events = 0
+                    self._unreported_aggregates = 0
+                snapshot = None
+                if self._journal_lost and self._kpis is not None:
+                    snapshot = self._kpis.engine.snapshot()
                 self._pending_upto = self._store.append_pending(
                     self._unflushed, self._unflushed_events, self._unflushed_aggregates,
-                    journal=self._unflushed_steps or None,
+                    journal=None if snapshot is not None else (self._unflushed_steps or None),
+                    snapshot=snapshot, snapshot_t=int(self._clock() * 1000),
                 )
             except BufferFull as exc:
                 self._write_failed(exc)
                 return
+            if self._journal_lost and self._kpis is not None:
+                self._kpis.checkpointed()
+            self._journal_lost = False
             if self._failing:
                 self._failing = False
                 log.info("buffer_writable_again", held=len(self._unflushed), dropped=dropped)
@@ -176,12 +258,15 @@ class Batcher:
         except BufferFull as exc:
             self._write_failed(exc)  # the journal keeps the steps; try again next minute
 
-    def _write_failed(self, exc: BufferFull) -> None:
-        """Keep readings in memory (bounded) and retry next interval; log once per episode."""
-        self.stats.write_errors += 1
-        if not self._failing:
+    def _write_failed(self, exc: BufferFull | None) -> None:
+        """Keep readings, events, KPI windows and journal in memory (bounded) and retry next
+        interval; log once per episode."""
+        if exc is not None:
+            self.stats.write_errors += 1
+        if not self._failing and exc is not None:
             self._failing = True
             log.error("buffer_write_failed", error=str(exc), held=len(self._unflushed))
+        self._bound_held_kpi_and_events()
         limit = HELD_BATCHES * self._max_readings
         excess = len(self._unflushed) - limit
         if excess > 0:
@@ -195,6 +280,36 @@ class Batcher:
                           hint="the oldest held readings go until writes work again")
             self._unreported_loss += excess
             self.stats.lost_in_memory += excess
+
+    def _bound_held_kpi_and_events(self) -> None:
+        excess = len(self._unflushed_aggregates) - HELD_AGGREGATES
+        if excess > 0:
+            lost = set(map(id, self._unflushed_aggregates[:excess]))
+            del self._unflushed_aggregates[:excess]
+            self._open_aggregates = [a for a in self._open_aggregates if id(a) not in lost]
+            if not self._unreported_aggregates:  # once per episode; the total is reported
+                log.error("aggregates_dropped_in_memory", reason="store_unwritable",
+                          held=HELD_AGGREGATES)
+            self._unreported_aggregates += excess
+            self.stats.lost_aggregates += excess
+        excess = len(self._unflushed_events) - HELD_EVENTS
+        if excess > 0:
+            lost = set(map(id, self._unflushed_events[:excess]))
+            del self._unflushed_events[:excess]
+            self._open_events = [e for e in self._open_events if id(e) not in lost]
+            if not self._unreported_events:
+                log.error("events_dropped_in_memory", reason="store_unwritable",
+                          held=HELD_EVENTS)
+            self._unreported_events += excess
+            self.stats.lost_events += excess
+        if len(self._unflushed_steps) > HELD_STEPS:
+            # The engine in memory holds what the steps would rebuild after a crash; the
+            # first write that works checkpoints it, in the same transaction.
+            self._unflushed_steps = []
+            if not self._journal_lost:
+                self._journal_lost = True
+                log.warning("kpi_journal_given_up", reason="store_unwritable",
+                            steps=HELD_STEPS)
 
     def _due(self) -> bool:
         if self._opened_at is None:
@@ -210,12 +325,51 @@ class Batcher:
         return age + self._flush_interval > self._max_age
 
     def seal(self) -> int | None:
-        """Seal the open batch (its readings must all be flushed); returns its seq."""
-        if self._unflushed or self._unflushed_events or self._unflushed_aggregates or not (
+        """Seal the open batch (its readings must all be flushed) as one stored batch, or
+        several when it holds more than one may (the caps, BODY_TARGET_BYTES); returns the
+        last seq."""
+        if self._recover_upto or self._unflushed or self._unflushed_events \
+                or self._unflushed_aggregates or not (
                 self._open or self._open_events or self._open_aggregates):
             return None
         created = int(self._clock() * 1000)
         readings, events, aggregates = self._open, self._open_events, self._open_aggregates
+        try:
+            with self._store.sealing(pending_upto=self._pending_upto,
+                                     created=created) as sealer:
+                self._seal_parts(sealer, readings, events, aggregates)
+        except BufferFull as exc:
+            self.stats.write_errors += 1
+            log.error("buffer_seal_failed", error=str(exc), readings=len(readings))
+            return None
+        self._open = []
+        self._open_events = []
+        self._open_aggregates = []
+        self._opened_at = None
+        if not sealer.seqs:
+            return None  # when_full = "drop_newest" dropped it (counted, reported) or no part
+        self.stats.batches_sealed += len(sealer.seqs)
+        log.debug("batch_sealed", seq=sealer.seqs[-1], batches=len(sealer.seqs),
+                  readings=len(readings), events=len(events))
+        self._on_sealed()
+        return sealer.seqs[-1]
+
+    def _seal_parts(self, sealer: Sealer, readings: list[Reading], events: list[Event],
+                    aggregates: list[dict[str, Any]]) -> None:
+        """Store readings, events and KPI windows as batches within the caps."""
+        cap_r = self._readings_cap
+        parts = max(-(-len(readings) // cap_r), -(-len(events) // BATCH_EVENTS_CAP),
+                    -(-len(aggregates) // BATCH_AGGREGATES_CAP), 1)
+        for i in range(parts):
+            self._seal_part(sealer, readings[i * cap_r:(i + 1) * cap_r],
+                            events[i * BATCH_EVENTS_CAP:(i + 1) * BATCH_EVENTS_CAP],
+                            aggregates[i * BATCH_AGGREGATES_CAP:(i + 1) * BATCH_AGGREGATES_CAP])
+
+    def _seal_part(self, sealer: Sealer, readings: list[Reading], events: list[Event],
+                   aggregates: list[dict[str, Any]]) -> None:
+        """One batch; halved while it encodes over BODY_TARGET_BYTES or is refused by the
+        encoder; what cannot be encoded even alone is dropped, counted and reported."""
+        created = sealer.created
         # Said only when the kernel says the clock is not synchronised (absent otherwise, so
         # receivers that predate the key keep working with synchronised gateways).
         clock = {"synced": False} if self._watch.synced() is False else None
@@ -232,32 +386,29 @@ class Batcher:
                 store=self._store.identity,
                 clock=clock,
             )
-            return encode_batch(batch, codec=self._codec, level=self._level)
+            payload = encode_batch(batch, codec=self._codec, level=self._level)
+            size = _body_size(payload)
+            if size > BODY_TARGET_BYTES:
+                raise _TooLarge(f"body is {size} bytes, over the {BODY_TARGET_BYTES} a batch "
+                                "may hold")
+            return payload
 
         try:
-            seq = self._store.seal(build, created=created, n_readings=len(readings),
-                                   pending_upto=self._pending_upto, n_events=len(events),
-                                   n_aggregates=len(aggregates))
-        except BufferFull as exc:
-            self.stats.write_errors += 1
-            log.error("buffer_seal_failed", error=str(exc), readings=len(readings))
-            return None
+            sealer.add(build, n_readings=len(readings), n_events=len(events),
+                       n_aggregates=len(aggregates))
         except WireFormatError as exc:
-            # A bug, not bad input (build_series sanitizes values): keep the batch open and
-            # its readings pending rather than lose them; the next flush tries again.
-            self.stats.write_errors += 1
-            log.error("batch_encode_failed", error=str(exc), readings=len(readings))
-            return None
-        self._open = []
-        self._open_events = []
-        self._open_aggregates = []
-        self._opened_at = None
-        if seq is None:
-            return None  # when_full = "drop_newest": the store dropped it, counted and reported
-        self.stats.batches_sealed += 1
-        log.debug("batch_sealed", seq=seq, readings=len(readings), events=len(events))
-        self._on_sealed()
-        return seq
+            items = len(readings) + len(events) + len(aggregates)
+            if items > 1:
+                if not isinstance(exc, _TooLarge):
+                    log.warning("batch_split", error=str(exc)[:200], items=items)
+                self._seal_part(sealer, readings[:len(readings) // 2],
+                                events[:len(events) // 2], aggregates[:len(aggregates) // 2])
+                self._seal_part(sealer, readings[len(readings) // 2:],
+                                events[len(events) // 2:], aggregates[len(aggregates) // 2:])
+                return
+            self.stats.unencodable += 1
+            sealer.unencodable(n_readings=len(readings), n_events=len(events),
+                               n_aggregates=len(aggregates), error=str(exc))
 
     def close(self) -> None:
         """Flush, checkpoint the KPI windows, and seal whatever is open (shutdown)."""

@@ -14,6 +14,9 @@ Tables:
   and what was fed to it since (one journal row per flush, written in the flush's
   transaction), so a restart resumes the windows exactly where the last flush left them.
 - ``meta`` also keeps the store's elapsed clock (``elapsed_ms``, see "Ages" below).
+- ``set_aside``: a pending row or KPI checkpoint that could not be loaded at start (unreadable,
+  or beyond what a start may load into memory), kept raw with its reason; each one is also
+  recorded in ``drops`` and so reported, and the agent starts without it.
 - ``drops``: batches the bounds (``max_bytes``, ``max_age``) made us drop, each reported
   as a ``buffer_drop`` event inside the next sealed batch (its ``carrier``). When the bounds
   later drop the carrier itself, its reports are queued again for the next batch, so the
@@ -79,10 +82,10 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import msgpack
 import structlog
@@ -109,6 +112,8 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS kpi_state (id INTEGER PRIMARY KEY CHECK (id = 1), t INTEGER NOT NULL,
                                       body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS kpi_journal (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS set_aside (id INTEGER PRIMARY KEY, t INTEGER NOT NULL,
+                                      what TEXT NOT NULL, reason TEXT NOT NULL, body BLOB);
 CREATE TABLE IF NOT EXISTS drops (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     t INTEGER NOT NULL,
@@ -151,6 +156,30 @@ _SALVAGED_META = ("boot", "next_seq", "store_id", *COUNTERS)
 _NEXT_SEQ_ABOVE_BATCHES = ("UPDATE meta SET value = max(value, (SELECT coalesce(max(seq), 0)"
                            " + 1 FROM batches)) WHERE key = 'next_seq'")
 
+
+# What one start may load into memory from the store. A pending row's readings (one flush's)
+# are decoded whole; its events and KPI windows stream out in pieces of PENDING_PIECE.
+PENDING_PIECE = 5_000
+MAX_PENDING_ROW_BYTES = 64 * 1024 * 1024  # decompressed
+MAX_KPI_STATE_BYTES = 32 * 1024 * 1024  # decompressed checkpoint
+MAX_KPI_JOURNAL_ROWS = 100_000  # a day of 1-s flushes without a checkpoint, with margin
+MAX_KPI_JOURNAL_ROW_BYTES = 32 * 1024 * 1024  # decompressed
+DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, zstandard.ZstdError,
+                  msgpack.UnpackException, sqlite3.DatabaseError)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPiece:
+    """Part of a pending row (after a restart): its readings, events and closed KPI windows."""
+
+    row_id: int
+    readings: list[Reading]
+    events: list[Event]
+    aggregates: list[dict[str, Any]]
+
+
+class KpiStateUnusable(Exception):
+    """The KPI checkpoint or journal cannot be loaded; it was set aside."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,17 +696,86 @@ class BatchStore:
     # -- the open batch ------------------------------------------------------------------------
 
     def append_pending(self, readings: Sequence[Reading], events: Sequence[Event],
-                       aggregates: Sequence[dict[str, Any]] = (),
-                       journal: Any = None) -> int:
+                       aggregates: Sequence[dict[str, Any]] = (), *,
+                       journal: Any = None, snapshot: dict[str, Any] | None = None,
+                       snapshot_t: int = 0) -> int:
         """Commit readings, events and closed KPI windows of the open batch in one transaction
-        (and the KPI engine's journal entry for them, if any); returns the pending row id."""
+        (and the KPI engine's journal entry for them, if any, or a checkpoint that replaces
+        the journal: ``snapshot``); returns the pending row id."""
         blob = self._zc.compress(_pack_pending(readings, events, aggregates))
+        state = None if snapshot is None else self._zc.compress(self._pack.pack(snapshot))
         with self._txn():
             cur = self._conn.execute("INSERT INTO pending (body) VALUES (?)", (blob,))
             if journal is not None:
                 self._conn.execute("INSERT INTO kpi_journal (body) VALUES (?)",
                                    (self._zc.compress(self._pack.pack(journal)),))
+            if state is not None:
+                self._conn.execute("INSERT OR REPLACE INTO kpi_state (id, t, body)"
+                                   " VALUES (1, ?, ?)", (snapshot_t, state))
+                self._conn.execute("DELETE FROM kpi_journal")
         return int(cur.lastrowid or 0)
+
+    def pending_upto(self) -> int:
+        """The newest pending row id (0 when none)."""
+        return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0])
+
+    def iter_pending(self, upto: int, piece: int = PENDING_PIECE) -> Iterator[PendingPiece]:
+        """The pending rows up to ``upto``, in order, in pieces of at most ``piece`` events and
+        ``piece`` KPI windows (a row's readings, one flush's, come whole), read from the row
+        as a stream: memory stays bounded whatever the rows hold. A row that cannot be read
+        (or decompresses beyond ``MAX_PENDING_ROW_BYTES``) is set aside and reported; what
+        was read of it before is kept. Call it in a transaction (``sealing``)."""
+        ids = [int(i) for (i,) in self._conn.execute(
+            "SELECT id FROM pending WHERE id <= ? ORDER BY id", (upto,))]
+        for row_id in ids:
+            try:
+                yield from self._stream_pending(row_id, piece)
+            except DECODE_ERRORS as exc:
+                self._set_aside("pending", row_id, f"pending row {row_id} unreadable: "
+                                f"{str(exc)[:200]}")
+
+    def _stream_pending(self, row_id: int, piece: int) -> Iterator[PendingPiece]:
+        with self._conn.blobopen("pending", "body", row_id, readonly=True) as blob:
+            size = zstandard.frame_content_size(blob.read(18))
+            if size < 0 or size > MAX_PENDING_ROW_BYTES:
+                raise ValueError(f"declares {size} bytes, over {MAX_PENDING_ROW_BYTES}")
+            blob.seek(0)
+            reader = self._zd.stream_reader(cast(IO[bytes], blob))
+            unpacker = msgpack.Unpacker(reader, raw=False, read_size=64 * 1024,
+                                        max_buffer_size=MAX_PENDING_ROW_BYTES)
+            for _ in range(unpacker.read_map_header()):
+                key = unpacker.unpack()
+                if key == "c":
+                    columns = unpacker.unpack()
+                    yield PendingPiece(row_id, [Reading(dev, pt, unit, t, v, Quality(q))
+                                                for dev, pt, unit, t, v, q
+                                                in zip(*columns, strict=True)], [], [])
+                    continue
+                if key not in ("r", "e", "a"):
+                    unpacker.skip()
+                    continue
+                chunk: list[Any] = []
+                for _ in range(unpacker.read_array_header()):
+                    chunk.append(unpacker.unpack())
+                    if len(chunk) >= piece:
+                        yield _piece(row_id, key, chunk)
+                        chunk = []
+                if chunk:
+                    yield _piece(row_id, key, chunk)
+
+    def _set_aside(self, what: str, row_id: int, reason: str) -> None:
+        """Keep a row that cannot be loaded raw in ``set_aside``, and report it (in a
+        transaction)."""
+        source = {"pending": "pending", "kpi_state": "kpi_state"}[what]
+        self._conn.execute(f"INSERT INTO set_aside (t, what, reason, body) SELECT ?, ?, ?, body"
+                           f" FROM {source} WHERE id = ?",
+                           (int(self._clock() * 1000), what, reason, row_id))
+        self._conn.execute(f"DELETE FROM {source} WHERE id = ?", (row_id,))
+        self._conn.execute(
+            "INSERT INTO drops (t, kind, message, reason, batches, readings)"
+            " VALUES (?, ?, ?, ?, 0, 0)",
+            (int(self._clock() * 1000), "store_set_aside", f"what={what} {reason}", what))
+        log.error("store_set_aside", what=what, reason=reason)
 
     def load_pending(self) -> tuple[list[Reading], list[Event], int, list[dict[str, Any]]]:
         """What was committed but not yet sealed (after a restart): readings, events, the last
@@ -709,14 +807,57 @@ class BatchStore:
                                (t, blob))
             self._conn.execute("DELETE FROM kpi_journal")
 
-    def load_kpi_state(self) -> tuple[dict[str, Any] | None, list[Any]]:
-        """The last KPI checkpoint (or None) and the journal entries written after it."""
+    def load_kpi_state(self) -> tuple[dict[str, Any] | None, Iterator[Any]]:
+        """The last KPI checkpoint (or None) and the journal entries written after it, read
+        one at a time. Raises :class:`KpiStateUnusable` after setting aside a checkpoint or
+        journal that cannot be read or is beyond the ``MAX_KPI_*`` bounds."""
+        rows, longest = self._conn.execute(
+            "SELECT count(*), coalesce(max(length(body)), 0) FROM kpi_journal").fetchone()
         row = self._conn.execute("SELECT body FROM kpi_state WHERE id = 1").fetchone()
-        snapshot = None if row is None else msgpack.unpackb(self._zd.decompress(row[0]),
-                                                            raw=False)
-        journal = [msgpack.unpackb(self._zd.decompress(b), raw=False) for (b,) in
-                   self._conn.execute("SELECT body FROM kpi_journal ORDER BY id")]
-        return snapshot, journal
+        try:
+            if rows > MAX_KPI_JOURNAL_ROWS:
+                raise ValueError(f"journal of {rows} rows, over {MAX_KPI_JOURNAL_ROWS}")
+            if longest > MAX_KPI_JOURNAL_ROW_BYTES:
+                raise ValueError(f"a journal row of {longest} bytes, over "
+                                 f"{MAX_KPI_JOURNAL_ROW_BYTES}")
+            snapshot = None if row is None else self._unpack_bounded(row[0],
+                                                                     MAX_KPI_STATE_BYTES)
+        except DECODE_ERRORS as exc:
+            self.set_aside_kpi_state(f"checkpoint unusable: {str(exc)[:200]}")
+            raise KpiStateUnusable(str(exc)[:200]) from exc
+        return snapshot, self._iter_journal()
+
+    def _iter_journal(self) -> Iterator[Any]:
+        last = 0
+        while True:
+            got = self._conn.execute("SELECT id, body FROM kpi_journal WHERE id > ? ORDER BY id"
+                                     " LIMIT 1", (last,)).fetchone()
+            if got is None:
+                return
+            last = int(got[0])
+            yield self._unpack_bounded(got[1], MAX_KPI_JOURNAL_ROW_BYTES)
+
+    def _unpack_bounded(self, blob: bytes, limit: int) -> Any:
+        size = zstandard.frame_content_size(blob)
+        if size < 0 or size > limit:
+            raise ValueError(f"declares {size} bytes, over {limit}")
+        return msgpack.unpackb(self._zd.decompress(blob, max_output_size=limit), raw=False)
+
+    def set_aside_kpi_state(self, reason: str) -> None:
+        """Move the KPI checkpoint aside (kept raw), forget its journal, report it; the KPI
+        windows start afresh."""
+        with self._txn():
+            journal = int(self._conn.execute("SELECT count(*) FROM kpi_journal").fetchone()[0])
+            self._conn.execute("DELETE FROM kpi_journal")
+            if self._conn.execute("SELECT 1 FROM kpi_state WHERE id = 1").fetchone():
+                self._set_aside("kpi_state", 1, f"{reason}; journal_rows={journal}")
+            else:
+                self._conn.execute(
+                    "INSERT INTO drops (t, kind, message, reason, batches, readings)"
+                    " VALUES (?, ?, ?, ?, 0, 0)",
+                    (int(self._clock() * 1000), "store_set_aside",
+                     f"what=kpi_journal {reason}; journal_rows={journal}", "kpi_state"))
+                log.error("store_set_aside", what="kpi_journal", reason=reason)
 
     def seal(self, build: Callable[[int, list[Event]], bytes], *, created: int,
              n_readings: int, pending_upto: int, n_events: int = 0,
@@ -728,31 +869,21 @@ class BatchStore:
         so a drop of the batch can say what it lost). Returns None when ``when_full =
         "drop_newest"`` dropped this very batch.
         """
+        with self.sealing(pending_upto=pending_upto, created=created) as sealer:
+            return sealer.add(build, n_readings=n_readings, n_events=n_events,
+                              n_aggregates=n_aggregates)
+
+    @contextlib.contextmanager
+    def sealing(self, *, pending_upto: int, created: int) -> Iterator[Sealer]:
+        """One transaction that seals the open batch as one or more stored batches
+        (:meth:`Sealer.add` each), deletes the pending rows up to ``pending_upto`` and
+        enforces the bounds; all or nothing."""
         with self._txn():
-            seq = self._meta("next_seq")
-            self._reserve(seq)
-            reports = self._conn.execute(
-                "SELECT id, t, kind, message FROM drops WHERE reported = 0 ORDER BY id"
-            ).fetchall()
-            events = [Event(t, kind, None, msg) for _, t, kind, msg in reports]
-            payload = build(seq, events)
+            sealer = Sealer(self, created)
+            yield sealer
             self._conn.execute("DELETE FROM pending WHERE id <= ?", (pending_upto,))
-            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
-            if self._drop_newest_instead(len(payload)):
-                self._record_drop("max_bytes", [(seq, n_readings, n_events, n_aggregates)])
-                return None
-            self._conn.execute(
-                "INSERT INTO batches (seq, created, n_readings, payload, n_events, n_aggregates,"
-                " created_elapsed) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (seq, created, n_readings, payload, n_events, n_aggregates, self.elapsed_ms()),
-            )
-            self._save_elapsed()
-            if reports:
-                self._conn.execute(
-                    f"UPDATE drops SET reported = 1, carrier = ? WHERE id IN "
-                    f"({','.join('?' * len(reports))})", [seq, *(r[0] for r in reports)])
-            self._enforce_bounds(keep=seq)
-        return seq
+            if sealer.seqs:
+                self._enforce_bounds(keep=sealer.seqs[-1])
 
     # -- bounds --------------------------------------------------------------------------------
 
@@ -822,16 +953,21 @@ class BatchStore:
                     aggregates=aggregates, first_seq=seqs[0], last_seq=seqs[-1],
                     reason=reason, policy=self.bounds.when_full)
 
-    def note_lost(self, readings: int, reason: str) -> None:
-        """Record readings lost before they reached the store (disk full for too long)."""
+    def note_lost(self, readings: int, reason: str, *, events: int = 0,
+                  aggregates: int = 0) -> None:
+        """Record readings (and events, KPI windows) lost before they reached the store (disk
+        full for too long)."""
+        extra = "".join(f" {key}={n}" for key, n in (("events", events),
+                                                     ("aggregates", aggregates)) if n)
         with self._txn():
             self._conn.execute(
                 "INSERT INTO drops (t, kind, message, reason, batches, readings)"
                 " VALUES (?, ?, ?, ?, 0, ?)",
                 (int(self._clock() * 1000), "buffer_drop",
-                 f"batches=0 readings={readings} reason={reason}", reason, readings))
-            self._conn.execute(
-                "UPDATE meta SET value = value + ? WHERE key = 'dropped_readings'", (readings,))
+                 f"batches=0 readings={readings}{extra} reason={reason}", reason, readings))
+            for key, n in (("dropped_readings", readings), ("dropped_events", events),
+                           ("dropped_aggregates", aggregates)):
+                self._conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, key))
 
     def drop_totals(self) -> dict[str, tuple[int, int]]:
         """Dropped ``(batches, readings)`` by reason, since the store was created."""
@@ -898,6 +1034,64 @@ class BatchStore:
                           file_bytes, self._meta("boot"), self._meta("next_seq"), dropped[0],
                           dropped[1], dropped[2], dropped[3],
                           self.identity if self._meta("store_id") else "")
+
+
+class Sealer:
+    """Adds stored batches inside :meth:`BatchStore.sealing`'s transaction."""
+
+    def __init__(self, store: BatchStore, created: int) -> None:
+        self._store = store
+        self._conn = store._conn
+        self.created = created
+        self.seqs: list[int] = []
+        self._reports: list[tuple[int, int, str, str]] | None = None
+
+    def add(self, build: Callable[[int, list[Event]], bytes], *, n_readings: int,
+            n_events: int = 0, n_aggregates: int = 0) -> int | None:
+        """Store the batch ``build(seq, reports)`` encodes; the first batch stored carries the
+        unreported drop reports. If ``build`` raises, nothing was stored and no seq used.
+        Returns the seq, or None when ``when_full = "drop_newest"`` dropped it."""
+        store, conn = self._store, self._conn
+        seq = store._meta("next_seq")
+        store._reserve(seq)
+        if self._reports is None:
+            self._reports = conn.execute(
+                "SELECT id, t, kind, message FROM drops WHERE reported = 0 ORDER BY id"
+            ).fetchall()
+        reports = self._reports
+        payload = build(seq, [Event(t, kind, None, msg) for _, t, kind, msg in reports])
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+        if store._drop_newest_instead(len(payload)):
+            store._record_drop("max_bytes", [(seq, n_readings, n_events, n_aggregates)])
+            return None
+        conn.execute(
+            "INSERT INTO batches (seq, created, n_readings, payload, n_events, n_aggregates,"
+            " created_elapsed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, self.created, n_readings, payload, n_events, n_aggregates,
+             store.elapsed_ms()),
+        )
+        store._save_elapsed()
+        if reports:
+            conn.execute(
+                f"UPDATE drops SET reported = 1, carrier = ? WHERE id IN "
+                f"({','.join('?' * len(reports))})", [seq, *(r[0] for r in reports)])
+            self._reports = []
+        self.seqs.append(seq)
+        return seq
+
+    def unencodable(self, *, n_readings: int, n_events: int, n_aggregates: int,
+                    error: str) -> None:
+        """Count and report content that no batch can carry (it would never be sent)."""
+        message = (f"batches=0 readings={n_readings} events={n_events} "
+                   f"aggregates={n_aggregates} reason=unencodable error={error[:200]}")
+        self._conn.execute(
+            "INSERT INTO drops (t, kind, message, reason, batches, readings)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            (self.created, "buffer_drop", message, "unencodable", n_readings))
+        for key, value in zip(COUNTERS[1:], (n_readings, n_events, n_aggregates), strict=True):
+            self._conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (value, key))
+        log.error("buffer_drop", readings=n_readings, events=n_events,
+                  aggregates=n_aggregates, reason="unencodable", error=error[:200])
 
 
 class _Txn:
@@ -1016,3 +1210,14 @@ def _read_what_survived(
     finally:
         conn.close()
     return meta, batches, pending
+
+
+def _piece(row_id: int, key: str, items: list[Any]) -> PendingPiece:
+    if key == "e":
+        return PendingPiece(row_id, [], [Event(t, kind, dev, msg) for t, kind, dev, msg in items],
+                            [])
+    if key == "a":
+        return PendingPiece(row_id, [], [], items)
+    # "r": rows written by an earlier version, one list per reading
+    return PendingPiece(row_id, [Reading(dev, pt, unit, t, v, Quality(q))
+                                 for dev, pt, unit, t, v, q in items], [], [])

@@ -7,6 +7,13 @@ what was fed. Every minute (and on shutdown) the engine's open windows are check
 the journal is emptied. After a SIGKILL or power cut the agent restores the checkpoint and
 replays the journal, so the open windows are exactly as the last committed flush left them,
 and no closed window is emitted twice: its output was committed with the step that closed it.
+
+Clock steps: a time more than :data:`MAX_STEP_MS` (or twice the lateness) away from the
+engine's is a step of the wall clock, not elapsed time. Forward, the windows wholly inside the
+step are skipped in constant work (never materialised one by one) and the step is logged and
+sent once as a ``kpi_clock_step`` event with its size; backward, the engine keeps its windows
+and readings stamped before them are counted as late until the clock is back
+(``docs/kpis.md``).
 """
 
 from __future__ import annotations
@@ -18,11 +25,25 @@ from typing import Any
 import structlog
 
 from agent.config import AgentConfig
-from agent.kpi.engine import Engine
+from agent.errors import BufferFull
+from agent.kpi.calendar import Calendar
+from agent.kpi.engine import Engine, TimeJump
 from agent.readings import Event, Quality, Reading
-from agent.store import BatchStore
+from agent.store import DECODE_ERRORS, BatchStore, KpiStateUnusable
 
 log = structlog.get_logger(__name__)
+
+# An advance of the clock by more than this between two flushes (1 s apart) is a clock step.
+MAX_STEP_MS = 15 * 60 * 1000
+
+
+# Flushes without a late reading that end an episode of late readings.
+QUIET_STEPS = 60
+
+
+def max_step_ms(lateness_ms: int) -> int:
+    """The step threshold of the live engine: never within the lateness."""
+    return max(MAX_STEP_MS, 2 * lateness_ms)
 
 
 Step = dict[str, Any]  # {"now": epoch ms, "r": [[device, point, t, value or None], …]}
@@ -47,30 +68,46 @@ class LiveKpis:
         self._sources = engine.sources
         self._last_checkpoint = clock()
         self._late_reported: dict[str, int] = dict(engine.late_dropped)
+        self._late_unsent: dict[str, int] = {}  # counted, not yet in an event
+        self._late_since: int | None = None  # the episode of late readings, if one is on
+        self._quiet_steps = 0  # steps without a late reading since the last one
+        self._calendar = Calendar(engine.tz)
 
     @classmethod
     def resume(cls, config: AgentConfig, store: BatchStore, clock: Callable[[], float],
                lateness_ms: int, checkpoint_seconds: float = 60.0) -> LiveKpis:
         """Restore the last checkpoint and replay the journal written after it."""
-        snapshot, journal = store.load_kpi_state()
-        if snapshot is None:
-            engine = Engine.from_config(config, lateness_ms=lateness_ms)
-        else:
-            try:
-                engine = Engine.restore(config, snapshot, lateness_ms=lateness_ms)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("kpi_checkpoint_unusable", error=str(exc))
-                engine = Engine.from_config(config, lateness_ms=lateness_ms)
-                journal = []
+        step_ms = max_step_ms(lateness_ms)
+
+        def fresh() -> Engine:
+            return Engine.from_config(config, lateness_ms=lateness_ms, max_step_ms=step_ms)
+
+        snapshot: dict[str, Any] | None = None
+        steps = 0
+        try:
+            snapshot, journal = store.load_kpi_state()
+            engine = fresh() if snapshot is None else Engine.restore(config, snapshot,
+                                                                     lateness_ms=lateness_ms)
+            engine.max_step_ms = step_ms
             if engine.discarded:
                 log.warning("kpi_definition_changed", restarted=sorted(engine.discarded))
-        steps = 0
-        for row in journal:
-            for step in row:
-                for device, point, t, value in step["r"]:
-                    engine.feed_value(device, point, t, value)
-                engine.advance(step["now"])  # these outputs were committed with their step
-                steps += 1
+            for row in journal:
+                for step in row:
+                    for device, point, t, value in step["r"]:
+                        engine.feed_value(device, point, t, value)
+                    engine.advance(step["now"])  # these outputs were committed with their step
+                    steps += 1
+        except KpiStateUnusable as exc:  # set aside and reported by the store
+            log.error("kpi_checkpoint_unusable", error=str(exc))
+            engine, snapshot, steps = fresh(), None, 0
+        except (*DECODE_ERRORS, RuntimeError) as exc:
+            log.error("kpi_checkpoint_unusable", error=str(exc)[:200])
+            try:
+                store.set_aside_kpi_state(f"checkpoint unusable: {str(exc)[:200]}")
+            except BufferFull as failed:  # the next checkpoint replaces it anyway
+                log.error("kpi_checkpoint_set_aside_failed", error=str(failed))
+            engine, snapshot, steps = fresh(), None, 0
+        engine.take_jumps()  # reported with their step before the restart
         live = cls(engine, store, clock, checkpoint_seconds)
         if snapshot is not None or steps:
             log.info("kpi_resumed", checkpoint=snapshot is not None, journal_steps=steps,
@@ -91,19 +128,54 @@ class LiveKpis:
                 fed.append([r.device, r.point, r.t, value])
                 outputs.extend(engine.feed_value(r.device, r.point, r.t, value))
         outputs.extend(engine.advance(now_ms))
-        return [o.as_dict() for o in outputs], {"now": now_ms, "r": fed}, self._note_late(now_ms)
+        events = [self._jump_event(jump, now_ms) for jump in engine.take_jumps()]
+        events += self._note_late(now_ms)
+        return [o.as_dict() for o in outputs], {"now": now_ms, "r": fed}, events
+
+    def _jump_event(self, jump: TimeJump, now_ms: int) -> Event:
+        iso = self._calendar.isoformat
+        size_s = jump.size_ms / 1000
+        if jump.size_ms > 0:
+            log.warning("kpi_clock_step", frm=iso(jump.frm), to=iso(jump.to), size_s=size_s,
+                        windows_closed=jump.closed)
+            message = (f"from={iso(jump.frm)} to={iso(jump.to)} size_s={size_s:g} "
+                       f"windows_closed={jump.closed}; windows wholly inside the step "
+                       "were not computed")
+        else:
+            log.warning("kpi_clock_step", frm=iso(jump.frm), to=iso(jump.to), size_s=size_s,
+                        held=True)
+            message = (f"from={iso(jump.frm)} to={iso(jump.to)} size_s={size_s:g}; windows "
+                       "held, readings before them count as late until the clock is back")
+        return Event(now_ms, "kpi_clock_step", None, message)
 
     def _note_late(self, now_ms: int) -> list[Event]:
-        events = []
+        """Late readings: logged when an episode starts and when it ends (after
+        :data:`QUIET_STEPS` flushes without one); sent as one event per KPI at the end of the
+        episode, and at every checkpoint while it goes on."""
+        fresh = False
         for name, count in self.engine.late_dropped.items():
             new = count - self._late_reported.get(name, 0)
             if new > 0:
-                log.warning("kpi_readings_too_late", kpi=name, dropped=new, total=count,
-                            lateness_ms=self.engine.lateness_ms)
-                events.append(Event(now_ms, "kpi_late_readings", None,
-                                    f"kpi={name} dropped={new} total={count} "
-                                    f"lateness_ms={self.engine.lateness_ms}"))
+                self._late_unsent[name] = self._late_unsent.get(name, 0) + new
                 self._late_reported[name] = count
+                fresh = True
+        if fresh and self._late_since is None:
+            self._late_since = now_ms
+            log.warning("kpi_readings_too_late", kpis=sorted(self._late_unsent),
+                        lateness_ms=self.engine.lateness_ms)
+        self._quiet_steps = 0 if fresh else self._quiet_steps + 1
+        ended = self._late_since is not None and self._quiet_steps >= QUIET_STEPS
+        if ended:
+            log.info("kpi_readings_on_time_again", dropped=dict(self._late_unsent),
+                     lateness_ms=self.engine.lateness_ms)
+            self._late_since = None
+        if not self._late_unsent or not (ended or self.checkpoint_due()):
+            return []
+        events = [Event(now_ms, "kpi_late_readings", None,
+                        f"kpi={name} dropped={new} total={self.engine.late_dropped[name]} "
+                        f"lateness_ms={self.engine.lateness_ms}")
+                  for name, new in sorted(self._late_unsent.items())]
+        self._late_unsent = {}
         return events
 
     def checkpoint_due(self) -> bool:
@@ -112,4 +184,8 @@ class LiveKpis:
     def checkpoint(self) -> None:
         """Save the open windows and empty the journal (one transaction)."""
         self._store.save_kpi_state(self.engine.snapshot(), int(self._clock() * 1000))
+        self.checkpointed()
+
+    def checkpointed(self) -> None:
+        """A checkpoint was saved (here or with a flush's pending row)."""
         self._last_checkpoint = self._clock()
