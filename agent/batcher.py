@@ -400,11 +400,14 @@ class Batcher:
             items = len(readings) + len(events) + len(aggregates)
             if items > 1:
                 if not isinstance(exc, _TooLarge):
-                    log.warning("batch_split", error=str(exc)[:200], items=items)
-                self._seal_part(sealer, readings[:len(readings) // 2],
-                                events[:len(events) // 2], aggregates[:len(aggregates) // 2])
-                self._seal_part(sealer, readings[len(readings) // 2:],
-                                events[len(events) // 2:], aggregates[len(aggregates) // 2:])
+                    log.debug("batch_split", error=str(exc)[:200], items=items)
+                # halve the items taken in order (readings, events, windows): both halves
+                # are smaller, down to a single item
+                cut_r = min(len(readings), items // 2)
+                cut_e = min(len(events), items // 2 - cut_r)
+                cut_a = items // 2 - cut_r - cut_e
+                self._seal_part(sealer, readings[:cut_r], events[:cut_e], aggregates[:cut_a])
+                self._seal_part(sealer, readings[cut_r:], events[cut_e:], aggregates[cut_a:])
                 return
             self.stats.unencodable += 1
             sealer.unencodable(n_readings=len(readings), n_events=len(events),
