@@ -20,7 +20,17 @@ from agent.clock import ClockStep, ClockWatch
 from agent.errors import BufferFull, WireFormatError
 from agent.readings import Event, Reading
 from agent.store import BatchStore, Sealer
-from agent.wire import MAGIC, MAX_BODY_BYTES, Batch, build_series, encode_batch, event_to_map
+from agent.wire import (
+    MAGIC,
+    MAX_BATCH_AGGREGATES,
+    MAX_BATCH_EVENTS,
+    MAX_BATCH_READINGS,
+    MAX_BODY_BYTES,
+    Batch,
+    build_series,
+    encode_batch,
+    event_to_map,
+)
 
 if TYPE_CHECKING:
     from agent.kpi.live import LiveKpis, Step
@@ -49,11 +59,12 @@ HELD_AGGREGATES = 5_000
 HELD_EVENTS = 5_000
 HELD_STEPS = 600
 
-# What one sealed batch holds at most, besides batch_max_readings; a body is also kept under
-# half of what receivers accept (wire.MAX_BODY_BYTES), by halving a part that encodes larger.
-BATCH_READINGS_CAP = 100_000
-BATCH_AGGREGATES_CAP = 5_000
-BATCH_EVENTS_CAP = 5_000
+# What one sealed batch holds at most (well under the receivers' per-batch limits, wire.MAX_*),
+# besides batch_max_readings; a body is also kept under half of what receivers accept
+# (wire.MAX_BODY_BYTES), by halving a part that encodes larger.
+BATCH_READINGS_CAP = MAX_BATCH_READINGS // 2
+BATCH_AGGREGATES_CAP = MAX_BATCH_AGGREGATES // 4
+BATCH_EVENTS_CAP = MAX_BATCH_EVENTS // 4
 BODY_TARGET_BYTES = MAX_BODY_BYTES // 2
 
 
