@@ -894,10 +894,11 @@ class _CounterRunner(_Runner):
         # (start, end] windows: the one holding frm has start < frm ≤ end. The counter keeps
         # its baseline: the first delta after the jump is real consumption, checked against
         # max_delta like any other.
+        while self.end < frm:
+            self.close()
         if self.end >= to:
             return
-        while self.start < frm:
-            self.close()
+        self.close()
         self.start, self.end = self.kpi.calendar.window_at(self.kpi.window, to - 1)
         self._reset_window()
 
@@ -1006,14 +1007,15 @@ class _DemandRunner(_Runner):
             self.close_block()
 
     def jump(self, frm: int, to: int) -> None:
+        while self.block[1] < frm:
+            self.close_block()
         if self.block[1] >= to:
             return
-        while self.block[0] < frm:
-            self.close_block()
+        self.close_block()  # the block holding frm
         calendar = self.kpi.calendar
         if self.window[1] < to:
-            while self.window[0] < frm:
-                self.close_window()
+            if self.window[0] < frm:
+                self.close_window()  # the window holding frm; a later one is inside the jump
             self.window = list(calendar.window_at(self.kpi.window, to - 1))
             self._reset_window()
         self.block = [*calendar.window_at(self.base, to - 1), 0, 0.0]
@@ -1156,6 +1158,13 @@ class _RecentBases:
             end = start
         self.items = padding[::-1]
 
+    def rebase(self, first_start: int) -> None:
+        """Continue at ``first_start`` after a time jump: the k − 1 bases before it, each with
+        its value if it was seen before the jump, else missing."""
+        seen = {(start, end): value for start, end, value in self.items}
+        self.begin(first_start)
+        self.items = [(start, end, seen.get((start, end))) for start, end, _ in self.items]
+
     def push(self, start: int, end: int, value: float | None) -> None:
         self.items.append((start, end, value))
         if len(self.items) > self.k:
@@ -1232,7 +1241,7 @@ class _SlidingRunner(_Runner):
 
     def jump(self, frm: int, to: int) -> None:
         if self.front.skip(frm, to):
-            self.recent.begin(self.front.start)  # the bases of the jump are missing
+            self.recent.rebase(self.front.start)  # the bases of the jump are missing
 
     def state(self) -> State:
         return {"front": self.front.state(), "recent": self.recent.state()}
@@ -1321,7 +1330,9 @@ class _DailyMaxRunner(_Runner):
     def jump(self, frm: int, to: int) -> None:
         if self.day[1] <= to:
             self.finish(frm)
-            self.begin(to)
+            self.front.begin(to)
+            self.recent.rebase(self.front.start)
+            self.day = list(self.kpi.calendar.window_at(self.kpi.window, to))
         else:  # one day holds the jump: at most a day of bases to close
             self.front.advance(to)
 
