@@ -2,7 +2,8 @@
 
 One simulated ``ssc-demo-meter`` polled every second by ``ssc-agent run`` whose wall clock is
 faked by libfaketime (``FAKETIME_DONT_FAKE_MONOTONIC=1``: only the wall clock; the offset is
-re-read from a file at every call, so rewriting it steps the running agent). After the agent
+re-read from a file within a second of a change, so rewriting it steps the running agent;
+``tests/chaos/test_clock.py``). After the agent
 has polled for a few seconds, its clock is stepped back by each ``--steps`` value, and the polls
 the meter serves in the ``--window`` seconds after the step are counted (the interval allows
 one per second). No broker is needed: the agent stores batches while it cannot connect.

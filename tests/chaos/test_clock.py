@@ -2,9 +2,11 @@
 
 The agent runs as a real process under libfaketime: ``LD_PRELOAD`` of ``libfaketime.so.1``
 with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` (only the wall clock is faked; the monotonic clock the
-agent waits on stays real) and the offset read from ``FAKETIME_TIMESTAMP_FILE`` at every call
-(``FAKETIME_NO_CACHE=1``), so rewriting that file (atomically: write, rename) steps the
-running agent's wall clock, as NTP or an operator does. Relative offsets (``+0``, ``-90s``,
+agent waits on stays real) and the offset read from ``FAKETIME_TIMESTAMP_FILE`` again at most a
+second after it changes (``FAKETIME_CACHE_DURATION=1``; ``FAKETIME_NO_CACHE=1`` would read the
+file at every clock call, which slows the agent down), so rewriting that file (atomically:
+write, rename) steps the running agent's wall clock within a second, as NTP or an operator
+does. Relative offsets (``+0``, ``-90s``,
 ``-180d``) keep the faked clock ticking at the real rate. (With libfaketime 0.9.10 and
 ``DONT_FAKE_MONOTONIC`` Python's ``time.sleep`` fails with EINVAL; the agent never calls it.)
 
@@ -77,8 +79,8 @@ class FakeTimeAgent(AgentProcess):
         self.clock_file = clock_file
 
     def set_offset(self, offset: str) -> float:
-        """Step the running agent's wall clock to ``offset`` from real time (``-90s``, ``+0``);
-        returns the real time of the step."""
+        """Step the running agent's wall clock to ``offset`` from real time (``-90s``, ``+0``)
+        within a second; returns the real time the file was written."""
         tmp = self.clock_file.with_name(self.clock_file.name + ".tmp")
         tmp.write_text(offset + "\n")
         tmp.replace(self.clock_file)
@@ -87,7 +89,7 @@ class FakeTimeAgent(AgentProcess):
     def start(self) -> None:
         assert not self.alive, "already running"
         env = dict(os.environ, LD_PRELOAD=str(LIBFAKETIME), FAKETIME_DONT_FAKE_MONOTONIC="1",
-                   FAKETIME_NO_CACHE="1", FAKETIME_TIMESTAMP_FILE=str(self.clock_file))
+                   FAKETIME_CACHE_DURATION="1", FAKETIME_TIMESTAMP_FILE=str(self.clock_file))
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "--log-json", "--log-level", self.log_level,
