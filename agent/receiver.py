@@ -188,8 +188,13 @@ class MessageHandler:
             return
         self._good(gw)
         self.stats.statuses += 1
+        buffer = status.buffer
         log.info(
-            "gateway_status", gw=gw, state=status.state, boot=status.boot, version=status.version
+            "gateway_status", gw=gw, state=status.state, boot=status.boot, version=status.version,
+            buffer=None if buffer is None else buffer.state,
+            **({} if buffer is None or buffer.state == "ok" else {
+                "buffer_reason": buffer.reason, "held_readings": buffer.held_readings,
+                "dropped_readings": buffer.dropped_readings}),
         )
 
     async def _with_sink(self, gw: str | None, call: Callable[[], T]) -> T:

@@ -36,7 +36,7 @@ from typing import Any, Self
 
 from agent.errors import ConfigError, WireFormatError
 from agent.readings import Quality, Reading
-from agent.wire import AGGREGATE_KEYS, Batch, Status, decode_status
+from agent.wire import AGGREGATE_KEYS, Batch, BufferHealth, Status, decode_status
 
 SCHEME = "sqlite:///"
 
@@ -172,6 +172,9 @@ _ADDED_COLUMNS = {
     "readings": [("store", "TEXT NOT NULL DEFAULT ''")],
     "aggregates": [("store", "TEXT NOT NULL DEFAULT ''")],
     "events": [("store", "TEXT NOT NULL DEFAULT ''")],
+    # the status's optional ``buffer`` map: NULL when the last status did not say
+    "status": [("buffer_state", "TEXT"), ("buffer_since", "INTEGER"), ("buffer_reason", "TEXT"),
+               ("buffer_held_readings", "INTEGER"), ("buffer_dropped_readings", "INTEGER")],
 }
 # Tables whose primary key gained ``store``: rebuilt once, rows copied with store ''.
 _REKEYED = {
@@ -469,11 +472,19 @@ class SqliteSink:
         status = decode_status(payload)
         if status.gw != gw:
             raise WireFormatError(f"status: topic names gateway {gw!r}, the payload {status.gw!r}")
+        b = status.buffer or BufferHealth("")
         self._conn.execute(
-            "INSERT INTO status (gw, state, boot, t, version) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO status (gw, state, boot, t, version, buffer_state, buffer_since,"
+            " buffer_reason, buffer_held_readings, buffer_dropped_readings)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (gw) DO UPDATE SET state = excluded.state, boot = excluded.boot,"
-            " t = excluded.t, version = excluded.version",
-            (status.gw, status.state, status.boot, status.t, status.version),
+            " t = excluded.t, version = excluded.version,"
+            " buffer_state = excluded.buffer_state, buffer_since = excluded.buffer_since,"
+            " buffer_reason = excluded.buffer_reason,"
+            " buffer_held_readings = excluded.buffer_held_readings,"
+            " buffer_dropped_readings = excluded.buffer_dropped_readings",
+            (status.gw, status.state, status.boot, status.t, status.version,
+             b.state or None, b.since, b.reason, b.held_readings, b.dropped_readings),
         )
         return status
 
@@ -561,11 +572,16 @@ class SqliteSink:
         return [{"t": t, "kind": k, "dev": d, "msg": m} for t, k, d, m in rows]
 
     def status_for(self, gw: str) -> Status | None:
-        """The last status stored for a gateway."""
+        """The last status stored for a gateway (its ``buffer`` None when it did not say)."""
         row = self._conn.execute(
-            "SELECT state, gw, boot, t, version FROM status WHERE gw = ?", (gw,)
+            "SELECT state, gw, boot, t, version, buffer_state, buffer_since, buffer_reason,"
+            " buffer_held_readings, buffer_dropped_readings FROM status WHERE gw = ?", (gw,)
         ).fetchone()
-        return None if row is None else Status(*row)
+        if row is None:
+            return None
+        buffer = None if row[5] is None else BufferHealth(*row[5:])
+        state, gateway, boot, t, version = row[:5]
+        return Status(state, gateway, boot, t, version, buffer=buffer)
 
     # ----------------------------------------------------------------------- set aside
 

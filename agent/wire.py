@@ -48,6 +48,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "OPTIONAL_BODY_KEYS",
     "Batch",
+    "BufferHealth",
     "Series",
     "Status",
     "build_series",
@@ -104,6 +105,9 @@ SERIES_KEYS: Final = ("dev", "pt", "unit", "t0", "dt", "v", "q")
 AGGREGATE_KEYS: Final = ("kpi", "src", "start", "end", "value", "valid", "n", "expected", "unit")
 EVENT_KEYS: Final = ("t", "kind", "dev", "msg")
 STATUS_STATES: Final = ("online", "offline")
+# The status's optional ``buffer`` map (§8): the states the reference agent sends.
+BUFFER_STATES: Final = ("ok", "unwritable")
+MAX_BUFFER_REASON_LEN: Final = 200
 TOPIC_KINDS: Final = ("batch", "status")
 
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -161,6 +165,22 @@ class Status:
     boot: int
     t: int
     version: str
+    # the optional ``buffer`` map; None: not said (older agents, the last will)
+    buffer: BufferHealth | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferHealth:
+    """Whether the gateway's store-and-forward buffer takes new data (status ``buffer``).
+
+    ``state`` is ``"ok"`` or ``"unwritable"`` (a receiver keeps any other string as sent:
+    later agents may say more); the other fields are None when not sent (``"ok"``)."""
+
+    state: str
+    since: int | None = None  # epoch ms when the gateway found the buffer unwritable
+    reason: str | None = None
+    held_readings: int | None = None  # readings waiting in memory for the buffer
+    dropped_readings: int | None = None  # of them, dropped (oldest first) in this episode
 
 
 # --------------------------------------------------------------------------- readings <-> series
@@ -893,16 +913,25 @@ def decode_batch(payload: bytes, *, max_body_bytes: int = MAX_BODY_BYTES) -> Bat
 def encode_status(status: Status) -> bytes:
     """The status topic's retained JSON payload."""
     _check_gateway(status.gw, "status.gw")
-    return json.dumps(
-        {
-            "state": status.state,
-            "gw": status.gw,
-            "boot": status.boot,
-            "t": status.t,
-            "version": status.version,
-        },
-        separators=(",", ":"),
-    ).encode()
+    obj: dict[str, Any] = {
+        "state": status.state,
+        "gw": status.gw,
+        "boot": status.boot,
+        "t": status.t,
+        "version": status.version,
+    }
+    if status.buffer is not None:
+        obj["buffer"] = _buffer_map(status.buffer)
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _buffer_map(health: BufferHealth) -> dict[str, Any]:
+    fields = {"since": health.since, "reason": health.reason,
+              "held_readings": health.held_readings, "dropped_readings": health.dropped_readings}
+    out: dict[str, Any] = {"state": health.state}
+    out.update((k, v) for k, v in fields.items() if v is not None)
+    _check_buffer(out, "status.buffer")  # what is sent must decode
+    return out
 
 
 def decode_status(payload: bytes | str) -> Status:
@@ -923,6 +952,36 @@ def decode_status(payload: bytes | str) -> Status:
         boot=_need_int(m["boot"], "status.boot", minimum=0),
         t=_need_int(m["t"], "status.t"),
         version=version,
+        buffer=_check_buffer(m["buffer"], "status.buffer") if "buffer" in m else None,
+    )
+
+
+def _check_buffer(obj: object, path: str) -> BufferHealth:
+    """The status's ``buffer`` map: ``state`` required, the rest checked when present,
+    unknown keys ignored (like the status itself)."""
+    m = _need_map(obj, path)
+    _check_keys(m, ("state",), path, exact=False)
+    state = _need_str(m["state"], f"{path}.state")
+    if len(state) > MAX_BUFFER_REASON_LEN:
+        raise WireFormatError(f"{path}.state: longer than {MAX_BUFFER_REASON_LEN} characters")
+    reason = None
+    if m.get("reason") is not None:
+        reason = _need_str(m["reason"], f"{path}.reason")
+        if len(reason) > MAX_BUFFER_REASON_LEN:
+            raise WireFormatError(
+                f"{path}.reason: longer than {MAX_BUFFER_REASON_LEN} characters")
+
+    def count(key: str) -> int | None:
+        value = m.get(key)
+        return None if value is None else _need_int(value, f"{path}.{key}", minimum=0)
+
+    since = m.get("since")
+    return BufferHealth(
+        state=state,
+        since=None if since is None else _need_int(since, f"{path}.since"),
+        reason=reason,
+        held_readings=count("held_readings"),
+        dropped_readings=count("dropped_readings"),
     )
 
 

@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from agent.errors import ConfigError, WireFormatError
 from agent.readings import Quality, Reading
 from agent.sink import MAX_SEQ_JUMP, SqliteSink, sink_path
-from agent.wire import INT64_MAX, Batch, Series, Status, encode_status, iter_readings
+from agent.wire import (
+    INT64_MAX,
+    Batch,
+    BufferHealth,
+    Series,
+    Status,
+    encode_status,
+    iter_readings,
+)
 
 
 def _batch(seq: int, gw: str = "gw-1", *, created: int = 0, boot: int = 1,
@@ -265,6 +273,21 @@ def test_status_last_one_wins(sink: SqliteSink) -> None:
     assert sink.status_for("gw-2") is None
 
 
+def test_status_buffer_is_stored_and_a_later_status_without_it_clears_it(
+        sink: SqliteSink) -> None:
+    unwritable = BufferHealth("unwritable", since=1_000, reason="disk full", held_readings=7,
+                              dropped_readings=2)
+    online = Status("online", "gw-1", 1, 1_000, "x", buffer=unwritable)
+    assert sink.store_status("gw-1", encode_status(online)) == online
+    assert sink.status_for("gw-1") == online
+    ok = Status("online", "gw-1", 1, 2_000, "x", buffer=BufferHealth("ok"))
+    sink.store_status("gw-1", encode_status(ok))
+    assert sink.status_for("gw-1") == ok
+    will = Status("offline", "gw-1", 1, 900, "x")  # the last will does not say
+    sink.store_status("gw-1", encode_status(will))
+    assert sink.status_for("gw-1") == will
+
+
 def test_status_for_another_gateway_is_refused(sink: SqliteSink) -> None:
     with pytest.raises(WireFormatError, match="topic names gateway 'gw-2'"):
         sink.store_status("gw-2", encode_status(Status("online", "gw-1", 1, 1, "x")))
@@ -403,6 +426,9 @@ def test_a_sink_file_of_an_earlier_release_opens_and_keeps_its_data(tmp_path: Pa
         assert sink.store(_batch(3)).filled == [3]
         assert not sink.store(_batch(4, store="s1")).duplicate
         assert sink.stores("gw-1") == ["", "s1"]
+        status = Status("online", "gw-1", 2, 10, "x", buffer=BufferHealth("ok"))
+        sink.store_status("gw-1", encode_status(status))
+        assert sink.status_for("gw-1") == status
     with SqliteSink.open(path) as sink:  # and it opens again as it is now
         assert sink.seqs("gw-1", "") == [1, 3, 4]
 

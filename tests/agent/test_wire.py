@@ -27,6 +27,7 @@ from agent.wire import (
     MAX_BATCH_SERIES,
     MAX_BODY_BYTES,
     Batch,
+    BufferHealth,
     Series,
     Status,
     build_series,
@@ -789,6 +790,83 @@ def test_status_ignores_unknown_keys() -> None:
         b'{"state":"online","gw":"g","boot":1,"t":2,"version":"x","ip":"10.0.0.2"}'
     )
     assert status == Status("online", "g", 1, 2, "x")
+
+
+UNWRITABLE = BufferHealth("unwritable", since=1_700_000_000_000, reason="data_dir read-only",
+                          held_readings=40, dropped_readings=0)
+
+
+@pytest.mark.parametrize(
+    ("health", "buffer_json"),
+    [
+        (BufferHealth("ok"), b'{"state":"ok"}'),
+        (UNWRITABLE, b'{"state":"unwritable","since":1700000000000,"reason":"data_dir read-only",'
+                     b'"held_readings":40,"dropped_readings":0}'),
+    ],
+)
+def test_status_buffer_round_trip(health: BufferHealth, buffer_json: bytes) -> None:
+    status = Status("online", "gw-1", 3, 5, "0.2.0", buffer=health)
+    payload = encode_status(status)
+    assert payload == (b'{"state":"online","gw":"gw-1","boot":3,"t":5,"version":"0.2.0",'
+                       b'"buffer":' + buffer_json + b"}")
+    assert decode_status(payload) == status
+
+
+def test_status_without_buffer_decodes_as_not_said() -> None:
+    # what 0.1.0 agents and every last will send
+    status = decode_status(b'{"state":"offline","gw":"g","boot":1,"t":2,"version":"0.1.0"}')
+    assert status.buffer is None
+
+
+def test_status_buffer_unknown_state_and_keys_are_kept_or_ignored() -> None:
+    # a later agent may say more: an unknown state is kept as sent, unknown keys are ignored
+    status = decode_status(b'{"state":"online","gw":"g","boot":1,"t":2,"version":"9",'
+                           b'"buffer":{"state":"slow","fsync_ms":900,"held_readings":3}}')
+    assert status.buffer == BufferHealth("slow", held_readings=3)
+
+
+@pytest.mark.parametrize(
+    ("buffer_json", "message"),
+    [
+        (b'"ok"', "status.buffer: must be a map"),
+        (b"{}", "status.buffer: missing key 'state'"),
+        (b'{"state":""}', "status.buffer.state: must not be empty"),
+        (b'{"state":1}', "status.buffer.state: must be a str"),
+        (b'{"state":"unwritable","since":"yesterday"}', "status.buffer.since: must be an int"),
+        (b'{"state":"unwritable","held_readings":-1}', "status.buffer.held_readings: must be"),
+        (b'{"state":"unwritable","dropped_readings":true}',
+         "status.buffer.dropped_readings: must be an int"),
+        (b'{"state":"unwritable","reason":"' + b"x" * 201 + b'"}',
+         "status.buffer.reason: longer than 200"),
+    ],
+)
+def test_status_buffer_errors(buffer_json: bytes, message: str) -> None:
+    payload = b'{"state":"online","gw":"g","boot":1,"t":2,"version":"x","buffer":' \
+        + buffer_json + b"}"
+    with pytest.raises(WireFormatError) as caught:
+        decode_status(payload)
+    assert str(caught.value).startswith(message)
+    assert len(str(caught.value)) < 200
+
+
+def test_status_buffer_refused_at_encoding_too() -> None:
+    with pytest.raises(WireFormatError, match=r"status\.buffer\.held_readings"):
+        encode_status(Status("online", "g", 1, 2, "x",
+                             buffer=BufferHealth("unwritable", held_readings=-5)))
+
+
+@given(
+    state=st.sampled_from(["ok", "unwritable"]),
+    since=st.none() | st.integers(-(2**63), 2**63 - 1),
+    reason=st.none() | st.text(min_size=1, max_size=200),
+    held=st.none() | st.integers(0, 2**63 - 1),
+    dropped=st.none() | st.integers(0, 2**63 - 1),
+)
+def test_status_buffer_round_trip_property(state: str, since: int | None, reason: str | None,
+                                           held: int | None, dropped: int | None) -> None:
+    status = Status("online", "g", 1, 2, "x",
+                    buffer=BufferHealth(state, since, reason, held, dropped))
+    assert decode_status(encode_status(status)) == status
 
 
 @pytest.mark.parametrize(
