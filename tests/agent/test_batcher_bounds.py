@@ -244,3 +244,43 @@ def test_disk_full_with_kpis_holds_a_bounded_journal_and_counts_the_loss(
     resumed = LiveKpis.resume(kpi_config(), store, clock, lateness_ms=0)
     assert resumed.engine.now == engine_now
     assert resumed.engine.snapshot()["kpis"] == live.engine.snapshot()["kpis"]
+
+
+def test_live_kpis_report_a_clock_step_once_each_way_and_late_readings_per_episode(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    store = BatchStore.open(tmp_path / "b.db")
+    live = LiveKpis.resume(kpi_config(), store, clock, lateness_ms=0)
+    events: list[Event] = []
+
+    def flush(seconds: int, *, with_reading: bool = True) -> None:
+        for _ in range(seconds):
+            now = int(clock.now * 1000)
+            readings = poll(now, n=1) if with_reading else []
+            events.extend(live.step(readings, now)[2])
+            clock.now += 1
+
+    flush(90)
+    clock.now += 400 * 86_400  # NTP sets the clock 400 days forward
+    with capture_logs() as logs:
+        flush(90)
+    [step] = [e for e in events if e.kind == "kpi_clock_step"]
+    assert "size_s=3.456e+07" in step.message and "windows_closed=1" in step.message
+    assert len([e for e in logs if e["event"] == "kpi_clock_step"]) == 1
+    clock.now -= 3600  # and an hour back
+    with capture_logs() as logs:
+        flush(120)
+    steps = [e for e in events if e.kind == "kpi_clock_step"]
+    assert len(steps) == 2 and "size_s=-3" in steps[1].message
+    # a 2-minute episode of late readings: logged once when it starts, not per flush
+    assert [e["event"] for e in logs if e["event"].startswith("kpi_readings")] == [
+        "kpi_readings_too_late"]
+    late = [e for e in events if e.kind == "kpi_late_readings"]
+    assert late and sum(int(e.message.split("dropped=")[1].split()[0]) for e in late) <= 120
+    with capture_logs() as logs:
+        flush(60, with_reading=False)  # 60 flushes without a late reading end the episode
+    assert [e["event"] for e in logs] == ["kpi_readings_on_time_again"]
+    assert live.engine.late_dropped["x_1m"] == 120
+    assert sum(int(e.message.split("dropped=")[1].split()[0])
+               for e in events if e.kind == "kpi_late_readings") == 120
