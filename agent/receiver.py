@@ -281,6 +281,8 @@ class MessageHandler:
             seq=batch.seq,
             readings=batch.n_readings,
             aggregates=len(batch.aggregates),
+            # moved onto the clock after a step of its boot stored earlier (wire-format §7.1)
+            **({"clock_shift_ms": outcome.clock_shift_ms} if outcome.clock_shift_ms else {}),
         )
         if outcome.jump is not None:
             self.stats.jumps += 1
@@ -301,6 +303,15 @@ class MessageHandler:
         for seq in outcome.filled:
             self.stats.gaps_filled += 1
             log.info("seq_gap_filled", gw=batch.gw, store=batch.store, seq=seq)
+        for applied in outcome.clock_steps:
+            log.info("clock_step_applied", gw=batch.gw, store=batch.store,
+                     boot=applied.step.boot, before_seq=applied.step.before_seq,
+                     step_ms=applied.step.step_ms, batches=applied.batches,
+                     readings=applied.readings)
+        if outcome.unreadable_clock_steps:
+            log.warning("clock_step_unreadable", gw=batch.gw, store=batch.store, seq=batch.seq,
+                        events=outcome.unreadable_clock_steps,
+                        hint="stored as events; no time corrected")
 
 
 async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:

@@ -21,22 +21,32 @@ does not move the baseline, so later batches in line are tracked as before. A re
 gateway that dropped that many batches during a long outage) is confirmed by its next batch:
 a batch within ``MAX_SEQ_JUMP`` above a flagged one clears the flags of that run and the
 baseline moves, with one gap for what lies between.
+
+Clock steps (docs/wire-format.md §7.1): a ``clock_step`` event ``step_ms=S boot=B before_seq=N``
+says that the batches of ``(gw, store)`` in boot ``B`` with ``seq < N`` are stamped on the clock
+before the step. The sink corrects them itself: it records each step once in ``clock_steps``,
+moves the ``t`` of the readings and events of those batches already stored by ``S``, and moves
+those of such a batch arriving later (a gateway replays its backlog live-first) while storing
+it. Steps of one boot add up. ``batches.clock_shift_ms`` is what was added to its batch's
+times, so the time the gateway sent is ``t - clock_shift_ms``. Aggregates are not moved: a KPI
+window is a slot of the grid the agent's engine computed on, which handles the step itself.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from agent.errors import ConfigError, WireFormatError
 from agent.readings import Quality, Reading
-from agent.wire import AGGREGATE_KEYS, Batch, BufferHealth, Status, decode_status
+from agent.wire import AGGREGATE_KEYS, INT64_MAX, Batch, BufferHealth, Status, decode_status
 
 SCHEME = "sqlite:///"
 
@@ -54,6 +64,8 @@ CREATE TABLE IF NOT EXISTS batches (
     n_readings INTEGER NOT NULL,
     n_aggregates INTEGER NOT NULL,
     jump INTEGER NOT NULL DEFAULT 0,
+    clock_synced INTEGER,
+    clock_shift_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (gw, store, seq)
 );
 CREATE TABLE IF NOT EXISTS readings (
@@ -105,11 +117,24 @@ CREATE TABLE IF NOT EXISTS seq_gaps (
     "last" INTEGER NOT NULL,
     PRIMARY KEY (gw, store, "first")
 );
+CREATE TABLE IF NOT EXISTS clock_steps (
+    gw TEXT NOT NULL,
+    store TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    before_seq INTEGER NOT NULL,
+    step_ms INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (gw, store, boot, before_seq, t, step_ms)
+);
 """
 # after _migrate: an older file's tables gain their columns first
 INDEXES = """
 CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gw, dev, pt, t);
 CREATE INDEX IF NOT EXISTS aggregates_by_kpi ON aggregates (gw, kpi, "start");
+CREATE INDEX IF NOT EXISTS readings_by_batch ON readings (gw, store, seq);
+CREATE INDEX IF NOT EXISTS events_by_batch ON events (gw, store, seq);
+CREATE INDEX IF NOT EXISTS batches_by_boot ON batches (gw, store, boot, seq);
 """
 
 # Messages set aside (``set_aside``): a poison message is kept, bounded, and acknowledged, so it
@@ -168,7 +193,9 @@ MAX_SEQ_JUMP = 100_000
 # SQLite, no matter how many rows the table holds).
 _ADDED_COLUMNS = {
     # the optional body key ``clock``: NULL when a batch did not say
-    "batches": [("clock_synced", "INTEGER")],
+    "batches": [("clock_synced", "INTEGER"),
+                # what the clock-step correction added to the batch's reading and event times
+                ("clock_shift_ms", "INTEGER NOT NULL DEFAULT 0")],
     "readings": [("store", "TEXT NOT NULL DEFAULT ''")],
     "aggregates": [("store", "TEXT NOT NULL DEFAULT ''")],
     "events": [("store", "TEXT NOT NULL DEFAULT ''")],
@@ -178,9 +205,77 @@ _ADDED_COLUMNS = {
 }
 # Tables whose primary key gained ``store``: rebuilt once, rows copied with store ''.
 _REKEYED = {
-    "batches": "gw, '', seq, boot, created, received, n_readings, n_aggregates, 0",
+    "batches": "gw, '', seq, boot, created, received, n_readings, n_aggregates, 0, NULL, 0",
     "seq_gaps": 'gw, \'\', "first", "last"',
 }
+
+
+# A clock_step event's words (docs/wire-format.md §6/§7.1); other words (``synced=``) are
+# informative. A step is at most this big (about 3,000 years): a bigger one is not a clock
+# being set but a broken or forged event, stored as an event and applied to nothing.
+CLOCK_STEP_WORDS = re.compile(r"(?:^|\s)(step_ms|boot|before_seq)=(-?\d{1,19})(?=\s|$)")
+MAX_CLOCK_STEP_MS = 10**14
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStep:
+    """A ``clock_step`` event as the sink applies it: the batches of ``boot`` with
+    ``seq < before_seq`` are moved by ``step_ms``."""
+
+    boot: int
+    before_seq: int
+    step_ms: int
+    t: int
+
+
+def parse_clock_step(t: int, msg: str) -> ClockStep | None:
+    """The step a ``clock_step`` event's message names, or None when its words are missing,
+    repeated, out of range or not integers."""
+    words: dict[str, int] = {}
+    for name, value in CLOCK_STEP_WORDS.findall(msg):
+        if name in words:
+            return None
+        words[name] = int(value)
+    if len(words) != 3 or abs(words["step_ms"]) > MAX_CLOCK_STEP_MS:
+        return None
+    if not (0 <= words["boot"] <= INT64_MAX and 0 <= words["before_seq"] <= INT64_MAX):
+        return None
+    return ClockStep(words["boot"], words["before_seq"], words["step_ms"], t)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedStep:
+    """A clock step recorded for the first time, and what it moved that was already stored."""
+
+    step: ClockStep
+    batches: int
+    readings: int
+
+
+# The correction of the batches already stored, each an indexed lookup: ``batches_by_boot``
+# finds the batches of the boot below ``before_seq``, ``readings_by_batch`` and
+# ``events_by_batch`` their rows (never a scan of all readings).
+_STEPPED_BATCHES = (
+    "SELECT seq FROM batches WHERE gw = :gw AND store = :store AND boot = :boot"
+    " AND seq < :before_seq"
+)
+SHIFT_READINGS = (
+    "UPDATE readings SET t = t + :step_ms WHERE gw = :gw AND store = :store"
+    f" AND seq IN ({_STEPPED_BATCHES})"
+)
+SHIFT_EVENTS = (
+    "UPDATE events SET t = t + :step_ms WHERE gw = :gw AND store = :store"
+    f" AND seq IN ({_STEPPED_BATCHES})"
+)
+SHIFT_BATCHES = (
+    "UPDATE batches SET clock_shift_ms = clock_shift_ms + :step_ms WHERE gw = :gw"
+    " AND store = :store AND boot = :boot AND seq < :before_seq"
+)
+# What a batch arriving after the steps of its boot must be moved by.
+PENDING_SHIFT = (
+    "SELECT COALESCE(SUM(step_ms), 0) FROM clock_steps WHERE gw = ? AND store = ? AND boot = ?"
+    " AND before_seq > ?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +294,13 @@ class StoreOutcome:
     jump: tuple[int, int] | None = None
     # the seq a confirmed jump moved the baseline to (its run's lowest seq)
     jump_confirmed: int | None = None
+    # ms added to this batch's reading and event times: the clock steps of its boot already
+    # stored whose ``before_seq`` is above its seq
+    clock_shift_ms: int = 0
+    # clock_step events of this batch recorded for the first time, and what they moved
+    clock_steps: list[AppliedStep] = field(default_factory=list)
+    # clock_step events whose words could not be read: stored as events, applied to nothing
+    unreadable_clock_steps: int = 0
 
 
 def sink_path(url_or_path: str | Path) -> Path:
@@ -334,13 +436,43 @@ def _gap_rows(cur: sqlite3.Cursor, gw: str, store: str, seq: int) -> StoreOutcom
     return StoreOutcome(duplicate=False, filled=[seq])
 
 
-def _reading_rows(batch: Batch) -> Iterator[tuple[Any, ...]]:
+def _reading_rows(batch: Batch, shift_ms: int) -> Iterator[tuple[Any, ...]]:
     store = batch.store or ""
     for s in batch.series:
-        t = s.t0
+        t = s.t0 + shift_ms
         for delta, value, quality in zip(s.dt, s.v, s.q, strict=True):
             t += delta
             yield (batch.gw, s.dev, s.pt, t, value, quality, s.unit, batch.seq, store)
+
+
+def _record_clock_steps(cur: sqlite3.Cursor, batch: Batch) -> tuple[list[AppliedStep], int]:
+    """Record the batch's clock_step events and move what they correct that is stored
+    already; a step recorded before (the same event sent again) moves nothing twice."""
+    applied: list[AppliedStep] = []
+    unreadable = 0
+    store = batch.store or ""
+    for event in batch.events:
+        if event["kind"] != "clock_step":
+            continue
+        step = parse_clock_step(event["t"], event["msg"])
+        if step is None:
+            unreadable += 1
+            continue
+        cur.execute(
+            "INSERT OR IGNORE INTO clock_steps (gw, store, boot, before_seq, step_ms, t, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (batch.gw, store, step.boot, step.before_seq, step.step_ms, step.t, batch.seq),
+        )
+        if cur.rowcount == 0:
+            continue
+        args = {"gw": batch.gw, "store": store, "boot": step.boot,
+                "before_seq": step.before_seq, "step_ms": step.step_ms}
+        cur.execute(SHIFT_READINGS, args)
+        readings = cur.rowcount
+        cur.execute(SHIFT_EVENTS, args)
+        cur.execute(SHIFT_BATCHES, args)
+        applied.append(AppliedStep(step, cur.rowcount, readings))
+    return applied, unreadable
 
 
 def _aggregate_row(batch: Batch, a: dict[str, Any]) -> tuple[Any, ...]:
@@ -437,10 +569,18 @@ class SqliteSink:
                 conflict = tuple(stored) != (batch.boot, batch.created)
                 return StoreOutcome(duplicate=True, conflict=conflict)
             outcome = _gap_rows(cur, batch.gw, store, batch.seq)
+            # steps of this boot stored before this batch, sealed before them, arrived
+            (shift_ms,) = cur.execute(
+                PENDING_SHIFT, (batch.gw, store, batch.boot, batch.seq)).fetchone()
+            shift_ms = int(shift_ms)
+            if shift_ms:
+                cur.execute(
+                    "UPDATE batches SET clock_shift_ms = ? WHERE gw = ? AND store = ?"
+                    " AND seq = ?", (shift_ms, batch.gw, store, batch.seq))
             cur.executemany(
                 "INSERT INTO readings (gw, dev, pt, t, value, quality, unit, seq, store)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _reading_rows(batch),
+                _reading_rows(batch, shift_ms),
             )
             cur.executemany(
                 'INSERT INTO aggregates (gw, kpi, src, "start", "end", value, valid, n,'
@@ -452,16 +592,21 @@ class SqliteSink:
                 "INSERT INTO events (gw, t, kind, dev, msg, seq, store)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (batch.gw, e["t"], e["kind"], e["dev"], e["msg"], batch.seq, store)
+                    (batch.gw, e["t"] + shift_ms, e["kind"], e["dev"], e["msg"], batch.seq,
+                     store)
                     for e in batch.events
                 ],
             )
+            # after this batch's own rows: a step naming a before_seq above its own seq
+            # (not what the agent sends, but what the rule says) moves this batch too
+            applied, unreadable = _record_clock_steps(cur, batch)
             cur.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
                 cur.execute("ROLLBACK")
             raise
-        return outcome
+        return replace(outcome, clock_shift_ms=shift_ms, clock_steps=applied,
+                                   unreadable_clock_steps=unreadable)
 
     def store_status(self, gw: str, payload: bytes | str) -> Status:
         """Store a gateway's status JSON (the last one received wins); returns it parsed.
@@ -521,6 +666,21 @@ class SqliteSink:
         rows = self._conn.execute(
             "SELECT seq, clock_synced FROM batches WHERE gw = ? ORDER BY rowid", (gw,))
         return [(int(seq), None if c is None else bool(c)) for seq, c in rows]
+
+    def clock_shifts(self, gw: str) -> dict[tuple[str, int], int]:
+        """``(store, seq) -> ms`` the clock-step correction added to a batch's reading and
+        event times, for the batches it moved."""
+        rows = self._conn.execute(
+            "SELECT store, seq, clock_shift_ms FROM batches WHERE gw = ? AND clock_shift_ms <> 0",
+            (gw,))
+        return {(str(a), int(b)): int(c) for a, b, c in rows}
+
+    def clock_steps(self, gw: str) -> list[tuple[str, ClockStep]]:
+        """A gateway's recorded clock steps as ``(store, step)``, by store, boot and seq."""
+        rows = self._conn.execute(
+            "SELECT store, boot, before_seq, step_ms, t FROM clock_steps WHERE gw = ?"
+            " ORDER BY store, boot, before_seq, t", (gw,))
+        return [(str(s), ClockStep(int(b), int(n), int(ms), int(t))) for s, b, n, ms, t in rows]
 
     def stores(self, gw: str) -> list[str]:
         """The store ids a gateway's batches came from (``''``: batches without one), in the

@@ -8,6 +8,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,17 @@ from hypothesis import strategies as st
 
 from agent.errors import ConfigError, WireFormatError
 from agent.readings import Quality, Reading
-from agent.sink import MAX_SEQ_JUMP, SqliteSink, sink_path
+from agent.sink import (
+    MAX_SEQ_JUMP,
+    PENDING_SHIFT,
+    SHIFT_BATCHES,
+    SHIFT_EVENTS,
+    SHIFT_READINGS,
+    ClockStep,
+    SqliteSink,
+    parse_clock_step,
+    sink_path,
+)
 from agent.wire import (
     INT64_MAX,
     Batch,
@@ -429,8 +440,19 @@ def test_a_sink_file_of_an_earlier_release_opens_and_keeps_its_data(tmp_path: Pa
         status = Status("online", "gw-1", 2, 10, "x", buffer=BufferHealth("ok"))
         sink.store_status("gw-1", encode_status(status))
         assert sink.status_for("gw-1") == status
+        # the old rows are tied to their batch's boot: a clock step of boot 1 moves them
+        applied = sink.store(_stepped(5, (1, 5, 60_000))).clock_steps
+        assert [(a.batches, a.readings) for a in applied] == [(3, 5)]
+        assert Reading("m1", "v", "V", 61_000, 230.5, Quality.GOOD) in sink.readings_for("gw-1")
+        assert sink.events_for("gw-1")[0] == {"t": 61_000, "kind": "device_up", "dev": "m1",
+                                              "msg": ""}
+        assert sink.clock_shifts("gw-1") == {("", 1): 60_000, ("", 3): 60_000,
+                                             ("", 4): 60_000}
     with SqliteSink.open(path) as sink:  # and it opens again as it is now
-        assert sink.seqs("gw-1", "") == [1, 3, 4]
+        assert sink.seqs("gw-1", "") == [1, 3, 4, 5]
+    with sqlite3.connect(path) as conn:
+        indexes = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"readings_by_batch", "events_by_batch", "batches_by_boot", "clock_steps"} <= indexes
 
 
 # --------------------------------------------------------------------------- seq jumps
@@ -527,3 +549,149 @@ def test_the_clock_key_is_stored_per_batch(tmp_path: Path) -> None:
         sink.store(dataclasses.replace(_batch(2), clock={"synced": False}))
         sink.store(dataclasses.replace(_batch(3), clock={"synced": True}))
         assert sink.clock_synced("gw-1") == [(1, None), (2, False), (3, True)]
+
+
+# --------------------------------------------------------------------------- clock steps
+
+def _stepped(seq: int, *steps: tuple[int, int, int], boot: int = 1, store: str | None = None,
+             gw: str = "gw-1") -> Batch:
+    """``_batch(seq)`` carrying a ``clock_step`` event per ``(boot, before_seq, step_ms)``."""
+    batch = _batch(seq, gw, boot=boot, store=store)
+    events = batch.events + tuple(
+        {"t": 1000 * n + 1, "kind": "clock_step", "dev": None,
+         "msg": f"step_ms={ms} boot={b} before_seq={n} synced=true"}
+        for b, n, ms in steps)
+    return dataclasses.replace(batch, events=events)
+
+
+def _times(sink: SqliteSink, table: str) -> dict[tuple[str, int], list[int]]:
+    """(store, seq) -> the stored times of that batch's rows in ``table``, sorted."""
+    out: dict[tuple[str, int], list[int]] = {}
+    with sqlite3.connect(sink.path) as conn:
+        for store, seq, t in conn.execute(f"SELECT store, seq, t FROM {table} WHERE gw = 'gw-1'"):
+            out.setdefault((store, seq), []).append(t)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+S1, S2 = 15_552_000_000, -90_000  # NTP sets a clock 180 days ahead, then an operator 90 s back
+
+# arrivals (seq, boot, store, the steps it carries) -> expected shift per (store, seq)
+STEP_SCENARIOS: dict[str, tuple[list[tuple[int, int, str, tuple[tuple[int, int, int], ...]]],
+                                dict[tuple[str, int], int]]] = {
+    "step stored after the earlier batches": (
+        [(1, 1, "", ()), (2, 1, "", ()), (3, 1, "", ((1, 3, S1),)), (4, 1, "", ())],
+        {("", 1): S1, ("", 2): S1, ("", 3): 0, ("", 4): 0}),
+    "step stored before the earlier batches (backlog replayed live-first)": (
+        [(3, 1, "", ((1, 3, S1),)), (4, 1, "", ()), (1, 1, "", ()), (2, 1, "", ())],
+        {("", 1): S1, ("", 2): S1, ("", 3): 0, ("", 4): 0}),
+    "two steps in one boot add up": (
+        [(5, 1, "", ((1, 5, S2),)), (1, 1, "", ()), (3, 1, "", ((1, 3, S1),)), (6, 1, "", ()),
+         (2, 1, "", ()), (4, 1, "", ())],
+        {("", 1): S1 + S2, ("", 2): S1 + S2, ("", 3): S2, ("", 4): S2, ("", 5): 0,
+         ("", 6): 0}),
+    "two steps before the next seal (one batch carries both)": (
+        [(1, 1, "", ()), (2, 1, "", ((1, 2, S1), (1, 2, S2))), (3, 1, "", ())],
+        {("", 1): S1 + S2, ("", 2): 0, ("", 3): 0}),
+    "a redelivered step batch applies nothing twice": (
+        [(1, 1, "", ()), (2, 1, "", ((1, 2, S1),)), (2, 1, "", ((1, 2, S1),)), (1, 1, "", ()),
+         (2, 1, "", ((1, 2, S1),))],
+        {("", 1): S1, ("", 2): 0}),
+    "the same event again in a later batch applies nothing twice": (
+        [(1, 1, "", ()), (2, 1, "", ((1, 2, S1),)), (3, 1, "", ((1, 2, S1),))],
+        {("", 1): S1, ("", 2): 0, ("", 3): 0}),
+    "another boot is unaffected": (
+        [(1, 1, "", ()), (2, 1, "", ()), (3, 2, "", ()), (4, 2, "", ((2, 5, S1),)),
+         (6, 1, "", ())],
+        {("", 1): 0, ("", 2): 0, ("", 3): S1, ("", 4): S1, ("", 6): 0}),
+    "another store is unaffected": (
+        [(1, 1, "a", ()), (2, 1, "a", ()), (1, 1, "b", ()), (3, 1, "b", ((1, 3, S1),)),
+         (2, 1, "b", ())],
+        {("a", 1): 0, ("a", 2): 0, ("b", 1): S1, ("b", 2): S1, ("b", 3): 0}),
+}
+
+
+@pytest.mark.parametrize("name", STEP_SCENARIOS)
+def test_clock_steps_correct_the_batches_sealed_before_them(sink: SqliteSink, name: str) -> None:
+    arrivals, shifts = STEP_SCENARIOS[name]
+    sent: dict[tuple[str, int], Batch] = {}
+    for seq, boot, store, steps in arrivals:
+        batch = _stepped(seq, *steps, boot=boot, store=store or None)
+        sink.store(batch)
+        sent.setdefault((store, seq), batch)
+    # every reading and event of a batch moved by exactly its shift, and nothing else moved
+    assert _times(sink, "readings") == {
+        key: sorted(r.t + shifts[key] for r in iter_readings(b)) for key, b in sent.items()}
+    assert _times(sink, "events") == {
+        key: sorted(e["t"] + shifts[key] for e in b.events) for key, b in sent.items()}
+    assert sink.clock_shifts("gw-1") == {k: v for k, v in shifts.items() if v}
+    # the aggregates stay on the grid the agent computed them on
+    assert {a["start"] for a in sink.aggregates_for("gw-1")} == {0}
+    assert sink.count_readings() == 4 * len(sent)
+    distinct = {(s, st) for s, st in sink.clock_steps("gw-1")}
+    assert len(sink.clock_steps("gw-1")) == len(distinct)
+
+
+def test_a_step_reports_what_it_moved_once(sink: SqliteSink) -> None:
+    for seq in (1, 2):
+        assert sink.store(_batch(seq)).clock_shift_ms == 0
+    outcome = sink.store(_stepped(3, (1, 3, S1)))
+    assert [(a.step.step_ms, a.batches, a.readings) for a in outcome.clock_steps] == [(S1, 2, 8)]
+    assert sink.store(_stepped(3, (1, 3, S1))).duplicate
+    late = sink.store(_stepped(4, (1, 3, S1)))  # the event again, in another batch
+    assert late.clock_steps == [] and late.clock_shift_ms == 0
+    # a batch of the boot sealed before the step, arriving after it
+    assert sink.store(dataclasses.replace(_batch(5), seq=0)).clock_shift_ms == S1
+    assert sink.clock_steps("gw-1") == [("", ClockStep(1, 3, S1, 3001))]
+
+
+@pytest.mark.parametrize(("msg", "step"), [
+    ("step_ms=120000 boot=3 before_seq=17 synced=true", ClockStep(3, 17, 120_000, 5)),
+    ("step_ms=-90000 boot=0 before_seq=1 synced=unknown", ClockStep(0, 1, -90_000, 5)),
+    ("before_seq=17 boot=3 step_ms=1", ClockStep(3, 17, 1, 5)),
+    ("step_ms=1.5 boot=3 before_seq=17", None),
+    ("step_ms=1 boot=3", None),
+    ("step_ms=1 boot=3 before_seq=17 step_ms=2", None),
+    ("step_ms=1 boot=-3 before_seq=17", None),
+    (f"step_ms={10**14 + 1} boot=3 before_seq=17", None),
+    (f"step_ms=1 boot=3 before_seq={2**63}", None),
+    ("xstep_ms=1 boot=3 before_seq=17", None),
+    ("", None),
+])
+def test_parse_clock_step(msg: str, step: ClockStep | None) -> None:
+    assert parse_clock_step(5, msg) == step
+
+
+def test_an_unreadable_clock_step_is_stored_and_moves_nothing(sink: SqliteSink) -> None:
+    sink.store(_batch(1))
+    batch = _batch(2)
+    bad = {"t": 1, "kind": "clock_step", "dev": None, "msg": "step_ms=lots boot=1 before_seq=2"}
+    outcome = sink.store(dataclasses.replace(batch, events=(*batch.events, bad)))
+    assert outcome.unreadable_clock_steps == 1 and outcome.clock_steps == []
+    assert bad in sink.events_for("gw-1")
+    assert sink.clock_shifts("gw-1") == {} and sink.clock_steps("gw-1") == []
+
+
+@pytest.mark.parametrize(("sql", "lookups"), [
+    (SHIFT_READINGS, ["readings USING INDEX readings_by_batch (gw=? AND store=? AND seq=?)",
+                      "batches USING COVERING INDEX batches_by_boot (gw=? AND store=? AND"
+                      " boot=? AND seq<?)"]),
+    (SHIFT_EVENTS, ["events USING INDEX events_by_batch (gw=? AND store=? AND seq=?)",
+                    "batches USING COVERING INDEX batches_by_boot"]),
+    (SHIFT_BATCHES, ["batches USING INDEX batches_by_boot (gw=? AND store=? AND boot=? AND"
+                     " seq<?)"]),
+    (PENDING_SHIFT, ["clock_steps USING COVERING INDEX sqlite_autoindex_clock_steps_1 (gw=?"
+                     " AND store=? AND boot=? AND before_seq>?)"]),
+])
+def test_the_clock_step_correction_uses_indexes(
+    sink: SqliteSink, sql: str, lookups: list[str],
+) -> None:
+    """Each statement finds its rows by the batch they belong to: a step costs the rows it
+    moves, not a pass over the gateway's readings."""
+    args: Any = ({"gw": "g", "store": "", "boot": 1, "before_seq": 3, "step_ms": 1}
+                 if ":" in sql else ("g", "", 1, 3))
+    with sqlite3.connect(sink.path) as conn:
+        plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+    searches = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+    assert len(searches) == len(lookups), plan
+    for lookup in lookups:
+        assert any(step.startswith(f"SEARCH {lookup}") for step in searches), (lookup, plan)
