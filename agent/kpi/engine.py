@@ -1593,6 +1593,26 @@ class Engine:
         self.jumps.append(TimeJump(now, t, len(self._out) - before))
         self._now = t
 
+    def rebase(self, t: int) -> list[KpiOutput]:
+        """Give up the engine's time for ``t`` (earlier than it: a clock set back for good):
+        the open windows close as at the end of input at the engine's time, and every KPI
+        starts afresh at the window holding ``t``. Recorded as a :class:`TimeJump`."""
+        if self._finished:
+            raise RuntimeError("the engine has finished: create a new one")
+        now = self._now
+        self._release(math.inf)
+        if now is not None and self._origin is not None:
+            before = len(self._out)
+            for runner in self._order:
+                runner.finish(now)
+            for runner in self._order:
+                runner.begin(t)
+            self.jumps.append(TimeJump(now, t, len(self._out) - before))
+        self._now = t
+        self._last.clear()
+        self._behind = False
+        return self._take()
+
     def take_jumps(self) -> list[TimeJump]:
         """The clock steps seen since the last call."""
         jumps, self.jumps = self.jumps, []

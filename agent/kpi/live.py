@@ -39,6 +39,9 @@ MAX_STEP_MS = 15 * 60 * 1000
 
 # Flushes without a late reading that end an episode of late readings.
 QUIET_STEPS = 60
+# Flushes the clock may stay behind the engine (a step back) before the engine gives up its
+# time and restarts its windows at the clock's: an hour at 1-s flushes.
+BEHIND_STEPS = 3600
 
 
 def max_step_ms(lateness_ms: int) -> int:
@@ -71,6 +74,7 @@ class LiveKpis:
         self._late_unsent: dict[str, int] = {}  # counted, not yet in an event
         self._late_since: int | None = None  # the episode of late readings, if one is on
         self._quiet_steps = 0  # steps without a late reading since the last one
+        self._behind_steps = 0  # steps with the clock behind the engine by over a step
         self._calendar = Calendar(engine.tz)
 
     @classmethod
@@ -128,6 +132,18 @@ class LiveKpis:
                 fed.append([r.device, r.point, r.t, value])
                 outputs.extend(engine.feed_value(r.device, r.point, r.t, value))
         outputs.extend(engine.advance(now_ms))
+        engine_now = engine.now
+        step_ms = engine.max_step_ms
+        if engine_now is not None and step_ms is not None and now_ms < engine_now - step_ms:
+            self._behind_steps += 1
+            if self._behind_steps >= BEHIND_STEPS:
+                # the clock was set back for good: windows on it beat windows never closed
+                log.warning("kpi_windows_rebased", frm=self._calendar.isoformat(engine_now),
+                            to=self._calendar.isoformat(now_ms))
+                outputs.extend(engine.rebase(now_ms))
+                self._behind_steps = 0
+        else:
+            self._behind_steps = 0
         events = [self._jump_event(jump, now_ms) for jump in engine.take_jumps()]
         events += self._note_late(now_ms)
         return [o.as_dict() for o in outputs], {"now": now_ms, "r": fed}, events
@@ -141,6 +157,10 @@ class LiveKpis:
             message = (f"from={iso(jump.frm)} to={iso(jump.to)} size_s={size_s:g} "
                        f"windows_closed={jump.closed}; windows wholly inside the step "
                        "were not computed")
+        elif jump.closed:  # the engine gave up its time (rebase)
+            message = (f"from={iso(jump.frm)} to={iso(jump.to)} size_s={size_s:g} "
+                       f"windows_closed={jump.closed}; the clock stayed behind: windows "
+                       "restarted on it")
         else:
             log.warning("kpi_clock_step", frm=iso(jump.frm), to=iso(jump.to), size_s=size_s,
                         held=True)

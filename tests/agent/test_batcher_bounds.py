@@ -14,6 +14,7 @@ import zstandard
 from structlog.testing import capture_logs
 
 import agent.batcher as batcher_module
+import agent.kpi.live as live_module
 import agent.store as store_module
 from agent.batcher import BATCH_AGGREGATES_CAP, HELD_STEPS, Batcher
 from agent.config import AgentConfig, config_from_dict
@@ -284,3 +285,38 @@ def test_live_kpis_report_a_clock_step_once_each_way_and_late_readings_per_episo
     assert live.engine.late_dropped["x_1m"] == 120
     assert sum(int(e.message.split("dropped=")[1].split()[0])
                for e in events if e.kind == "kpi_late_readings") == 120
+
+
+def test_live_kpis_restart_the_windows_when_the_clock_stays_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_module, "BEHIND_STEPS", 30)
+    clock = Clock()
+    store = BatchStore.open(tmp_path / "b.db")
+    live = LiveKpis.resume(kpi_config(), store, clock, lateness_ms=0)
+    outputs: list[dict[str, Any]] = []
+    events: list[Event] = []
+
+    def flush(seconds: int) -> None:
+        for _ in range(seconds):
+            now = int(clock.now * 1000)
+            closed, _, new_events = live.step(poll(now, n=1), now)
+            outputs.extend(closed)
+            events.extend(new_events)
+            clock.now += 1
+
+    flush(90)
+    ahead = live.engine.now
+    assert ahead is not None
+    clock.now -= 2 * 86_400  # the clock was two days ahead; NTP sets it right, for good
+    back = int(clock.now * 1000)
+    flush(29)
+    assert all(o["end"] <= ahead for o in outputs)  # held
+    flush(1)  # the 30th flush behind: the engine gives up its time
+    rebased = [o for o in outputs if o["end"] > ahead]
+    assert [(o["kpi"], o["n"] > 0) for o in rebased] == [("x_1m", True)]
+    flush(120)
+    after = [o for o in outputs if o["end"] <= ahead - 86_400_000]
+    assert after and after[0]["start"] <= back + 60_000 and all(o["n"] > 0 for o in after)
+    steps = [e.message for e in events if e.kind == "kpi_clock_step"]
+    assert len(steps) == 2 and "windows_closed=1" in steps[1] and "restarted" in steps[1]
