@@ -26,7 +26,9 @@ from agent.wire import (
     MAX_BATCH_EVENTS,
     MAX_BATCH_READINGS,
     MAX_BODY_BYTES,
+    MAX_BUFFER_REASON_LEN,
     Batch,
+    BufferHealth,
     build_series,
     encode_batch,
     event_to_map,
@@ -70,6 +72,16 @@ BODY_TARGET_BYTES = MAX_BODY_BYTES // 2
 
 class _TooLarge(WireFormatError):
     """A part encodes to more than BODY_TARGET_BYTES: split it."""
+
+
+def _reason(exc: BufferFull) -> str:
+    """Why a write failed, in SQLite's words when it said (no path: the status is public)."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        text = cause.strerror
+    else:
+        text = str(cause) if cause is not None else str(exc)
+    return text[:MAX_BUFFER_REASON_LEN] or type(exc).__name__
 
 
 def _body_size(payload: bytes) -> int:
@@ -130,6 +142,13 @@ class Batcher:
         self._journal_lost = False  # held steps given up: checkpoint at the next write
         self._failing = False
         self._recover_upto = 0  # pending rows of a previous run still to seal
+        # The buffer's health as the status tells it (wire format §8.1): why the last write
+        # failed (None: it worked), since when (epoch ms), and what was last told, so that
+        # on_health_change is called once per change, not once per flush.
+        self._write_error: str | None = None
+        self._unwritable_since: int | None = None
+        self._health_told: tuple[str, bool] = ("ok", False)
+        self.on_health_change: Callable[[], None] | None = None
         self.stats = BatcherStats()
 
     def recover(self) -> int:
@@ -163,10 +182,12 @@ class Batcher:
                     self._seal_parts(sealer, readings, events, aggregates)
         except BufferFull as exc:
             self.stats.write_errors += 1
+            self._note_write_error(exc)
             if not self._failing:
                 self._failing = True
                 log.error("buffer_write_failed", error=str(exc), held=0)
             return 0
+        self._write_error = None
         self._recover_upto = 0
         if total:
             log.info("pending_recovered", readings=total)
@@ -211,6 +232,12 @@ class Batcher:
 
     def flush(self) -> None:
         """Commit what arrived since the last flush; seal the batch when it is full or old."""
+        try:
+            self._flush()
+        finally:
+            self._check_health()
+
+    def _flush(self) -> None:
         self._store.watch()  # store file deleted or data_dir read-only: writes refused, held
         self._kpi_step()
         if self._recover_upto:
@@ -240,6 +267,7 @@ class Batcher:
             except BufferFull as exc:
                 self._write_failed(exc)
                 return
+            self._write_error = None
             if self._journal_lost and self._kpis is not None:
                 self._kpis.checkpointed()
             self._journal_lost = False
@@ -274,6 +302,7 @@ class Batcher:
         interval; log once per episode."""
         if exc is not None:
             self.stats.write_errors += 1
+            self._note_write_error(exc)
         if not self._failing and exc is not None:
             self._failing = True
             log.error("buffer_write_failed", error=str(exc), held=len(self._unflushed))
@@ -322,6 +351,35 @@ class Batcher:
                 log.warning("kpi_journal_given_up", reason="store_unwritable",
                             steps=HELD_STEPS)
 
+    def health(self) -> BufferHealth:
+        """The buffer's health for the gateway's status (wire format §8.1)."""
+        reason = self._store.unavailable or self._write_error
+        if reason is None:
+            return BufferHealth("ok")
+        return BufferHealth("unwritable", since=self._unwritable_since,
+                            reason=reason[:MAX_BUFFER_REASON_LEN],
+                            held_readings=len(self._unflushed),
+                            dropped_readings=self._unreported_loss)
+
+    def _note_write_error(self, exc: BufferFull) -> None:
+        # a store whose place is unusable refuses every write: its reason is the one to tell
+        self._write_error = None if self._store.unavailable else _reason(exc)
+
+    def _check_health(self) -> None:
+        """Call on_health_change when the buffer became unwritable or usable again, or began
+        dropping held readings: once per change, so the status is not re-sent every flush."""
+        unwritable = (self._store.unavailable or self._write_error) is not None
+        if not unwritable:
+            self._unwritable_since = None
+        elif self._unwritable_since is None:
+            self._unwritable_since = int(self._clock() * 1000)
+        told = ("unwritable" if unwritable else "ok", unwritable and self._unreported_loss > 0)
+        if told == self._health_told:
+            return
+        self._health_told = told
+        if self.on_health_change is not None:
+            self.on_health_change()
+
     def _due(self) -> bool:
         if self._opened_at is None:
             return False
@@ -339,6 +397,12 @@ class Batcher:
         """Seal the open batch (its readings must all be flushed) as one stored batch, or
         several when it holds more than one may (the caps, BODY_TARGET_BYTES); returns the
         last seq."""
+        try:
+            return self._seal()
+        finally:
+            self._check_health()
+
+    def _seal(self) -> int | None:
         if self._recover_upto or self._unflushed or self._unflushed_events \
                 or self._unflushed_aggregates or not (
                 self._open or self._open_events or self._open_aggregates):
@@ -351,8 +415,10 @@ class Batcher:
                 self._seal_parts(sealer, readings, events, aggregates)
         except BufferFull as exc:
             self.stats.write_errors += 1
+            self._note_write_error(exc)
             log.error("buffer_seal_failed", error=str(exc), readings=len(readings))
             return None
+        self._write_error = None
         self._open = []
         self._open_events = []
         self._open_aggregates = []

@@ -187,7 +187,9 @@ async def run_agent(
                     event=batcher.add_event, replay_rate=up.replay_rate_per_second,
                     replay_order=up.replay_order,
                     reconnect_min=parse_duration(up.reconnect_min),
-                    reconnect_max=parse_duration(up.reconnect_max), monotonic=monotonic)
+                    reconnect_max=parse_duration(up.reconnect_max), monotonic=monotonic,
+                    buffer_health=batcher.health)
+    batcher.on_health_change = uplink.status_changed
     wake.set()
     runtime = AgentRuntime(store, batcher, boot=boot)
     for device, driver in drivers:

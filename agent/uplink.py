@@ -33,7 +33,7 @@ from agent.endpoints import BrokerAddress
 from agent.errors import BufferFull, UplinkError
 from agent.readings import Event
 from agent.store import OutgoingBatch, StoreStats
-from agent.wire import Status, encode_status
+from agent.wire import BufferHealth, Status, encode_status
 
 log = structlog.get_logger(__name__)
 
@@ -296,8 +296,12 @@ class Uplink:
         reconnect_min: float = RECONNECT_MIN,
         reconnect_max: float = RECONNECT_MAX,
         monotonic: Callable[[], float] = time.monotonic,
+        buffer_health: Callable[[], BufferHealth] | None = None,
     ) -> None:
         self._settings = settings
+        self._buffer_health = buffer_health
+        # set when the buffer's health changed: the status is published again (§8.1)
+        self._status_due = asyncio.Event()
         self._reconnect = (reconnect_min, reconnect_max)
         self._monotonic = monotonic
         self._replay_rate = replay_rate
@@ -319,16 +323,34 @@ class Uplink:
         self._idle = asyncio.Event()
         self._client: aiomqtt.Client | None = None
 
-    def _status(self, state: Literal["online", "offline"]) -> bytes:
+    def _status(self, state: Literal["online", "offline"], *, will: bool = False) -> bytes:
+        # The will is registered at connect time and cannot be kept current: it does not say
+        # how the buffer is (wire format §8.1).
+        health = None if will or self._buffer_health is None else self._buffer_health()
         return encode_status(Status(state, self._gw, self._boot, int(self._clock() * 1000),
-                                    __version__))
+                                    __version__, buffer=health))
+
+    def status_changed(self) -> None:
+        """The buffer's health changed: publish the status again (now, or at the next
+        connect, which publishes it anyway)."""
+        self._status_due.set()
+
+    async def _status_updates(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._status_due.wait()
+            self._status_due.clear()
+            payload = self._status("online")
+            await client.publish(self._status_topic, payload, qos=1, retain=True,
+                                 timeout=self._settings.timeout)
+            log.debug("status_published", payload=payload.decode()[:300])
 
     async def run(self) -> None:
         """Connect, send, reconnect with jittered exponential backoff; forever."""
         failures = 0
         while True:
             try:
-                will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
+                will = aiomqtt.Will(self._status_topic, self._status("offline", will=True),
+                                    qos=1, retain=True)
                 client = _client(self._settings, will=will, clean_session=True,
                                  max_inflight=self._max_inflight, errors=self._transport)
                 async with client:
@@ -344,10 +366,12 @@ class Uplink:
                     else:
                         log.info("uplink_connected", broker=self._settings.address.url)
                     failures = 0
+                    self._status_due.clear()  # this status says the buffer's health now
                     await client.publish(self._status_topic, self._status("online"), qos=1,
                                          retain=True)
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(_watch(client), name="uplink-watch")
+                        tg.create_task(self._status_updates(client), name="uplink-status")
                         tg.create_task(self._send(client), name="uplink-send")
             except* (aiomqtt.MqttError, UplinkError, OSError) as group:
                 self._note_down(group.exceptions[0])

@@ -18,7 +18,7 @@ from agent.batcher import HELD_BATCHES, Batcher
 from agent.errors import StorageError
 from agent.readings import Event, Quality, Reading
 from agent.store import BatchStore, DataDirLock
-from agent.wire import decode_batch, iter_readings
+from agent.wire import BufferHealth, decode_batch, iter_readings
 
 
 class Clock:
@@ -146,9 +146,12 @@ def test_disk_full_for_too_long_drops_oldest_in_memory_and_reports_it(tiny_fs: P
     clock = Clock()
     store = BatchStore.open(tiny_fs / "b.db")
     batcher = batcher_for(store, clock, max_readings=20)  # holds 10 batches × 20 readings
+    told: list[BufferHealth] = []
+    batcher.on_health_change = lambda: told.append(batcher.health())
     batcher.add(poll(0))
     batcher.flush()
     batcher.seal()
+    assert batcher.health() == BufferHealth("ok") and told == []
     filler = tiny_fs / "filler"
     fill(filler)
     # The slack of the WAL file's last block may take a flush or two more (a small commit
@@ -162,15 +165,26 @@ def test_disk_full_for_too_long_drops_oldest_in_memory_and_reports_it(tiny_fs: P
         clock.now += 1
         batcher.flush()
     first_failed, polls = k, 30
+    failed_at = int(clock.now * 1000)
     for k in range(first_failed + 1, first_failed + polls):
         batcher.add(poll(k * 1000))
         clock.now += 1
         batcher.flush()
     lost = polls * 20 - HELD_BATCHES * 20
     assert batcher.stats.lost_in_memory == lost
+    # the status is told once when a write (a seal, or the commit of held readings) first
+    # fails, once when dropping begins: not per flush
+    assert [(h.state, h.reason, h.dropped_readings) for h in told] == [
+        ("unwritable", "database or disk is full", 0),
+        ("unwritable", "database or disk is full", 20)]
+    assert told[0].since == told[1].since and told[0].since is not None
+    assert told[0].since <= failed_at
+    assert told[1].held_readings == HELD_BATCHES * 20
+    assert batcher.health().dropped_readings == lost
     filler.unlink()
     clock.now += 1
     batcher.flush()
+    assert told[2:] == [BufferHealth("ok")]
     batcher.close()
     kept = {r.t for r in stored_readings(store)}
     # the newest are kept, the oldest went: exactly the counted ones
@@ -365,6 +379,8 @@ def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
     store = BatchStore.open(data / "buffer.db")
     store.start_boot()
     batcher = batcher_for(store, clock, max_readings=20)  # holds 10 batches × 20 readings
+    told: list[BufferHealth] = []
+    batcher.on_health_change = lambda: told.append(batcher.health())
     for k in range(3):
         batcher.add(poll(k * 1000))
         clock.now += 1
@@ -387,11 +403,15 @@ def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
     assert len([e for e in logs if e["event"] == "readings_dropped_in_memory"]) == 1
     lost = polls * 20 - HELD_BATCHES * 20
     assert batcher.stats.lost_in_memory == lost
+    assert [(h.state, h.reason, h.since, h.dropped_readings) for h in told] == [
+        ("unwritable", "data_dir read-only", 1_700_000_004_000, 0),
+        ("unwritable", "data_dir read-only", 1_700_000_004_000, 20)]
     undo()
     with capture_logs() as logs:
         clock.now += 1
         batcher.flush()
         batcher.close()
+    assert told[2:] == [BufferHealth("ok")]
     assert [e["recreated"] for e in logs if e["event"] == "buffer_store_available"] == [False]
     assert [e["dropped"] for e in logs if e["event"] == "buffer_writable_again"] == [lost]
     kept = {r.t for r in stored_readings(store)}

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from agent.endpoints import parse_broker_url
 from agent.store import BatchStore
 from agent.uplink import MqttSettings, Uplink, reconnect_delay
-from agent.wire import decode_status
+from agent.wire import BufferHealth, decode_status
 from tests.conftest import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,66 @@ def test_status_is_online_while_running_and_offline_after_sigkill_and_sigterm(
         # SIGKILL: the broker publishes the last will; SIGTERM: the agent says so itself.
         assert wait_until(lambda: retained_status(mosquitto, "gw-st") == "offline", 10), (
             stop_signal)
+
+
+def retained_buffer(broker: Mosquitto, gw: str) -> BufferHealth | None:
+    done = subprocess.run(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t",
+         f"ssc/v1/{gw}/status", "-C", "1", "-W", "5"],
+        capture_output=True, text=True, check=False, timeout=10,
+    )
+    assert done.returncode == 0, done.stderr
+    return decode_status(done.stdout.strip()).buffer
+
+
+async def test_status_says_the_buffer_health_at_connect_and_again_when_it_changes(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    health = [BufferHealth("ok")]
+    asked: list[BufferHealth] = []
+
+    def current() -> BufferHealth:
+        asked.append(health[0])
+        return health[0]
+
+    settings = MqttSettings(address=parse_broker_url(mosquitto.url), client_id="gw-bh")
+    uplink = Uplink(settings, BatchStore.open(tmp_path / "buffer.db"), gw="gw-bh", boot=1,
+                    topic_prefix="ssc/v1", max_inflight=4, wake=asyncio.Event(), clock=time.time,
+                    buffer_health=current)
+
+    async def retained() -> BufferHealth | None:
+        return await asyncio.to_thread(retained_buffer, mosquitto, "gw-bh")
+
+    async def eventually(want: BufferHealth) -> None:
+        for _ in range(50):
+            if await retained() == want:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"retained status never said {want}: {await retained()}")
+
+    task = asyncio.create_task(uplink.run())
+    try:
+        await eventually(BufferHealth("ok"))
+        health[0] = BufferHealth("unwritable", since=5, reason="database or disk is full",
+                                 held_readings=7, dropped_readings=0)
+        uplink.status_changed()
+        await eventually(health[0])
+        before = len(asked)
+        await asyncio.sleep(0.5)
+        assert len(asked) == before, "published only when told of a change"
+        health[0] = BufferHealth("ok")
+        uplink.status_changed()
+        await eventually(BufferHealth("ok"))
+        await uplink.say_offline()
+        status = decode_status((await asyncio.to_thread(
+            subprocess.run, ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port),
+                             "-t", "ssc/v1/gw-bh/status", "-C", "1", "-W", "5"],
+            capture_output=True, text=True, check=False, timeout=10)).stdout.strip())
+        assert (status.state, status.buffer) == ("offline", BufferHealth("ok"))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # --------------------------------------------------------------------------- TLS and password

@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from agent.profiles import load_profile
 from agent.simulator import SimulatorServer, serve
 from agent.sink import SqliteSink
+from agent.wire import Status, decode_status
 from tests.conftest import free_port
 
 if TYPE_CHECKING:
@@ -409,6 +410,39 @@ class ReceiverProcess(_Process):
         assert wait_until(lambda: self.top_seq(gw) >= seq, seconds), (
             f"receiver has seq {self.top_seq(gw)}, not {seq}:\n{self.log_text()[-3000:]}")
         time.sleep(0.3)
+
+
+class StatusWatch:
+    """``mosquitto_sub`` on a gateway's retained status topic, from a test's start: every
+    status the broker delivers (the retained one first), as a platform subscriber sees them."""
+
+    def __init__(self, port: int, gw: str, out: Path, prefix: str = "ssc/v1") -> None:
+        self.out = out
+        self._argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+                      "-t", f"{prefix}/{gw}/status"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        with self.out.open("ab") as sink:
+            self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=sink,
+                                         stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def statuses(self) -> list[Status]:
+        """Every status received so far, oldest first (a cleared one is skipped)."""
+        if not self.out.exists():
+            return []
+        return [decode_status(line) for line in self.out.read_text().splitlines()
+                if line.strip()]
+
+    def buffer_states(self) -> list[str | None]:
+        """The ``buffer`` state of each status received (None: it did not say)."""
+        return [None if s.buffer is None else s.buffer.state for s in self.statuses()]
 
 
 def last_sealed_seq(data_dir: Path) -> int:

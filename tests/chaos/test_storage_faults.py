@@ -12,6 +12,8 @@ ground truth (see ``tests/chaos/harness.py``). Cases:
 5. the data_dir made read-only while the agent runs (a read-only bind mount: root ignores
    permission bits): reported once, sealed batches still delivered, held readings within the
    bounds, the loss counted and reported, and a restart on it is one line, exit 2;
+5b. the same outage is in the gateway's retained status while it lasts (a platform subscriber
+   and the receiver's sink see ``unwritable``, then dropping, then ``ok``), once per change;
 6. ``run`` with a data_dir that cannot be created: one line, exit 2.
 """
 
@@ -33,6 +35,7 @@ from tests.chaos.harness import (
     Ledger,
     MeterFleet,
     ReceiverProcess,
+    StatusWatch,
     Stored,
     last_sealed_seq,
     persistent_broker_config,
@@ -399,6 +402,83 @@ def test_a_read_only_data_dir_is_reported_once_held_in_bounds_and_restart_is_one
     assert len(ledger.lost) == reported, (reported, ledger.summary())
     assert min(k[2] for k in ledger.lost) >= (ro_at - 2.5) * SECOND, ledger.summary()
     assert len(stored.events_of("buffer_unavailable")) == 1, stored.events
+    assert_complete(stored.seqs)
+
+
+# ------------------------------------------- 5b. the outage in the retained status, meanwhile
+
+
+def sink_buffer_state(receiver: ReceiverProcess) -> str | None:
+    """The buffer state of GW's last status in the receiver's sink (None: none or not said)."""
+    if not receiver.sink.exists():
+        return None
+    with SqliteSink.open(f"sqlite:///{receiver.sink}") as db:
+        status = db.status_for(GW)
+    return None if status is None or status.buffer is None else status.buffer.state
+
+
+def test_a_read_only_data_dir_is_in_the_retained_status_while_it_lasts(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess],
+    read_only: Callable[[Path], Callable[[], None]],
+) -> None:
+    data = tmp_path / "data"
+    held_bound = 10 * 30  # batcher.HELD_BATCHES batches of batch_max_readings
+    with MeterFleet([1000, 1000, 1000]) as fleet, \
+            StatusWatch(broker.port, GW, tmp_path / "status.jsonl") as watch:
+        # 60 readings a second: the 300 held in memory fill in about 5 s read-only
+        agent = new_agent(tmp_path, agents, fleet, broker, data,
+                          uplink={"batch_max_readings": 30})
+        agent.start()
+        agent.wait_started(1)
+        assert wait_until(lambda: watch.buffer_states()[-1:] == ["ok"], 10), watch.statuses()
+        assert wait_until(lambda: sink_buffer_state(receiver) == "ok", 10)
+        undo = read_only(data)
+        ro_at = time.time()
+
+        def dropping() -> bool:
+            last = watch.statuses()[-1].buffer
+            return last is not None and bool(last.dropped_readings)
+
+        # said while it lasts: the platform needs no batch (the store takes none) to know
+        assert wait_until(lambda: "unwritable" in watch.buffer_states(), 10), tail(agent)
+        assert wait_until(lambda: sink_buffer_state(receiver) == "unwritable", 10), tail(receiver)
+        assert wait_until(dropping, 20), (watch.statuses(), tail(agent))
+        time.sleep(3.0)  # more flushes while unwritable: no status for each
+        assert agent.alive, tail(agent)
+        undo()
+        ok_at = time.time()
+        assert wait_until(lambda: watch.buffer_states()[-1:] == ["ok"], 10), tail(agent)
+        assert wait_until(lambda: sink_buffer_state(receiver) == "ok", 10), tail(receiver)
+        time.sleep(2.0)
+        stop(agent, receiver, data)
+        assert wait_until(lambda: watch.statuses()[-1].state == "offline", 10)
+    statuses = watch.statuses()
+    online = [s for s in statuses if s.state == "online"]
+    assert all(s.buffer is not None for s in online), statuses
+    told = [(s.buffer.state, bool(s.buffer.dropped_readings)) for s in online if s.buffer]
+    changes = [t for i, t in enumerate(told) if i == 0 or t != told[i - 1]]
+    assert changes == [("ok", False), ("unwritable", False), ("unwritable", True),
+                       ("ok", False)], statuses
+    # once per change (and once per reconnect), not once per flush (some 10 flushes here)
+    reconnects = len(agent.events("uplink_restored"))
+    assert len(online) <= 4 + reconnects, (statuses, reconnects)
+    unwritable = [s.buffer for s in online if s.buffer and s.buffer.state == "unwritable"]
+    for health in unwritable:
+        assert health.reason == "data_dir read-only", health
+        assert health.since is not None
+        assert (ro_at - 2.0) * SECOND <= health.since <= (ro_at + 2.0) * SECOND, health
+        assert health.held_readings is not None and 0 < health.held_readings <= held_bound
+    assert unwritable[-1].held_readings == held_bound, unwritable
+    # a clean stop's offline says how the buffer is; it was usable again
+    assert statuses[-1].state == "offline" and statuses[-1].buffer is not None
+    assert statuses[-1].buffer.state == "ok", statuses[-1]
+    assert ok_at - ro_at > 5.0
+    # the episode is also in the batches, as before: once, with the loss counted
+    stored = Stored.read(receiver.sink, GW)
+    assert len(stored.events_of("buffer_unavailable")) == 1, stored.events
+    ledger = Ledger.build(fleet, stored)
+    assert not ledger.phantom and not ledger.duplicates, ledger.summary()
+    assert len(ledger.lost) == reported_readings(stored) > 0, ledger.summary()
     assert_complete(stored.seqs)
 
 
