@@ -12,10 +12,12 @@ does. Relative offsets (``+0``, ``-90s``,
 
 The ground truth is the receiver's SQLite sink, compared with what the simulated meters served
 (``tests/chaos/harness.py``). The meters log requests in real time; the agent stamps readings on
-its (faked) wall clock, so a stored reading is mapped back to real time with what the wire
-format says a platform must do (``docs/wire-format.md`` §7.1): batches of the boot sealed before
-a ``clock_step`` event's ``before_seq`` are moved by its ``step_ms`` onto the new clock; the new
-clock is the real one shifted by the fake offset in force after the step. Then every polled
+its (faked) wall clock, and the sink itself moves the batches of the boot sealed before a
+``clock_step`` event's ``before_seq`` by its ``step_ms`` onto the new clock
+(``docs/wire-format.md`` §7.1), whether they arrive before or after the event. The test checks
+the sink's correction against that rule applied here to the times the gateway sent
+(``t - batches.clock_shift_ms``), then compares the sink's own times with the meters: the new
+clock is the real one shifted by the fake offset in force after the step, and every polled
 (device, point, slot) must be stored exactly once and nothing else.
 
 In CI a missing libfaketime is a failure, not a skip (``.ci/run`` installs it).
@@ -155,12 +157,15 @@ def finish(agent: AgentProcess, receiver: ReceiverProcess, data: Path) -> None:
     receiver.wait_for_seq(GW, last_sealed_seq(data))
 
 
-def stored_rows(sink: Path) -> list[tuple[str, str, int, int]]:
-    """Every stored reading as (dev, pt, t, seq of its batch)."""
+def stored_rows(sink: Path) -> list[tuple[str, str, int, int, int]]:
+    """Every stored reading as (dev, pt, t as stored, seq of its batch, t as the gateway sent
+    it)."""
     conn = sqlite3.connect(f"file:{sink}?mode=ro", uri=True, timeout=5)
     try:
-        return [(str(d), str(p), int(t), int(s)) for d, p, t, s in conn.execute(
-            "SELECT dev, pt, t, seq FROM readings WHERE gw = ?", (GW,))]
+        return [(str(d), str(p), int(t), int(s), int(t) - int(shift))
+                for d, p, t, s, shift in conn.execute(
+                    "SELECT r.dev, r.pt, r.t, r.seq, b.clock_shift_ms FROM readings r"
+                    " JOIN batches b USING (gw, store, seq) WHERE r.gw = ?", (GW,))]
     finally:
         conn.close()
 
@@ -170,15 +175,20 @@ def clock_steps(stored: Stored) -> list[dict[str, str]]:
     return [dict(WORDS.findall(e["msg"])) for e in stored.events_of("clock_step")]
 
 
-def on_new_clock(rows: list[tuple[str, str, int, int]],
+def on_new_clock(rows: list[tuple[str, str, int, int, int]],
                  steps: list[dict[str, str]]) -> Counter[Key]:
-    """Readings moved onto the clock after the last step, as wire-format §7.1 says: a batch
-    sealed before a step (seq below its ``before_seq``) is moved by its ``step_ms``."""
-    out: Counter[Key] = Counter()
-    for dev, pt, t, seq in rows:
+    """The sink's readings, after checking them against wire-format §7.1 applied here to what
+    the gateway sent: a batch sealed before a step (seq below its ``before_seq``) is moved by
+    its ``step_ms``, the others are as sent."""
+    ruled: Counter[Key] = Counter()
+    for dev, pt, _, seq, sent in rows:
         moved = sum(int(s["step_ms"]) for s in steps if seq < int(s["before_seq"]))
-        out[(dev, pt, t + moved)] += 1
-    return out
+        ruled[(dev, pt, sent + moved)] += 1
+    corrected = Counter((dev, pt, t) for dev, pt, t, _, _ in rows)
+    assert corrected == ruled, "the sink's correction is not the rule of wire-format §7.1"
+    before = min(int(s["before_seq"]) for s in steps)
+    assert any(t != sent for _, _, t, seq, sent in rows if seq < before), "nothing was moved"
+    return corrected
 
 
 def polls_after(fleet: MeterFleet, since: float) -> int:
@@ -224,7 +234,7 @@ def test_polling_goes_on_through_a_backward_step_and_every_reading_is_accounted(
     ledger.assert_exact()
     assert not ledger.lost, ledger.summary()
     # the readings sealed after the step were stamped on the stepped clock
-    assert min(t for _, _, t, s in stored_rows(receiver.sink)
+    assert min(t for _, _, t, s, _ in stored_rows(receiver.sink)
                if s >= int(steps[0]["before_seq"])) < (stepped_at + step_s + 5) * 1000
     assert not stored.events_of("slots_skipped")
 
@@ -265,6 +275,61 @@ def test_a_180_day_step_with_the_broker_down_drops_nothing_as_too_old(
     ledger = Ledger(expected, on_new_clock(stored_rows(receiver.sink), steps))
     ledger.assert_exact()
     assert not ledger.lost, ledger.summary()
+    # every batch sealed before the step was moved once, by the step
+    moved_early, moved_late = moved_batches(receiver, int(steps[0]["step_ms"]))
+    assert moved_early + moved_late == int(steps[0]["before_seq"]) - 1, (moved_early, moved_late)
+
+
+def moved_batches(receiver: ReceiverProcess, step_ms: int) -> tuple[int, int]:
+    """(batches the receiver moved when the step arrived, batches it moved while storing them
+    after the step), from its log; each moved by exactly ``step_ms``."""
+    applied = receiver.events("clock_step_applied")
+    assert len(applied) == 1 and applied[0]["step_ms"] == step_ms, applied
+    late = [e for e in receiver.events("batch_stored") if e.get("clock_shift_ms")]
+    assert all(e["clock_shift_ms"] == step_ms for e in late), late
+    return int(applied[0]["batches"]), len(late)
+
+
+def test_batches_sealed_before_a_step_and_stored_after_it_are_corrected_by_the_sink(
+    tmp_path: Path, broker: Mosquitto, receiver: ReceiverProcess, agents: list[AgentProcess],
+) -> None:
+    """The backlog of a boot with the clock 180 days back drains slowly; NTP steps the clock
+    meanwhile. The batch with the ``clock_step`` event is live, so it reaches the receiver
+    before the rest of the backlog sealed before the step: the sink moves those batches as
+    they arrive, and the ones it had already stored when the event came."""
+    data = tmp_path / f"{GW}-data"
+    with MeterFleet([1000]) as fleet:
+        agent = new_agent(tmp_path, agents, fleet, broker, offset="-180d",
+                          buffer={"max_age": "30 d"},
+                          uplink={"batch_max_age": "1 s", "replay_rate_per_second": 0.5,
+                                  "reconnect_min": "250 ms", "reconnect_max": "2 s"})
+        assert isinstance(agent, FakeTimeAgent)
+        broker.kill()
+        agent.start()
+        agent.wait_started(1)
+        assert wait_until(lambda: store_batches(data) >= 8, 30), tail(agent, receiver)
+        broker.start()
+        # the backlog drains at one batch every 2 s: step while most of it is still held
+        assert wait_until(lambda: receiver.top_seq(GW) >= 1, 30), tail(agent, receiver)
+        agent.set_offset("+0")
+        assert wait_until(lambda: bool(agent.events("clock_step")), 10), tail(agent, receiver)
+        assert wait_until(lambda: store_batches(data) == 0, 60), tail(agent, receiver)
+        time.sleep(1.5)
+        finish(agent, receiver, data)
+        expected = fleet.expected()
+    stored = Stored.read(receiver.sink, GW)
+    steps = clock_steps(stored)
+    assert len(steps) == 1, stored.events
+    step_ms = int(steps[0]["step_ms"])
+    assert abs(step_ms - 180 * DAY_S * 1000) < 50, steps
+    moved_early, moved_late = moved_batches(receiver, step_ms)
+    assert moved_early + moved_late == int(steps[0]["before_seq"]) - 1, (moved_early, moved_late)
+    assert moved_late >= 2, (moved_early, moved_late)  # the case this test is about
+    ledger = Ledger(expected, on_new_clock(stored_rows(receiver.sink), steps))
+    ledger.assert_exact()
+    assert not ledger.lost, ledger.summary()
+    # the event itself stays as sent, on the new clock; the batch's readings were not moved
+    assert stored.events_of("clock_step")[0]["t"] > (time.time() - 600) * 1000
 
 
 # ------------------------------------------------------------- 3. back after a broker outage
