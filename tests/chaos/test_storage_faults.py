@@ -465,10 +465,13 @@ def test_a_read_only_data_dir_is_in_the_retained_status_while_it_lasts(
     unwritable = [s.buffer for s in online if s.buffer and s.buffer.state == "unwritable"]
     for health in unwritable:
         assert health.reason == "data_dir read-only", health
-        assert health.since is not None
-        assert (ro_at - 2.0) * SECOND <= health.since <= (ro_at + 2.0) * SECOND, health
-        assert health.held_readings is not None and 0 < health.held_readings <= held_bound
-    assert unwritable[-1].held_readings == held_bound, unwritable
+        assert health.since == unwritable[0].since and health.since is not None, statuses
+        # found at a flush (every second) after the remount; a loaded machine may be late
+        assert (ro_at - 1.0) * SECOND <= health.since <= (ro_at + 5.0) * SECOND, (ro_at, health)
+        # the counts are those when the status was made: polls may come in after the flush
+        assert health.held_readings is not None
+        assert 0 <= health.held_readings <= held_bound + 60, health
+    assert unwritable[-1].held_readings >= held_bound, unwritable
     # a clean stop's offline says how the buffer is; it was usable again
     assert statuses[-1].state == "offline" and statuses[-1].buffer is not None
     assert statuses[-1].buffer.state == "ok", statuses[-1]
