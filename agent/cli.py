@@ -418,7 +418,6 @@ def _cmd_kpi(args: argparse.Namespace) -> int:
 
 def _cmd_buffer(args: argparse.Namespace) -> int:
     import json
-    import time
 
     from agent.store import BatchStore
     from agent.supervisor import STORE_FILE
@@ -432,8 +431,7 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
     try:
         if args.action == "stats":
             s = store.stats()
-            now = time.time() * 1000
-            age = f"{(now - s.oldest_created) / 1000:.0f} s" if s.oldest_created else "-"
+            age = "-" if s.oldest_age_ms is None else f"{s.oldest_age_ms / 1000:.0f} s"
             print(f"buffer:          {s.path}" + (f" (store {s.identity})" if s.identity
                                                           else ""))
             print(f"batches unsent:  {s.batches} ({s.readings} readings, "

@@ -24,17 +24,20 @@ class DeliveryCollector:
     """A prometheus_client collector over the live agent objects."""
 
     def __init__(self, store: BatchStore, batcher: Batcher, uplink: Uplink,
-                 pollers: list[DevicePoller], *, clock: Callable[[], float] = time.time) -> None:
+                 pollers: list[DevicePoller], *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._batcher = batcher
         self._uplink = uplink
         self._pollers = pollers
-        self._clock = clock
+        self._monotonic = monotonic
         self._snapshot = (store.stats(), store.drop_totals())
+        self._taken = monotonic()
 
     def refresh(self) -> None:
         """Take the store's figures (call from the event loop's thread)."""
         self._snapshot = (self._store.stats(), self._store.drop_totals())
+        self._taken = self._monotonic()
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -73,7 +76,9 @@ class DeliveryCollector:
         yield gauge("backlog_batches", "Stored batches not yet acknowledged", s.batches)
         yield gauge("backlog_readings", "Readings in stored batches not yet acknowledged",
                     s.readings)
-        age = (self._clock() * 1000 - s.oldest_created) / 1000 if s.oldest_created else 0.0
+        # elapsed time, not a wall-clock difference: an NTP step must not show a bogus age
+        age = 0.0 if s.oldest_age_ms is None else (
+            s.oldest_age_ms / 1000 + self._monotonic() - self._taken)
         yield gauge("backlog_age_seconds", "Age of the oldest unacknowledged batch", age)
         yield gauge("buffer_file_bytes", "Size of the buffer's SQLite files", s.file_bytes)
         yield gauge("uplink_connected", "1 while connected to the broker", int(u.connected))

@@ -91,6 +91,7 @@ import msgpack
 import structlog
 import zstandard
 
+from agent.clock import kernel_clock_synced
 from agent.errors import BufferFull, StorageError
 from agent.readings import Event, Quality, Reading
 from agent.wire import pack_values
@@ -301,6 +302,9 @@ class StoreStats:
     dropped_events: int
     dropped_aggregates: int
     identity: str = ""
+    # age of the oldest unsent batch on the store's elapsed clock ("Ages" above), None when
+    # there is none: unlike now - oldest_created, a wall-clock step does not change it
+    oldest_age_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +426,11 @@ class BatchStore:
             conn.execute("SELECT count(*) FROM meta").fetchone()
         except sqlite3.Error as exc:
             raise StorageError(f"buffer {path}: cannot read it ({exc})") from exc
-        return cls(conn, path, StoreBounds(), time.time)
+        store = cls(conn, path, StoreBounds(), time.time)
+        # ages for ``buffer stats``: the elapsed clock as the agent last saved it, plus the
+        # time since when the kernel says the clock is synchronised (never overestimated)
+        store._start_elapsed(time.monotonic, kernel_clock_synced)
+        return store
 
     @classmethod
     def _open_checked(cls, path: Path, sync: str, bounds: StoreBounds,
@@ -1033,7 +1041,16 @@ class BatchStore:
         return StoreStats(self.path, batches, readings, size, oldest, newest, pending,
                           file_bytes, self._meta("boot"), self._meta("next_seq"), dropped[0],
                           dropped[1], dropped[2], dropped[3],
-                          self.identity if self._meta("store_id") else "")
+                          self.identity if self._meta("store_id") else "",
+                          self._oldest_age_ms() if batches else None)
+
+    def _oldest_age_ms(self) -> int:
+        """The oldest batch's age on the elapsed clock (one without ``created_elapsed``, salvaged
+        or from an earlier version, ages from the open, as ``max_age`` counts it)."""
+        row = self._conn.execute(
+            "SELECT created_elapsed FROM batches ORDER BY seq LIMIT 1").fetchone()
+        created = self._opened_elapsed if row is None or row[0] is None else int(row[0])
+        return max(0, self.elapsed_ms() - created)
 
 
 class Sealer:

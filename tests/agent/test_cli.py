@@ -160,6 +160,8 @@ def test_buffer_stats_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["buffer", "stats", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "batches unsent:  1 (1 readings" in out
+    # the batch says created=5 (1970): its age is elapsed time, not now minus that
+    assert "oldest unsent:   0 s" in out
     assert "boot / next seq: 1 / 2" in out
     assert f"(store {store.identity})" in out
     store._conn.execute("ROLLBACK")

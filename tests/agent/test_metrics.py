@@ -11,6 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from agent.endpoints import parse_broker_url
 from agent.profiles import load_profile
 from agent.simulator import serve
 from tests.conftest import Mosquitto, free_port
@@ -70,3 +73,34 @@ async def test_metrics_show_delivery_and_devices(tmp_path: Path, mosquitto: Mosq
     # nothing was dropped, and the drop counters say so (rather than being absent)
     assert value(text, "ssc_agent_dropped_events_total") == 0
     assert value(text, "ssc_agent_dropped_aggregates_total") == 0
+
+
+def test_backlog_age_is_elapsed_time_through_a_wall_clock_step(tmp_path: Path) -> None:
+    """An NTP step by months must not show a backlog months old (or a negative age)."""
+    from agent.batcher import Batcher
+    from agent.metrics import DeliveryCollector
+    from agent.store import BatchStore
+    from agent.uplink import MqttSettings, Uplink
+
+    wall, mono = [1_700_000_000.0], [100.0]
+    store = BatchStore.open(tmp_path / "buffer.db", clock=lambda: wall[0],
+                            monotonic=lambda: mono[0], clock_synced=lambda: None)
+    store.seal(lambda seq, ev: b"SSC1\x00x", created=int(wall[0] * 1000), n_readings=1,
+               pending_upto=0)
+    batcher = Batcher(store, gw="g", boot=1, max_readings=10, max_age=5.0, codec=0, level=3,
+                      clock=lambda: wall[0], on_sealed=lambda: None)
+    uplink = Uplink(MqttSettings(address=parse_broker_url(f"mqtt://127.0.0.1:{free_port()}"),
+                                 client_id="g"), store, gw="g", boot=1, topic_prefix="ssc/v1",
+                    max_inflight=1, wake=asyncio.Event(), clock=lambda: wall[0])
+    collector = DeliveryCollector(store, batcher, uplink, [], monotonic=lambda: mono[0])
+
+    def age() -> float:
+        return float(next(m for m in collector.collect()
+                          if m.name == "ssc_agent_backlog_age_seconds").samples[0].value)
+
+    for step in (180 * 86_400.0, -400 * 86_400.0):
+        wall[0] += step + 7
+        mono[0] += 7
+        collector.refresh()
+        mono[0] += 3  # between refreshes the scrape adds the time since
+        assert age() == pytest.approx(10.0 if step > 0 else 20.0)

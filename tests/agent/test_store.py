@@ -233,10 +233,30 @@ def test_a_wall_clock_step_does_not_age_the_backlog(tmp_path: Path, step: float)
     store.seal(payload_of(10), created=int(clocks.wall() * 1000), n_readings=4, pending_upto=0)
     assert [b.seq for b in store.next_unsent(10, set())] == [1, 2, 3, 4]
     assert store.drop_events() == [] and store.stats().dropped_batches == 0
+    assert store.stats().oldest_age_ms == 15_000  # what buffer stats and /metrics show
     # … and they still age by elapsed time after the step
     clocks.advance(46)
     store.expire()
     assert [b.seq for b in store.next_unsent(10, set())] == [2, 3, 4]
+    assert store.stats().oldest_age_ms == 56_000
+
+
+def test_a_read_only_view_ages_from_the_elapsed_clock_the_agent_saved(tmp_path: Path) -> None:
+    clocks = Clocks(wall=1_700_000_000.0)
+    store = aged_store(tmp_path / "b.db", clocks)
+    store.seal(payload_of(10), created=int(clocks.wall() * 1000), n_readings=4, pending_upto=0)
+    clocks.advance(20)
+    store.seal(payload_of(10), created=int(clocks.wall() * 1000), n_readings=4, pending_upto=0)
+    clocks.wall_now -= 180 * 86_400  # an NTP step back: the wall-clock age would be negative
+    view = BatchStore.open_readonly(tmp_path / "b.db")
+    try:
+        # as of the agent's last save (its last seal); this kernel's NTP status decides
+        # whether time since then counts, so at least that much, and never the step
+        age = view.stats().oldest_age_ms
+        assert age is not None and 20_000 <= age < 20_000 + 60_000, age
+    finally:
+        view.close()
+    assert aged_store(tmp_path / "empty.db", clocks).stats().oldest_age_ms is None
 
 
 @pytest.mark.parametrize(("synced_before", "synced_after", "downtime", "dropped"), [
