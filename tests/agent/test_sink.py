@@ -672,10 +672,10 @@ def test_an_unreadable_clock_step_is_stored_and_moves_nothing(sink: SqliteSink) 
 
 
 @pytest.mark.parametrize(("sql", "lookups"), [
-    (SHIFT_READINGS, ["readings USING INDEX readings_by_batch (gw=? AND store=? AND seq=?)",
+    (SHIFT_READINGS, ["readings USING INDEX readings_by_batch (gw=? AND seq=?)",
                       "batches USING COVERING INDEX batches_by_boot (gw=? AND store=? AND"
                       " boot=? AND seq<?)"]),
-    (SHIFT_EVENTS, ["events USING INDEX events_by_batch (gw=? AND store=? AND seq=?)",
+    (SHIFT_EVENTS, ["events USING INDEX events_by_batch (gw=? AND seq=?)",
                     "batches USING COVERING INDEX batches_by_boot"]),
     (SHIFT_BATCHES, ["batches USING INDEX batches_by_boot (gw=? AND store=? AND boot=? AND"
                      " seq<?)"]),
