@@ -66,7 +66,9 @@ disk; batches sealed before stay readable and the uplink keeps sending them. As 
 place is usable again it is repaired: a deleted store is written back whole from the open
 connection (SQLite's backup: batches, pending rows, seq and identity continue exactly) and
 the data_dir's lock retaken; a read-only directory that became writable needs nothing. The
-platform hears of the episode once, as a ``buffer_unavailable`` event in the next batch.
+platform hears of the episode once, as a ``buffer_unavailable`` event in the next batch, and,
+while it lasts, from the gateway's retained status (``unavailable`` is what the batcher's
+``health()`` tells the uplink).
 
 One agent per data_dir: ``agent.lock`` in it is held with ``flock`` for the agent's life (the
 kernel releases it when the process dies, SIGKILL included); a second agent is refused.

@@ -35,6 +35,7 @@ from tests.chaos.harness import (
     Ledger,
     MeterFleet,
     ReceiverProcess,
+    StatusWatch,
     Stored,
     allowed_loss,
     last_sealed_seq,
@@ -415,7 +416,8 @@ def test_disk_full_keeps_polling_and_loses_only_what_it_reports(
     tiny_fs: Path,
 ) -> None:
     data = tiny_fs / "data"
-    with MeterFleet([1000, 1000, 1000]) as fleet:
+    with MeterFleet([1000, 1000, 1000]) as fleet, \
+            StatusWatch(broker.port, GW, tmp_path / "status.jsonl") as watch:
         # 60 readings a second; the agent holds 10 batches of 60 in memory while it cannot write
         agent = new_agent(tmp_path, agents, fleet, broker, data_dir=data,
                           uplink={"batch_max_readings": 60})
@@ -426,14 +428,25 @@ def test_disk_full_keeps_polling_and_loses_only_what_it_reports(
         fill(filler)
         full_at = time.time()
         assert wait_until(lambda: bool(agent.events("buffer_write_failed")), 10), tail(agent)
+        # the platform is told while the disk is full, by the retained status
+        assert wait_until(lambda: "unwritable" in watch.buffer_states(), 10), watch.statuses()
         time.sleep(max(0.0, full_at + 16.0 - time.time()))  # longer than it can hold
         assert agent.alive, tail(agent)
+        full = watch.statuses()[-1].buffer
         filler.unlink()
         freed_at = time.time()
         assert wait_until(lambda: bool(agent.events("buffer_writable_again")), 10), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20), tail(agent)
+        assert wait_until(lambda: watch.buffer_states()[-1:] == ["ok"], 10), watch.statuses()
         time.sleep(3.0)
         stored = finish(agent, receiver, data)
+    assert full is not None and full.state == "unwritable", watch.statuses()
+    assert full.reason in ("database or disk is full", "No space left on device"), full
+    assert full.dropped_readings, f"dropping had begun, and the status said so: {full}"
+    told = [(s.buffer.state, bool(s.buffer.dropped_readings))
+            for s in watch.statuses() if s.state == "online" and s.buffer is not None]
+    assert [t for i, t in enumerate(told) if i == 0 or t != told[i - 1]] == [
+        ("ok", False), ("unwritable", False), ("unwritable", True), ("ok", False)], told
     ledger = Ledger.build(fleet, stored)
     assert not ledger.phantom and not ledger.duplicates, ledger.summary()
     # it kept polling all along: no slot of the full period went unpolled
