@@ -619,20 +619,21 @@ class SqliteSink:
         status = decode_status(payload)
         if status.gw != gw:
             raise WireFormatError(f"status: topic names gateway {gw!r}, the payload {status.gw!r}")
-        b = status.buffer or BufferHealth("")
         self._conn.execute(
-            "INSERT INTO status (gw, state, boot, t, version, buffer_state, buffer_since,"
-            " buffer_reason, buffer_held_readings, buffer_dropped_readings)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO status (gw, state, boot, t, version) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (gw) DO UPDATE SET state = excluded.state, boot = excluded.boot,"
-            " t = excluded.t, version = excluded.version,"
-            " buffer_state = excluded.buffer_state, buffer_since = excluded.buffer_since,"
-            " buffer_reason = excluded.buffer_reason,"
-            " buffer_held_readings = excluded.buffer_held_readings,"
-            " buffer_dropped_readings = excluded.buffer_dropped_readings",
-            (status.gw, status.state, status.boot, status.t, status.version,
-             b.state or None, b.since, b.reason, b.held_readings, b.dropped_readings),
+            " t = excluded.t, version = excluded.version",
+            (status.gw, status.state, status.boot, status.t, status.version),
         )
+        b = status.buffer
+        if b is not None:
+            # A status that does not say (the last will, an older agent) leaves the last
+            # buffer state said: a gateway that died with its SD card read-only stays shown so.
+            self._conn.execute(
+                "UPDATE status SET buffer_state = ?, buffer_since = ?, buffer_reason = ?,"
+                " buffer_held_readings = ?, buffer_dropped_readings = ? WHERE gw = ?",
+                (b.state, b.since, b.reason, b.held_readings, b.dropped_readings, status.gw),
+            )
         return status
 
     # ----------------------------------------------------------------------- read helpers
@@ -734,7 +735,8 @@ class SqliteSink:
         return [{"t": t, "kind": k, "dev": d, "msg": m} for t, k, d, m in rows]
 
     def status_for(self, gw: str) -> Status | None:
-        """The last status stored for a gateway (its ``buffer`` None when it did not say)."""
+        """The last status stored for a gateway, with the last ``buffer`` a status said (None:
+        none did)."""
         row = self._conn.execute(
             "SELECT state, gw, boot, t, version, buffer_state, buffer_since, buffer_reason,"
             " buffer_held_readings, buffer_dropped_readings FROM status WHERE gw = ?", (gw,)

@@ -284,19 +284,22 @@ def test_status_last_one_wins(sink: SqliteSink) -> None:
     assert sink.status_for("gw-2") is None
 
 
-def test_status_buffer_is_stored_and_a_later_status_without_it_clears_it(
+def test_status_buffer_is_stored_and_kept_through_a_status_that_does_not_say(
         sink: SqliteSink) -> None:
+    assert sink.store_status("gw-1", encode_status(Status("online", "gw-1", 1, 500, "0.1.0")))
+    assert sink.status_for("gw-1") == Status("online", "gw-1", 1, 500, "0.1.0")
     unwritable = BufferHealth("unwritable", since=1_000, reason="disk full", held_readings=7,
                               dropped_readings=2)
     online = Status("online", "gw-1", 1, 1_000, "x", buffer=unwritable)
     assert sink.store_status("gw-1", encode_status(online)) == online
     assert sink.status_for("gw-1") == online
-    ok = Status("online", "gw-1", 1, 2_000, "x", buffer=BufferHealth("ok"))
+    # the last will does not say: the gateway died with its buffer unwritable, as last said
+    will = Status("offline", "gw-1", 1, 900, "x")
+    sink.store_status("gw-1", encode_status(will))
+    assert sink.status_for("gw-1") == Status("offline", "gw-1", 1, 900, "x", buffer=unwritable)
+    ok = Status("online", "gw-1", 2, 2_000, "x", buffer=BufferHealth("ok"))
     sink.store_status("gw-1", encode_status(ok))
     assert sink.status_for("gw-1") == ok
-    will = Status("offline", "gw-1", 1, 900, "x")  # the last will does not say
-    sink.store_status("gw-1", encode_status(will))
-    assert sink.status_for("gw-1") == will
 
 
 def test_status_for_another_gateway_is_refused(sink: SqliteSink) -> None:
