@@ -149,6 +149,14 @@ class DevicePoller:
                                           / interval) * interval
                     retry_at += anchored - slot
                     slot = anchored
+                else:
+                    late = math.floor(self._wall(offset) / interval) * interval
+                    if late > slot:
+                        # Woke a whole interval late (the event loop was held up): a poll now
+                        # is taken in a later slot, so it is stamped with that slot, and the
+                        # slots it missed are accounted for as skipped.
+                        self._skipped(slot - interval, late)
+                        slot = late
                 t_ms = round(slot * 1000)
                 polled = slot >= retry_at
                 if polled:

@@ -381,3 +381,27 @@ async def test_a_poll_in_flight_when_another_task_sees_the_step_lands_on_the_new
     # moved to 1403; then 1404, 1405, … on the new grid
     assert times[:2] == [2_001_000, 2_002_000]
     assert times[2:] == list(range(1_403_000, 1_403_000 + 1000 * len(times[2:]), 1000))
+
+
+async def test_a_poll_that_wakes_intervals_late_is_stamped_with_the_slot_it_is_taken_in() -> None:
+    """An event loop held up for 2.5 intervals: the poll taken then belongs to the slot it is
+    taken in, not the one it was scheduled for, and the slots in between are skipped, named."""
+    clock = FakeClock(0.0)
+    driver = ScriptedDriver(clock, [True] * 20)
+    got: list[Reading] = []
+    events: list[Event] = []
+    late = [0.0, 0.0, 2.5]  # the third sleep returns 2.5 s after it was due
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds + (late.pop(0) if late else 0.0)
+        await asyncio.sleep(0)
+
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=events.append,
+                          clock=clock, sleep=sleep)
+    await run_for(poller, clock, 8.0)
+    polled = sorted({r.t for r in got})
+    # slots 1 and 2 polled on time; the sleep towards 3 woke at 5.5: polled as slot 5
+    assert polled[:4] == [1000, 2000, 5000, 6000], polled
+    skipped = [e for e in events if e.kind == "slots_skipped"]
+    assert [(e.t, e.message.split()[0]) for e in skipped] == [(3000, "slots=2")], skipped
+    assert poller.stats.skipped_slots == 2
