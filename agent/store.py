@@ -160,10 +160,11 @@ _NEXT_SEQ_ABOVE_BATCHES = ("UPDATE meta SET value = max(value, (SELECT coalesce(
                            " + 1 FROM batches)) WHERE key = 'next_seq'")
 
 
-# What one start may load into memory from the store. A pending row's readings (one flush's)
-# are decoded whole; its events and KPI windows stream out in pieces of PENDING_PIECE.
+# What one start may load into memory from the store. A pending row streams out in pieces of
+# PENDING_PIECE events or KPI windows, whatever its size; its readings (one flush's) are one
+# object, and no single object may take more than MAX_PENDING_OBJECT_BYTES.
 PENDING_PIECE = 5_000
-MAX_PENDING_ROW_BYTES = 64 * 1024 * 1024  # decompressed
+MAX_PENDING_OBJECT_BYTES = 64 * 1024 * 1024  # msgpack bytes
 MAX_KPI_STATE_BYTES = 32 * 1024 * 1024  # decompressed checkpoint
 MAX_KPI_JOURNAL_ROWS = 100_000  # a day of 1-s flushes without a checkpoint, with margin
 MAX_KPI_JOURNAL_ROW_BYTES = 32 * 1024 * 1024  # decompressed
@@ -733,8 +734,8 @@ class BatchStore:
         """The pending rows up to ``upto``, in order, in pieces of at most ``piece`` events and
         ``piece`` KPI windows (a row's readings, one flush's, come whole), read from the row
         as a stream: memory stays bounded whatever the rows hold. A row that cannot be read
-        (or decompresses beyond ``MAX_PENDING_ROW_BYTES``) is set aside and reported; what
-        was read of it before is kept. Call it in a transaction (``sealing``)."""
+        (or holds an object over ``MAX_PENDING_OBJECT_BYTES``) is set aside and reported;
+        what was read of it before is kept. Call it in a transaction (``sealing``)."""
         ids = [int(i) for (i,) in self._conn.execute(
             "SELECT id FROM pending WHERE id <= ? ORDER BY id", (upto,))]
         for row_id in ids:
@@ -746,13 +747,9 @@ class BatchStore:
 
     def _stream_pending(self, row_id: int, piece: int) -> Iterator[PendingPiece]:
         with self._conn.blobopen("pending", "body", row_id, readonly=True) as blob:
-            size = zstandard.frame_content_size(blob.read(18))
-            if size < 0 or size > MAX_PENDING_ROW_BYTES:
-                raise ValueError(f"declares {size} bytes, over {MAX_PENDING_ROW_BYTES}")
-            blob.seek(0)
             reader = self._zd.stream_reader(cast(IO[bytes], blob))
             unpacker = msgpack.Unpacker(reader, raw=False, read_size=64 * 1024,
-                                        max_buffer_size=MAX_PENDING_ROW_BYTES)
+                                        max_buffer_size=MAX_PENDING_OBJECT_BYTES)
             for _ in range(unpacker.read_map_header()):
                 key = unpacker.unpack()
                 if key == "c":

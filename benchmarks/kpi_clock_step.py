@@ -119,7 +119,7 @@ def run(checkout: Path, step: str, before: float, after: float, workdir: Path,
                 popen.kill()
             popen.wait()
         batches, size, pending = store_figures(workdir / "data" / "buffer.db")
-        restart_peak, restart_pending, restart_batches, restart_alive = restart(
+        restart_peak, restart_pending, restart_batches, set_aside, restart_alive = restart(
             config, workdir, restart_for)
         events = []
         for line in log.read_text(errors="replace").splitlines():
@@ -138,13 +138,14 @@ def run(checkout: Path, step: str, before: float, after: float, workdir: Path,
           f"batch_encode_failed {failed}, kpi_clock_step {steps}")
     print(f"  then this checkout's agent started on that store ({restart_for:.0f} s, real "
           f"clock): peak RSS {restart_peak / MIB:.1f} MiB, pending rows left {restart_pending}, "
-          f"stored batches {restart_batches}"
+          f"stored batches {restart_batches}, set aside {set_aside}"
           f"{'' if restart_alive else ', the agent exited'}", flush=True)
 
 
-def restart(config: Path, workdir: Path, seconds: float) -> tuple[int, int, int, bool]:
+def restart(config: Path, workdir: Path, seconds: float,
+            ) -> tuple[int, int, int, int, bool]:
     """Start this checkout's agent (real clock) on the store left behind: (peak RSS, pending
-    rows and stored batches at the end, still running)."""
+    rows and stored batches at the end, rows set aside, still running)."""
     with (workdir / "restart.log").open("ab") as err:
         popen = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "--log-json", "run", "--config", str(config)],
@@ -157,7 +158,8 @@ def restart(config: Path, workdir: Path, seconds: float) -> tuple[int, int, int,
             popen.terminate()
         popen.wait()
     batches, _, pending = store_figures(workdir / "data" / "buffer.db")
-    return peak, pending, batches, alive
+    set_aside = (workdir / "restart.log").read_text(errors="replace").count('"store_set_aside"')
+    return peak, pending, batches, set_aside, alive
 
 
 def main() -> None:
