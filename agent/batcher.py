@@ -142,6 +142,10 @@ class Batcher:
         self._journal_lost = False  # held steps given up: checkpoint at the next write
         self._failing = False
         self._recover_upto = 0  # pending rows of a previous run still to seal
+        # The first seq that can hold readings taken in this boot: what a previous run left
+        # pending is sealed below it, stamped in that run, and a clock step of this boot does
+        # not correct it (the clock_step event's ``from_seq``).
+        self._first_live_seq = store.next_seq()
         # The buffer's health as the status tells it (wire format §8.1): why the last write
         # failed (None: it worked), since when (epoch ms), and what was last told, so that
         # on_health_change is called once per change, not once per flush.
@@ -189,6 +193,7 @@ class Batcher:
             return 0
         self._write_error = None
         self._recover_upto = 0
+        self._first_live_seq = self._store.next_seq()
         if total:
             log.info("pending_recovered", readings=total)
         return total
@@ -517,7 +522,8 @@ class Batcher:
         synced = self._watch.synced()
         self.add_event(Event(
             round(step.wall * 1000), "clock_step", None,
-            f"step_ms={ms} boot={self._boot} before_seq={self._store.next_seq()} "
+            f"step_ms={ms} boot={self._boot} from_seq={self._first_live_seq} "
+            f"before_seq={self._store.next_seq()} "
             f"synced={'unknown' if synced is None else str(synced).lower()}"))
         self.flush()
         self.seal()

@@ -305,7 +305,8 @@ class MessageHandler:
             log.info("seq_gap_filled", gw=batch.gw, store=batch.store, seq=seq)
         for applied in outcome.clock_steps:
             log.info("clock_step_applied", gw=batch.gw, store=batch.store,
-                     boot=applied.step.boot, before_seq=applied.step.before_seq,
+                     boot=applied.step.boot, from_seq=applied.step.from_seq,
+                     before_seq=applied.step.before_seq,
                      step_ms=applied.step.step_ms, batches=applied.batches,
                      readings=applied.readings)
         if outcome.unreadable_clock_steps:

@@ -22,14 +22,15 @@ gateway that dropped that many batches during a long outage) is confirmed by its
 a batch within ``MAX_SEQ_JUMP`` above a flagged one clears the flags of that run and the
 baseline moves, with one gap for what lies between.
 
-Clock steps (docs/wire-format.md §7.1): a ``clock_step`` event ``step_ms=S boot=B before_seq=N``
-says that the batches of ``(gw, store)`` in boot ``B`` with ``seq < N`` are stamped on the clock
-before the step. The sink corrects them itself: it records each step once in ``clock_steps``,
-moves the ``t`` of the readings and events of those batches already stored by ``S``, and moves
-those of such a batch arriving later (a gateway replays its backlog live-first) while storing
-it. Steps of one boot add up. ``batches.clock_shift_ms`` is what was added to its batch's
-times, so the time the gateway sent is ``t - clock_shift_ms``. Aggregates are not moved: a KPI
-window is a slot of the grid the agent's engine computed on, which handles the step itself.
+Clock steps (docs/wire-format.md §7.1): a ``clock_step`` event ``step_ms=S boot=B from_seq=M
+before_seq=N`` says that the batches of ``(gw, store)`` in boot ``B`` with ``M <= seq < N`` are
+stamped on the clock before the step. The sink corrects them itself: it records each step once
+in ``clock_steps``, moves the ``t`` of the readings and events of those batches already stored
+by ``S``, and moves those of such a batch arriving later (a gateway sends its backlog after
+its live batches) while storing it. Steps of one boot add up. ``batches.clock_shift_ms`` is
+what was added to its batch's times, so the time the gateway sent is ``t - clock_shift_ms``.
+Aggregates are not moved: a KPI window is a slot of the grid the agent's engine computed on,
+which handles the step itself.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ CREATE TABLE IF NOT EXISTS clock_steps (
     step_ms INTEGER NOT NULL,
     t INTEGER NOT NULL,
     seq INTEGER NOT NULL,
+    from_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (gw, store, boot, before_seq, t, step_ms)
 );
 """
@@ -201,6 +203,7 @@ _ADDED_COLUMNS = {
     "readings": [("store", "TEXT NOT NULL DEFAULT ''")],
     "aggregates": [("store", "TEXT NOT NULL DEFAULT ''")],
     "events": [("store", "TEXT NOT NULL DEFAULT ''")],
+    "clock_steps": [("from_seq", "INTEGER NOT NULL DEFAULT 0")],
     # the status's optional ``buffer`` map: NULL when the last status did not say
     "status": [("buffer_state", "TEXT"), ("buffer_since", "INTEGER"), ("buffer_reason", "TEXT"),
                ("buffer_held_readings", "INTEGER"), ("buffer_dropped_readings", "INTEGER")],
@@ -215,34 +218,38 @@ _REKEYED = {
 # A clock_step event's words (docs/wire-format.md §6/§7.1); other words (``synced=``) are
 # informative. A step is at most this big (about 3,000 years): a bigger one is not a clock
 # being set but a broken or forged event, stored as an event and applied to nothing.
-CLOCK_STEP_WORDS = re.compile(r"(?:^|\s)(step_ms|boot|before_seq)=(-?\d{1,19})(?=\s|$)")
+CLOCK_STEP_WORDS = re.compile(
+    r"(?:^|\s)(step_ms|boot|from_seq|before_seq)=(-?\d{1,19})(?=\s|$)")
 MAX_CLOCK_STEP_MS = 10**14
 
 
 @dataclass(frozen=True, slots=True)
 class ClockStep:
     """A ``clock_step`` event as the sink applies it: the batches of ``boot`` with
-    ``seq < before_seq`` are moved by ``step_ms``."""
+    ``from_seq <= seq < before_seq`` are moved by ``step_ms``."""
 
     boot: int
     before_seq: int
     step_ms: int
     t: int
+    # below it, what a previous run left pending, sealed in this boot (not corrected)
+    from_seq: int = 0
 
 
 def parse_clock_step(t: int, msg: str) -> ClockStep | None:
     """The step a ``clock_step`` event's message names, or None when its words are missing,
-    repeated, out of range or not integers."""
+    repeated, out of range or not integers (``from_seq`` may be absent: 0)."""
     words: dict[str, int] = {}
     for name, value in CLOCK_STEP_WORDS.findall(msg):
         if name in words:
             return None
         words[name] = int(value)
-    if len(words) != 3 or abs(words["step_ms"]) > MAX_CLOCK_STEP_MS:
+    words.setdefault("from_seq", 0)
+    if len(words) != 4 or abs(words["step_ms"]) > MAX_CLOCK_STEP_MS:
         return None
-    if not (0 <= words["boot"] <= INT64_MAX and 0 <= words["before_seq"] <= INT64_MAX):
+    if not all(0 <= words[k] <= INT64_MAX for k in ("boot", "from_seq", "before_seq")):
         return None
-    return ClockStep(words["boot"], words["before_seq"], words["step_ms"], t)
+    return ClockStep(words["boot"], words["before_seq"], words["step_ms"], t, words["from_seq"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +266,7 @@ class AppliedStep:
 # ``events_by_batch`` their rows (never a scan of all readings).
 _STEPPED_BATCHES = (
     "SELECT seq FROM batches WHERE gw = :gw AND store = :store AND boot = :boot"
-    " AND seq < :before_seq"
+    " AND seq >= :from_seq AND seq < :before_seq"
 )
 SHIFT_READINGS = (
     "UPDATE readings SET t = t + :step_ms WHERE gw = :gw AND store = :store"
@@ -271,12 +278,12 @@ SHIFT_EVENTS = (
 )
 SHIFT_BATCHES = (
     "UPDATE batches SET clock_shift_ms = clock_shift_ms + :step_ms WHERE gw = :gw"
-    " AND store = :store AND boot = :boot AND seq < :before_seq"
+    " AND store = :store AND boot = :boot AND seq >= :from_seq AND seq < :before_seq"
 )
 # What a batch arriving after the steps of its boot must be moved by.
 PENDING_SHIFT = (
     "SELECT COALESCE(SUM(step_ms), 0) FROM clock_steps WHERE gw = ? AND store = ? AND boot = ?"
-    " AND before_seq > ?"
+    " AND before_seq > ? AND from_seq <= ?"
 )
 
 
@@ -461,14 +468,16 @@ def _record_clock_steps(cur: sqlite3.Cursor, batch: Batch) -> tuple[list[Applied
             unreadable += 1
             continue
         cur.execute(
-            "INSERT OR IGNORE INTO clock_steps (gw, store, boot, before_seq, step_ms, t, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (batch.gw, store, step.boot, step.before_seq, step.step_ms, step.t, batch.seq),
+            "INSERT OR IGNORE INTO clock_steps (gw, store, boot, before_seq, step_ms, t, seq,"
+            " from_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (batch.gw, store, step.boot, step.before_seq, step.step_ms, step.t, batch.seq,
+             step.from_seq),
         )
         if cur.rowcount == 0:
             continue
         args = {"gw": batch.gw, "store": store, "boot": step.boot,
-                "before_seq": step.before_seq, "step_ms": step.step_ms}
+                "from_seq": step.from_seq, "before_seq": step.before_seq,
+                "step_ms": step.step_ms}
         cur.execute(SHIFT_READINGS, args)
         readings = cur.rowcount
         cur.execute(SHIFT_EVENTS, args)
@@ -573,7 +582,7 @@ class SqliteSink:
             outcome = _gap_rows(cur, batch.gw, store, batch.seq)
             # steps of this boot stored before this batch, sealed before them, arrived
             (shift_ms,) = cur.execute(
-                PENDING_SHIFT, (batch.gw, store, batch.boot, batch.seq)).fetchone()
+                PENDING_SHIFT, (batch.gw, store, batch.boot, batch.seq, batch.seq)).fetchone()
             shift_ms = int(shift_ms)
             if shift_ms:
                 cur.execute(
@@ -681,9 +690,10 @@ class SqliteSink:
     def clock_steps(self, gw: str) -> list[tuple[str, ClockStep]]:
         """A gateway's recorded clock steps as ``(store, step)``, by store, boot and seq."""
         rows = self._conn.execute(
-            "SELECT store, boot, before_seq, step_ms, t FROM clock_steps WHERE gw = ?"
+            "SELECT store, boot, before_seq, step_ms, t, from_seq FROM clock_steps WHERE gw = ?"
             " ORDER BY store, boot, before_seq, t", (gw,))
-        return [(str(s), ClockStep(int(b), int(n), int(ms), int(t))) for s, b, n, ms, t in rows]
+        return [(str(s), ClockStep(int(b), int(n), int(ms), int(t), int(f)))
+                for s, b, n, ms, t, f in rows]
 
     def stores(self, gw: str) -> list[str]:
         """The store ids a gateway's batches came from (``''``: batches without one), in the

@@ -275,7 +275,7 @@ def test_a_clock_step_corrects_what_is_open_and_is_sent_once(
     steps = [e for b in batches for e in b.events if e["kind"] == "clock_step"]
     assert len(steps) == 1 and steps[0]["dev"] is None
     words = dict(w.split("=") for w in steps[0]["msg"].split())
-    assert words == {"step_ms": str(round(step * 1000)), "boot": "4",
+    assert words == {"step_ms": str(round(step * 1000)), "boot": "4", "from_seq": "1",
                      "before_seq": str(sealed_before + 1),
                      "synced": {False: "false", True: "true", None: "unknown"}[synced]}
     assert steps[0]["t"] == round(clocks.wall() * 1000)
@@ -294,6 +294,42 @@ def test_a_clock_step_corrects_what_is_open_and_is_sent_once(
     clocks.advance(1)
     batcher.flush()
     assert store.last_seq() == sealed_before + 2
+
+
+def test_a_clock_step_names_the_batches_of_its_boot_after_what_was_recovered(
+        tmp_path: Path) -> None:
+    """Readings a previous run left pending were stamped in that run: sealed at the start of
+    this boot, they lie below the step's ``from_seq`` and the platform does not move them."""
+    from agent.clock import ClockWatch
+
+    clocks = TwoClocks()
+    store = BatchStore.open(tmp_path / "b.db")
+    first = Batcher(store, gw="gw-t", boot=1, max_readings=10, max_age=60.0, codec=1,
+                    level=3, clock=clocks.wall, on_sealed=lambda: None)
+    for _ in range(5):  # committed, not sealed: what a power cut leaves pending
+        first.add(poll(round(clocks.wall() * 1000), n=1))
+        clocks.advance(1)
+        first.flush()
+    assert store.last_seq() == 0
+    store.close()
+    store = BatchStore.open(tmp_path / "b.db")
+    watch = ClockWatch(clocks.wall, clocks.mono, synced=lambda: True)
+    second = Batcher(store, gw="gw-t", boot=2, max_readings=10, max_age=60.0, codec=1,
+                     level=3, clock=clocks.wall, on_sealed=lambda: None, watch=watch)
+    assert second.recover() == 5
+    recovered = store.last_seq()
+    for _ in range(12):  # this boot's first batch sealed by size, 2 readings open
+        second.add(poll(round(clocks.wall() * 1000), n=1))
+        clocks.advance(1)
+        second.flush()
+    assert store.last_seq() == recovered + 1
+    clocks.wall_now += 3600
+    watch.check()
+    [step] = [e for *_, p in store.iter_batches() for e in decode_batch(p).events
+              if e["kind"] == "clock_step"]
+    words = dict(w.split("=") for w in step["msg"].split())
+    assert (words["boot"], words["from_seq"], words["before_seq"]) == (
+        "2", str(recovered + 1), str(recovered + 2))
 
 
 # ------------------------------------------- the store file deleted / data_dir read-only

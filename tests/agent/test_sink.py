@@ -556,14 +556,16 @@ def test_the_clock_key_is_stored_per_batch(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- clock steps
 
-def _stepped(seq: int, *steps: tuple[int, int, int], boot: int = 1, store: str | None = None,
+def _stepped(seq: int, *steps: tuple[int, ...], boot: int = 1, store: str | None = None,
              gw: str = "gw-1") -> Batch:
-    """``_batch(seq)`` carrying a ``clock_step`` event per ``(boot, before_seq, step_ms)``."""
+    """``_batch(seq)`` carrying a ``clock_step`` event per ``(boot, before_seq, step_ms)`` or
+    ``(boot, before_seq, step_ms, from_seq)``."""
     batch = _batch(seq, gw, boot=boot, store=store)
     events = batch.events + tuple(
         {"t": 1000 * n + 1, "kind": "clock_step", "dev": None,
-         "msg": f"step_ms={ms} boot={b} before_seq={n} synced=true"}
-        for b, n, ms in steps)
+         "msg": f"step_ms={ms} boot={b} {''.join(f'from_seq={m} ' for m in rest)}"
+                f"before_seq={n} synced=true"}
+        for b, n, ms, *rest in steps)
     return dataclasses.replace(batch, events=events)
 
 
@@ -579,7 +581,7 @@ def _times(sink: SqliteSink, table: str) -> dict[tuple[str, int], list[int]]:
 S1, S2 = 15_552_000_000, -90_000  # NTP sets a clock 180 days ahead, then an operator 90 s back
 
 # arrivals (seq, boot, store, the steps it carries) -> expected shift per (store, seq)
-STEP_SCENARIOS: dict[str, tuple[list[tuple[int, int, str, tuple[tuple[int, int, int], ...]]],
+STEP_SCENARIOS: dict[str, tuple[list[tuple[int, int, str, tuple[tuple[int, ...], ...]]],
                                 dict[tuple[str, int], int]]] = {
     "step stored after the earlier batches": (
         [(1, 1, "", ()), (2, 1, "", ()), (3, 1, "", ((1, 3, S1),)), (4, 1, "", ())],
@@ -606,6 +608,10 @@ STEP_SCENARIOS: dict[str, tuple[list[tuple[int, int, str, tuple[tuple[int, int, 
         [(1, 1, "", ()), (2, 1, "", ()), (3, 2, "", ()), (4, 2, "", ((2, 5, S1),)),
          (6, 1, "", ())],
         {("", 1): 0, ("", 2): 0, ("", 3): S1, ("", 4): S1, ("", 6): 0}),
+    "what the boot recovered from a previous run (below from_seq) is not moved": (
+        [(1, 1, "", ()), (2, 2, "", ()), (3, 2, "", ()), (6, 2, "", ((2, 5, S1, 3),)),
+         (4, 2, "", ()), (5, 2, "", ())],
+        {("", 1): 0, ("", 2): 0, ("", 3): S1, ("", 4): S1, ("", 5): 0, ("", 6): 0}),
     "another store is unaffected": (
         [(1, 1, "a", ()), (2, 1, "a", ()), (1, 1, "b", ()), (3, 1, "b", ((1, 3, S1),)),
          (2, 1, "b", ())],
@@ -651,6 +657,9 @@ def test_a_step_reports_what_it_moved_once(sink: SqliteSink) -> None:
     ("step_ms=120000 boot=3 before_seq=17 synced=true", ClockStep(3, 17, 120_000, 5)),
     ("step_ms=-90000 boot=0 before_seq=1 synced=unknown", ClockStep(0, 1, -90_000, 5)),
     ("before_seq=17 boot=3 step_ms=1", ClockStep(3, 17, 1, 5)),
+    ("step_ms=5 boot=3 from_seq=9 before_seq=17 synced=true", ClockStep(3, 17, 5, 5, 9)),
+    ("step_ms=5 boot=3 from_seq=-9 before_seq=17", None),
+    ("step_ms=5 boot=3 from_seq=9 from_seq=9 before_seq=17", None),
     ("step_ms=1.5 boot=3 before_seq=17", None),
     ("step_ms=1 boot=3", None),
     ("step_ms=1 boot=3 before_seq=17 step_ms=2", None),
@@ -677,21 +686,21 @@ def test_an_unreadable_clock_step_is_stored_and_moves_nothing(sink: SqliteSink) 
 @pytest.mark.parametrize(("sql", "lookups"), [
     (SHIFT_READINGS, ["readings USING INDEX readings_by_batch (gw=? AND seq=?)",
                       "batches USING COVERING INDEX batches_by_boot (gw=? AND store=? AND"
-                      " boot=? AND seq<?)"]),
+                      " boot=? AND seq>? AND seq<?)"]),
     (SHIFT_EVENTS, ["events USING INDEX events_by_batch (gw=? AND seq=?)",
                     "batches USING COVERING INDEX batches_by_boot"]),
     (SHIFT_BATCHES, ["batches USING INDEX batches_by_boot (gw=? AND store=? AND boot=? AND"
-                     " seq<?)"]),
-    (PENDING_SHIFT, ["clock_steps USING COVERING INDEX sqlite_autoindex_clock_steps_1 (gw=?"
-                     " AND store=? AND boot=? AND before_seq>?)"]),
+                     " seq>? AND seq<?)"]),
+    (PENDING_SHIFT, ["clock_steps USING INDEX sqlite_autoindex_clock_steps_1 (gw=? AND"
+                     " store=? AND boot=? AND before_seq>?)"]),
 ])
 def test_the_clock_step_correction_uses_indexes(
     sink: SqliteSink, sql: str, lookups: list[str],
 ) -> None:
     """Each statement finds its rows by the batch they belong to: a step costs the rows it
     moves, not a pass over the gateway's readings."""
-    args: Any = ({"gw": "g", "store": "", "boot": 1, "before_seq": 3, "step_ms": 1}
-                 if ":" in sql else ("g", "", 1, 3))
+    args: Any = ({"gw": "g", "store": "", "boot": 1, "from_seq": 1, "before_seq": 3,
+                  "step_ms": 1} if ":" in sql else ("g", "", 1, 3, 3))
     with sqlite3.connect(sink.path) as conn:
         plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
     searches = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
