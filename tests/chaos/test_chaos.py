@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -38,8 +38,8 @@ from tests.chaos.harness import (
     StatusWatch,
     Stored,
     allowed_loss,
+    fill,
     last_sealed_seq,
-    persistent_broker_config,
     sleep_to_quiet_point,
     slot_ms,
     store_batches,
@@ -53,35 +53,6 @@ GW = "gw-chaos"
 SECOND = 1000
 DROP_READINGS = re.compile(r"\breadings=(\d+)\b")
 DROP_SEQS = re.compile(r"\bseq=(\d+)-(\d+)\b")
-
-
-@pytest.fixture
-def broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    """A broker with persistence, as a platform runs it: sessions survive its restart."""
-    return mosquitto_factory(persistent_broker_config(tmp_path / "broker-db"))
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, broker: Mosquitto) -> Iterator[ReceiverProcess]:
-    """The receiver subprocess, subscribed (persistent session) before the test starts."""
-    rx = ReceiverProcess(broker.url, tmp_path / "received.db", tmp_path / "receiver.log")
-    offset = len(broker.log_text())
-    rx.start()
-    # Once the broker has saved the subscribed session, it survives a SIGKILL of the broker.
-    assert wait_until(lambda: "Saving in-memory database" in broker.log_text()[offset:], 10)
-    yield rx
-    if rx.alive:
-        rx.terminate()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    """Agents a test starts; any still running at the end is SIGKILLed."""
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        if agent.alive:
-            agent.kill()
 
 
 def new_agent(tmp_path: Path, agents: list[AgentProcess], fleet: MeterFleet, broker: Mosquitto,
@@ -378,37 +349,6 @@ def test_buffer_bound_drops_exactly_the_reported_oldest_readings(
 
 
 # ------------------------------------------------------------------------------ 6. disk full
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (needs root; CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Take every free byte of the filesystem ``path`` is on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        for chunk in (1 << 16, 4096, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * chunk)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
 
 
 def test_disk_full_keeps_polling_and_loses_only_what_it_reports(

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ from tests.chaos.harness import (
     ReceiverProcess,
     Stored,
     last_sealed_seq,
-    persistent_broker_config,
     sleep_to_quiet_point,
     store_batches,
     store_meta,
@@ -98,31 +96,6 @@ class FakeTimeAgent(AgentProcess):
                  "run", "--config", str(self.config)],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
             )
-
-
-@pytest.fixture
-def broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    return mosquitto_factory(persistent_broker_config(tmp_path / "broker-db"))
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, broker: Mosquitto) -> Iterator[ReceiverProcess]:
-    rx = ReceiverProcess(broker.url, tmp_path / "received.db", tmp_path / "receiver.log")
-    offset = len(broker.log_text())
-    rx.start()
-    assert wait_until(lambda: "Saving in-memory database" in broker.log_text()[offset:], 10)
-    yield rx
-    if rx.alive:
-        rx.terminate()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        if agent.alive:
-            agent.kill()
 
 
 def new_agent(tmp_path: Path, agents: list[AgentProcess], fleet: MeterFleet, broker: Mosquitto,

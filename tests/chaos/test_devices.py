@@ -10,10 +10,7 @@ it ever GOOD, while its neighbour on the same agent delivers normally.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.readings import Quality
 from agent.sink import SqliteSink
@@ -24,7 +21,6 @@ from tests.chaos.harness import (
     ReceiverProcess,
     Stored,
     last_sealed_seq,
-    persistent_broker_config,
     sleep_to_quiet_point,
     slot_ms,
     wait_until,
@@ -33,22 +29,6 @@ from tests.chaos.harness import (
 from tests.conftest import Mosquitto
 
 GW = "gw-devices"
-
-
-@pytest.fixture
-def broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    return mosquitto_factory(persistent_broker_config(tmp_path / "broker-db"))
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, broker: Mosquitto) -> Iterator[ReceiverProcess]:
-    rx = ReceiverProcess(broker.url, tmp_path / "received.db", tmp_path / "receiver.log")
-    offset = len(broker.log_text())
-    rx.start()
-    assert wait_until(lambda: "Saving in-memory database" in broker.log_text()[offset:], 10)
-    yield rx
-    if rx.alive:
-        rx.terminate()
 
 
 def test_a_meter_at_the_wrong_unit_id_is_down_counted_and_logged_once(

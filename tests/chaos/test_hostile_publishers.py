@@ -12,11 +12,9 @@ batch is stored once the disk has room again.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -25,7 +23,7 @@ import zstandard
 
 from agent.sink import SqliteSink
 from agent.wire import Batch, Series, encode_batch
-from tests.chaos.harness import ReceiverProcess, wait_until
+from tests.chaos.harness import ReceiverProcess, fill, wait_until
 from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.timeout(240)
@@ -134,37 +132,6 @@ def test_hostile_messages_are_set_aside_acknowledged_and_block_no_one(
     finally:
         if rx.alive:
             rx.terminate()
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (needs root; CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Take every free byte of the filesystem ``path`` is on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        for chunk in (1 << 16, 4096, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * chunk)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
 
 
 def test_a_full_sink_disk_keeps_the_batch_unacknowledged_until_there_is_room(

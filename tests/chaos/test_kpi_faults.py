@@ -16,27 +16,21 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agent.sink import SqliteSink
 from tests.chaos.harness import (
     AgentProcess,
     MeterFleet,
     ReceiverProcess,
-    persistent_broker_config,
+    fill,
     store_batches,
     wait_until,
     write_agent_config,
 )
-from tests.chaos.test_chaos import fill, tiny_fs
 from tests.chaos.test_clock import FakeTimeAgent, _need_libfaketime
 from tests.conftest import Mosquitto
-
-__all__ = ["tiny_fs"]  # the fixture, used by name
 
 GW = "gw-kpi-faults"
 DAY_MS = 86_400_000
@@ -57,31 +51,6 @@ window = "1 min"
 sample_interval = "1 s"
 """
 WORDS = re.compile(r"(\w+)=(\S+)")
-
-
-@pytest.fixture
-def broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    return mosquitto_factory(persistent_broker_config(tmp_path / "broker-db"))
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, broker: Mosquitto) -> Iterator[ReceiverProcess]:
-    rx = ReceiverProcess(broker.url, tmp_path / "received.db", tmp_path / "receiver.log")
-    offset = len(broker.log_text())
-    rx.start()
-    assert wait_until(lambda: "Saving in-memory database" in broker.log_text()[offset:], 10)
-    yield rx
-    if rx.alive:
-        rx.terminate()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        if agent.alive:
-            agent.kill()
 
 
 def kpi_config(tmp_path: Path, fleet: MeterFleet, broker: Mosquitto, data: Path) -> Path:

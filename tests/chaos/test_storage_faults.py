@@ -38,7 +38,6 @@ from tests.chaos.harness import (
     StatusWatch,
     Stored,
     last_sealed_seq,
-    persistent_broker_config,
     sleep_to_quiet_point,
     store_meta,
     wait_until,
@@ -49,34 +48,6 @@ from tests.conftest import Mosquitto
 GW = "gw-storage"
 SECOND = 1000
 DROP_READINGS = re.compile(r"\breadings=(\d+)\b")
-
-
-@pytest.fixture
-def broker(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    """A broker with persistence, as a platform runs it."""
-    return mosquitto_factory(persistent_broker_config(tmp_path / "broker-db"))
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, broker: Mosquitto) -> Iterator[ReceiverProcess]:
-    """The receiver subprocess, subscribed (persistent session) before the test starts."""
-    rx = ReceiverProcess(broker.url, tmp_path / "received.db", tmp_path / "receiver.log")
-    offset = len(broker.log_text())
-    rx.start()
-    assert wait_until(lambda: "Saving in-memory database" in broker.log_text()[offset:], 10)
-    yield rx
-    if rx.alive:
-        rx.terminate()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    """Agents a test starts; any still running at the end is SIGKILLed."""
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        if agent.alive:
-            agent.kill()
 
 
 @pytest.fixture
