@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from drivers.modbus.config import REGISTER_COUNT, ByteOrder, PointType
 
-__all__ = ["apply_scale", "decode_registers", "encode_value", "is_float_type"]
+__all__ = ["EXCEPTION_MEANINGS", "apply_scale", "decode_registers", "encode_value", "is_float_type"]
 
 _STRUCT: dict[PointType, str] = {
     PointType.U16: ">H",
@@ -118,3 +118,18 @@ def apply_scale(raw: int | float, scale: float, offset: float) -> int | float:
     # by the integer the decimal scale stands for gives the value the meter's manual means.
     scaled = raw / divisor if divisor is not None else raw * scale
     return scaled + offset if offset else float(scaled)
+
+
+# What a Modbus exception code means (the protocol's names), for messages.
+EXCEPTION_MEANINGS: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}

@@ -40,7 +40,7 @@ from drivers.modbus.bus import (
     line_for,
     note_private_endpoint,
 )
-from drivers.modbus.codec import apply_scale, decode_registers
+from drivers.modbus.codec import EXCEPTION_MEANINGS, apply_scale, decode_registers
 from drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, ModbusPoint, Table, Transport
 from drivers.modbus.planner import ReadPlan, ReadRequest, plan_reads, split_request
 
@@ -59,17 +59,6 @@ ILLEGAL_DATA_ADDRESS = 2
 # A gateway answers these for the device behind it when that device is silent or unreachable:
 # the device's own silence, not a wrong answer of the device.
 GATEWAY_EXCEPTIONS = frozenset({10, 11})
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
 FUNCTION_CODES = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 Splitter = Callable[[ReadRequest, Sequence[ModbusPoint]], tuple[ReadRequest, ...]]
@@ -107,7 +96,7 @@ class _Cycle:
 
 
 def _exception_text(code: int) -> str:
-    name = EXCEPTION_NAMES.get(code)
+    name = EXCEPTION_MEANINGS.get(code)
     return f"exception {code} ({name})" if name else f"exception {code}"
 
 

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
 from drivers.modbus.bus import SerialSettings
-from drivers.modbus.codec import apply_scale, decode_registers
+from drivers.modbus.codec import EXCEPTION_MEANINGS, apply_scale, decode_registers
 from drivers.modbus.config import BIT_TABLES, ByteOrder, PointType, Table
 
 if TYPE_CHECKING:
@@ -62,18 +62,6 @@ RTU_QUIET_SECONDS = 0.1  # after a timeout on RTU a late answer would shift ever
 ORDERS = (ByteOrder.ABCD, ByteOrder.CDAB, ByteOrder.BADC, ByteOrder.DCBA)
 FUNCTION_CODE = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
-EXCEPTION_MEANINGS: dict[int, str] = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    7: "negative acknowledge",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
 
 # --- targets and arguments (pure) ----------------------------------------------------------
 
