@@ -1,4 +1,4 @@
-"""``ssc-agent``: the command line (a contract: ARCHITECTURE.md "CLI").
+"""``ssc-agent``: the command line (a contract: docs/architecture.md "Command line").
 
 Exit status 0 on success, 1 on failure, 2 on bad usage or an invalid config, and for ``run``
 when its data_dir cannot be used (cannot be created, not writable, in use by another agent,

@@ -617,7 +617,7 @@ def _source_kind(source: object) -> Literal["kpi", "device"] | None:
 
 
 class KpiConfig(_Section):
-    """``[[kpis]]``: one KPI (KPIS.md §2); per-operator key rules in :func:`kpi_key_problems`."""
+    """``[[kpis]]``: one KPI (docs/kpis.md §2); per-operator key rules: :func:`kpi_key_problems`."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=64)
     source: str
@@ -708,7 +708,7 @@ class KpiConfig(_Section):
 
     @property
     def is_sliding(self) -> bool:
-        """Sliding operators emit one output per base window (KPIS.md §4)."""
+        """Sliding operators emit one output per base window (docs/kpis.md §4)."""
         return self.operator == "running_mean" or (
             self.operator == "aqi_us_pm25" and self.averaging == "nowcast"
         )
@@ -720,7 +720,7 @@ class KpiConfig(_Section):
         return base if self.is_sliding and base is not None else self.window_duration
 
     def clock(self, key: Literal["night_start", "night_end", "day_start", "evening_start"]) -> time:
-        """A wall-time key with its per-operator default (KPIS.md §2)."""
+        """A wall-time key with its per-operator default (docs/kpis.md §2)."""
         value: str | None = getattr(self, key)
         if value is None:
             defaults = _LDEN_CLOCK if self.operator == "lden" else _NIGHT_FLOW_CLOCK

@@ -127,7 +127,7 @@ inter_frame_ms = 5                  # pause between frames on the line, in ms (0
 
 _KPI_REFERENCE = """\
 # ---------------------------------------------------------------------------------------------
-# [[kpis]]: aggregates over calendar windows in the gateway's time zone (docs: KPIS.md).
+# [[kpis]]: aggregates over calendar windows in the gateway's time zone (docs/kpis.md).
 #   name              required; lowercase letters, digits and _
 #   source            required; "device.point", or "kpi:NAME" to aggregate another KPI's outputs
 #   operator          required; mean min max sum count percentile energetic_mean

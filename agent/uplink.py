@@ -1,7 +1,7 @@
 """MQTT: the agent's uplink (store → broker) and the receiver's subscription.
 
-This is the only module that imports aiomqtt (ARCHITECTURE.md). Facts it relies on, verified
-against aiomqtt 2.5 / paho 2.2 (PROTOCOLS.md §2):
+This is the only module that imports aiomqtt (docs/architecture.md). Facts it relies on, verified
+against aiomqtt 2.5 / paho 2.2 (docs/protocols.md §2):
 
 - A client is never re-entered after a disconnect: every connection gets a new ``Client``.
 - ``publish(qos=1)`` returns on PUBACK; a timeout means "unknown", so the batch stays in the

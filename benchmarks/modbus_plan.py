@@ -7,7 +7,7 @@ the registers (bits) each reads, gap filling included.
 
 Then the poll-cycle duration of both plans through the real driver on a socat pty line at the
 9600 and 19200 baud settings, next to the wire time the same plan would take on a real RS-485
-line. A pty emulates no baud rate (PROTOCOLS.md §3), so the measured figure is software,
+line. A pty emulates no baud rate (docs/protocols.md §3), so the measured figure is software,
 pty and inter-frame pause only; the computed wire time is what the bytes themselves cost.
 Without the RTU transport in the driver it measures over Modbus TCP and says so.
 

@@ -148,7 +148,7 @@ class SerialLink:
     """One serial port (or pyserial URL) with a receive buffer, deadlines and frame resync.
 
     ``receive_filter`` rewrites received bytes before they are buffered, e.g. :func:`strip_bit7`
-    for 7-bit protocols read at 8N1 (PROTOCOLS.md §4). ``name`` prefixes every error message.
+    for 7-bit protocols read at 8N1 (docs/protocols.md §4). ``name`` prefixes every error message.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Fixtures shared by every test: free ports, a real mosquitto broker, quiet pymodbus.
 
 ``free_port()`` is a plain function (``from tests.conftest import free_port``); ``tcp_port`` is
-the same as a fixture. ``mosquitto`` starts a broker per test (PROTOCOLS.md §1); tests that need
+the same as a fixture. ``mosquitto`` is a broker per test (docs/protocols.md §1); tests that need
 extra broker settings (TLS, passwords) use ``mosquitto_factory(extra_config, port=None,
 per_listener_settings=False)``, which returns a started :class:`Mosquitto`.
 """

@@ -1,4 +1,4 @@
-"""City KPIs at the edge (KPIS.md): calendar windows, operators, the streaming engine, replay."""
+"""City KPIs at the edge (docs/kpis.md): calendar windows, operators, streaming engine, replay."""
 
 from __future__ import annotations
 

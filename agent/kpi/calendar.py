@@ -1,4 +1,4 @@
-"""KPI window boundaries in the site's IANA zone (KPIS.md §3.1), DST-correct.
+"""KPI window boundaries in the site's IANA zone (docs/kpis.md §3.1), DST-correct.
 
 A local day is cut into *segments* of constant UTC offset; inside a segment the wall clock
 runs with UTC, so fixed-length boundaries are plain arithmetic. Segments are found once per

@@ -1,4 +1,4 @@
-"""The streaming KPI engine (KPIS.md §3–§4): readings in, closed windows out.
+"""The streaming KPI engine (docs/kpis.md §3–§4): readings in, closed windows out.
 
 Pure: no I/O and no clock. Time comes from the readings' timestamps and from explicit
 :meth:`Engine.advance` / :meth:`Engine.finish` calls.
@@ -54,7 +54,7 @@ _MS_PER_HOUR = 3_600_000
 
 @dataclass(slots=True)
 class KpiOutput:
-    """One closed window of one KPI (KPIS.md §1); ``start``/``end`` and time extras in epoch ms."""
+    """A closed window of a KPI (docs/kpis.md §1); ``start``/``end`` and time extras in epoch ms."""
 
     kpi: str
     src: str

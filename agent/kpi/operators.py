@@ -1,4 +1,4 @@
-"""The operators of KPIS.md §4 as pure functions over the items of one window.
+"""The operators of docs/kpis.md §4 as pure functions over the items of one window.
 
 The engine accumulates items in time order and calls these at window close; the
 functions take plain numbers and sequences so that the tests can check them against the
@@ -35,7 +35,7 @@ _TOLERANCE = 1e-9
 
 
 def is_valid(n: int, expected: int, min_coverage: float) -> bool:
-    """KPIS.md §3.3: ``expected > 0``, ``n ≥ 1`` and ``n ≥ min_coverage × expected − 1e-9``."""
+    """docs/kpis.md §3.3: ``expected > 0``, ``n ≥ 1`` and ``n ≥ min_coverage × expected − 1e-9``."""
     return expected > 0 and n >= 1 and n >= min_coverage * expected - _TOLERANCE
 
 
@@ -103,7 +103,7 @@ def counter_step(
     modulus: float | None,
     max_delta: float | None,
 ) -> CounterStep:
-    """The delta from ``previous`` to ``current`` (KPIS.md §4 ``counter_delta``).
+    """The delta from ``previous`` to ``current`` (docs/kpis.md §4 ``counter_delta``).
 
     A negative delta wraps at ``modulus`` (a rollover); a delta still negative, or above
     ``max_delta`` × the number of sample intervals bridged, is discarded as a reset and the

@@ -1,4 +1,4 @@
-"""``ssc-agent kpi replay`` (KPIS.md §1): recorded readings as CSV in, closed windows as JSONL out.
+"""``ssc-agent kpi replay`` (docs/kpis.md §1): readings as CSV in, closed windows as JSONL out.
 
 The CLI calls :func:`replay` with an :class:`~agent.config.AgentConfig` loaded by
 ``load_config(path, require_uplink=False, check_sources=False)`` (a ConfigError there is exit

@@ -11,7 +11,7 @@ Every exchange (one request out, one answer or timeout in) holds the line's lock
 two devices never interleave, and a neighbour's request can go between two of a device's
 requests. Between exchanges the line keeps ``inter_frame`` seconds of silence; after an RTU
 timeout it keeps the *quiet gap* (at least the timeout, and at least 100 ms), because a late
-answer would otherwise be taken for the answer to the next request (PROTOCOLS.md §3).
+answer would otherwise be taken for the answer to the next request (docs/protocols.md §3).
 
 Lines shared by several devices live in ``DriverContext.resources`` under
 ``modbus:line:…`` keys and are closed by a closer registered in ``DriverContext.closers``.

@@ -105,7 +105,7 @@ def test_drivers_lists_modbus_with_version_and_origin() -> None:
 
 
 def test_kpi_replay_from_the_command_line(tmp_path: Path) -> None:
-    """KPIS.md E1 through the CLI: exit codes and the exact JSON lines."""
+    """docs/kpis.md §6 E1 through the CLI: exit codes and the exact JSON lines."""
     import json
 
     config = write(tmp_path, """

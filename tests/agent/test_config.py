@@ -961,7 +961,7 @@ def test_kpis_md_example_validates_for_replay(tmp_path: Path) -> None:
     assert config.gateway.tz.key == "Europe/Berlin"
 
 
-# Every worked example of KPIS.md §6 and the city KPIs of §5, as [[kpis]] tables.
+# Every worked example of docs/kpis.md §6 and the city KPIs of §5, as [[kpis]] tables.
 GOOD_KPIS: list[tuple[str, str]] = [
     (
         "E1 mean",

@@ -1,4 +1,4 @@
-"""Calendar windows (KPIS.md §3.1): local time, DST days of 23 and 25 hours, tiling."""
+"""Calendar windows (docs/kpis.md §3.1): local time, DST days of 23 and 25 hours, tiling."""
 
 from __future__ import annotations
 

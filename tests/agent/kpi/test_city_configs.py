@@ -2,7 +2,7 @@
 
 Every file in the folder is loaded and replayed over a synthetic three days (a new file is
 tested automatically). The scenarios below feed series whose aggregates follow by hand from
-the definitions in KPIS.md and the standards the files cite.
+the definitions in docs/kpis.md and the standards the files cite.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MIDNIGHT = "T00:00:00+01:00"  # a winter midnight in Berlin
 DAY_SECONDS = 86_400
 COUNTER_OPERATORS = frozenset({"counter_delta", "demand"})
 
-# KPIS.md §5 ppb → µg/m³ (ppm → mg/m³ for CO) at 20 °C, 101.325 kPa.
+# docs/kpis.md §5 ppb → µg/m³ (ppm → mg/m³ for CO) at 20 °C, 101.325 kPa.
 NO2_SCALE, O3_SCALE, CO_SCALE = 1.912513, 1.995352, 1.164419
 
 Value = Callable[[datetime], str]
@@ -350,7 +350,7 @@ def test_us_aqi_of_a_constant_pm25_day() -> None:
 # Noise
 
 # Lden of a constant level L on a normal day: L + 10·log10((12 + 4·10^0.5 + 8·10)/24)
-LDEN_OFFSET = 6.395243  # 60 dB → 66.3952 (KPIS.md E4, normal day)
+LDEN_OFFSET = 6.395243  # 60 dB → 66.3952 (docs/kpis.md §6 E4, normal day)
 
 
 def test_noise_lden_laeq_and_days_over_53() -> None:

@@ -1,4 +1,4 @@
-"""The worked examples E1–E9 of KPIS.md §6 through ``replay``: CSV in, exact JSON objects out."""
+"""The worked examples E1–E9 of docs/kpis.md §6 through ``replay``: CSV in, exact JSON out."""
 
 from __future__ import annotations
 
@@ -503,7 +503,7 @@ def test_worked_example(
 
 
 def test_rounded_figures_of_the_contract(tmp_path: Path) -> None:
-    """The decimals KPIS.md prints: E3 57.4036, E4 66.6143 (66.3952 on a normal day)."""
+    """The decimals docs/kpis.md §6 prints: E3 57.4036, E4 66.6143 (66.3952 on a normal day)."""
     e3 = run_replay(make_config(tmp_path, BERLIN, E3_KPIS), E3_ROWS)
     e4 = run_replay(make_config(tmp_path, BERLIN, E4_KPIS), E4_ROWS)
     assert round(e3[0]["value"], 4) == 57.4036

@@ -1,4 +1,4 @@
-"""The pure operators (KPIS.md §4), table-driven from the standards' definitions."""
+"""The pure operators (docs/kpis.md §4), table-driven from the standards' definitions."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_is_valid(n: int, expected: int, min_coverage: float, valid: bool) -> No
     [(1, 1 / 60, 60), (23, 1, 23), (25, 1, 25), (23, 2, 12), (25, 2, 12), (1.5, 1, 2)],
 )
 def test_expected_uses_round(duration_h: float, interval_h: float, expected: int) -> None:
-    # Python round(): 11.5 → 12 and 12.5 → 12 (half to even), as KPIS.md §3.3 writes it.
+    # Python round(): 11.5 → 12 and 12.5 → 12 (half to even), as docs/kpis.md §3.3 writes it.
     assert expected_items(round(duration_h * 3_600_000), round(interval_h * 3_600_000)) == expected
 
 

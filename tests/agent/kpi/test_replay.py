@@ -1,4 +1,4 @@
-"""``kpi replay`` input rules (KPIS.md §1): errors name the line; span, duplicates, progress."""
+"""``kpi replay`` input rules (docs/kpis.md §1): errors name a line; span, duplicates, progress."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 from drivers.iec62056.simulator import Iec62056Simulator
 from tests.drivers.modbus.conftest import PtyPair
 
-READINGS: dict[str, tuple[str, str | None]] = {  # the PROTOCOLS.md test vector, and power
+READINGS: dict[str, tuple[str, str | None]] = {  # the docs/protocols.md §4 test vector, and power
     "0.0.0": ("12345678", None),
     "1.8.0": ("001234.567", "kWh"),
     "2.8.0": ("000012.345", "kWh"),

@@ -1,4 +1,4 @@
-"""IEC 62056-21 messages: the PROTOCOLS.md vectors as tables, and fuzzed parsers."""
+"""IEC 62056-21 messages: the docs/protocols.md §4 vectors as tables, and fuzzed parsers."""
 
 from __future__ import annotations
 

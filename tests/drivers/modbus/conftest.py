@@ -20,7 +20,7 @@ def port() -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Virtual serial lines (PROTOCOLS.md §3): a socat pty pair, restartable on the same paths.
+# Virtual serial lines (docs/protocols.md §3): a socat pty pair, restartable on the same paths.
 
 SOCAT_READY_TIMEOUT = 5.0
 

@@ -279,7 +279,7 @@ async def test_a_late_answer_is_not_taken_for_the_next_one(
     pty_pair: PtyPair, tmp_path: Path, servers: list[SimulatorServer],
     contexts: list[DriverContext],
 ) -> None:
-    """PROTOCOLS.md §3: a late RTU answer would shift every later one; the quiet gap stops it.
+    """docs/protocols.md §3: a late RTU answer would shift every later one; the quiet gap stops it.
 
     Register 10 answers 250 ms late (after the 200 ms timeout); register 20 takes 100 ms. Sent
     right after the timeout, the request for 20 would get the late answer of 10.
@@ -323,7 +323,7 @@ async def test_a_late_answer_is_not_taken_for_the_next_one(
 async def test_even_parity_seven_bits_over_a_socket_url(
     port: int, tmp_path: Path, servers: list[SimulatorServer], contexts: list[DriverContext]
 ) -> None:
-    """A pty refuses 8E1/7E1; pyserial's socket:// carries any framing (PROTOCOLS.md §3)."""
+    """A pty refuses 8E1/7E1; pyserial's socket:// carries any framing (docs/protocols.md §3)."""
     url = f"socket://127.0.0.1:{port}"
     servers.append(
         await serve_serial({2: profile(tmp_path, 2)}, url, parity="E", bytesize=7,

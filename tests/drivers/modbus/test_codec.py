@@ -17,10 +17,10 @@ BO = ByteOrder
 
 # (registers as on the wire, type, order, raw value)
 DECODE_CASES: list[tuple[list[int], PointType, ByteOrder, int | float]] = [
-    # PROTOCOLS.md §4: EM24 INT32 low word first
+    # docs/protocols.md §4: EM24 INT32 low word first
     ([0x0901, 0x0000], T.I32, BO.CDAB, 2305),
     ([0xCFC7, 0xFFFF], T.I32, BO.CDAB, -12345),
-    # PROTOCOLS.md §3: 2000.25 as float32, high word first
+    # docs/protocols.md §3: 2000.25 as float32, high word first
     ([0x44FA, 0x0800], T.F32, BO.ABCD, 2000.25),
     ([0x0800, 0x44FA], T.F32, BO.CDAB, 2000.25),
     ([0xFA44, 0x0008], T.F32, BO.BADC, 2000.25),

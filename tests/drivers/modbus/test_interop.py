@@ -109,7 +109,7 @@ SERVED: list[Served] = [
         words(">f", -0.5, low_word_first=True),
         -0.5,
     ),
-    # Carlo Gavazzi EM24 style: INT32 low word first, ×0.1 (PROTOCOLS.md §4, verified words).
+    # Carlo Gavazzi EM24 style: INT32 low word first, ×0.1 (docs/protocols.md §4, verified words).
     Served("power_em24", Table.INPUT, 4, "i32", "CDAB", [0xCFC7, 0xFFFF], -1234.5, scale=0.1),
     Served("u16_max", Table.INPUT, 6, "u16", "ABCD", [0xFFFF], 65535),
     Served("relay_1", Table.COIL, 0, "bool", "ABCD", [1], 1),
@@ -327,7 +327,7 @@ async def test_rtu_servers_answer_a_plain_client(rtu_rig: Rig) -> None:
 
 
 def test_wire_words_are_the_documented_ones() -> None:
-    """The struct-built words match PROTOCOLS.md's verified vectors, so the oracle is sound."""
+    """The struct-built words match the docs/protocols.md §4 vectors, so the oracle is sound."""
     assert words(">f", 2000.25) == [0x44FA, 0x0800]
     assert words(">i", -12345, low_word_first=True) == [0xCFC7, 0xFFFF]
     assert words(">i", 2305, low_word_first=True) == [0x0901, 0x0000]

@@ -82,7 +82,7 @@ def crc_ok(frame: bytes) -> bool:
 
 
 def test_crc_checker_knows_a_real_frame() -> None:
-    # Read holding 0, count 2, unit 1: the frame pymodbus sends (PROTOCOLS.md recipe run).
+    # Read holding 0, count 2, unit 1: the frame pymodbus sends (docs/protocols.md §3).
     assert crc_ok(bytes.fromhex("010300000002c40b"))
     assert not crc_ok(bytes.fromhex("010300000002c40c"))
 

@@ -106,7 +106,7 @@ def test_windows_slide_over_every_register_pair() -> None:
 
 def test_scale_applies_to_every_decoding() -> None:
     (row,) = window_rows(0, [0x0901, 0x0000], 0.1)
-    assert row.values[PointType.I32][B] == 230.5  # EM24 voltage, PROTOCOLS.md §4
+    assert row.values[PointType.I32][B] == 230.5  # EM24 voltage, docs/protocols.md §4
     (row,) = window_rows(0, [0xCFC7, 0xFFFF], 0.1)
     assert row.values[PointType.I32][B] == -1234.5
     (reg,) = register_rows(0, [2305], 0.1)

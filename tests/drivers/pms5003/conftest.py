@@ -13,7 +13,7 @@ import pytest
 from drivers.pms5003.simulator import Pms5003Simulator
 from tests.drivers.modbus.conftest import PtyPair
 
-VALUES = (5, 9, 11, 5, 9, 11, 1200, 350, 60, 8, 2, 1)  # the PROTOCOLS.md frame
+VALUES = (5, 9, 11, 5, 9, 11, 1200, 350, 60, 8, 2, 1)  # the docs/protocols.md §4 frame
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ async def wait_open(sim: Pms5003Simulator) -> None:
 
 @pytest.fixture
 async def sim(line: PtyPair) -> AsyncIterator[Pms5003Simulator]:
-    """A simulated sensor sending the PROTOCOLS.md values, streaming fast in active mode."""
+    """A simulated sensor sending the docs/protocols.md §4 values, streaming fast in active mode."""
     simulator = Pms5003Simulator(line.a, values=VALUES, period=0.05)
     task = asyncio.create_task(simulator.run(), name="pms5003-simulator")
     await wait_open(simulator)

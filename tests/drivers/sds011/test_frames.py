@@ -1,4 +1,4 @@
-"""SDS011 frames: the PROTOCOLS.md vectors, and fuzzed parsers that raise only their own error."""
+"""SDS011 frames: docs/protocols.md §4 vectors; fuzzed parsers raise only their own error."""
 
 from __future__ import annotations
 
