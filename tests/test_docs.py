@@ -85,15 +85,20 @@ def unknown_sections(root: Path, files: Iterable[Path]) -> list[str]:
     return problems
 
 
+def _checked_files() -> list[Path]:
+    # This file names made-up pages on purpose: its own test of the checks below.
+    return [p for p in tracked_files(ROOT) if p != Path(__file__).resolve()]
+
+
 def test_every_md_file_named_exists() -> None:
-    problems = dangling_references(ROOT, tracked_files(ROOT))
+    problems = dangling_references(ROOT, _checked_files())
     assert problems == [], "names of files that are not in the repository:\n" + "\n".join(
         problems
     )
 
 
 def test_every_section_cited_exists() -> None:
-    problems = unknown_sections(ROOT, tracked_files(ROOT))
+    problems = unknown_sections(ROOT, _checked_files())
     assert problems == [], "citations of sections that do not exist:\n" + "\n".join(problems)
 
 
