@@ -178,3 +178,28 @@ def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
 def _quiet_pymodbus() -> None:
     # pymodbus logs frame dumps for every failed request; the tests provoke many on purpose.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], Callable[[], None]]]:
+    """Make a directory read-only while processes have files open in it: a read-only bind
+    mount over itself (root ignores permission bits; a tmpfs with open files refuses
+    ``remount,ro``). Returns the undo; every mount is undone at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root (CI runs as root)")
+    mounted: list[Path] = []
+
+    def make(path: Path) -> Callable[[], None]:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        mounted.append(path)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+
+        def undo() -> None:
+            subprocess.run(["umount", str(path)], check=True)
+            mounted.remove(path)
+
+        return undo
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -335,30 +335,6 @@ def test_a_clock_step_names_the_batches_of_its_boot_after_what_was_recovered(
 # ------------------------------------------- the store file deleted / data_dir read-only
 
 
-@pytest.fixture
-def read_only() -> Iterator[Callable[[Path], Callable[[], None]]]:
-    """Make a directory read-only with a read-only bind mount over itself (root ignores
-    permission bits, not a read-only mount); returns the undo. Every mount is undone."""
-    if os.geteuid() != 0:
-        pytest.skip("a bind mount needs root (CI runs as root)")
-    mounted: list[Path] = []
-
-    def make(path: Path) -> Callable[[], None]:
-        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-        mounted.append(path)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
-
-        def undo() -> None:
-            subprocess.run(["umount", str(path)], check=True)
-            mounted.remove(path)
-
-        return undo
-
-    yield make
-    for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def unavailable_events(store: BatchStore) -> list[dict[str, object]]:
     return [e for *_, p in store.iter_batches() for e in decode_batch(p).events
             if e["kind"] == "buffer_unavailable"]

@@ -19,15 +19,12 @@ ground truth (see ``tests/chaos/harness.py``). Cases:
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from agent.sink import SqliteSink
 from tests.chaos.harness import (
@@ -48,31 +45,6 @@ from tests.conftest import Mosquitto
 GW = "gw-storage"
 SECOND = 1000
 DROP_READINGS = re.compile(r"\breadings=(\d+)\b")
-
-
-@pytest.fixture
-def read_only() -> Iterator[Callable[[Path], Callable[[], None]]]:
-    """Make a directory read-only while processes have files open in it: a read-only bind
-    mount over itself (root ignores permission bits; a tmpfs with open files refuses
-    ``remount,ro``). Returns the undo; every mount is undone at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("a bind mount needs root (CI runs as root)")
-    mounted: list[Path] = []
-
-    def make(path: Path) -> Callable[[], None]:
-        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-        mounted.append(path)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
-
-        def undo() -> None:
-            subprocess.run(["umount", str(path)], check=True)
-            mounted.remove(path)
-
-        return undo
-
-    yield make
-    for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def new_agent(tmp_path: Path, agents: list[AgentProcess], fleet: MeterFleet, broker: Mosquitto,
