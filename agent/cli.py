@@ -225,8 +225,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.gateway.supervisor import run_agent
     from agent.logs import configure_logging
-    from agent.supervisor import run_agent
 
     config = _load(args.config)
     configure_logging(args.log_level or config.gateway.log_level, json=args.log_json)
@@ -240,7 +240,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from agent.sample_config import sample_config
+    from agent.tools.sample_config import sample_config
 
     sys.stdout.write(sample_config(args.driver))
     return EXIT_OK
@@ -278,7 +278,7 @@ def _unit_ids(flag: str, text: str) -> list[int]:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
-    from agent.simulator import run_simulate
+    from drivers.modbus.simulator import run_simulate
 
     units = _unit_ids("--units", args.units)
     silent = _unit_ids("--silent-units", args.silent_units) if args.silent_units.strip() else []
@@ -375,8 +375,8 @@ def _receive_args_problems(args: argparse.Namespace) -> list[str]:
 def _cmd_receive(args: argparse.Namespace) -> int:
     from agent.endpoints import parse_broker_url
     from agent.logs import configure_logging
-    from agent.receiver import ReceiverSettings, check_settings, run_until_signalled
-    from agent.sink import sink_path
+    from agent.platform.receiver import ReceiverSettings, check_settings, run_until_signalled
+    from agent.platform.sink import sink_path
 
     problems = _receive_args_problems(args)
     if problems:
@@ -419,8 +419,8 @@ def _cmd_kpi(args: argparse.Namespace) -> int:
 def _cmd_buffer(args: argparse.Namespace) -> int:
     import json
 
-    from agent.store import BatchStore
-    from agent.supervisor import STORE_FILE
+    from agent.gateway.store import BatchStore
+    from agent.gateway.supervisor import STORE_FILE
 
     config = _load(args.config)
     path = Path(config.gateway.data_dir) / STORE_FILE
@@ -461,7 +461,7 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo
+    from agent.tools.demo import run_demo
 
     return asyncio.run(run_demo(
         duration=args.duration or None,

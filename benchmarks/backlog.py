@@ -35,15 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.batcher import Batcher
-from agent.demo import free_ports, local_broker
 from agent.endpoints import parse_broker_url
+from agent.gateway.batcher import Batcher
+from agent.gateway.store import BatchStore
+from agent.gateway.uplink import MqttSettings, Uplink
 from agent.logs import configure_logging
 from agent.profiles import load_profile
 from agent.readings import Quality, Reading
-from agent.simulator import SimulatedMeter, SimulatorServer, serve
-from agent.store import BatchStore
-from agent.uplink import MqttSettings, Uplink
+from agent.tools.demo import free_ports, local_broker
+from drivers.modbus.simulator import SimulatedMeter, SimulatorServer, serve
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import psutil
 
-from agent.demo import free_port, free_ports
 from agent.endpoints import parse_broker_url
-from agent.uplink import MqttSettings, subscribe
+from agent.gateway.uplink import MqttSettings, subscribe
+from agent.tools.demo import free_port, free_ports
 from agent.wire import decode_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ async def serve_meters(ports: list[int]) -> None:
     from agent.fdlimit import raise_open_files_limit
     from agent.logs import configure_logging
     from agent.profiles import load_profile
-    from agent.simulator import serve_many
+    from drivers.modbus.simulator import serve_many
 
     configure_logging("warning")
     raise_open_files_limit()  # a listening and an accepted socket per meter

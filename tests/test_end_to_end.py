@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from agent.endpoints import parse_broker_url
+from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receiver
+from agent.platform.sink import SqliteSink
 from agent.profiles import load_profile
-from agent.receiver import ReceiverSettings, ReceiverStats, run_receiver
-from agent.simulator import SimulatorServer, serve
-from agent.sink import SqliteSink
 from drivers.modbus.config import PointType
+from drivers.modbus.simulator import SimulatorServer, serve
 from tests.conftest import Mosquitto, free_port
 
 GW = "gw-e2e"

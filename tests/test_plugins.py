@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 
 from agent.endpoints import parse_broker_url
+from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receiver
+from agent.platform.sink import SqliteSink
 from agent.readings import Quality
-from agent.receiver import ReceiverSettings, ReceiverStats, run_receiver
-from agent.sink import SqliteSink
 from tests.conftest import Mosquitto
 from tests.test_driver_folders import full_config, missing_files, readme_problems
 

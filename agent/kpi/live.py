@@ -26,10 +26,10 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.errors import BufferFull
+from agent.gateway.store import DECODE_ERRORS, BatchStore, KpiStateUnusable
 from agent.kpi.calendar import Calendar
 from agent.kpi.engine import Engine, TimeJump
 from agent.readings import Event, Quality, Reading
-from agent.store import DECODE_ERRORS, BatchStore, KpiStateUnusable
 
 log = structlog.get_logger(__name__)
 

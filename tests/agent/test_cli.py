@@ -144,8 +144,8 @@ sample_interval = "15 min"
 
 
 def test_buffer_stats_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.gateway.store import BatchStore
     from agent.readings import Quality, Reading
-    from agent.store import BatchStore
 
     data = tmp_path / "d"
     config = write(tmp_path, GOOD.format(data=data, port=free_port()))

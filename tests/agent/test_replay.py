@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.endpoints import parse_broker_url
+from agent.gateway.store import BatchStore
+from agent.gateway.uplink import MqttSettings, ReplayPacer, Uplink
 from agent.readings import Event
-from agent.store import BatchStore
-from agent.uplink import MqttSettings, ReplayPacer, Uplink
 from tests.conftest import Mosquitto
 
 

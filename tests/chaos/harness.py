@@ -2,11 +2,10 @@
 
 Parts, all real:
 
-- :class:`MeterFleet`: simulated ``ssc-demo-meter`` devices (``agent.simulator.serve``), one
-  pymodbus TCP server per device on a free 127.0.0.1 port, run by an event loop in a thread of
+- :class:`MeterFleet`: simulated ``ssc-demo-meter`` devices (``drivers.modbus.simulator.serve``),
+  one pymodbus TCP server per device on a free 127.0.0.1 port, run by an event loop in a thread of
   their own so the test can block (sleep, wait for processes) without stalling a meter. Every
-  request a server receives is logged with its wall-clock time through pymodbus' ``trace_pdu``
-  hook.
+  request a server receives is logged with its wall-clock time through pymodbus' ``trace_pdu`` hook.
 - :class:`AgentProcess`: ``python -m agent.cli --log-json run --config FILE`` as a subprocess,
   JSON log lines appended to one file over all its runs; SIGKILL and SIGTERM are timed by the
   test.
@@ -65,10 +64,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from agent.platform.sink import SqliteSink
 from agent.profiles import load_profile
-from agent.simulator import SimulatorServer, serve
-from agent.sink import SqliteSink
 from agent.wire import Status, decode_status
+from drivers.modbus.simulator import SimulatorServer, serve
 from tests.conftest import free_port
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.store import SEQ_RESERVE
+from agent.gateway.store import SEQ_RESERVE
 from tests.chaos.harness import (
     ROOT,
     AgentProcess,

@@ -360,7 +360,7 @@ class SilentMeters(MeterFleet):
     simulator can mute a unit): every poll runs into its timeout."""
 
     async def _start(self) -> None:
-        from agent.simulator import serve
+        from drivers.modbus.simulator import serve
 
         for device in self.devices:
             self._servers.append(await serve(

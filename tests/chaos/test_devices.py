@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from agent.platform.sink import SqliteSink
 from agent.readings import Quality
-from agent.sink import SqliteSink
 from tests.chaos.harness import (
     PROFILE,
     AgentProcess,

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import zstandard
 
-from agent.sink import SqliteSink
+from agent.platform.sink import SqliteSink
 from agent.wire import Batch, Series, encode_batch
 from tests.chaos.harness import ReceiverProcess, fill, wait_until
 from tests.conftest import Mosquitto

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agent.sink import SqliteSink
+from agent.platform.sink import SqliteSink
 from tests.chaos.harness import (
     AgentProcess,
     MeterFleet,

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.sink import SqliteSink
+from agent.platform.sink import SqliteSink
 from tests.chaos.harness import (
     AgentProcess,
     Ledger,

@@ -11,8 +11,8 @@ import pytest
 from agent.config import load_config
 from agent.driver import DeviceConfig, DriverContext
 from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.gateway.scheduler import DevicePoller
 from agent.readings import Event, Quality, Reading
-from agent.scheduler import DevicePoller
 from structlog.testing import capture_logs
 
 from ssc_driver_example.config import AsciiTcpDeviceConfig

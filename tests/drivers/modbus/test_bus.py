@@ -21,10 +21,10 @@ from agent.driver import DriverContext
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.profiles import Profile
 from agent.readings import Quality
-from agent.simulator import SimulatorServer, serve, serve_serial
 from drivers.modbus.bus import MIN_QUIET_GAP_SECONDS, ModbusLine, SerialSettings
 from drivers.modbus.config import ModbusDeviceConfig, Transport
 from drivers.modbus.driver import SPEC, ModbusDriver
+from drivers.modbus.simulator import SimulatorServer, serve, serve_serial
 from tests.drivers.modbus.conftest import PtyPair
 
 POINTS: list[dict[str, Any]] = [

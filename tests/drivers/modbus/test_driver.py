@@ -19,9 +19,9 @@ from agent.driver import DriverContext, PointInfo
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.profiles import Profile, apply_profile, load_profile
 from agent.readings import PointValue, Quality
-from agent.simulator import SimulatorServer, serve
 from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import SPEC, ModbusDriver
+from drivers.modbus.simulator import SimulatorServer, serve
 
 # name, table, type, byte order, scale, offset, value the device holds (engineering units)
 TYPED_POINTS: list[tuple[str, str, str, str, float, float, int | float]] = [

@@ -11,10 +11,10 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.profiles import Profile, apply_profile, available_profiles, load_profile
-from agent.simulator import SimulatedMeter, SimulatorServer, serve
 from drivers.modbus.codec import apply_scale, decode_registers
 from drivers.modbus.config import BIT_TABLES, ByteOrder, ModbusDeviceConfig, PointType, Table
 from drivers.modbus.planner import ReadPlan, gap_ranges, plan_reads
+from drivers.modbus.simulator import SimulatedMeter, SimulatorServer, serve
 
 PROFILE_DIR = Path(__file__).parents[3] / "config" / "profiles"
 PROFILE_FILES = sorted(PROFILE_DIR.glob("*.toml"))

@@ -22,13 +22,13 @@ import pytest
 from agent.config import BusConfig
 from agent.driver import DriverContext
 from agent.errors import DeviceUnavailable
+from agent.gateway.scheduler import DevicePoller, backoff_slots
 from agent.profiles import Profile
 from agent.readings import Event, Quality, Reading
-from agent.scheduler import DevicePoller, backoff_slots
-from agent.simulator import SimulatorServer, serve_serial
 from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import SPEC, ModbusDriver
 from drivers.modbus.planner import ReadRequest
+from drivers.modbus.simulator import SimulatorServer, serve_serial
 from tests.drivers.modbus.conftest import PtyPair
 
 UNITS = (1, 2, 3, 4, 5)
@@ -322,7 +322,7 @@ async def test_run_simulate_serves_a_profile_on_a_serial_path(
 ) -> None:
     """What `ssc-agent simulate PROFILE --serial PATH` runs: the demo meter as RTU units."""
     from agent.profiles import apply_profile, load_profile
-    from agent.simulator import run_simulate
+    from drivers.modbus.simulator import run_simulate
 
     task = asyncio.create_task(
         run_simulate("ssc-demo-meter", "", 0, [4, 5], duration=5.0, serial=pty_pair.a,

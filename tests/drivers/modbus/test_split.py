@@ -19,10 +19,10 @@ from structlog.testing import capture_logs
 from agent.errors import DeviceProtocolError
 from agent.profiles import Profile
 from agent.readings import Quality
-from agent.simulator import serve
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint
 from drivers.modbus.driver import ModbusDriver, Splitter
 from drivers.modbus.planner import ReadRequest, split_request
+from drivers.modbus.simulator import serve
 from tests.conftest import free_port
 
 REGISTERS = 48  # holding 0..47 hold 1000 + address, unless refused or left undefined

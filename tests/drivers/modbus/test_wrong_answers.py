@@ -5,7 +5,7 @@ request → DeviceUnavailable (quality 2), answering only exceptions, short or w
 DeviceProtocolError (quality 3). Within a poll that read something, a silent request is
 COMM_ERROR and a wrongly answered one PROTOCOL_ERROR (drivers/modbus/README.md, "Quality
 codes"). The misbehaving device is tests/drivers/modbus/hostile.py; the pymodbus simulator
-(agent/simulator.py) checks the exception cases against another server.
+(drivers/modbus/simulator.py) checks the exception cases against another server.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from structlog.testing import capture_logs
 
 from agent.driver import DriverContext
 from agent.errors import DeviceProtocolError, DeviceUnavailable
+from agent.gateway.scheduler import DevicePoller
 from agent.profiles import Profile
 from agent.readings import Event, Quality, Reading
-from agent.scheduler import DevicePoller
-from agent.simulator import serve
 from drivers.modbus.bus import describe_wrong_bytes
 from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import SPEC, ModbusDriver
+from drivers.modbus.simulator import serve
 from tests.conftest import free_port
 from tests.drivers.modbus.conftest import PtyPair
 from tests.drivers.modbus.hostile import Answer, HostileServer, Request, always, register_value

@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 from agent.config import load_config
 from agent.driver import DriverContext
 from agent.errors import DeviceProtocolError, DeviceUnavailable
+from agent.gateway.scheduler import DevicePoller
 from agent.readings import Quality, Reading
-from agent.scheduler import DevicePoller
 from drivers.sds011 import frames
 from drivers.sds011.config import Sds011Config
 from drivers.sds011.driver import SPEC, Sds011Driver

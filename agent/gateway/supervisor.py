@@ -1,0 +1,243 @@
+"""The supervisor: wires drivers → scheduler → batcher → store → uplink in one task group.
+
+Shutdown (SIGTERM, SIGINT or ``stop``): stop the pollers first, flush and seal the open batch
+into the store, give the uplink until ``shutdown_timeout`` to send what it can, then close.
+Whatever is left stays in the store and goes out after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.driver import DeviceConfig, Driver, DriverContext, discover
+from agent.errors import ConfigError
+from agent.fdlimit import prepare_open_files
+from agent.gateway.batcher import Batcher
+from agent.gateway.clock import ClockWatch, elapsed_clock, kernel_clock_synced
+from agent.gateway.scheduler import DevicePoller
+from agent.gateway.store import BatchStore, DataDirLock, StoreBounds
+from agent.units import parse_duration
+
+if TYPE_CHECKING:
+    from agent.gateway.uplink import Uplink
+
+log = structlog.get_logger(__name__)
+
+STORE_FILE = "buffer.db"
+METRICS_REFRESH_SECONDS = 5.0
+
+
+def create_drivers(
+    config: AgentConfig, context: DriverContext
+) -> list[tuple[DeviceConfig, Driver]]:
+    """One driver per enabled device, each from its installed driver spec."""
+    installed = discover()
+    out: list[tuple[DeviceConfig, Driver]] = []
+    problems: list[str] = []
+    for i, device in enumerate(config.devices):
+        if not device.enabled:
+            continue
+        entry = installed.get(device.driver)
+        where = f"devices[{i}] (name={device.name}, driver={device.driver})"
+        if entry is None or entry.spec is None:
+            reason = entry.error if entry is not None else "not installed"
+            problems.append(f"{where} → driver: {reason}")
+            continue
+        try:
+            out.append((device, entry.spec.create(device, context)))
+        except ConfigError as exc:
+            problems.extend(f"{where}: {p}" for p in exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+async def _serve_metrics(config: AgentConfig, runtime: AgentRuntime, uplink: Uplink) -> None:
+    from agent.gateway.metrics import DeliveryCollector, start_metrics_server
+
+    collector = DeliveryCollector(runtime.store, runtime.batcher, uplink, runtime.pollers)
+    assert config.metrics.port is not None
+    try:
+        start_metrics_server(collector, config.metrics.address, config.metrics.port)
+    except OSError as exc:
+        log.error("metrics_unavailable", address=config.metrics.address,
+                  port=config.metrics.port, error=str(exc))
+        return
+    log.info("metrics_serving", url=f"http://{config.metrics.address}:{config.metrics.port}"
+             "/metrics")
+    while True:
+        await asyncio.sleep(METRICS_REFRESH_SECONDS)
+        collector.refresh()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], every: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again those that carry on.
+
+    Python 3.11's ``asyncio.wait_for`` (pymodbus connects and reads with it) drops a
+    cancellation that arrives as its inner future completes: the poller then kept polling,
+    and the agent never stopped after SIGTERM (until systemd killed it).
+    """
+    pending = set(tasks)
+    rounds = 0
+    while pending:
+        if rounds == 1:
+            log.info("pollers_cancelled_again", pollers=len(pending))
+        rounds += 1
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    await asyncio.gather(*tasks, return_exceptions=True)  # retrieve what they raised
+
+
+@dataclass
+class AgentRuntime:
+    """Live objects of a running agent (tests and the demo look at them)."""
+
+    store: BatchStore
+    batcher: Batcher
+    pollers: list[DevicePoller] = field(default_factory=list)
+    boot: int = 0
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = elapsed_clock,
+    on_start: Callable[[AgentRuntime], None] | None = None,
+    install_signal_handlers: bool = True,
+) -> None:
+    """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    from agent.gateway.uplink import MqttSettings, Uplink  # aiomqtt only when we really connect
+
+    context = DriverContext(buses=config.buses_by_name)
+    drivers = create_drivers(config, context)
+    prepare_open_files(len(drivers))
+
+    data_dir = Path(config.gateway.data_dir)
+    buf = config.buffer
+    # one agent per data_dir: a second one would poll every device again under the same seqs
+    # (first: a data_dir the agent cannot use ends the start with its one line, nothing else)
+    lock = DataDirLock.acquire(data_dir)
+    # One watch for the whole agent: a wall-clock step is seen, logged and sent upstream once.
+    watch = ClockWatch(clock, monotonic, synced=kernel_clock_synced)
+    store = BatchStore.open(
+        data_dir / STORE_FILE,
+        sync=buf.sync,
+        bounds=StoreBounds(max_bytes=buf.max_size_bytes,
+                           max_age_ms=int(buf.max_age_seconds * 1000),
+                           when_full=buf.when_full),
+        clock=clock,
+        monotonic=monotonic,
+        clock_synced=kernel_clock_synced,
+    )
+    store.lock = lock  # the store retakes it if the data_dir is deleted and comes back
+    boot = store.start_boot()
+    gw = config.gateway.id
+    up = config.uplink
+    assert up is not None  # load_config requires [uplink] for run
+    wake = asyncio.Event()
+    kpis = None
+    if config.kpis:
+        from agent.kpi.live import LiveKpis
+
+        kpis = LiveKpis.resume(config, store, clock,
+                               int(parse_duration(config.gateway.kpi_lateness) * 1000),
+                               parse_duration(config.gateway.kpi_checkpoint_interval))
+    batcher = Batcher(
+        store,
+        gw=gw,
+        boot=boot,
+        max_readings=up.batch_max_readings,
+        max_age=parse_duration(up.batch_max_age),
+        codec=1 if up.compression == "zstd" else 0,
+        level=up.zstd_level,
+        clock=clock,
+        on_sealed=wake.set,
+        kpis=kpis,
+        watch=watch,
+    )
+    recovered = batcher.recover()
+    batcher.seal()  # what a crash left pending goes out first, in its own batch
+    settings = MqttSettings(
+        address=up.broker_address,
+        client_id=up.client_id or gw,
+        username=up.username,
+        password_file=Path(up.password_file) if up.password_file else None,
+        ca_file=Path(up.ca_file) if up.ca_file else None,
+        cert_file=Path(up.cert_file) if up.cert_file else None,
+        key_file=Path(up.key_file) if up.key_file else None,
+        keepalive=parse_duration(up.keepalive),
+        timeout=parse_duration(up.publish_timeout),
+    )
+    uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
+                    max_inflight=up.max_inflight, wake=wake, clock=clock,
+                    event=batcher.add_event, replay_rate=up.replay_rate_per_second,
+                    replay_order=up.replay_order,
+                    reconnect_min=parse_duration(up.reconnect_min),
+                    reconnect_max=parse_duration(up.reconnect_max), monotonic=monotonic,
+                    buffer_health=batcher.health)
+    batcher.on_health_change = uplink.status_changed
+    wake.set()
+    runtime = AgentRuntime(store, batcher, boot=boot)
+    for device, driver in drivers:
+        runtime.pollers.append(
+            DevicePoller(device.name, driver, parse_duration(device.interval),
+                         emit=batcher.add, event=batcher.add_event, watch=watch)
+        )
+    watch.synced()  # logs clock_not_synchronised if the kernel says so
+    log.info("agent_started", gw=gw, boot=boot, version=__version__, devices=len(drivers),
+             recovered_readings=recovered, store=str(store.path),
+             backlog_batches=store.stats().batches)
+    if on_start is not None:
+        on_start(runtime)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            polls = [tg.create_task(p.run(), name=f"poll-{p.name}") for p in runtime.pollers]
+            flusher = tg.create_task(batcher.run(parse_duration(up.flush_interval)),
+                                     name="batcher")
+            sender = tg.create_task(uplink.run(), name="uplink")
+            extras = []
+            if config.metrics.port is not None:
+                extras.append(tg.create_task(_serve_metrics(config, runtime, uplink),
+                                             name="metrics"))
+            await stop.wait()
+            log.info("agent_stopping")
+            await _cancel_all(polls)
+            flusher.cancel()
+            batcher.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(parse_duration(config.gateway.shutdown_timeout)):
+                    await uplink.drained()
+            await uplink.say_offline()
+            sender.cancel()
+            for task in extras:
+                task.cancel()
+    finally:
+        await context.close()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        left = store.stats()
+        store.close()
+        lock.release()
+        log.info("agent_stopped", gw=gw, boot=boot, unsent_batches=left.batches,
+                 unsent_readings=left.readings)

@@ -1,0 +1,434 @@
+"""The platform side: subscribe to every gateway's batches and status, decode, store.
+
+MQTT comes from :func:`agent.gateway.uplink.subscribe` (the only module that imports aiomqtt). It
+acknowledges a message when the next one is asked for, so a batch is stored (and committed)
+before the broker hears PUBACK; a receiver that dies mid-batch gets it again. A message that
+cannot be decoded or stored is set aside in the sink and acknowledged, so it cannot block the
+others; a failing sink is retried without acknowledging (``docs/wire-format.md`` §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import ssl
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from agent.endpoints import BrokerAddress
+from agent.errors import ConfigError, WireFormatError
+from agent.gateway.uplink import MqttSettings, subscribe
+from agent.platform.sink import SqliteSink, StoreOutcome
+from agent.wire import Batch, decode_batch, parse_topic
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+STORE_RETRY_FIRST = 0.5
+STORE_RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """Where to listen and where to store.
+
+    When scaling out with ``shared_group``, give every instance its own ``client_id``: the
+    broker disconnects a client when another one connects with the same id.
+    """
+
+    broker: BrokerAddress
+    sink_url: str
+    topic_prefix: str = "ssc/v1"
+    client_id: str = "ssc-receiver"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    shared_group: str | None = None
+
+
+@dataclass
+class ReceiverStats:
+    """Counters of one receiver run."""
+
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    gaps: int = 0
+    gaps_filled: int = 0
+    jumps: int = 0
+    statuses: int = 0
+
+
+def subscription_topics(prefix: str, shared_group: str | None = None) -> list[str]:
+    """The receiver's topic filters, as shared subscriptions when a group is given."""
+    prefix = prefix.rstrip("/")
+    topics = [f"{prefix}/+/batch", f"{prefix}/+/status"]
+    if shared_group is None:
+        return topics
+    if not shared_group or any(c in shared_group for c in "/+#"):
+        raise ValueError(f"shared_group {shared_group!r} must be a non-empty name without / + #")
+    return [f"$share/{shared_group}/{t}" for t in topics]
+
+
+# SQLite primary result codes that blame the sink (disk full, locked, I/O error, a broken or
+# read-only file), not the message: the message stays unacknowledged and is retried.
+_SINK_FAULTS = frozenset({
+    1,  # SQLITE_ERROR: e.g. a table missing from the file, not something a payload causes
+    3, 4, 5, 6, 7, 8, 9, 10, 11,  # PERM ABORT BUSY LOCKED NOMEM READONLY INTERRUPT IOERR CORRUPT
+    13, 14, 15, 26,  # FULL CANTOPEN PROTOCOL NOTADB
+})
+# A burst of set-aside messages of one gateway and kind is logged when it starts, then at most
+# once per this many seconds (with a count), and once when a good message of it arrives.
+SET_ASIDE_REPORT_SECONDS = 60.0
+MAX_BURSTS = 1000
+
+
+def is_sink_fault(exc: BaseException) -> bool:
+    """True when ``exc`` says the sink cannot take anything now (retry, do not acknowledge);
+    False when it is this message that cannot be stored (set it aside)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return isinstance(exc, sqlite3.OperationalError)
+        return (code & 0xFF) in _SINK_FAULTS
+    return isinstance(exc, OSError | MemoryError)
+
+
+@dataclass
+class _Burst:
+    unreported: int  # set aside since the last line
+    reported_at: float
+
+
+class MessageHandler:
+    """Decodes and stores one message at a time.
+
+    :meth:`handle` returns once the message is stored or set aside (kept in the sink's
+    ``rejected`` table with its reason), and only then is it acknowledged; while the sink
+    itself fails (disk full, locked) it retries, so the message stays unacknowledged and a
+    receiver stopped meanwhile gets it again. It raises nothing but cancellation.
+    """
+
+    def __init__(
+        self,
+        sink: SqliteSink,
+        prefix: str,
+        stats: ReceiverStats,
+        on_batch: Callable[[Batch, StoreOutcome], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sink = sink
+        self._prefix = prefix
+        self.stats = stats
+        self._on_batch = on_batch
+        self._clock = clock
+        self._bursts: dict[tuple[str, str], _Burst] = {}
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Decode, store (or set aside) and log one message."""
+        try:
+            await self._handle(topic, payload)
+        except Exception as exc:  # a bug: the message must still not block the others
+            log.exception("message_handling_failed", topic=topic[:200], error=str(exc)[:300])
+            await self._set_aside(None, topic, "internal_error",
+                                  f"{type(exc).__name__}: {exc}", payload)
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        try:
+            gw, kind = parse_topic(self._prefix, topic)
+        except WireFormatError as exc:
+            await self._set_aside(None, topic, "bad_topic", str(exc), payload)
+            return
+        if kind == "status":
+            await self._status(gw, topic, payload)
+            return
+        try:
+            batch = decode_batch(payload)
+        except WireFormatError as exc:
+            await self._set_aside(gw, topic, "undecodable", str(exc), payload)
+            return
+        if batch.gw != gw:
+            # Broker ACLs are per topic: a gateway must not write into another one's data.
+            await self._set_aside(gw, topic, "wrong_gateway",
+                                  f"topic names gateway {gw!r}, the batch {batch.gw!r}", payload)
+            return
+        try:
+            outcome = await self._with_sink(gw, lambda: self._sink.store(batch))
+        except Exception as exc:  # this batch cannot be stored (too big a value, …)
+            await self._set_aside(gw, topic, "unstorable", f"{type(exc).__name__}: {exc}",
+                                  payload)
+            return
+        self._good(gw)
+        self._log_outcome(batch, outcome)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(batch, outcome)
+            except Exception as exc:  # a caller's hook must not stop the receiver
+                log.exception("on_batch_failed", gw=batch.gw, seq=batch.seq, error=str(exc))
+
+    async def _status(self, gw: str, topic: str, payload: bytes) -> None:
+        if not payload:
+            log.info("gateway_status_cleared", gw=gw)  # someone removed the retained message
+            return
+        try:
+            status = await self._with_sink(gw, lambda: self._sink.store_status(gw, payload))
+        except Exception as exc:
+            await self._set_aside(gw, topic, "bad_status", str(exc), payload)
+            return
+        self._good(gw)
+        self.stats.statuses += 1
+        buffer = status.buffer
+        log.info(
+            "gateway_status", gw=gw, state=status.state, boot=status.boot, version=status.version,
+            buffer=None if buffer is None else buffer.state,
+            **({} if buffer is None or buffer.state == "ok" else {
+                "buffer_reason": buffer.reason, "held_readings": buffer.held_readings,
+                "dropped_readings": buffer.dropped_readings}),
+        )
+
+    async def _with_sink(self, gw: str | None, call: Callable[[], T]) -> T:
+        """``call()`` until it succeeds or fails for a reason of its own (raised); while the
+        sink is at fault, retry with backoff and keep the message unacknowledged."""
+        delay = STORE_RETRY_FIRST
+        failing = False
+        while True:
+            try:
+                result = call()
+            except Exception as exc:
+                if not is_sink_fault(exc):
+                    raise
+                if not failing:
+                    log.error("sink_unavailable", gw=gw, error=f"{type(exc).__name__}: {exc}",
+                              hint="the message stays unacknowledged; retrying")
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+                continue
+            if failing:
+                log.info("sink_restored", gw=gw)
+            return result
+
+    async def _set_aside(
+        self, gw: str | None, topic: str, kind: str, reason: str, payload: bytes
+    ) -> None:
+        try:
+            await self._with_sink(
+                gw, lambda: self._sink.set_aside(gw, topic, kind, reason, payload)
+            )
+        except Exception as exc:
+            log.exception("set_aside_failed", gw=gw, kind=kind, error=str(exc)[:300])
+        self.stats.rejected += 1
+        self._note_burst(gw, topic, kind, reason, len(payload))
+
+    def _note_burst(self, gw: str | None, topic: str, kind: str, reason: str, size: int) -> None:
+        key = (gw or "", kind)
+        now = self._clock()
+        burst = self._bursts.get(key)
+        if burst is None:
+            if len(self._bursts) >= MAX_BURSTS:
+                del self._bursts[next(iter(self._bursts))]
+            self._bursts[key] = _Burst(0, now)
+            log.warning("message_set_aside", gw=gw, kind=kind, topic=topic[:200], size=size,
+                        error=reason[:300],
+                        hint="kept in the sink's rejected table and acknowledged; more of this "
+                        "gateway and kind are counted, not logged one by one")
+            return
+        burst.unreported += 1
+        if now - burst.reported_at >= SET_ASIDE_REPORT_SECONDS:
+            log.warning("messages_set_aside", gw=gw, kind=kind, count=burst.unreported,
+                        last_error=reason[:300])
+            burst.unreported = 0
+            burst.reported_at = now
+
+    def _good(self, gw: str) -> None:
+        """A message of ``gw`` was stored: its bursts of set-aside messages are over."""
+        for key in [k for k in self._bursts if k[0] == gw]:
+            burst = self._bursts.pop(key)
+            log.info("messages_set_aside_ended", gw=gw, kind=key[1], unreported=burst.unreported)
+
+    def _log_outcome(self, batch: Batch, outcome: StoreOutcome) -> None:
+        if outcome.duplicate:
+            self.stats.duplicates += 1
+            if outcome.conflict:
+                log.warning(
+                    "seq_reused",
+                    gw=batch.gw,
+                    store=batch.store,
+                    seq=batch.seq,
+                    boot=batch.boot,
+                    hint="the same store sent a different batch under this seq; dropped",
+                )
+            else:
+                log.info("batch_duplicate", gw=batch.gw, store=batch.store, seq=batch.seq)
+            return
+        self.stats.batches += 1
+        self.stats.readings += batch.n_readings
+        log.info(
+            "batch_stored",
+            gw=batch.gw,
+            store=batch.store,
+            seq=batch.seq,
+            readings=batch.n_readings,
+            aggregates=len(batch.aggregates),
+            # moved onto the clock after a step of its boot stored earlier (wire-format §7.1)
+            **({"clock_shift_ms": outcome.clock_shift_ms} if outcome.clock_shift_ms else {}),
+        )
+        if outcome.jump is not None:
+            self.stats.jumps += 1
+            log.warning(
+                "seq_jump",
+                gw=batch.gw,
+                store=batch.store,
+                seq=batch.seq,
+                highest_in_line=outcome.jump[0],
+                hint="stored; no gap opened until a next batch confirms the jump",
+            )
+        if outcome.jump_confirmed is not None:
+            log.warning("seq_jump_confirmed", gw=batch.gw, store=batch.store,
+                        seq=outcome.jump_confirmed)
+        for first, last in outcome.new_gaps:
+            self.stats.gaps += 1
+            log.warning("seq_gap", gw=batch.gw, store=batch.store, first=first, last=last)
+        for seq in outcome.filled:
+            self.stats.gaps_filled += 1
+            log.info("seq_gap_filled", gw=batch.gw, store=batch.store, seq=seq)
+        for applied in outcome.clock_steps:
+            log.info("clock_step_applied", gw=batch.gw, store=batch.store,
+                     boot=applied.step.boot, from_seq=applied.step.from_seq,
+                     before_seq=applied.step.before_seq,
+                     step_ms=applied.step.step_ms, batches=applied.batches,
+                     readings=applied.readings)
+        if outcome.unreadable_clock_steps:
+            log.warning("clock_step_unreadable", gw=batch.gw, store=batch.store, seq=batch.seq,
+                        events=outcome.unreadable_clock_steps,
+                        hint="stored as events; no time corrected")
+
+
+async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
+    mqtt = MqttSettings(
+        address=settings.broker,
+        client_id=settings.client_id,
+        username=settings.username,
+        password_file=settings.password_file,
+        ca_file=settings.ca_file,
+        cert_file=settings.cert_file,
+        key_file=settings.key_file,
+    )
+    topics = subscription_topics(settings.topic_prefix, settings.shared_group)
+    # Persistent session: the broker queues batches for us while we are away.
+    messages = subscribe(mqtt, topics, clean_session=False)
+    try:
+        async for topic, payload in messages:
+            await handler.handle(topic, payload)
+    finally:
+        if isinstance(messages, AsyncGenerator):
+            await messages.aclose()
+
+
+def check_settings(settings: ReceiverSettings) -> None:
+    """Raise ConfigError (one line per problem, naming the option) for files that cannot be
+    read or loaded: such settings never start working, so retrying them would hide them."""
+    problems: list[str] = []
+    if settings.password_file is not None:
+        path = settings.password_file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"--password-file {path}: cannot read it: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            problems.append(f"--password-file {path}: is not UTF-8 text")
+        else:
+            if not text.strip():
+                problems.append(f"--password-file {path}: is empty")
+        if settings.username is None:
+            problems.append("--password-file: needs --username")
+    if settings.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(settings.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"--ca-file {settings.ca_file}: cannot load CA certificates: {why}")
+    if settings.key_file is not None and settings.cert_file is None:
+        problems.append("--key-file: needs --cert-file")
+    if settings.cert_file is not None:
+        try:
+            ssl.create_default_context().load_cert_chain(
+                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"--cert-file {settings.cert_file}: cannot load the client "
+                            f"certificate (and --key-file {settings.key_file}): {why}")
+    if (settings.ca_file or settings.cert_file) and not settings.broker.tls:
+        problems.append(f"--broker {settings.broker.url}: TLS files given, but the URL is "
+                        "mqtt:// (plain TCP); write mqtts://")
+    if problems:
+        raise ConfigError(problems)
+
+
+async def run_receiver(
+    settings: ReceiverSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_batch: Callable[[Batch, StoreOutcome], None] | None = None,
+    stats: ReceiverStats | None = None,
+) -> None:
+    """Receive until ``stop`` is set (forever without one); ``on_batch`` sees every stored or
+    duplicate batch, ``stats`` (if given) is kept up to date."""
+    sink = SqliteSink.open(settings.sink_url)
+    handler = MessageHandler(sink, settings.topic_prefix, stats or ReceiverStats(), on_batch)
+    log.info(
+        "receiver_started",
+        broker=settings.broker.url,
+        sink=str(sink.path),
+        prefix=settings.topic_prefix,
+        group=settings.shared_group,
+    )
+    try:
+        if stop is None:
+            await _consume(settings, handler)
+            return
+        async with asyncio.TaskGroup() as tg:
+            consumer = tg.create_task(_consume(settings, handler), name="receiver-consume")
+            await stop.wait()
+            consumer.cancel()
+    finally:
+        sink.close()
+        log.info(
+            "receiver_stopped",
+            batches=handler.stats.batches,
+            rejected=handler.stats.rejected,
+            duplicates=handler.stats.duplicates,
+        )
+
+
+async def run_until_signalled(settings: ReceiverSettings) -> None:
+    """Run the receiver until SIGTERM or SIGINT, then stop cleanly: a store in progress is
+    finished (it does not wait on anything) or, while the sink is failing, abandoned
+    unacknowledged, so the broker delivers that message again; ``receiver_stopped`` is logged."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("receiver_stopping", signal=sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await run_receiver(settings, stop=stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
