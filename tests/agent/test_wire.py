@@ -41,6 +41,7 @@ from agent.wire import (
     parse_topic,
     topic_for,
 )
+from agent.wire import decode as wire_decode
 
 # --------------------------------------------------------------------------- golden payload
 
@@ -984,7 +985,7 @@ def test_hostile_zstd_is_refused_by_its_declared_size() -> None:
 
 
 def test_the_object_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wire, "MAX_BODY_OBJECTS", 1000)
+    monkeypatch.setattr(wire_decode, "MAX_BODY_OBJECTS", 1000)
     nested = _array32(100) + (b"\x9a" + b"\x90" * 10) * 100  # 1,101 objects
     with pytest.raises(WireFormatError, match="more than 1000 msgpack objects"):
         decode_batch(b"SSC1\x00" + nested)
@@ -992,7 +993,7 @@ def test_the_object_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_container_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wire, "MAX_BODY_CONTAINERS", 50)
+    monkeypatch.setattr(wire_decode, "MAX_BODY_CONTAINERS", 50)
     nested = _array32(100) + b"\x90" * 100  # 101 arrays, 100 objects
     with pytest.raises(WireFormatError, match=r"body\[49\]: the body holds more than 50 arrays"):
         decode_batch(b"SSC1\x00" + nested)
@@ -1032,8 +1033,8 @@ def test_hostile_bodies_cost_bounded_memory(body: bytes) -> None:
     # With budgets of 2,000 objects and arrays of 500 items, no body may make the decoder hold
     # more than those objects (~100 bytes each) plus copies of the body, whatever its size.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(wire, "MAX_BODY_OBJECTS", 2000)
-        mp.setattr(wire, "MAX_ARRAY_LEN", 500)
+        mp.setattr(wire_decode, "MAX_BODY_OBJECTS", 2000)
+        mp.setattr(wire_decode, "MAX_ARRAY_LEN", 500)
         tracemalloc.start()
         try:
             with pytest.raises(WireFormatError):
