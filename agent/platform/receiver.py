@@ -258,42 +258,28 @@ class MessageHandler:
             log.info("messages_set_aside_ended", gw=gw, kind=key[1], unreported=burst.unreported)
 
     def _log_outcome(self, batch: Batch, outcome: StoreOutcome) -> None:
+        batch_log = log.bind(gw=batch.gw, store=batch.store, seq=batch.seq)
         if outcome.duplicate:
             self.stats.duplicates += 1
             if outcome.conflict:
-                log.warning(
-                    "seq_reused",
-                    gw=batch.gw,
-                    store=batch.store,
-                    seq=batch.seq,
-                    boot=batch.boot,
-                    hint="the same store sent a different batch under this seq; dropped",
-                )
+                batch_log.warning(
+                    "seq_reused", boot=batch.boot,
+                    hint="the same store sent a different batch under this seq; dropped")
             else:
-                log.info("batch_duplicate", gw=batch.gw, store=batch.store, seq=batch.seq)
+                batch_log.info("batch_duplicate")
             return
         self.stats.batches += 1
         self.stats.readings += batch.n_readings
-        log.info(
-            "batch_stored",
-            gw=batch.gw,
-            store=batch.store,
-            seq=batch.seq,
-            readings=batch.n_readings,
-            aggregates=len(batch.aggregates),
+        batch_log.info(
+            "batch_stored", readings=batch.n_readings, aggregates=len(batch.aggregates),
             # moved onto the clock after a step of its boot stored earlier (wire-format §7.1)
             **({"clock_shift_ms": outcome.clock_shift_ms} if outcome.clock_shift_ms else {}),
         )
         if outcome.jump is not None:
             self.stats.jumps += 1
-            log.warning(
-                "seq_jump",
-                gw=batch.gw,
-                store=batch.store,
-                seq=batch.seq,
-                highest_in_line=outcome.jump[0],
-                hint="stored; no gap opened until a next batch confirms the jump",
-            )
+            batch_log.warning(
+                "seq_jump", highest_in_line=outcome.jump[0],
+                hint="stored; no gap opened until a next batch confirms the jump")
         if outcome.jump_confirmed is not None:
             log.warning("seq_jump_confirmed", gw=batch.gw, store=batch.store,
                         seq=outcome.jump_confirmed)
