@@ -330,7 +330,7 @@ def _tool_logging(args: argparse.Namespace) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from drivers.modbus.tools import run_probe
+    from drivers.modbus.probe import run_probe
 
     _tool_logging(args)
     target, table, address, timeout = _modbus_tool_args(args)
@@ -343,7 +343,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from drivers.modbus.tools import run_scan
+    from drivers.modbus.scan import run_scan
 
     _tool_logging(args)
     target, table, address, timeout = _modbus_tool_args(args)

@@ -43,7 +43,8 @@ from agent.logs import configure_logging
 from agent.profiles import load_profile
 from agent.readings import Quality, Reading
 from agent.tools.demo import free_ports, local_broker
-from drivers.modbus.simulator import SimulatedMeter, SimulatorServer, serve
+from drivers.modbus.simulated_meter import SimulatedMeter
+from drivers.modbus.simulator import SimulatorServer, serve
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU

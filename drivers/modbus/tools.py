@@ -1,30 +1,23 @@
-"""Technician tools for Modbus: ``ssc-agent probe`` and ``ssc-agent scan``.
-
-``probe`` reads a register range from a live device and shows every plausible decoding side
-by side, so a technician can tell a meter's types, byte order and scale from what it answers.
-``scan`` finds which unit ids answer on a line or behind a gateway.
+"""What Modbus ``probe`` and ``scan`` share: targets, argument parsing and the client.
 
 The tools build their own pymodbus client from a URL-ish target (``tcp://HOST:PORT``,
-``rtu+tcp://HOST:PORT`` or a serial port), independent of any device config. Parsing,
-decoding and formatting are pure functions; only :func:`run_probe` and :func:`run_scan` (and
-the helpers they call) touch the network. pymodbus is imported inside those, so that loading
-the CLI stays quick on a Pi.
+``rtu+tcp://HOST:PORT`` or a serial port), independent of any device config. Parsing is pure;
+only :func:`open_client` and :func:`read_table` touch the network. pymodbus is imported inside
+those, so that loading the CLI stays quick on a Pi. The tools themselves are
+:mod:`drivers.modbus.probe` and :mod:`drivers.modbus.scan`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.errors import ConfigError, DeviceUnavailable
 from drivers.modbus.bus import SerialSettings
-from drivers.modbus.codec import EXCEPTION_MEANINGS, apply_scale, decode_registers
-from drivers.modbus.config import BIT_TABLES, ByteOrder, PointType, Table
+from drivers.modbus.codec import EXCEPTION_MEANINGS
+from drivers.modbus.config import BIT_TABLES, Table
 
 if TYPE_CHECKING:
     from pymodbus.client import ModbusBaseClient
@@ -32,34 +25,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXCEPTION_MEANINGS",
-    "ProbeResult",
-    "RegisterRow",
     "Target",
     "TcpTarget",
-    "UnitAnswer",
-    "WindowRow",
+    "answer_values",
     "chunk_ranges",
     "compress_ids",
     "describe_exception",
-    "format_number",
-    "format_probe_text",
-    "format_scan_summary",
-    "format_unit_line",
+    "is_gateway_tcp",
+    "open_client",
     "parse_address",
     "parse_endpoint",
     "parse_units",
-    "probe_json",
-    "register_rows",
-    "run_probe",
-    "run_scan",
+    "read_table",
     "target_from",
-    "window_rows",
+    "unit_word",
 ]
 
-MAX_REGISTERS = 125  # Modbus limit per read of registers (FC03/FC04)
-MAX_BITS = 2000  # … and of coils/discrete inputs (FC01/FC02)
-RTU_QUIET_SECONDS = 0.1  # after a timeout on RTU a late answer would shift every later one
-ORDERS = (ByteOrder.ABCD, ByteOrder.CDAB, ByteOrder.BADC, ByteOrder.DCBA)
 FUNCTION_CODE = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 
@@ -88,7 +69,7 @@ class TcpTarget:
 Target = TcpTarget | SerialSettings
 
 
-def _is_gateway_tcp(target: Target) -> bool:
+def is_gateway_tcp(target: Target) -> bool:
     """Modbus TCP: a server or gateway that may answer exception 4 for absent units."""
     return isinstance(target, TcpTarget) and not target.rtu
 
@@ -181,7 +162,7 @@ def chunk_ranges(address: int, count: int, limit: int) -> list[tuple[int, int]]:
     return [(a, min(limit, address + count - a)) for a in range(address, address + count, limit)]
 
 
-def _unit_word(table: Table, count: int) -> str:
+def unit_word(table: Table, count: int) -> str:
     kind = {
         Table.HOLDING: "holding register",
         Table.INPUT: "input register",
@@ -196,10 +177,10 @@ def describe_exception(code: int, table: Table, address: int, count: int, unit: 
     meaning = EXCEPTION_MEANINGS.get(code, "unknown exception code")
     head = f"exception {code}: {meaning}"
     first, last = f"0x{address:04X}", f"0x{address + count - 1:04X}"
-    kind = _unit_word(table, 1)
+    kind = unit_word(table, 1)
     if code == 1:
         return (
-            f"{head} — unit {unit} does not serve {_unit_word(table, 2)} "
+            f"{head} — unit {unit} does not serve {unit_word(table, 2)} "
             f"(function code {FUNCTION_CODE[table]}): try another --table"
         )
     if code == 2:
@@ -226,243 +207,10 @@ def describe_exception(code: int, table: Table, address: int, count: int, unit: 
     return head
 
 
-# --- decoding and formatting (pure) --------------------------------------------------------
+# --- the client ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterRow:
-    """One register: its raw word and its 16-bit readings (scaled)."""
-
-    address: int
-    raw: int
-    u16: int | float
-    i16: int | float
-
-
-@dataclass(frozen=True, slots=True)
-class WindowRow:
-    """The registers from ``address`` read as one wider value: type → byte order → value."""
-
-    address: int
-    values: dict[PointType, dict[ByteOrder, int | float]]
-
-
-def register_rows(address: int, registers: Sequence[int], scale: float = 1.0) -> list[RegisterRow]:
-    """Each register as raw word, u16 and i16, the latter two scaled."""
-    rows: list[RegisterRow] = []
-    for i, word in enumerate(registers):
-        u16 = decode_registers([word], PointType.U16, ByteOrder.ABCD)
-        i16 = decode_registers([word], PointType.I16, ByteOrder.ABCD)
-        u16_scaled, i16_scaled = apply_scale(u16, scale, 0.0), apply_scale(i16, scale, 0.0)
-        rows.append(RegisterRow(address + i, word, u16_scaled, i16_scaled))
-    return rows
-
-
-def window_rows(
-    address: int, registers: Sequence[int], scale: float = 1.0, *, f64: bool = False
-) -> list[WindowRow]:
-    """Every 2-register window as u32/i32/f32 in the four byte orders (and 4-register f64)."""
-    rows: list[WindowRow] = []
-    types = [PointType.U32, PointType.I32, PointType.F32]
-    for i in range(len(registers) - 1):
-        values: dict[PointType, dict[ByteOrder, int | float]] = {}
-        for type_ in [*types, PointType.F64] if f64 and i + 3 < len(registers) else types:
-            width = 4 if type_ is PointType.F64 else 2
-            words = registers[i : i + width]
-            values[type_] = {
-                order: apply_scale(decode_registers(words, type_, order), scale, 0.0)
-                for order in ORDERS
-            }
-        rows.append(WindowRow(address + i, values))
-    return rows
-
-
-def format_number(value: int | float, type_: PointType = PointType.U32, width: int = 12) -> str:
-    """A decoded value in at most ``width`` characters, with the digits its type carries."""
-    if isinstance(value, int):
-        text = str(value)
-    elif math.isnan(value):
-        return "nan"
-    elif math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    else:
-        # float32 carries ~7 significant digits; more would print noise (0.1 → 0.1000000015).
-        digits = {PointType.F32: 7, PointType.F64: 15}.get(type_, 10)
-        text = f"{value:.{digits}g}"
-    for digits in range(width - 7, -1, -1):  # fewer digits until it fits (e+100 is wide)
-        if len(text) <= width:
-            break
-        text = f"{value:.{digits}e}"
-    return text
-
-
-def _range_text(table: Table, address: int, count: int) -> str:
-    if count == 1:
-        return f"{_unit_word(table, 1)} {address} (0x{address:04X})"
-    last = address + count - 1
-    hex_span = f"0x{address:04X}-0x{last:04X}"
-    return f"{_unit_word(table, count)} {address}-{last} ({hex_span}), {count} in all"
-
-
-def format_probe_text(
-    label: str,
-    unit: int,
-    table: Table,
-    address: int,
-    values: Sequence[int],
-    *,
-    scale: float = 1.0,
-    f64: bool = False,
-) -> str:
-    """The probe table for a terminal of 80 columns: registers, then wider values."""
-    lines = [f"{label} unit {unit}", _range_text(table, address, len(values)), ""]
-    if table in BIT_TABLES:
-        lines.append(f"{'address':>7}  {'hex':>6}  {'value':>5}")
-        lines += [f"{address + i:>7}  0x{address + i:04X}  {v:>5}" for i, v in enumerate(values)]
-        return "\n".join(lines) + "\n"
-    scaled = "" if scale == 1 else f", scaled ×{format_number(scale, PointType.F64)}"
-    lines.append(f"{'address':>7}  {'hex':>6}  {'raw':>4}  {'u16':>13}  {'i16':>13}{scaled}")
-    for reg in register_rows(address, values, scale):
-        u16 = format_number(reg.u16, PointType.U16)
-        i16 = format_number(reg.i16, PointType.I16)
-        lines.append(f"{reg.address:>7}  0x{reg.address:04X}  {reg.raw:04X}  {u16:>13}  {i16:>13}")
-    windows = window_rows(address, values, scale, f64=f64)
-    if windows:
-        span = "N..N+1" + (" (f64: N..N+3)" if f64 else "")
-        lines += ["", f"registers {span} as one value, in each byte order{scaled}"]
-        lines.append(
-            f"{'address':>7}  {'hex':>6}  {'type':>4}" + "".join(f"  {o.value:>12}" for o in ORDERS)
-        )
-        for row in windows:
-            for n, (type_, by_order) in enumerate(row.values.items()):
-                where = f"{row.address:>7}  0x{row.address:04X}" if n == 0 else " " * 15
-                cells = "".join(f"  {format_number(by_order[o], type_):>12}" for o in ORDERS)
-                lines.append(f"{where}  {type_.value:>4}{cells}")
-    return "\n".join(lines) + "\n"
-
-
-def _json_number(value: int | float) -> int | float | None:
-    # JSON has no NaN or infinity; null says "no number" to any strict parser.
-    return value if isinstance(value, int) or math.isfinite(value) else None
-
-
-def probe_json(
-    label: str,
-    unit: int,
-    table: Table,
-    address: int,
-    values: Sequence[int],
-    *,
-    scale: float = 1.0,
-    f64: bool = False,
-    error: str | None = None,
-) -> dict[str, Any]:
-    """The probe result as a JSON-ready dict (non-finite floats become null)."""
-    out: dict[str, Any] = {
-        "target": label,
-        "unit": unit,
-        "table": table.value,
-        "address": address,
-        "count": len(values),
-        "scale": scale,
-    }
-    if table in BIT_TABLES:
-        out["bits"] = [{"address": address + i, "value": int(v)} for i, v in enumerate(values)]
-    else:
-        out["registers"] = [
-            {
-                "address": r.address,
-                "hex": f"0x{r.address:04X}",
-                "raw": f"{r.raw:04X}",
-                "u16": r.u16,
-                "i16": r.i16,
-            }
-            for r in register_rows(address, values, scale)
-        ]
-        out["windows"] = [
-            {
-                "address": w.address,
-                **{
-                    t.value: {o.value: _json_number(v) for o, v in by_order.items()}
-                    for t, by_order in w.values.items()
-                },
-            }
-            for w in window_rows(address, values, scale, f64=f64)
-        ]
-    out["error"] = error
-    return out
-
-
-AnswerKind = Literal["value", "exception", "gateway", "silent"]
-
-
-@dataclass(frozen=True, slots=True)
-class UnitAnswer:
-    """What one unit id answered to the scan's one-register read."""
-
-    unit: int
-    kind: AnswerKind
-    value: int | None = None
-    code: int | None = None
-
-    @property
-    def found(self) -> bool:
-        """The unit is alive: it answered a value or an exception of its own."""
-        return self.kind in ("value", "exception")
-
-
-def classify_exception(code: int, target: Target) -> AnswerKind:
-    """Whether an exception answer shows a live unit or only a gateway speaking for it."""
-    if code in (10, 11):
-        return "gateway"  # the gateway's own "nobody behind me answered"
-    if code == 4 and _is_gateway_tcp(target):
-        # Modbus TCP servers and gateways (pymodbus among them) answer 4 for unit ids they do
-        # not have; over RTU a missing unit is silent, so a 4 there is a real device failing.
-        return "gateway"
-    return "exception"
-
-
-def format_unit_line(answer: UnitAnswer, table: Table, address: int) -> str:
-    """One line for a unit that answered."""
-    where = f"{table.value} 0x{address:04X}"
-    if answer.kind == "value":
-        value = answer.value if answer.value is not None else 0
-        shown = f"{value}" if table in BIT_TABLES else f"0x{value:04X} ({value})"
-        return f"unit {answer.unit:>3}  answered: {where} = {shown}"
-    if answer.kind == "exception":
-        meaning = EXCEPTION_MEANINGS.get(answer.code or 0, "unknown exception code")
-        return (
-            f"unit {answer.unit:>3}  answered exception {answer.code}: {meaning} "
-            f"(alive; {where} gave no value)"
-        )
-    if answer.kind == "gateway":
-        return f"unit {answer.unit:>3}  gateway answered exception {answer.code} (no device)"
-    return f"unit {answer.unit:>3}  no answer"
-
-
-def format_scan_summary(answers: Sequence[UnitAnswer], target: Target) -> list[str]:
-    """The closing lines of a scan: what was found, and what only a gateway answered for."""
-    tried = [a.unit for a in answers]
-    found = [a.unit for a in answers if a.found]
-    gateway = [a for a in answers if a.kind == "gateway"]
-    lines = [
-        f"found {len(found)} unit(s) of {len(tried)} tried ({compress_ids(tried)}) "
-        f"on {target.label}" + (f": {compress_ids(found)}" if found else "")
-    ]
-    if gateway:
-        codes = sorted({a.code for a in gateway if a.code is not None})
-        lines += [
-            f"gateway answered exception {'/'.join(str(c) for c in codes)} for "
-            f"{len(gateway)} unit(s) ({compress_ids([a.unit for a in gateway])}): not found",
-            "  (a Modbus TCP server or gateway answers so for units it does not have)",
-        ]
-    return lines
-
-
-# --- talking to the device -----------------------------------------------------------------
-
-
-def _quiet_pymodbus() -> None:
+def quiet_pymodbus() -> None:
     import logging
 
     # pymodbus logs frame dumps and tracebacks for every unanswered request; the tools say
@@ -470,12 +218,12 @@ def _quiet_pymodbus() -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-async def _open(target: Target, timeout_seconds: float, retries: int) -> ModbusBaseClient:
+async def open_client(target: Target, timeout_seconds: float, retries: int) -> ModbusBaseClient:
     """A connected pymodbus client for the target, or DeviceUnavailable."""
     from pymodbus import FramerType
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-    _quiet_pymodbus()
+    quiet_pymodbus()
     client: AsyncModbusTcpClient | AsyncModbusSerialClient
     if isinstance(target, TcpTarget):
         client = AsyncModbusTcpClient(
@@ -511,7 +259,7 @@ async def _open(target: Target, timeout_seconds: float, retries: int) -> ModbusB
     return client
 
 
-async def _read(
+async def read_table(
     client: ModbusBaseClient, table: Table, address: int, count: int, unit: int
 ) -> ModbusPDU | None:
     """One read; None when nothing answered within the timeout."""
@@ -529,247 +277,8 @@ async def _read(
         return None
 
 
-def _answer_values(answer: ModbusPDU, table: Table, count: int) -> list[int]:
+def answer_values(answer: ModbusPDU, table: Table, count: int) -> list[int]:
     if table in BIT_TABLES:
         # bits come padded to whole bytes
         return [int(bool(b)) for b in answer.bits[:count]]
     return [int(w) for w in answer.registers[:count]]
-
-
-@dataclass
-class ProbeResult:
-    """What a probe read: the values of the range's first part, and the error that ended it."""
-
-    values: list[int] = field(default_factory=list)
-    error: DeviceProtocolError | DeviceUnavailable | None = None
-
-
-async def probe(
-    target: Target,
-    *,
-    unit: int,
-    table: Table,
-    address: int,
-    count: int,
-    timeout_seconds: float,
-    retries: int = 1,
-) -> ProbeResult:
-    """Read the range in requests of at most 125 registers (2000 bits); stop at a failure."""
-    if not 0 < count <= 0x10000 - address:
-        raise ConfigError(f"--count {count}: read 1..{0x10000 - address} from address {address}")
-    client = await _open(target, timeout_seconds, retries)
-    result = ProbeResult()
-    try:
-        limit = MAX_BITS if table in BIT_TABLES else MAX_REGISTERS
-        for first, n in chunk_ranges(address, count, limit):
-            answer = await _read(client, table, first, n, unit)
-            if answer is None:
-                result.error = DeviceUnavailable(
-                    f"{target.label}: no answer from unit {unit} within {timeout_seconds:g} s, "
-                    f"{retries + 1} tries ({_unit_word(table, n)} at 0x{first:04X}): check "
-                    "--unit, the wiring, "
-                    "baud rate and parity, or raise --timeout"
-                )
-                break
-            if answer.isError():
-                code = int(answer.exception_code)
-                text = describe_exception(code, table, first, n, unit)
-                result.error = DeviceProtocolError(f"{target.label} unit {unit}: {text}", code=code)
-                break
-            values = _answer_values(answer, table, n)
-            if len(values) < n:
-                result.error = DeviceProtocolError(
-                    f"{target.label} unit {unit}: asked for {n} {_unit_word(table, n)} at "
-                    f"0x{first:04X}, got {len(values)}: the device answered short"
-                )
-                break
-            result.values.extend(values)
-    finally:
-        client.close()
-    return result
-
-
-async def run_probe(
-    target: Target,
-    *,
-    unit: int,
-    table: Table,
-    address: int,
-    count: int,
-    scale: float = 1.0,
-    timeout_seconds: float = 1.0,
-    output: Literal["text", "json"] = "text",
-    f64: bool = False,
-    out: IO[str],
-) -> int:
-    """``ssc-agent probe``: print the decodings; raise the error that stopped the read."""
-    result = await probe(
-        target,
-        unit=unit,
-        table=table,
-        address=address,
-        count=count,
-        timeout_seconds=timeout_seconds,
-    )
-    error = str(result.error) if result.error is not None else None
-    if output == "json":
-        doc = probe_json(
-            target.label, unit, table, address, result.values, scale=scale, f64=f64, error=error
-        )
-        out.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    elif result.values:
-        text = format_probe_text(
-            target.label, unit, table, address, result.values, scale=scale, f64=f64
-        )
-        out.write(text)
-    out.flush()
-    if result.error is not None:
-        raise result.error
-    return 0
-
-
-class _Progress:
-    """``scanning unit 17 (17/247) … found 2``: redrawn with ``\\r`` on a TTY, else plain lines."""
-
-    def __init__(self, stream: IO[str], tty: bool, total: int) -> None:
-        self.stream = stream
-        self.tty = tty
-        self.total = total
-        self._width = 0
-        self._stride = max(10, total // 10)
-        self._next_line = self._stride
-
-    def show(self, done: int, unit: int, found: int) -> None:
-        if self.tty:
-            text = f"scanning unit {unit} ({done}/{self.total}) … found {found}"
-            self.stream.write("\r" + text.ljust(self._width))
-            self._width = len(text)
-        elif done >= self._next_line or done == self.total:
-            # a log file or a pipe gets a line per tenth, not one per unit
-            self.stream.write(f"scanned {done}/{self.total} unit ids … found {found}\n")
-            self._next_line = done + self._stride
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.tty and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
-
-
-async def scan(
-    target: Target,
-    units: Sequence[int],
-    *,
-    table: Table = Table.HOLDING,
-    address: int = 0,
-    timeout_seconds: float = 0.2,
-    on_answer: Callable[[int, UnitAnswer], None] | None = None,
-    quiet_after_timeout: float | None = None,
-) -> list[UnitAnswer]:
-    """Try each unit id with a one-register read, one at a time; every unit gets an answer.
-
-    ``on_answer(done, answer)`` is called after each unit. On RTU the line is kept quiet for
-    ``quiet_after_timeout`` seconds (default 0.1) after a silent unit, so that a late answer
-    cannot be taken for the next unit's.
-    """
-    rtu = not _is_gateway_tcp(target)
-    quiet = RTU_QUIET_SECONDS if rtu else 0.0
-    if quiet_after_timeout is not None:
-        quiet = quiet_after_timeout
-    client = await _open(target, timeout_seconds, retries=0)
-    answers: list[UnitAnswer] = []
-    try:
-        for done, unit in enumerate(units, start=1):
-            if not client.connected:
-                # pymodbus drops a TCP connection after several silent requests in a row.
-                client.close()
-                client = await _open(target, timeout_seconds, retries=0)
-            reply = await _read(client, table, address, 1, unit)
-            if reply is None:
-                answer = UnitAnswer(unit, "silent")
-                if quiet:
-                    await asyncio.sleep(quiet)
-            elif reply.isError():
-                code = int(reply.exception_code)
-                answer = UnitAnswer(unit, classify_exception(code, target), code=code)
-            else:
-                values = _answer_values(reply, table, 1)
-                answer = UnitAnswer(unit, "value", value=values[0] if values else None)
-            answers.append(answer)
-            if on_answer is not None:
-                on_answer(done, answer)
-    finally:
-        client.close()
-    return answers
-
-
-async def run_scan(
-    target: Target,
-    units: Sequence[int],
-    *,
-    table: Table = Table.HOLDING,
-    address: int = 0,
-    timeout_seconds: float = 0.2,
-    output: Literal["text", "json"] = "text",
-    out: IO[str],
-    err: IO[str],
-    tty: bool | None = None,
-    quiet_after_timeout: float | None = None,
-) -> int:
-    """``ssc-agent scan``: list the units that answer; exit status 0 when any did, else 1."""
-    if not units:
-        raise ConfigError("--units: give at least one unit id, e.g. 1-247")
-    progress = _Progress(err, err.isatty() if tty is None else tty, len(units))
-    found = 0
-
-    def on_answer(done: int, answer: UnitAnswer) -> None:
-        nonlocal found
-        if answer.found:
-            found += 1
-            if output == "text":
-                progress.clear()  # the progress line and the result share a terminal
-                out.write(format_unit_line(answer, table, address) + "\n")
-                out.flush()
-        progress.show(done, answer.unit, found)
-
-    try:
-        answers = await scan(
-            target,
-            units,
-            table=table,
-            address=address,
-            timeout_seconds=timeout_seconds,
-            on_answer=on_answer,
-            quiet_after_timeout=quiet_after_timeout,
-        )
-    finally:
-        progress.clear()
-    if output == "json":
-        doc = {
-            "target": target.label,
-            "table": table.value,
-            "address": address,
-            "found": [a.unit for a in answers if a.found],
-            "answers": [
-                {"unit": a.unit, "kind": a.kind, "value": a.value, "code": a.code}
-                for a in answers
-                if a.kind != "silent"
-            ],
-        }
-        out.write(json.dumps(doc) + "\n")
-    else:
-        out.write("\n".join(format_scan_summary(answers, target)) + "\n")
-    out.flush()
-    if found:
-        return 0
-    gateway = sum(a.kind == "gateway" for a in answers)
-    if gateway:
-        hint = (
-            f"only the TCP server or gateway answered, for all {gateway} unit id(s) tried "
-            "(exception 4, 10 or 11): no such unit behind it; try other --units, or check "
-            "the gateway's serial side"
-        )
-    else:
-        hint = "no unit answered: check the wiring, baud rate and parity, or raise --timeout"
-    raise DeviceUnavailable(f"{target.label}: {hint}")

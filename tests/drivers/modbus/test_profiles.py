@@ -14,7 +14,8 @@ from agent.profiles import Profile, apply_profile, available_profiles, load_prof
 from drivers.modbus.codec import apply_scale, decode_registers
 from drivers.modbus.config import BIT_TABLES, ByteOrder, ModbusDeviceConfig, PointType, Table
 from drivers.modbus.planner import ReadPlan, gap_ranges, plan_reads
-from drivers.modbus.simulator import SimulatedMeter, SimulatorServer, serve
+from drivers.modbus.simulated_meter import SimulatedMeter
+from drivers.modbus.simulator import SimulatorServer, serve
 
 PROFILE_DIR = Path(__file__).parents[3] / "config" / "profiles"
 PROFILE_FILES = sorted(PROFILE_DIR.glob("*.toml"))

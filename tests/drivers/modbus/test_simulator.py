@@ -14,7 +14,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from agent.profiles import Profile, load_profile
 from drivers.modbus.codec import decode_registers
 from drivers.modbus.config import ByteOrder, PointType, Table
-from drivers.modbus.simulator import SimulatedMeter, run_simulate, serve, serve_many
+from drivers.modbus.simulated_meter import SimulatedMeter
+from drivers.modbus.simulator import run_simulate, serve, serve_many
 from tests.conftest import free_port
 
 T0 = 1_780_000_000.0  # a fixed epoch second, so results do not depend on today

@@ -35,23 +35,22 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from agent.cli import main
 from drivers.modbus.bus import SerialSettings
 from drivers.modbus.config import ByteOrder, PointType, Table
-from drivers.modbus.tools import (
-    TcpTarget,
-    UnitAnswer,
-    chunk_ranges,
-    classify_exception,
-    compress_ids,
-    describe_exception,
+from drivers.modbus.probe import (
     format_number,
     format_probe_text,
-    format_scan_summary,
+    probe_json,
+    register_rows,
+    window_rows,
+)
+from drivers.modbus.scan import UnitAnswer, classify_exception, format_scan_summary, run_scan
+from drivers.modbus.tools import (
+    TcpTarget,
+    chunk_ranges,
+    compress_ids,
+    describe_exception,
     parse_address,
     parse_endpoint,
     parse_units,
-    probe_json,
-    register_rows,
-    run_scan,
-    window_rows,
 )
 from tests.conftest import free_port
 

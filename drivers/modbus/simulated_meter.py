@@ -1,0 +1,276 @@
+"""A Modbus device simulated from a device profile: its registers as a pure function of time.
+
+A profile's ``[simulate]`` table says how each point's value moves; one key per point name,
+each an inline table with a ``kind``:
+
+```toml
+[simulate]
+voltage_l1    = { kind = "noise", base = 230.0, spread = 1.5, resolution = 0.1 }
+energy_import = { kind = "counter", start = 12345.0, rate_per_hour = 4.2, resolution = 0.001 }
+frequency     = { kind = "constant", value = 50.0 }
+defined       = { input = [[0x00, 0x4F], [0x156, 0x157]] }   # optional, see below
+```
+
+- ``constant``: always ``value``.
+- ``noise``: ``base`` plus uniform noise in ``[-spread, +spread]``, drawn afresh every time
+  step (``step_seconds`` of the meter, 1 s by default) from the seed, the point name and the
+  step number, so a given seed and time always give the same value.
+- ``counter``: ``start + rate_per_hour × elapsed hours`` since the meter's start time ``t0``;
+  never decreases.
+- ``resolution`` (noise, counter; default 0.01): values are quantized to it, as a real meter's
+  finite resolution does (it matters for compression on the wire). Counters round down.
+- A point without a hint is a constant 0.
+- ``defined`` (optional): extra address ranges ``[first, last]`` per table (``holding``,
+  ``input``, ``coil``, ``discrete``) that the device answers, beyond what is derived.
+
+Values are engineering values (after ``scale`` and ``offset``); integer points store
+``round((value - offset) / scale)``, clamped to the type's range, and report the value that
+raw number stands for. A simulated device answers for every register of its points, for the
+gaps between neighbouring points up to the profile's ``max_gap`` (so any plan the profile's
+defaults allow can be read), and for the ``defined`` ranges; ``forbidden_ranges`` of the
+profile stay undefined (illegal address, exception 2) unless a point lies there. Anything
+else also answers exception 2, like a real device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.profiles import Profile
+from drivers.modbus.codec import apply_scale, encode_value, is_float_type
+from drivers.modbus.config import BIT_TABLES, ModbusPoint, PointType, Table
+
+if TYPE_CHECKING:
+    from pymodbus.simulator import SimAction, SimDevice
+
+__all__ = ["ConstantHint", "CounterHint", "NoiseHint", "SimulatedMeter"]
+
+_INT_RANGE: dict[PointType, tuple[int, int]] = {
+    PointType.U16: (0, 2**16 - 1),
+    PointType.I16: (-(2**15), 2**15 - 1),
+    PointType.U32: (0, 2**32 - 1),
+    PointType.I32: (-(2**31), 2**31 - 1),
+    PointType.U64: (0, 2**64 - 1),
+    PointType.I64: (-(2**63), 2**63 - 1),
+    PointType.BOOL: (0, 1),
+}
+_DEFINED_KEY = "defined"
+
+
+class _Hint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConstantHint(_Hint):
+    """The value never changes."""
+
+    kind: Literal["constant"]
+    value: int | float = 0
+
+
+class NoiseHint(_Hint):
+    """Base value plus seeded uniform noise, new each time step."""
+
+    kind: Literal["noise"]
+    base: float
+    spread: float = Field(ge=0)
+    resolution: float = Field(default=0.01, gt=0)
+
+
+class CounterHint(_Hint):
+    """A counter rising at a constant rate from its start value."""
+
+    kind: Literal["counter"]
+    start: float = 0.0
+    rate_per_hour: float = Field(ge=0)
+    resolution: float = Field(default=0.01, gt=0)
+
+
+class _HintFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hints: dict[str, Annotated[ConstantHint | NoiseHint | CounterHint, Field(discriminator="kind")]]
+    defined: dict[Table, list[tuple[int, int]]] = Field(default_factory=dict)
+
+
+def _quantize(value: float, resolution: float, *, down: bool = False) -> float | int:
+    # A tiny epsilon keeps 0.3 / 0.1 = 2.9999999999999996 from flooring to 2.
+    steps = math.floor(value / resolution + 1e-9) if down else round(value / resolution)
+    return apply_scale(steps, resolution, 0.0)
+
+
+def _runs(addresses: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted addresses as inclusive (first, last) runs."""
+    runs: list[tuple[int, int]] = []
+    for address in sorted(set(addresses)):
+        if runs and runs[-1][1] == address - 1:
+            runs[-1] = (runs[-1][0], address)
+        else:
+            runs.append((address, address))
+    return runs
+
+
+class SimulatedMeter:
+    """A device simulated from a profile; values are a pure function of seed and time."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        seed: int | str = 0,
+        *,
+        t0: float = 0.0,
+        step_seconds: float = 1.0,
+    ) -> None:
+        if step_seconds <= 0:
+            raise ValueError(f"step_seconds must be greater than zero, got {step_seconds}")
+        self.profile = profile
+        self.seed = seed
+        self.t0 = t0
+        self.step_seconds = step_seconds
+        where = f"profile {profile.name} ({profile.path})"
+        try:
+            self.points = [ModbusPoint.model_validate(p) for p in profile.points]
+        except ValidationError as exc:
+            raise ValueError(f"{where}: invalid point: {exc.errors()[0]['msg']}") from exc
+        if not self.points:
+            raise ValueError(f"{where}: has no [[points]] to simulate")
+        names = {p.name for p in self.points}
+        raw_hints = dict(profile.simulate)
+        defined = raw_hints.pop(_DEFINED_KEY, {}) if _DEFINED_KEY not in names else {}
+        try:
+            parsed = _HintFile.model_validate({"hints": raw_hints, "defined": defined})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"][1:])
+            raise ValueError(f"{where}: [simulate] {loc}: {first['msg']}") from exc
+        unknown = sorted(set(parsed.hints) - names)
+        if unknown:
+            raise ValueError(f"{where}: [simulate] names no such point(s) {unknown}")
+        self._hints = parsed.hints
+        self.defined = self._defined_addresses(parsed.defined)
+
+    def _defined_addresses(
+        self, extra: Mapping[Table, Sequence[tuple[int, int]]]
+    ) -> dict[Table, list[tuple[int, int]]]:
+        max_gap = int(self.profile.defaults.get("max_gap", 0))
+        forbidden = [tuple(r) for r in self.profile.defaults.get("forbidden_ranges", [])]
+        result: dict[Table, list[tuple[int, int]]] = {}
+        for table in Table:
+            spans = sorted(
+                (p.address, p.address + p.width - 1) for p in self.points if p.table is table
+            )
+            own = {a for first, last in spans for a in range(first, last + 1)}
+            filled = set(own)
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                if 0 < start - end - 1 <= max_gap:
+                    filled.update(range(end + 1, start))
+            for first, last in extra.get(table, []):
+                filled.update(range(first, last + 1))
+            for first, last in forbidden:
+                filled -= set(range(first, last + 1)) - own
+            if filled:
+                result[table] = _runs(filled)
+        return result
+
+    def _value(self, name: str, t: float) -> float | int:
+        hint = self._hints.get(name)
+        if hint is None:
+            return 0.0
+        if isinstance(hint, ConstantHint):
+            return hint.value
+        if isinstance(hint, CounterHint):
+            hours = max(0.0, t - self.t0) / 3600.0
+            return _quantize(hint.start + hint.rate_per_hour * hours, hint.resolution, down=True)
+        step = math.floor(t / self.step_seconds)
+        rng = random.Random(f"{self.seed}/{name}/{step}")
+        return _quantize(hint.base + rng.uniform(-hint.spread, hint.spread), hint.resolution)
+
+    def _raw(self, point: ModbusPoint, value: float | int) -> int | float:
+        """The number the device stores for an engineering value."""
+        if point.scale == 1 and point.offset == 0 and isinstance(value, int):
+            unscaled: int | float = value  # a float would round 64-bit integers
+        else:
+            unscaled = (value - point.offset) / point.scale
+        if is_float_type(point.type):
+            return value if point.scale == 1 and point.offset == 0 else unscaled
+        if point.type is PointType.BOOL:
+            return int(unscaled >= 0.5)
+        low, high = _INT_RANGE[point.type]
+        if isinstance(unscaled, float) and not math.isfinite(unscaled):
+            return 0
+        return min(high, max(low, round(unscaled)))
+
+    def values_at(self, t: float) -> dict[str, float | int]:
+        """Each point's engineering value at time ``t`` (epoch seconds), as served."""
+        values: dict[str, float | int] = {}
+        for point in self.points:
+            value = self._value(point.name, t)
+            if is_float_type(point.type):
+                values[point.name] = float(value)
+            else:
+                values[point.name] = apply_scale(self._raw(point, value), point.scale, point.offset)
+        return values
+
+    def registers_at(self, t: float) -> dict[Table, dict[int, int]]:
+        """Per table, address → register (or bit: 0/1) of every defined address at ``t``."""
+        tables: dict[Table, dict[int, int]] = {
+            table: {a: 0 for first, last in runs for a in range(first, last + 1)}
+            for table, runs in self.defined.items()
+        }
+        for point in self.points:
+            raw = self._raw(point, self._value(point.name, t))
+            words = encode_value(raw, point.type, point.byte_order)
+            if point.table in BIT_TABLES:
+                words = [1 if words[0] else 0]
+            for i, word in enumerate(words):
+                tables[point.table][point.address + i] = word
+        return tables
+
+    def sim_device(self, unit: int, t: float, action: SimAction | None = None) -> SimDevice:
+        """The pymodbus ``SimDevice`` serving this meter as ``unit``, registers as at ``t``."""
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        registers = self.registers_at(t)
+        blocks: dict[Table, list[SimData]] = {}
+        for table in Table:
+            runs = self.defined.get(table, [])
+            table_regs = registers.get(table, {})
+            if table in BIT_TABLES:
+                entries = [
+                    SimData(
+                        first,
+                        values=[bool(table_regs[a]) for a in range(first, last + 1)],
+                        datatype=DataType.BITS,
+                    )
+                    for first, last in runs
+                ]
+                # pymodbus needs every block non-empty; 16 spare bits at the very top.
+                blocks[table] = entries or [
+                    SimData(65520, values=[False] * 16, datatype=DataType.BITS)
+                ]
+            else:
+                entries = [
+                    SimData(
+                        first,
+                        values=[table_regs[a] for a in range(first, last + 1)],
+                        datatype=DataType.REGISTERS,
+                    )
+                    for first, last in runs
+                ]
+                blocks[table] = entries or [SimData(0, datatype=DataType.INVALID)]
+        return SimDevice(
+            id=unit,
+            action=action,
+            simdata=(
+                blocks[Table.COIL],
+                blocks[Table.DISCRETE],
+                blocks[Table.HOLDING],
+                blocks[Table.INPUT],
+            ),
+        )
