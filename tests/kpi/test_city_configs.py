@@ -20,7 +20,7 @@ import pytest
 from agent.config import AgentConfig, load_config
 from tests.kpi.support import Row, by_kpi, run_replay
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "config" / "kpis"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "kpis"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.toml"))
 AIR_QUALITY = ["air-quality-eu2008.toml", "air-quality-eu2024.toml", "air-quality-who2021.toml"]
 BERLIN = ZoneInfo("Europe/Berlin")
