@@ -14,7 +14,6 @@ wrong, as a 7E1 UART does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from enum import Enum
@@ -22,7 +21,8 @@ from enum import Enum
 import structlog
 
 from drivers.iec62056 import frames
-from drivers.serialio import ReadTimeout, SerialLink, SerialSettings, serve_port, strip_bit7
+from drivers.serialio import ReadTimeout, SerialLink, SerialSettings, strip_bit7
+from drivers.serialsim import serve_port_for
 
 __all__ = ["Fault", "Iec62056Simulator", "simulate"]
 
@@ -153,9 +153,7 @@ class Iec62056Simulator:
         """Serve until cancelled (or ``duration`` seconds), reopening the port if it vanishes."""
         log.info("simulator_serving", driver="iec62056", port=self.link.port,
                  identification=f"{self.manufacturer}{self.baud}{self.ident}")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(duration):
-                await serve_port(self.link, self._session)
+        await serve_port_for(self.link, self._session, duration)
 
 
 async def simulate(serial_path: str, duration: float | None) -> None:

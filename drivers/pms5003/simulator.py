@@ -13,40 +13,27 @@ faults for the next data frames.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-from collections import deque
-from enum import Enum
-
-import structlog
 
 from drivers.pms5003 import frames
-from drivers.serialio import ReadTimeout, SerialLink, SerialSettings, serve_port
+from drivers.serialio import SerialLink, SerialSettings
+from drivers.serialsim import Fault, StreamingSensor, send_frame
 
 __all__ = ["Fault", "Pms5003Simulator", "simulate"]
-
-log = structlog.get_logger()
 
 # Noise with a false header (42 4D and a length of 0x1C) that a careless parser would take.
 NOISE = bytes([0x00, 0xFF, 0x42, 0x4D, 0x00, 0x1C, 0x55, 0x42])
 
 
-class Fault(Enum):
-    """What to do to the next data frame."""
-
-    NOISE = "noise"
-    PARTIAL = "partial"
-    BAD_CHECKSUM = "bad_checksum"
-    SILENCE = "silence"
-
-
-class Pms5003Simulator:
+class Pms5003Simulator(StreamingSensor[tuple[int, int]]):
     """One simulated sensor; ``values`` fixed (12 ints in ``frames.FIELDS`` order) or a walk.
 
     ``climate`` gives the temperature (°C), relative humidity (%) and formaldehyde (mg/m³) the
     T, S and ST models send.
     """
+
+    driver = "pms5003"
+    scan_command = staticmethod(frames.scan_command)
 
     def __init__(
         self,
@@ -61,20 +48,14 @@ class Pms5003Simulator:
         if model not in frames.MODELS:
             raise ValueError(f"model {model!r}: one of {', '.join(frames.MODELS)}")
         self.model = frames.MODELS[model]
-        self.link = SerialLink(SerialSettings(port, 9600), name=f"{model} simulator ({port})")
+        link = SerialLink(SerialSettings(port, 9600), name=f"{model} simulator ({port})")
+        super().__init__(link, period)
         self.values = values
         self.climate = climate
-        self.period = period
-        self.faults: deque[Fault] = deque()
         self.passive = False
         self.awake = True
-        self.commands: list[int] = []
         self._random = random.Random(seed)
         self._walk = 9.0
-
-    def inject(self, *faults: Fault) -> None:
-        """Apply these faults to the next data frames, one each."""
-        self.faults.extend(faults)
 
     def _frame_values(self) -> tuple[int, ...]:
         if self.values is not None:
@@ -101,20 +82,21 @@ class Pms5003Simulator:
             words[11] = 0  # reserved; the counts above 10 µm are not sent
         return frames.build_data_frame(tuple(words[:12]), words[12], tuple(words[13:]))
 
-    async def _send_data(self, link: SerialLink) -> None:
-        frame = self.frame()
-        fault = self.faults.popleft() if self.faults else None
-        if fault is Fault.SILENCE:
-            return
-        if fault is Fault.NOISE:
-            frame = NOISE + frame
-        elif fault is Fault.PARTIAL:
-            frame = frame[:13]
-        elif fault is Fault.BAD_CHECKSUM:
-            frame = frame[:-1] + bytes([(frame[-1] + 1) & 0xFF])
-        await link.write(frame)
+    def power_up(self) -> None:
+        """Active mode, awake."""
+        self.passive, self.awake = False, True
 
-    async def _answer(self, link: SerialLink, command: int, data: int) -> None:
+    def streaming(self) -> bool:
+        """Awake and in active mode."""
+        return self.awake and not self.passive
+
+    async def send_data(self, link: SerialLink) -> None:
+        """One data frame of this model."""
+        await send_frame(link, self.frame(), self.faults, noise=NOISE, partial=13, checksum_at=-1)
+
+    async def answer(self, link: SerialLink, command_frame: tuple[int, int]) -> None:
+        """Sleep/wake; awake, the mode command (answered) and the read command (passive)."""
+        command, data = command_frame
         self.commands.append(command)
         if command == frames.Command.SLEEP:
             self.awake = bool(data)
@@ -125,32 +107,7 @@ class Pms5003Simulator:
             self.passive = data == 0
             await link.write(frames.build_answer(command, data))
         elif command == frames.Command.READ and self.passive:
-            await self._send_data(link)
-
-    async def _session(self, link: SerialLink) -> None:
-        self.passive, self.awake = False, True  # powered up (again)
-        loop = asyncio.get_running_loop()
-        next_frame = loop.time() + self.period
-        while True:
-            streaming = self.awake and not self.passive
-            deadline = next_frame if streaming else link.deadline(3600.0)
-            try:
-                command, data = await link.read_frame(frames.scan_command, deadline)
-            except ReadTimeout:
-                if self.awake and not self.passive:
-                    await self._send_data(link)
-                next_frame = loop.time() + self.period
-                continue
-            await self._answer(link, command, data)
-            if not streaming:
-                next_frame = loop.time() + self.period
-
-    async def run(self, duration: float | None = None) -> None:
-        """Serve until cancelled (or ``duration`` seconds), reopening the port if it vanishes."""
-        log.info("simulator_serving", driver="pms5003", port=self.link.port)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(duration):
-                await serve_port(self.link, self._session)
+            await self.send_data(link)
 
 
 async def simulate(serial_path: str, duration: float | None) -> None:

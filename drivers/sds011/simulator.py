@@ -10,35 +10,22 @@ next data frames (noise before the frame, a partial frame, a wrong checksum, sil
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-from collections import deque
-from enum import Enum
-
-import structlog
 
 from drivers.sds011 import frames
-from drivers.serialio import ReadTimeout, SerialLink, SerialSettings, serve_port
+from drivers.serialio import SerialLink, SerialSettings
+from drivers.serialsim import Fault, StreamingSensor, send_frame
 
 __all__ = ["Fault", "Sds011Simulator", "simulate"]
-
-log = structlog.get_logger()
 
 NOISE = bytes([0x00, 0xFF, 0xAA, 0x55, 0xAA, 0xC5, 0x13])
 
 
-class Fault(Enum):
-    """What to do to the next data frame."""
-
-    NOISE = "noise"  # junk bytes (with a false header) before a good frame
-    PARTIAL = "partial"  # the first half of the frame, then nothing
-    BAD_CHECKSUM = "bad_checksum"
-    SILENCE = "silence"  # no answer at all
-
-
-class Sds011Simulator:
+class Sds011Simulator(StreamingSensor[tuple[int, bytes, int]]):
     """One simulated sensor; ``pm2_5``/``pm10`` fixed values, or None for a plausible walk."""
+
+    driver = "sds011"
+    scan_command = staticmethod(frames.scan_command)
 
     def __init__(
         self,
@@ -50,22 +37,16 @@ class Sds011Simulator:
         period: float = 1.0,
         seed: int | None = None,
     ) -> None:
-        self.link = SerialLink(SerialSettings(port, 9600), name=f"sds011 simulator ({port})")
+        link = SerialLink(SerialSettings(port, 9600), name=f"sds011 simulator ({port})")
+        super().__init__(link, period)  # commands: D1 of every command taken, in order
         self.device_id = device_id
         self.pm2_5 = pm2_5
         self.pm10 = pm10
-        self.period = period
-        self.faults: deque[Fault] = deque()
         self.awake = True
         self.query_mode = False  # the factory default is active reporting
-        self.commands: list[int] = []  # D1 of every command taken, in order
         self.frames_sent = 0
         self._random = random.Random(seed)
         self._walk = 12.0
-
-    def inject(self, *faults: Fault) -> None:
-        """Apply these faults to the next data frames, one each."""
-        self.faults.extend(faults)
 
     def reset(self) -> None:
         """A power cycle (the adapter replugged): awake, active mode."""
@@ -78,27 +59,33 @@ class Sds011Simulator:
         self._walk = min(300.0, max(1.0, self._walk + self._random.gauss(0, 0.8)))
         return round(self._walk, 1), round(self._walk * 1.45, 1)
 
-    async def _send_data(self, link: SerialLink) -> None:
-        frame = frames.build_data_frame(*self._values(), self.device_id)
-        fault = self.faults.popleft() if self.faults else None
-        self.frames_sent += 1
-        if fault is Fault.SILENCE:
-            return
-        if fault is Fault.NOISE:
-            frame = NOISE + frame
-        elif fault is Fault.PARTIAL:
-            frame = frame[:5]
-        elif fault is Fault.BAD_CHECKSUM:
-            frame = frame[:8] + bytes([(frame[8] + 1) & 0xFF]) + frame[9:]
-        await link.write(frame)
+    def power_up(self) -> None:
+        """As :meth:`reset`."""
+        self.reset()
 
-    async def _answer(self, link: SerialLink, command: int, data: bytes, target: int) -> None:
+    def streaming(self) -> bool:
+        """Awake and in active reporting mode."""
+        return self.awake and not self.query_mode
+
+    def serving_fields(self) -> dict[str, str]:
+        """The sensor's ID."""
+        return {"device_id": f"{self.device_id:04X}"}
+
+    async def send_data(self, link: SerialLink) -> None:
+        """One data frame with the current values."""
+        frame = frames.build_data_frame(*self._values(), self.device_id)
+        self.frames_sent += 1
+        await send_frame(link, frame, self.faults, noise=NOISE, partial=5, checksum_at=8)
+
+    async def answer(self, link: SerialLink, command_frame: tuple[int, bytes, int]) -> None:
+        """Query or setting commands addressed to this sensor; asleep, only the work command."""
+        command, data, target = command_frame
         if target not in (frames.ANY_ID, self.device_id):
             return
         self.commands.append(command)
         if command == frames.Command.QUERY_DATA:
             if self.awake:
-                await self._send_data(link)
+                await self.send_data(link)
             return
         if not self.awake and command != frames.Command.SLEEP_WORK:
             return  # asleep, the sensor only listens for the work command
@@ -115,31 +102,6 @@ class Sds011Simulator:
             return
         echo = bytes([command, is_set, value, 0])
         await link.write(frames.build_reply(frames.SETTING_REPLY, echo, self.device_id))
-
-    async def _session(self, link: SerialLink) -> None:
-        self.reset()
-        next_frame = asyncio.get_running_loop().time() + self.period
-        while True:
-            streaming = self.awake and not self.query_mode
-            deadline = next_frame if streaming else link.deadline(3600.0)
-            try:
-                command, data, target = await link.read_frame(frames.scan_command, deadline)
-            except ReadTimeout:
-                if self.awake and not self.query_mode:
-                    await self._send_data(link)
-                next_frame = asyncio.get_running_loop().time() + self.period
-                continue
-            await self._answer(link, command, data, target)
-            if not streaming:
-                next_frame = asyncio.get_running_loop().time() + self.period
-
-    async def run(self, duration: float | None = None) -> None:
-        """Serve until cancelled (or ``duration`` seconds), reopening the port if it vanishes."""
-        log.info("simulator_serving", driver="sds011", port=self.link.port,
-                 device_id=f"{self.device_id:04X}")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(duration):
-                await serve_port(self.link, self._session)
 
 
 async def simulate(serial_path: str, duration: float | None) -> None:
