@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING
 from agent.endpoints import parse_broker_url
 from agent.gateway.batcher import Batcher
 from agent.gateway.store import BatchStore
-from agent.gateway.uplink import MqttSettings, Uplink
+from agent.gateway.uplink import Uplink
 from agent.logs import configure_logging
+from agent.mqtt import MqttSettings
 from agent.profiles import load_profile
 from agent.readings import Quality, Reading
 from agent.tools.demo import free_ports, local_broker

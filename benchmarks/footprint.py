@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from agent.endpoints import parse_broker_url
-from agent.gateway.uplink import MqttSettings, subscribe
+from agent.mqtt import MqttSettings, subscribe
 from agent.tools.demo import free_port, free_ports
 from agent.wire import decode_batch
 

@@ -120,7 +120,8 @@ async def run_agent(
     install_signal_handlers: bool = True,
 ) -> None:
     """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
-    from agent.gateway.uplink import MqttSettings, Uplink  # aiomqtt only when we really connect
+    from agent.gateway.uplink import Uplink  # aiomqtt only when we really connect
+    from agent.mqtt import MqttSettings
 
     context = DriverContext(buses=config.buses_by_name)
     drivers = create_drivers(config, context)

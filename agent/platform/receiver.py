@@ -1,6 +1,6 @@
 """The platform side: subscribe to every gateway's batches and status, decode, store.
 
-MQTT comes from :func:`agent.gateway.uplink.subscribe` (the only module that imports aiomqtt). It
+MQTT comes from :func:`agent.mqtt.subscribe` (the platform never imports the gateway package). It
 acknowledges a message when the next one is asked for, so a batch is stored (and committed)
 before the broker hears PUBACK; a receiver that dies mid-batch gets it again. A message that
 cannot be decoded or stored is set aside in the sink and acknowledged, so it cannot block the
@@ -23,7 +23,7 @@ import structlog
 
 from agent.endpoints import BrokerAddress
 from agent.errors import ConfigError, WireFormatError
-from agent.gateway.uplink import MqttSettings, subscribe
+from agent.mqtt import MqttSettings, subscribe
 from agent.platform.sink import SqliteSink, StoreOutcome
 from agent.wire import Batch, decode_batch, parse_topic
 
@@ -33,6 +33,11 @@ T = TypeVar("T")
 
 STORE_RETRY_FIRST = 0.5
 STORE_RETRY_MAX = 30.0
+
+
+# The fields ReceiverSettings shares with MqttSettings, by the same names.
+_CONNECTION_FIELDS = ("client_id", "username", "password_file", "ca_file", "cert_file",
+                      "key_file")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,11 @@ class ReceiverSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     shared_group: str | None = None
+
+    def mqtt(self) -> MqttSettings:
+        """The broker connection these settings name."""
+        shared = {name: getattr(self, name) for name in _CONNECTION_FIELDS}
+        return MqttSettings(address=self.broker, **shared)
 
 
 @dataclass
@@ -302,18 +312,9 @@ class MessageHandler:
 
 
 async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
-    mqtt = MqttSettings(
-        address=settings.broker,
-        client_id=settings.client_id,
-        username=settings.username,
-        password_file=settings.password_file,
-        ca_file=settings.ca_file,
-        cert_file=settings.cert_file,
-        key_file=settings.key_file,
-    )
     topics = subscription_topics(settings.topic_prefix, settings.shared_group)
     # Persistent session: the broker queues batches for us while we are away.
-    messages = subscribe(mqtt, topics, clean_session=False)
+    messages = subscribe(settings.mqtt(), topics, clean_session=False)
     try:
         async for topic, payload in messages:
             await handler.handle(topic, payload)

@@ -13,7 +13,8 @@ import pytest
 
 from agent.endpoints import parse_broker_url
 from agent.gateway.store import BatchStore
-from agent.gateway.uplink import MqttSettings, ReplayPacer, Uplink
+from agent.gateway.uplink import ReplayPacer, Uplink
+from agent.mqtt import MqttSettings
 from agent.readings import Event
 from tests.conftest import Mosquitto
 

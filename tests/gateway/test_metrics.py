@@ -80,7 +80,8 @@ def test_backlog_age_is_elapsed_time_through_a_wall_clock_step(tmp_path: Path) -
     from agent.gateway.batcher import Batcher
     from agent.gateway.metrics import DeliveryCollector
     from agent.gateway.store import BatchStore
-    from agent.gateway.uplink import MqttSettings, Uplink
+    from agent.gateway.uplink import Uplink
+    from agent.mqtt import MqttSettings
 
     wall, mono = [1_700_000_000.0], [100.0]
     store = BatchStore.open(tmp_path / "buffer.db", clock=lambda: wall[0],

@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 
 from agent.endpoints import parse_broker_url
 from agent.gateway.store import BatchStore
-from agent.gateway.uplink import MqttSettings, Uplink, reconnect_delay
+from agent.gateway.uplink import Uplink
+from agent.mqtt import MqttSettings, reconnect_delay
 from agent.wire import BufferHealth, decode_status
 from tests.conftest import Mosquitto, free_port
 

@@ -1,0 +1,218 @@
+"""MQTT connections the gateway's uplink and the platform's receiver share: the settings, a
+fresh client per connection (login, TLS), one-line connection errors, reconnect waits, and the
+receiver's subscription with its manual acknowledgement.
+
+This module and ``agent/gateway/uplink.py`` are the only ones that import aiomqtt
+(docs/architecture.md). Facts they rely on, verified against aiomqtt 2.5 / paho 2.2
+(docs/protocols.md §2):
+
+- A client is never re-entered after a disconnect: every connection gets a new ``Client``.
+- aiomqtt has no manual acknowledgement; paho 2.x has (``manual_ack_set``, ``ack(mid, qos)``).
+  :func:`manual_acks` is the one place that reaches paho through aiomqtt's private client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import structlog
+
+from agent.endpoints import BrokerAddress
+from agent.errors import UplinkError
+
+log = structlog.get_logger(__name__)
+
+# Reconnect waits (``[uplink] reconnect_min`` / ``reconnect_max``): each wait is drawn
+# uniformly between the minimum and a ceiling that doubles from it up to the maximum, so a
+# gateway tries again at most RECONNECT_MAX after the broker is back, and a fleet that lost the
+# broker together spreads its reconnects over [min, max] instead of arriving in lockstep.
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 5.0
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker; secrets stay in files until a connection needs them."""
+
+    address: BrokerAddress
+    client_id: str
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: float = 30.0
+    timeout: float = 20.0
+
+
+def _read_password(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UplinkError(f"cannot read password_file {path}: {exc.strerror}") from None
+    return text.rstrip("\r\n")
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    if not settings.address.tls:
+        return None
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(
+            f"ca_file {settings.ca_file}: cannot load CA certificates: {exc}"
+        ) from None
+    if settings.cert_file is not None:
+        try:
+            context.load_cert_chain(
+                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkError(
+                f"cert_file {settings.cert_file} / key_file {settings.key_file}: "
+                f"cannot load the client certificate: {exc}"
+            ) from None
+    return context
+
+
+class TransportErrors(logging.Handler):
+    """paho's last error line of a connection attempt.
+
+    A broker that rejects our client certificate does so after the TLS handshake looks done to
+    us; paho then fails on the socket and logs why, but aiomqtt keeps waiting for a CONNACK and
+    reports only a timeout. This handler keeps what paho said, so the error can name the cause.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+        # not registered with logging's manager (one per uplink, freed with it), no parents
+        self.logger = logging.Logger("ssc.mqtt", logging.ERROR)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def new_client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
+                  clean_session: bool | None = None, max_inflight: int | None = None,
+               errors: TransportErrors | None = None) -> aiomqtt.Client:
+    """A client for one connection (never re-entered after a disconnect); the password is read
+    from its file now, so a rotated password is used at the next connection."""
+    password = _read_password(settings.password_file) if settings.password_file else None
+    if errors is not None:
+        errors.last = None
+    client = aiomqtt.Client(
+        settings.address.host,
+        settings.address.port,
+        username=settings.username,
+        password=password,
+        identifier=settings.client_id,
+        will=will,
+        clean_session=clean_session,
+        keepalive=max(1, round(settings.keepalive)),
+        timeout=settings.timeout,
+        max_inflight_messages=max_inflight,
+        tls_context=_tls_context(settings),
+        logger=errors.logger if errors is not None else None,
+    )
+    if max_inflight is not None:
+        # paho warns once per publish above this threshold; our window is deliberate.
+        client.pending_calls_threshold = max_inflight + 1
+    return client
+
+
+def describe_mqtt_error(exc: BaseException, settings: MqttSettings,
+                        transport: str | None = None) -> str:
+    """One line for a connection failure, naming the file when TLS is the cause; no secrets.
+    ``transport`` is what paho logged of the attempt (see :class:`TransportErrors`)."""
+    text = str(exc) if transport is None else f"{exc} ({transport})"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"TLS: the broker's certificate is not trusted by ca_file {settings.ca_file} "
+                f"({text})")
+    if "CERTIFICATE_REQUIRED" in text:
+        return ("TLS: the broker requires a client certificate: set cert_file and key_file "
+                f"({text})")
+    if any(alert in text for alert in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN",
+                                       "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED")):
+        return (f"TLS: the broker refused the client certificate cert_file {settings.cert_file} "
+                f"({text})")
+    if "Not authorized" in text or "code:135" in text or "code:5" in text:
+        return f"broker refused the login of user {settings.username!r}: check password_file"
+    return f"{type(exc).__name__}: {text}"
+
+
+def reconnect_delay(failures: int, low: float, high: float, draw: float) -> float:
+    """Seconds to wait before the next connection attempt, after ``failures`` failed ones in a
+    row (0: the connection was just lost): uniform between ``low`` and a ceiling doubling from
+    ``low`` to ``high``; ``draw`` is uniform in [0, 1). Never more than ``high``."""
+    ceiling = min(high, low * 2.0 ** min(failures, 64))
+    return low + (max(ceiling, low) - low) * draw
+
+
+def manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
+    """Make ``client`` acknowledge a received message only when told, and return what tells it.
+
+    Call it before the client connects: until then paho acknowledges each message as it hands
+    it over. A message never acknowledged is delivered again to the same persistent session
+    after a reconnect; QoS 0 messages have nothing to acknowledge.
+    """
+    paho = client._client  # aiomqtt 2.5 has no API for it: the one reach into its internals
+    paho.manual_ack_set(True)
+
+    def acknowledge(message: aiomqtt.Message) -> None:
+        if message.qos > 0:
+            paho.ack(message.mid, message.qos)
+
+    return acknowledge
+
+
+async def subscribe(
+    settings: MqttSettings,
+    topics: Sequence[str],
+    *,
+    clean_session: bool = False,
+    reconnect_min: float = RECONNECT_MIN,
+    reconnect_max: float = RECONNECT_MAX,
+) -> AsyncIterator[tuple[str, bytes]]:
+    """Yield ``(topic, payload)`` forever, reconnecting with backoff; QoS 1 subscriptions.
+
+    Messages are acknowledged to the broker only when the consumer asks for the next one, so a
+    receiver that dies while storing a batch gets it again (persistent session).
+    """
+    failures = 0
+    errors = TransportErrors()
+    while True:
+        try:
+            client = new_client(settings, clean_session=clean_session, errors=errors)
+            acknowledge = manual_acks(client)
+            async with client:
+                for topic in topics:
+                    await client.subscribe(topic, qos=1)
+                log.info("mqtt_subscribed", broker=settings.address.url, topics=list(topics))
+                failures = 0
+                async for message in client.messages:
+                    payload = message.payload
+                    data = payload if isinstance(payload, bytes) else str(payload).encode()
+                    yield str(message.topic), data
+                    acknowledge(message)
+        except aiomqtt.MqttError as exc:
+            delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
+            log.warning("mqtt_disconnected", broker=settings.address.url,
+                        error=describe_mqtt_error(exc, settings, errors.last),
+                        retry_in=round(delay, 1))
+        except UplinkError as exc:
+            delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
+            log.error("mqtt_settings_invalid", error=str(exc))
+        await asyncio.sleep(delay)
+        failures += 1
