@@ -25,13 +25,13 @@ from pathlib import Path
 
 import structlog
 
-import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
+from agent.driver import PointInfo
 from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.iec62056 import frames
 from drivers.iec62056.config import Iec62056Config, ObisPoint
 from drivers.iec62056.simulator import simulate
+from drivers.serialdriver import SerialDriver, serial_driver_spec
 from drivers.serialio import (
     PortGone,
     ReadTimeout,
@@ -48,7 +48,7 @@ log = structlog.get_logger()
 SAMPLE_TOML = (Path(__file__).parent / "sample.toml").read_text(encoding="utf-8")
 
 
-class Iec62056Driver:
+class Iec62056Driver(SerialDriver):
     """One meter behind one optical head (or serial port)."""
 
     def __init__(self, config: Iec62056Config) -> None:
@@ -58,7 +58,7 @@ class Iec62056Driver:
         settings = SerialSettings(
             config.port, config.initial_baudrate, bytesize, parity, stopbits
         )
-        self._link = SerialLink(settings, name=self._where, receive_filter=strip_bit7)
+        super().__init__(SerialLink(settings, name=self._where, receive_filter=strip_bit7))
         self._soft_parity = config.framing == "8N1"
         self._points = tuple(PointInfo(p.name, p.unit) for p in config.points)
         self._problems: dict[str, str] = {}
@@ -75,19 +75,6 @@ class Iec62056Driver:
         """The longest a good readout may take (sign-on and identification, the baud switch,
         the data block): the scheduler's hang guard is never shorter than this."""
         return self._config.timeout_seconds + self._config.readout_timeout_seconds + 2.0
-
-    @property
-    def link(self) -> SerialLink:
-        """The serial link (for tests and tools)."""
-        return self._link
-
-    async def connect(self) -> None:
-        """Open the port; raise DeviceUnavailable naming it when it cannot be opened."""
-        await self._link.open()
-
-    async def close(self) -> None:
-        """Close the port. Idempotent."""
-        await self._link.close()
 
     # ------------------------------------------------------------------ exchange
 
@@ -217,19 +204,13 @@ class Iec62056Driver:
         self._log.warning("iec62056_point_unreadable", point=name, problem=problem)
 
 
-def create_driver(config: DeviceConfig, context: DriverContext) -> Iec62056Driver:
-    """Build the driver for a validated IEC 62056-21 device table."""
-    del context  # one meter per optical head: nothing to share
-    config = expect_config(config, Iec62056Config)
-    return Iec62056Driver(config)
-
-
-SPEC = DriverSpec(
-    name="iec62056",
-    version=agent.__version__,
-    description="IEC 62056-21 mode C meter readout (optical head), OBIS codes as points",
-    config_model=Iec62056Config,
-    create=create_driver,
+SPEC = serial_driver_spec(
+    "iec62056",
+    "IEC 62056-21 mode C meter readout (optical head), OBIS codes as points",
+    Iec62056Config,
+    Iec62056Driver,
     sample_toml=SAMPLE_TOML,
     simulate=simulate,
 )
+create_driver = SPEC.create
+"""Build the driver for a validated IEC 62056-21 device table."""

@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
-from agent.errors import DeviceProtocolError, DeviceUnavailable
+from agent.driver import PointInfo
 from agent.readings import PointValue, Quality
 from drivers.pms5003 import frames
 from drivers.pms5003.config import Pms5003Config
 from drivers.pms5003.simulator import simulate
+from drivers.serialdriver import SerialDriver, read_timeout_error, serial_driver_spec
 from drivers.serialio import PortGone, ReadTimeout, SerialLink, SerialSettings
 
 __all__ = ["SPEC", "UNITS", "Pms5003Driver", "create_driver"]
@@ -38,7 +37,7 @@ UNITS = {f.name: f.unit for f in frames.MODELS["pms5003"].fields}
 """Units of the PMS5003's values (every model: ``frames.MODELS[...].fields``)."""
 
 
-class Pms5003Driver:
+class Pms5003Driver(SerialDriver):
     """One PMS5003-family sensor on its own serial port."""
 
     def __init__(self, config: Pms5003Config) -> None:
@@ -47,7 +46,7 @@ class Pms5003Driver:
         self._timeout = config.timeout_seconds
         self._passive = config.mode == "passive"
         self._where = f"{config.name} ({config.model} on {config.port})"
-        self._link = SerialLink(SerialSettings(config.port, config.baudrate), name=self._where)
+        super().__init__(SerialLink(SerialSettings(config.port, config.baudrate), name=self._where))
         self._points = tuple(
             PointInfo(name, self._model.field(name).unit) for name in config.point_names
         )
@@ -58,23 +57,8 @@ class Pms5003Driver:
         """The configured values, in config order."""
         return self._points
 
-    @property
-    def link(self) -> SerialLink:
-        """The serial link (for tests and tools)."""
-        return self._link
-
-    async def connect(self) -> None:
-        """Open the port; raise DeviceUnavailable naming it when it cannot be opened."""
-        await self._open()
-
-    async def _open(self) -> None:
-        if not self._link.is_open:
-            await self._link.open()
-            self._mode_set = False
-
-    async def close(self) -> None:
-        """Close the port. Idempotent."""
-        await self._link.close()
+    def _port_opened(self) -> None:
+        self._mode_set = False  # a replugged sensor powers up in active mode
 
     async def _frame(self, scanner: frames.FrameScanner) -> frames.DataFrame:
         if not self._mode_set:
@@ -99,16 +83,14 @@ class Pms5003Driver:
                     f"{self._where}: no good frame within {self._timeout:g} s; last candidate: "
                     f"{scanner.rejected}"
                 ) from None
-            if exc.silent:
-                raise DeviceUnavailable(
-                    f"{self._where}: no answer within {self._timeout:g} s to {what}: check the "
-                    "wiring (sensor TX → adapter RX, RX → TX), the 5 V supply, and that SET is "
-                    "high (not asleep)"
-                ) from None
-            raise DeviceProtocolError(
-                f"{self._where}: incomplete answer to {what} ({len(exc.partial)} byte(s) pending "
-                f"[{exc.partial[:32].hex(' ')}], {exc.skipped} skipped as noise): check the "
-                "wiring and ground; the next poll starts afresh"
+            raise read_timeout_error(
+                self._where,
+                self._timeout,
+                what,
+                exc,
+                check="check the wiring (sensor TX → adapter RX, RX → TX), the 5 V supply, and "
+                "that SET is high (not asleep)",
+                shown=32,
             ) from None
         except PortGone:
             await self._link.close()
@@ -117,22 +99,14 @@ class Pms5003Driver:
         return [PointValue(p.name, values[p.name], Quality.GOOD) for p in self._points]
 
 
-def create_driver(config: DeviceConfig, context: DriverContext) -> Pms5003Driver:
-    """Build the driver for a validated PMS5003 device table."""
-    del context  # one sensor per UART: nothing to share
-    config = expect_config(config, Pms5003Config)
-    return Pms5003Driver(config)
-
-
-SPEC = DriverSpec(
-    name="pms5003",
-    version=agent.__version__,
-    description=(
-        "Plantower PMS5003-family particulate sensor (PM1/2.5/10, counts; T/ST models: "
-        "temperature, humidity, formaldehyde) over a UART"
-    ),
-    config_model=Pms5003Config,
-    create=create_driver,
+SPEC = serial_driver_spec(
+    "pms5003",
+    "Plantower PMS5003-family particulate sensor (PM1/2.5/10, counts; T/ST models: "
+    "temperature, humidity, formaldehyde) over a UART",
+    Pms5003Config,
+    Pms5003Driver,
     sample_toml=SAMPLE_TOML,
     simulate=simulate,
 )
+create_driver = SPEC.create
+"""Build the driver for a validated PMS5003 device table."""

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import structlog
 
-import agent
-from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
+from agent.driver import PointInfo
 from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.sds011 import frames
 from drivers.sds011.config import Sds011Config
 from drivers.sds011.duty import Action, DutyCycle
 from drivers.sds011.simulator import simulate
+from drivers.serialdriver import SerialDriver, read_timeout_error, serial_driver_spec
 from drivers.serialio import PortGone, ReadTimeout, SerialLink, SerialSettings
 
 __all__ = ["POINTS", "SPEC", "Sds011Driver", "create_driver"]
@@ -39,7 +39,7 @@ SAMPLE_TOML = (Path(__file__).parent / "sample.toml").read_text(encoding="utf-8"
 POINTS = (PointInfo("pm2_5", "µg/m³"), PointInfo("pm10", "µg/m³"))
 
 
-class Sds011Driver:
+class Sds011Driver(SerialDriver):
     """One SDS011 on its own serial port."""
 
     def __init__(
@@ -50,7 +50,7 @@ class Sds011Driver:
         self._id = config.device_id_value
         self._timeout = config.timeout_seconds
         self._where = f"{config.name} (sds011 on {config.port})"
-        self._link = SerialLink(SerialSettings(config.port, config.baudrate), name=self._where)
+        super().__init__(SerialLink(SerialSettings(config.port, config.baudrate), name=self._where))
         duty = config.duty
         self._duty = DutyCycle(
             config.warmup_seconds,
@@ -67,30 +67,13 @@ class Sds011Driver:
         return POINTS
 
     @property
-    def link(self) -> SerialLink:
-        """The serial link (for tests and tools)."""
-        return self._link
-
-    @property
     def duty(self) -> DutyCycle:
         """The sleep/work state machine."""
         return self._duty
 
-    async def connect(self) -> None:
-        """Open the port; raise DeviceUnavailable naming it when it cannot be opened."""
-        await self._open()
-
-    async def _open(self) -> None:
-        if self._link.is_open:
-            return
-        await self._link.open()
-        # A new port (or the sensor replugged, i.e. power-cycled): its mode and state are unknown.
+    def _port_opened(self) -> None:
         self._mode_set = False
         self._duty.reset()
-
-    async def close(self) -> None:
-        """Close the port. Idempotent."""
-        await self._link.close()
 
     # ------------------------------------------------------------------ exchanges
 
@@ -139,16 +122,14 @@ class Sds011Driver:
         return frames.data_from_reply(reply)
 
     def _failed(self, exc: ReadTimeout, what: str) -> DeviceUnavailable | DeviceProtocolError:
-        if exc.silent:
-            return DeviceUnavailable(
-                f"{self._where}: no answer within {self._timeout:g} s to {what}: check the wiring "
-                "(sensor TX → adapter RX, RX → TX), the 5 V supply and the baud rate"
-            )
-        shown = exc.partial[:24].hex(" ")
-        return DeviceProtocolError(
-            f"{self._where}: incomplete answer to {what} ({len(exc.partial)} byte(s) pending "
-            f"[{shown}], {exc.skipped} skipped as noise): check the wiring and ground; the "
-            "next poll starts afresh"
+        return read_timeout_error(
+            self._where,
+            self._timeout,
+            what,
+            exc,
+            check="check the wiring (sensor TX → adapter RX, RX → TX), the 5 V supply and the "
+            "baud rate",
+            shown=24,
         )
 
     # ------------------------------------------------------------------ read
@@ -205,19 +186,13 @@ class Sds011Driver:
         self._duty.slept(self._clock())
 
 
-def create_driver(config: DeviceConfig, context: DriverContext) -> Sds011Driver:
-    """Build the driver for a validated SDS011 device table."""
-    del context  # one sensor per UART: nothing to share
-    config = expect_config(config, Sds011Config)
-    return Sds011Driver(config)
-
-
-SPEC = DriverSpec(
-    name="sds011",
-    version=agent.__version__,
-    description="Nova SDS011 particulate sensor (PM2.5, PM10) over a UART",
-    config_model=Sds011Config,
-    create=create_driver,
+SPEC = serial_driver_spec(
+    "sds011",
+    "Nova SDS011 particulate sensor (PM2.5, PM10) over a UART",
+    Sds011Config,
+    Sds011Driver,
     sample_toml=SAMPLE_TOML,
     simulate=simulate,
 )
+create_driver = SPEC.create
+"""Build the driver for a validated SDS011 device table."""
