@@ -1,9 +1,12 @@
-"""Durations and sizes written as strings with units ("15 s", "256 MiB"): pure parsing."""
+"""Durations and sizes written as strings with units ("15 s", "256 MiB"), KPI lengths
+("15 min", "1 mo") and wall times ("07:00"): pure parsing."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from datetime import time
 
 _DURATION_UNITS: dict[str, float] = {
     "ms": 0.001,
@@ -73,3 +76,91 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"{text!r}: a size must be greater than zero")
     return size
+
+
+# --------------------------------------------------------------------------------------------
+# KPI durations (pure; the KPI engine reuses them)
+
+_KPI_UNITS: dict[str, int] = {"s": 1, "min": 60, "h": 3600}
+_CALENDAR_UNITS = ("d", "mo", "y")
+# Shortest length of a calendar unit, ignoring DST: for "is X longer than a window" checks.
+_CALENDAR_NOMINAL = {"d": 86400, "mo": 28 * 86400, "y": 365 * 86400}
+_KPI_DURATION = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$")
+_DAY = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class KpiDuration:
+    """A KPI length ``count`` × ``unit``: s, min, h are fixed; d, mo, y follow the calendar."""
+
+    count: int
+    unit: str
+
+    @property
+    def is_calendar(self) -> bool:
+        """True for ``1 d``, ``1 mo``, ``1 y``: their real length follows the calendar."""
+        return self.unit in _CALENDAR_UNITS
+
+    @property
+    def seconds(self) -> int:
+        """The fixed length in seconds; calendar durations have none (ValueError)."""
+        if self.is_calendar:
+            raise ValueError(f"{self} is a calendar length: it has no fixed number of seconds")
+        return self.count * _KPI_UNITS[self.unit]
+
+    @property
+    def nominal_seconds(self) -> int:
+        """Fixed length, or the shortest calendar length ignoring DST (1 d = 24 h, 1 mo = 28 d)."""
+        if self.is_calendar:
+            return _CALENDAR_NOMINAL[self.unit]
+        return self.seconds
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.unit}"
+
+
+def parse_kpi_duration(text: str) -> KpiDuration:
+    """Parse ``"<int> <unit>"`` (units s, min, h, d, mo, y; d/mo/y only with 1)."""
+    match = _KPI_DURATION.match(text)
+    units = ", ".join([*_KPI_UNITS, *_CALENDAR_UNITS])
+    if match is None or match.group(2) not in (*_KPI_UNITS, *_CALENDAR_UNITS):
+        raise ValueError(
+            f"{text!r} is not a KPI duration: write '<whole number> <unit>' ({units}), "
+            "e.g. '15 min'"
+        )
+    count, unit = int(match.group(1)), match.group(2)
+    if count <= 0:
+        raise ValueError(f"{text!r}: a duration must be greater than zero")
+    if unit in _CALENDAR_UNITS and count != 1:
+        raise ValueError(f"{text!r}: d, mo and y take only a count of 1 ('1 {unit}')")
+    return KpiDuration(count, unit)
+
+
+def is_day_aligned(duration: KpiDuration) -> bool:
+    """True if windows of this length tile a local day: calendar, or fixed and dividing 24 h."""
+    return duration.is_calendar or _DAY % duration.seconds == 0
+
+
+_CALENDAR_RANK = {"d": 0, "mo": 1, "y": 2}
+
+
+def nests_in(inner: KpiDuration, outer: KpiDuration) -> bool:
+    """True if every boundary of ``outer`` windows is a boundary of ``inner`` windows."""
+    if not inner.is_calendar:
+        if not is_day_aligned(inner):
+            return False
+        return outer.is_calendar or outer.seconds % inner.seconds == 0
+    if not outer.is_calendar:
+        return False
+    return _CALENDAR_RANK[inner.unit] <= _CALENDAR_RANK[outer.unit]
+
+
+_CLOCK = re.compile(r"^(\d{2}):(\d{2})$")
+
+
+def parse_clock(text: str) -> time:
+    """Parse a local wall time ``"HH:MM"`` (00:00 … 23:59)."""
+    match = _CLOCK.match(text)
+    if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ValueError(f"{text!r} is not a time of day: write 'HH:MM', e.g. '07:00'")
+    return time(int(match.group(1)), int(match.group(2)))

@@ -893,7 +893,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_driver_that_failed_to_load_is_named_at_the_device(tmp_path: Path) -> None:
-    from agent.config import _DriverTable, _Loader
+    from agent.config.loader import _DriverTable, _Loader
 
     loader = _Loader(
         {"gateway": {"id": "g"}, "devices": [{"name": "m", "driver": "broken"}]},

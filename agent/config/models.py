@@ -1,0 +1,469 @@
+"""The configuration's pydantic models: one per section, :class:`KpiConfig` per ``[[kpis]]``
+table, and :class:`AgentConfig` for the whole file. Build them through the loader
+(:mod:`agent.config.loader`): it checks what spans tables (names, sources, buses).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.config.kpi import Operator, _source_kind, kpi_key_problems, kpi_value_problems
+from agent.config.rules import (
+    _HOSTNAME,
+    BATCH_MAX_READINGS_LIMIT,
+    NAME_PATTERN,
+    ClockTime,
+    ConfigPath,
+    Coverage,
+    Duration,
+    KpiPeriod,
+    KpiWindow,
+    Size,
+    Unit,
+    _printable,
+    _within,
+)
+from agent.driver import DeviceConfig
+from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_problem
+from agent.units import KpiDuration, parse_clock, parse_duration, parse_kpi_duration, parse_size
+
+SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
+# The loader passes this in the validation context: it reports KPI rule problems itself,
+# located per key, instead of as one model-level line.
+_DEFER_KPI_RULES = "defer_kpi_rules"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+class GatewayConfig(_Section):
+    """``[gateway]``: who this gateway is and where it keeps its data."""
+
+    id: str = Field(pattern=NAME_PATTERN, max_length=64)
+    timezone: str = "UTC"
+    data_dir: ConfigPath = Path("/var/lib/ssc-agent")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: Annotated[
+        Duration, _within("1 s", "10 min", "time to seal and send the open batch on SIGTERM")
+    ] = "10 s"
+    # A reading may reach the KPI engine this much after a later one (slow polls, several
+    # devices) and still count in its window; later ones are counted and reported.
+    kpi_lateness: Annotated[
+        Duration, _within("1 s", "1 h", "open KPI windows are held in memory this long")
+    ] = "1 min"
+    # Open KPI windows saved at least this often.
+    kpi_checkpoint_interval: Annotated[
+        Duration, _within("1 s", "1 h", "a restart replays the journal since the last save")
+    ] = "1 min"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(
+                f"{value!r} is not an IANA time zone name: write e.g. 'Europe/Berlin' or 'UTC'"
+            ) from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The site's time zone; KPI windows follow it."""
+        return ZoneInfo(self.timezone)
+
+
+class UplinkConfig(_Section):
+    """``[uplink]``: the MQTT broker and how batches are sent to it."""
+
+    broker: str
+    topic_prefix: str = "ssc/v1"
+    client_id: Annotated[
+        str | None, Field(default=None, min_length=1, max_length=128), AfterValidator(_printable)
+    ] = None
+    username: Annotated[
+        str | None, Field(default=None, min_length=1, max_length=256), AfterValidator(_printable)
+    ] = None
+    password_file: ConfigPath | None = None
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = Field(default=None, validate_default=True)
+    keepalive: Duration = "30 s"
+    publish_timeout: Annotated[
+        Duration,
+        _within("1 s", "10 min", "the broker's PUBACK comes a round trip after the whole batch"),
+    ] = "20 s"
+    batch_max_readings: int = Field(default=20000, ge=1, le=BATCH_MAX_READINGS_LIMIT)
+    batch_max_age: Annotated[Duration, _within("10 ms", "1 d")] = "10 s"
+    flush_interval: Annotated[
+        Duration,
+        _within("10 ms", "1 min", "each flush is a commit; a power cut loses up to one interval"),
+    ] = Field(default="1 s", validate_default=True)
+    max_inflight: int = Field(default=8, ge=1, le=100)
+    # Below one batch per 10 s a backlog of a day's batches takes weeks to drain.
+    replay_rate_per_second: float = Field(default=50.0, ge=0.1)
+    replay_order: Literal["live_first", "fifo"] = "live_first"
+    reconnect_min: Duration = "500 ms"
+    reconnect_max: Duration = Field(default="5 s", validate_default=True)
+    compression: Literal["zstd", "none"] = "zstd"
+    zstd_level: int = Field(default=3, ge=1, le=19)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        # parse_broker_url quotes the URL in some messages: refuse credentials before that.
+        try:
+            has_credentials = "@" in urlsplit(value).netloc
+        except ValueError:
+            has_credentials = False
+        if has_credentials:
+            raise ValueError("put no credentials in the broker URL: use username and password_file")
+        parse_broker_url(value)
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        problem = topic_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_needs_username(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # "username" absent from info.data means it failed validation: reported there.
+        if value is not None and "username" in info.data and info.data["username"] is None:
+            raise ValueError('needs username too: set username = "…" or remove password_file')
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _tls_needs_mqtts(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        broker = info.data.get("broker")
+        if value is not None and isinstance(broker, str) and not parse_broker_url(broker).tls:
+            raise ValueError("needs TLS: use an mqtts:// broker URL, or remove it")
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _cert_and_key_together(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" not in info.data:
+            return value
+        if info.data["cert_file"] is not None and value is None:
+            raise ValueError("required with cert_file: a client certificate needs its key file")
+        if info.data["cert_file"] is None and value is not None:
+            raise ValueError("needs cert_file too: set both cert_file and key_file, or neither")
+        return value
+
+    @field_validator("keepalive")
+    @classmethod
+    def _keepalive_range(cls, value: str) -> str:
+        if not 1 <= parse_duration(value) <= 65535:
+            raise ValueError(f"{value!r}: MQTT keepalive must be between 1 s and 65535 s")
+        return value
+
+    @field_validator("flush_interval")
+    @classmethod
+    def _flush_within_batch_age(cls, value: str, info: ValidationInfo) -> str:
+        age = info.data.get("batch_max_age")
+        if isinstance(age, str) and parse_duration(value) > parse_duration(age):
+            raise ValueError(f"{value!r} is longer than batch_max_age ({age!r}): make it shorter")
+        return value
+
+    @field_validator("reconnect_min")
+    @classmethod
+    def _reconnect_min_range(cls, value: str) -> str:
+        if not 0.1 <= parse_duration(value) <= 3600:
+            raise ValueError(f"{value!r}: must be between 100 ms and 1 h (e.g. '500 ms')")
+        return value
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _reconnect_max_range(cls, value: str, info: ValidationInfo) -> str:
+        seconds = parse_duration(value)
+        if not 0.1 <= seconds <= 3600:
+            raise ValueError(f"{value!r}: must be between 100 ms and 1 h (e.g. '5 s')")
+        low = info.data.get("reconnect_min")
+        if isinstance(low, str) and seconds < parse_duration(low):
+            raise ValueError(f"{value!r} is shorter than reconnect_min ({low!r}): make it longer")
+        return value
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        """Host, port and TLS flag of the broker."""
+        return parse_broker_url(self.broker)
+
+    @property
+    def keepalive_seconds(self) -> float:
+        return parse_duration(self.keepalive)
+
+    @property
+    def publish_timeout_seconds(self) -> float:
+        return parse_duration(self.publish_timeout)
+
+    @property
+    def batch_max_age_seconds(self) -> float:
+        return parse_duration(self.batch_max_age)
+
+    @property
+    def flush_interval_seconds(self) -> float:
+        return parse_duration(self.flush_interval)
+
+    def read_password(self) -> str | None:
+        """The password from ``password_file`` (first line, newline stripped), or None."""
+        if self.password_file is None:
+            return None
+        text = self.password_file.read_text(encoding="utf-8")
+        return text.splitlines()[0] if text else ""
+
+
+class BufferConfig(_Section):
+    """``[buffer]``: bounds of the store-and-forward buffer."""
+
+    max_bytes: Size = "256 MiB"
+    # At least a minute: batches wait for a batch_max_age before they can be sent at all.
+    max_age: Annotated[Duration, _within("1 min", "3650 d")] = "30 d"
+    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    # "full" fsyncs each commit (once per flush_interval): a power cut loses at most that
+    # interval, as the delivery contract says. "normal" survives a crash of the agent but a
+    # power cut may take back commits since the last WAL checkpoint.
+    sync: Literal["normal", "full"] = "full"
+
+    @property
+    def max_size_bytes(self) -> int:
+        """``max_bytes`` parsed, in bytes."""
+        return parse_size(self.max_bytes)
+
+    @property
+    def max_age_seconds(self) -> float:
+        return parse_duration(self.max_age)
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: Prometheus ``/metrics`` over HTTP, off unless ``port`` is set."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    address: str = "127.0.0.1"  # loopback: scrape through an SSH tunnel or a local agent
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not an address to listen on: write an IP address, e.g. "
+                    "'127.0.0.1', '::1' or '0.0.0.0', or a host name"
+                ) from None
+        return value
+
+
+class BusConfig(_Section):
+    """``[[buses]]``: one serial line shared by the devices that name it."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    port: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_printable)]
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout: Annotated[
+        Duration, _within("10 ms", "1 min", "an RTU answer takes milliseconds on the wire")
+    ] = "1 s"
+    inter_frame_ms: float = Field(default=5.0, ge=0, le=1000)
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def inter_frame_seconds(self) -> float:
+        return self.inter_frame_ms / 1000.0
+
+
+class KpiConfig(_Section):
+    """``[[kpis]]``: one KPI (docs/kpis.md §2); per-operator key rules: :func:`kpi_key_problems`."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=64)
+    source: str
+    operator: Operator
+    window: KpiWindow
+    base: KpiWindow | None = None
+    sample_interval: KpiPeriod | None = None
+    min_coverage: Coverage = 0.75
+    base_min_coverage: Coverage = 0.75
+    scale: float = 1.0
+    unit: Unit | None = None
+    threshold: float | None = None
+    q: float | None = Field(default=None, gt=0, le=100)
+    max_hold: KpiPeriod | None = None
+    modulus: float | None = Field(default=None, gt=0)
+    max_delta: float | None = Field(default=None, gt=0)
+    running_window: KpiWindow | None = None
+    running_min_coverage: Coverage = 0.75
+    averaging: Literal["nowcast", "daily"] = "nowcast"
+    night_start: ClockTime | None = None
+    night_end: ClockTime | None = None
+    day_start: ClockTime | None = None
+    evening_start: ClockTime | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("must not be 0: every input would become 0")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        if _source_kind(value) is None:
+            raise ValueError(
+                f"{value!r} is not a source: write 'device.point' (e.g. 'meter-1.energy_import') "
+                "or 'kpi:NAME'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _operator_rules(self, info: ValidationInfo) -> KpiConfig:
+        if isinstance(info.context, dict) and info.context.get(_DEFER_KPI_RULES):
+            return self
+        problems = kpi_key_problems(self.operator, self.source, self.model_fields_set)
+        problems += kpi_value_problems(self)
+        if problems:
+            raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
+        return self
+
+    @property
+    def window_duration(self) -> KpiDuration:
+        return parse_kpi_duration(self.window)
+
+    @property
+    def base_duration(self) -> KpiDuration | None:
+        return None if self.base is None else parse_kpi_duration(self.base)
+
+    @property
+    def sample_interval_duration(self) -> KpiDuration | None:
+        return None if self.sample_interval is None else parse_kpi_duration(self.sample_interval)
+
+    @property
+    def max_hold_seconds(self) -> float | None:
+        """``max_hold``, by default 2 × ``sample_interval`` (``time_weighted_mean``)."""
+        if self.max_hold is not None:
+            return float(parse_kpi_duration(self.max_hold).seconds)
+        interval = self.sample_interval_duration
+        return None if interval is None else 2.0 * interval.seconds
+
+    @property
+    def running_window_duration(self) -> KpiDuration | None:
+        return None if self.running_window is None else parse_kpi_duration(self.running_window)
+
+    @property
+    def source_kpi(self) -> str | None:
+        """NAME of a ``kpi:NAME`` source, else None."""
+        return self.source[4:] if self.source.startswith("kpi:") else None
+
+    @property
+    def source_device(self) -> tuple[str, str] | None:
+        """(device, point) of a device source, else None."""
+        if self.source_kpi is not None:
+            return None
+        device, _, point = self.source.partition(".")
+        return device, point
+
+    @property
+    def is_sliding(self) -> bool:
+        """Sliding operators emit one output per base window (docs/kpis.md §4)."""
+        return self.operator == "running_mean" or (
+            self.operator == "aqi_us_pm25" and self.averaging == "nowcast"
+        )
+
+    @property
+    def step_duration(self) -> KpiDuration:
+        """The window an output steps by: its base for sliding operators, else its window."""
+        base = self.base_duration
+        return base if self.is_sliding and base is not None else self.window_duration
+
+    def clock(self, key: Literal["night_start", "night_end", "day_start", "evening_start"]) -> time:
+        """A wall-time key with its per-operator default (docs/kpis.md §2)."""
+        value: str | None = getattr(self, key)
+        if value is None:
+            defaults = _LDEN_CLOCK if self.operator == "lden" else _NIGHT_FLOW_CLOCK
+            value = defaults[key]
+        return parse_clock(value)
+
+
+_NIGHT_FLOW_CLOCK = {
+    "night_start": "02:00",
+    "night_end": "04:00",
+    "day_start": "07:00",
+    "evening_start": "19:00",
+}
+_LDEN_CLOCK = {**_NIGHT_FLOW_CLOCK, "night_start": "23:00"}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole config
+
+
+class AgentConfig(_Section):
+    """The validated configuration file. Build it with :func:`load_config`."""
+
+    gateway: GatewayConfig
+    uplink: UplinkConfig | None = None
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    buses: list[BusConfig] = Field(default_factory=list)
+    devices: list[SerializeAsAny[DeviceConfig]] = Field(default_factory=list)
+    kpis: list[KpiConfig] = Field(default_factory=list)
+    source_path: Annotated[Path, Field(strict=False)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_id_defaults_to_gateway(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        gateway, uplink = data.get("gateway"), data.get("uplink")
+        gateway_id = gateway.id if isinstance(gateway, GatewayConfig) else None
+        if isinstance(gateway, dict) and isinstance(gateway.get("id"), str):
+            gateway_id = gateway["id"]
+        if gateway_id is None:
+            return data
+        if isinstance(uplink, UplinkConfig) and uplink.client_id is None:
+            return {**data, "uplink": uplink.model_copy(update={"client_id": gateway_id})}
+        if isinstance(uplink, dict) and "client_id" not in uplink:
+            return {**data, "uplink": {**uplink, "client_id": gateway_id}}
+        return data
+
+    @property
+    def devices_by_name(self) -> dict[str, DeviceConfig]:
+        return {device.name: device for device in self.devices}
+
+    @property
+    def buses_by_name(self) -> dict[str, BusConfig]:
+        return {bus.name: bus for bus in self.buses}
+
+

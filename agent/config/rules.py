@@ -1,0 +1,196 @@
+"""The rules a config value must follow on its own: the annotated field types the models use,
+the limits they check against, and the uplink file checks (which never echo a file's content).
+
+Rules that need several sections or tables at once run in the loader (:mod:`agent.config.loader`);
+the per-operator KPI rules live in :mod:`agent.config.kpi`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+)
+
+from agent.endpoints import printable_problem
+from agent.units import (
+    duration_within,
+    is_day_aligned,
+    parse_clock,
+    parse_duration,
+    parse_kpi_duration,
+    parse_size,
+)
+
+# Half the wire format's readings per batch (agent.wire.MAX_BATCH_READINGS, not imported: it
+# would load msgpack and zstd for `validate`): a batch is sealed at the flush after it fills
+# up, so it may hold up to one flush interval's readings more.
+BATCH_MAX_READINGS_LIMIT = 100_000
+# The wire format's limits per batch (agent.wire.MAX_BATCH_READINGS / MAX_BATCH_SERIES): a
+# config whose batches could exceed them is refused, as every receiver would refuse them.
+WIRE_MAX_READINGS = 2 * BATCH_MAX_READINGS_LIMIT
+WIRE_MAX_SERIES = 50_000
+# Points of a device whose driver does not list them in its config (counted generously).
+UNLISTED_POINTS = 64
+
+# A device's poll interval: a scheduler slot every 100 ms at most, and at least once a day (a
+# longer interval is a typo, and its first poll would lie far in the future).
+DEVICE_INTERVAL_RANGE = ("100 ms", "1 d")
+# Units travel with every series and every KPI output: short names ("kWh", "µg/m³").
+MAX_UNIT_CHARS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Annotated field types
+
+
+def _string_of(what: str, example: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"write {what} as a string, e.g. {example}")  # noqa: TRY004
+        return value
+
+    return check
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _size(value: str) -> str:
+    parse_size(value)
+    return value
+
+
+def _within(low: str, high: str, why: str = "") -> AfterValidator:
+    """A duration key's range: outside it the agent cannot do what the key asks."""
+
+    def check(value: str) -> str:
+        duration_within(value, low, high, why)
+        return value
+
+    return AfterValidator(check)
+
+
+def _printable(value: str | None) -> str | None:
+    if value is not None:
+        problem = printable_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+def _kpi_window(value: str) -> str:
+    duration = parse_kpi_duration(value)
+    if not is_day_aligned(duration):
+        raise ValueError(
+            f"{value!r} does not divide 24 h: windows must tile the day "
+            "(e.g. '5 min', '15 min', '1 h')"
+        )
+    return value
+
+
+# A sample period or hold longer than a month is a typo; unbounded, its milliseconds would
+# overflow the 64-bit integers of the KPI journal and the wire format.
+MAX_KPI_PERIOD_SECONDS = 31 * 86400
+
+
+def _kpi_period(value: str) -> str:
+    duration = parse_kpi_duration(value)
+    if duration.is_calendar:
+        raise ValueError(f"{value!r}: use s, min or h here (e.g. '24 h' instead of '1 d')")
+    if duration.seconds > MAX_KPI_PERIOD_SECONDS:
+        raise ValueError(f"{value!r} is too long: at most 744 h (31 days)")
+    return value
+
+
+def _clock(value: str) -> str:
+    parse_clock(value)
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    if not value.is_absolute() and isinstance(base, Path):
+        return base / value
+    return value
+
+
+def _non_empty_path(value: object) -> object:
+    if value == "":
+        raise ValueError("must not be empty: write a path")
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("a path cannot hold the NUL character (\\u0000)")
+    return value
+
+
+_AS_DURATION = BeforeValidator(_string_of("a duration", "'15 s'"))
+Duration = Annotated[str, _AS_DURATION, AfterValidator(_duration)]
+Size = Annotated[str, BeforeValidator(_string_of("a size", "'256 MiB'")), AfterValidator(_size)]
+KpiWindow = Annotated[str, _AS_DURATION, AfterValidator(_kpi_window)]
+KpiPeriod = Annotated[str, _AS_DURATION, AfterValidator(_kpi_period)]
+ClockTime = Annotated[
+    str, BeforeValidator(_string_of("a time of day", "'07:00'")), AfterValidator(_clock)
+]
+ConfigPath = Annotated[
+    Path, BeforeValidator(_non_empty_path), Field(strict=False), AfterValidator(_resolve_path)
+]
+Coverage = Annotated[float, Field(ge=0.0, le=1.0)]
+Unit = Annotated[str, Field(max_length=MAX_UNIT_CHARS)]
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _file_problems(raw: Mapping[str, Any], base_dir: Path | None) -> list[tuple[str, str]]:
+    """Uplink files that are missing or unreadable; never puts a file's content in a message."""
+    problems: list[tuple[str, str]] = []
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value or "\0" in value:
+            continue  # absent, or an error that validation reports
+        path = Path(value)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.exists():
+            where = "a relative path starts at the config file's folder"
+            problems.append((key, f"file {path} does not exist ({where})"))
+            continue
+        if not path.is_file():
+            problems.append((key, f"{path} is not a file"))
+            continue
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            problems.append((key, f"file {path} cannot be read: {exc.strerror}"))
+            continue
+        if key == "password_file":
+            try:
+                lines = content.decode("utf-8").splitlines()
+            except UnicodeDecodeError:
+                problems.append((key, f"file {path} is not UTF-8 text"))
+                continue
+            if not lines or not lines[0]:
+                problems.append((key, f"file {path} is empty: put the password on its first line"))
+    return problems
+
+
+def _cycle_from(start: object, graph: Mapping[str, str]) -> list[str]:
+    """The cycle that ``start`` lies on in the graph of kpi: sources, or []."""
+    if not isinstance(start, str):
+        return []
+    path = [start]
+    node = graph.get(start)
+    while node is not None and node not in path:
+        path.append(node)
+        node = graph.get(node)
+    return path if node == start else []
