@@ -235,6 +235,15 @@ class ModbusLine:
         client: Client
         # reconnect_delay=0: no background reconnects; the scheduler owns backoff.
         # retries=0: the driver retries itself, after the line's quiet gap.
+        options: dict[str, Any] = {
+            "name": f"modbus-{self.name}",
+            "reconnect_delay": 0,
+            "timeout": self._timeout,
+            "retries": 0,
+            "trace_packet": self._trace_packet,
+            "trace_pdu": self._trace_pdu,
+            "trace_connect": self._trace_connect,
+        }
         if self.transport is Transport.BUS:
             assert self.serial is not None
             client = AsyncModbusSerialClient(
@@ -244,26 +253,14 @@ class ModbusLine:
                 bytesize=self.serial.bytesize,
                 parity=self.serial.parity,
                 stopbits=self.serial.stopbits,
-                name=f"modbus-{self.name}",
-                reconnect_delay=0,
-                timeout=self._timeout,
-                retries=0,
-                trace_packet=self._trace_packet,
-                trace_pdu=self._trace_pdu,
-                trace_connect=self._trace_connect,
+                **options,
             )
         else:
             client = AsyncModbusTcpClient(
                 self.host,
                 port=self.port,
                 framer=FramerType.RTU if self.transport is Transport.RTU_TCP else FramerType.SOCKET,
-                name=f"modbus-{self.name}",
-                reconnect_delay=0,
-                timeout=self._timeout,
-                retries=0,
-                trace_packet=self._trace_packet,
-                trace_pdu=self._trace_pdu,
-                trace_connect=self._trace_connect,
+                **options,
             )
         if self.shared:
             client.set_max_no_responses(_SHARED_MAX_NO_RESPONSES)

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import structlog
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SerialSettings",
+    "ServeOptions",
     "ServedLog",
     "SimulatedMeter",
     "SimulatorFleet",
@@ -211,21 +212,28 @@ class SimulatorServer:
             log.debug("simulator_stopped", where=self.where)
 
 
+class ServeOptions(TypedDict, total=False):
+    """What :func:`serve` and :func:`serve_serial` take besides where to serve (defaults: see
+    :func:`_serve`)."""
+
+    update_interval: float
+    clock: Callable[[], float]
+    seed: int | str
+    step_seconds: float
+    served_log: ServedLog | None
+    action: SimAction | None
+    silent_units: Iterable[int]
+    trace_packet: TracePacket | None
+    trace_pdu: TracePdu | None
+
+
 async def serve(
     profiles_and_units: UnitsSpec,
     host: str,
     port: int,
     *,
-    update_interval: float = 1.0,
-    clock: Callable[[], float] = time.time,
-    seed: int | str = 0,
-    step_seconds: float = 1.0,
-    served_log: ServedLog | None = None,
-    action: SimAction | None = None,
     rtu: bool = False,
-    silent_units: Iterable[int] = (),
-    trace_packet: TracePacket | None = None,
-    trace_pdu: TracePdu | None = None,
+    **options: Unpack[ServeOptions],
 ) -> SimulatorServer:
     """Serve simulated meters on ``host:port`` (a unit → profile map, or (profile, unit) pairs).
 
@@ -233,11 +241,7 @@ async def serve(
     handed to every pymodbus ``SimDevice`` (tests use it to answer exception codes). With
     ``rtu`` the port speaks RTU frames instead of Modbus TCP (a serial device server).
     """
-    return await _serve(
-        profiles_and_units, host, port, None, rtu=rtu, update_interval=update_interval,
-        clock=clock, seed=seed, step_seconds=step_seconds, served_log=served_log, action=action,
-        silent_units=silent_units, trace_packet=trace_packet, trace_pdu=trace_pdu,
-    )
+    return await _serve(profiles_and_units, host, port, None, rtu=rtu, **options)
 
 
 async def serve_serial(
@@ -248,15 +252,7 @@ async def serve_serial(
     parity: str = "N",
     stopbits: int = 1,
     bytesize: int = 8,
-    update_interval: float = 1.0,
-    clock: Callable[[], float] = time.time,
-    seed: int | str = 0,
-    step_seconds: float = 1.0,
-    served_log: ServedLog | None = None,
-    action: SimAction | None = None,
-    silent_units: Iterable[int] = (),
-    trace_packet: TracePacket | None = None,
-    trace_pdu: TracePdu | None = None,
+    **options: Unpack[ServeOptions],
 ) -> SimulatorServer:
     """Serve simulated meters as Modbus RTU on the serial port ``path``, one per unit id.
 
@@ -265,11 +261,7 @@ async def serve_serial(
     ``silent_units`` receive their requests but never answer, like a dead meter on the bus.
     """
     serial = SerialSettings(path, baudrate, parity, stopbits, bytesize)
-    return await _serve(
-        profiles_and_units, "", 0, serial, rtu=True, update_interval=update_interval,
-        clock=clock, seed=seed, step_seconds=step_seconds, served_log=served_log, action=action,
-        silent_units=silent_units, trace_packet=trace_packet, trace_pdu=trace_pdu,
-    )
+    return await _serve(profiles_and_units, "", 0, serial, rtu=True, **options)
 
 
 async def _serve(
@@ -279,15 +271,15 @@ async def _serve(
     serial: SerialSettings | None,
     *,
     rtu: bool,
-    update_interval: float,
-    clock: Callable[[], float],
-    seed: int | str,
-    step_seconds: float,
-    served_log: ServedLog | None,
-    action: SimAction | None,
-    silent_units: Iterable[int],
-    trace_packet: TracePacket | None,
-    trace_pdu: TracePdu | None,
+    update_interval: float = 1.0,
+    clock: Callable[[], float] = time.time,
+    seed: int | str = 0,
+    step_seconds: float = 1.0,
+    served_log: ServedLog | None = None,
+    action: SimAction | None = None,
+    silent_units: Iterable[int] = (),
+    trace_packet: TracePacket | None = None,
+    trace_pdu: TracePdu | None = None,
 ) -> SimulatorServer:
     if update_interval <= 0:
         raise ValueError(f"update_interval must be greater than zero, got {update_interval}")
