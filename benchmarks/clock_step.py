@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.harness import MeterFleet, wait_until, write_agent_config  # noqa: E402
+from tests.chaos.harness import MeterFleet, write_agent_config  # noqa: E402
 from tests.chaos.test_clock import FakeTimeAgent  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 
 def polls_after_step(step: str, window: float, workdir: Path) -> tuple[int, int]:

@@ -36,10 +36,10 @@ from tests.chaos.harness import (  # noqa: E402  # the chaos suite's real proces
     MeterFleet,
     ReceiverProcess,
     persistent_broker_config,
-    wait_until,
     write_agent_config,
 )
 from tests.conftest import Mosquitto, free_port  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 GW = "gw-reconnect"
 

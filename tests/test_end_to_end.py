@@ -27,7 +27,9 @@ from agent.platform.sink import SqliteSink
 from agent.profiles import load_profile
 from drivers.modbus.config import PointType
 from drivers.modbus.simulator import SimulatorServer, serve
+from tests.chaos.harness import last_sealed_seq, polled_slots, request_recorder, store_batches
 from tests.conftest import Mosquitto, free_port
+from tests.waiting import wait_until_async
 
 GW = "gw-e2e"
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,14 +88,9 @@ def pending_rows(data_dir: Path) -> int:
         conn.close()
 
 
-async def wait_for(predicate: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    assert callable(predicate)
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return bool(predicate())
+def fed_ms(slots: list[float]) -> set[int]:
+    """The slots (epoch ms) whose values the feeder wrote ahead of the poll."""
+    return {round(s * 1000) for s in slots}
 
 
 def f32(value: float) -> float:
@@ -116,7 +113,9 @@ async def test_every_polled_value_arrives_with_its_value_type_and_time(
 ) -> None:
     profile = load_profile("ssc-demo-meter")
     port = free_port()
-    server = await serve({1: profile}, "127.0.0.1", port, update_interval=3600.0)
+    requests: list[float] = []
+    server = await serve({1: profile}, "127.0.0.1", port, update_interval=3600.0,
+                         trace_pdu=request_recorder(requests))
     meter = server.meters[1]
     interval = 2.0
     slots: list[float] = []
@@ -128,13 +127,17 @@ async def test_every_polled_value_arrives_with_its_value_type_and_time(
         async with receiving(mosquitto, sink) as stats:
             agent = start_agent(config, log)
             try:
-                await asyncio.sleep(9.0)
+                # three slots polled after the feeder wrote their values: one more than the
+                # comparison below needs
+                assert await wait_until_async(
+                    lambda: len(polled_slots(requests, 2000) & fed_ms(slots)) >= 3, 30
+                ), log.read_text()
             finally:
                 stop_agent(agent)
             assert agent.returncode == 0, log.read_text()
             stopped = [e for e in log_events(log) if e.get("event") == "agent_stopped"]
             assert stopped and stopped[0]["unsent_batches"] == 0, log.read_text()
-            await wait_for(lambda: stats.batches >= 2, 10)
+            await wait_until_async(lambda: stats.batches >= 2, 10)
     finally:
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -178,35 +181,49 @@ async def test_sigkilled_agent_resends_its_backlog_and_loses_nothing_committed(
 ) -> None:
     profile = load_profile("ssc-demo-meter")
     port = free_port()
-    server = await serve({1: profile}, "127.0.0.1", port, update_interval=1.0)
+    requests: list[float] = []
+    server = await serve({1: profile}, "127.0.0.1", port, update_interval=1.0,
+                         trace_pdu=request_recorder(requests))
+    data = tmp_path / "data"
     sink = tmp_path / "received.db"
     config = write_config(tmp_path, mosquitto, port, "1 s")
     log = tmp_path / "agent.log"
     try:
         async with receiving(mosquitto, sink) as stats:
             agent = start_agent(config, log)
-            await wait_for(lambda: stats.batches >= 1, 15)
+            await wait_until_async(lambda: stats.batches >= 1, 15)
             assert stats.batches >= 1, log.read_text()
-            # The broker stalls (SIGSTOP: TCP stays up, nothing is acknowledged): batches pile
-            # up in the store; then the agent dies without warning and the broker comes back.
+            # The broker stalls (SIGSTOP: TCP stays up, nothing is acknowledged): a batch
+            # sealed in the stall stays in the store; then the agent dies without warning and
+            # the broker comes back.
             mosquitto.stop()
-            await asyncio.sleep(5.0)
+            sealed_before_stall = last_sealed_seq(data)
+            assert await wait_until_async(
+                lambda: last_sealed_seq(data) > sealed_before_stall and store_batches(data) >= 1,
+                15), log.read_text()
             # Kill while the open batch has committed rows (between two seals), so the
             # restart has something to take back: that is what this test is about.
-            assert await wait_for(lambda: pending_rows(tmp_path / "data") > 0, 10), \
-                log.read_text()
+            assert await wait_until_async(lambda: pending_rows(data) > 0, 10), log.read_text()
             killed_at = time.time()
             os.kill(agent.pid, signal.SIGKILL)
             agent.wait()
             mosquitto.cont()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the agent stays down a while, as a crashed one does
             restarted_at = time.time()
             agent = start_agent(config, log)
-            await asyncio.sleep(5.0)
+            # the backlog is delivered and the new run polls two slots past the restart window
+            assert await wait_until_async(
+                lambda: store_batches(data) == 0
+                and len({t for t in polled_slots(requests, 1000)
+                         if t >= (restarted_at + 2) * 1000}) >= 2,
+                30), log.read_text()
             stop_agent(agent)
             assert agent.returncode == 0, log.read_text()
             with SqliteSink.open(f"sqlite:///{sink}") as db:
-                await wait_for(lambda: db.count_readings(GW) > 0 and stats.batches >= 3, 10)
+                # everything the agent sealed, up to the batch its stop sealed, is stored
+                await wait_until_async(
+                    lambda: stats.batches >= 3
+                    and max(db.seqs(GW), default=0) >= last_sealed_seq(data), 10)
     finally:
         await server.stop()
 

@@ -20,8 +20,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from importlib.metadata import distributions
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +34,7 @@ from agent.platform.sink import SqliteSink
 from agent.readings import Quality
 from tests.conftest import Mosquitto
 from tests.test_driver_folders import full_config, missing_files, readme_problems
+from tests.waiting import wait_until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "ssc-driver-example"
@@ -277,15 +277,6 @@ async def receiving(broker: Mosquitto, sink: Path) -> AsyncIterator[ReceiverStat
         await task
 
 
-async def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return predicate()
-
-
 def stop_agent(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -326,7 +317,7 @@ async def test_the_agent_runs_the_example_and_its_readings_reach_the_receiver(
                 env=env_with(*sites),
             )
             try:
-                await wait_for(lambda: len(sensor.served) >= 4 and stats.batches >= 1, 20)
+                await wait_until_async(lambda: len(sensor.served) >= 4 and stats.batches >= 1, 20)
             finally:
                 stop_agent(agent)
             assert agent.returncode == 0, log.read_text()
@@ -335,7 +326,7 @@ async def test_the_agent_runs_the_example_and_its_readings_reach_the_receiver(
             served = list(sensor.served)
             with SqliteSink.open(f"sqlite:///{sink}") as db:
                 # Every answer but perhaps one the agent was stopped before it could read.
-                await wait_for(lambda: db.count_readings(GW) >= 4 * (len(served) - 1), 10)
+                await wait_until_async(lambda: db.count_readings(GW) >= 4 * (len(served) - 1), 10)
     finally:
         await sensor.stop()
 

@@ -11,7 +11,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from agent.fdlimit import fds_exhausted, raise_open_files_limit
 from tests.conftest import Mosquitto, free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 80
@@ -70,15 +70,6 @@ def events(log: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
-def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 def start_agent(config: Path, log: Path, soft: int, hard: int) -> subprocess.Popen[bytes]:
     with log.open("wb") as err:
         return subprocess.Popen(
@@ -104,7 +95,7 @@ def test_out_of_file_descriptors_is_said_once_and_named(
     log = tmp_path / "agent.log"
     agent = start_agent(config_for(tmp_path, mosquitto.url, meter_port), log, 64, 64)
     try:
-        assert wait_for(lambda: bool(events(log, "fd_limit_reached")) or agent.poll() is not None,
+        assert wait_until(lambda: bool(events(log, "fd_limit_reached")) or agent.poll() is not None,
                         60), log.read_text()[-3000:]
         assert agent.poll() is None, log.read_text()[-3000:]
     finally:
@@ -129,7 +120,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one(
     log = tmp_path / "agent.log"
     agent = start_agent(config_for(tmp_path, mosquitto.url, meter_port), log, 64, 4096)
     try:
-        assert wait_for(lambda: bool(events(log, "agent_started")) or agent.poll() is not None,
+        assert wait_until(lambda: bool(events(log, "agent_started")) or agent.poll() is not None,
                         60), log.read_text()[-3000:]
         limits = Path(f"/proc/{agent.pid}/limits").read_text()
         line = next(x for x in limits.splitlines() if x.startswith("Max open files"))

@@ -14,9 +14,9 @@ from tests.chaos.harness import (
     AgentProcess,
     ReceiverProcess,
     persistent_broker_config,
-    wait_until,
 )
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 
 @pytest.fixture

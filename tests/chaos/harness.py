@@ -69,6 +69,7 @@ from agent.profiles import load_profile
 from agent.wire import Status, decode_status
 from drivers.modbus.simulator import SimulatorServer, serve
 from tests.conftest import free_port
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -92,16 +93,6 @@ def persistent_broker_config(directory: Path) -> str:
     return PERSISTENT_BROKER.format(dir=directory)
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
-    """Poll ``predicate`` until it holds or ``seconds`` pass; returns its last value."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def sleep_to_quiet_point(grid: float) -> float:
     """Sleep until the middle of the next ``grid`` step (no poll is running then); returns now.
 
@@ -121,6 +112,22 @@ def slot_ms(request_time: float, interval_ms: int) -> int:
 
 
 # ---------------------------------------------------------------------------------- meters
+
+
+def request_recorder(requests: list[float]) -> Callable[[bool, ModbusPDU], ModbusPDU]:
+    """A simulator's ``trace_pdu`` hook appending the wall time of every read request."""
+
+    def trace(sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending and pdu.function_code in READ_FUNCTION_CODES:
+            requests.append(time.time())  # list.append is atomic under the GIL
+        return pdu
+
+    return trace
+
+
+def polled_slots(requests: Iterable[float], interval_ms: int) -> set[int]:
+    """The slots (epoch ms) in which the read requests at ``requests`` were made."""
+    return {slot_ms(r, interval_ms) for r in requests}
 
 
 @dataclass(frozen=True)
@@ -157,21 +164,11 @@ class MeterFleet:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
-    def _tracer(self, name: str) -> Callable[[bool, ModbusPDU], ModbusPDU]:
-        requests = self._requests[name]
-
-        def trace(sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-            if not sending and pdu.function_code in READ_FUNCTION_CODES:
-                requests.append(time.time())  # list.append is atomic under the GIL
-            return pdu
-
-        return trace
-
     async def _start(self) -> None:
         for device in self.devices:
             self._servers.append(await serve(
                 {1: self._profile}, "127.0.0.1", device.port, seed=device.name,
-                trace_pdu=self._tracer(device.name),
+                trace_pdu=request_recorder(self._requests[device.name]),
             ))
 
     async def _stop(self) -> None:
@@ -203,7 +200,7 @@ class MeterFleet:
 
     def served_slots(self, device: Device) -> set[int]:
         """The slots (epoch ms) in which the agent polled ``device``."""
-        return {slot_ms(r, device.interval_ms) for r in self.requests(device.name)}
+        return polled_slots(self.requests(device.name), device.interval_ms)
 
     def expected(self) -> set[Key]:
         """Every (device, point, slot) the agent polled, over all its runs."""

@@ -44,10 +44,10 @@ from tests.chaos.harness import (
     slot_ms,
     store_batches,
     store_meta,
-    wait_until,
     write_agent_config,
 )
 from tests.conftest import Mosquitto, free_port
+from tests.waiting import wait_until
 
 GW = "gw-chaos"
 SECOND = 1000

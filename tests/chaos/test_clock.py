@@ -47,13 +47,14 @@ from tests.chaos.harness import (
     ReceiverProcess,
     Stored,
     last_sealed_seq,
+    request_recorder,
     sleep_to_quiet_point,
     store_batches,
     store_meta,
-    wait_until,
     write_agent_config,
 )
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 GW = "gw-clock"
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -365,7 +366,8 @@ class SilentMeters(MeterFleet):
         for device in self.devices:
             self._servers.append(await serve(
                 {1: self._profile}, "127.0.0.1", device.port, seed=device.name,
-                trace_pdu=self._tracer(device.name), rtu=True, silent_units=(1,)))
+                trace_pdu=request_recorder(self._requests[device.name]), rtu=True,
+                silent_units=(1,)))
 
 
 def test_every_slot_is_polled_or_reported_skipped_when_polls_outlast_the_interval(

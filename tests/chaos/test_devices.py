@@ -23,10 +23,10 @@ from tests.chaos.harness import (
     last_sealed_seq,
     sleep_to_quiet_point,
     slot_ms,
-    wait_until,
     write_agent_config,
 )
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 GW = "gw-devices"
 

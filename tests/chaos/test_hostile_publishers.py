@@ -23,8 +23,9 @@ import zstandard
 
 from agent.platform.sink import SqliteSink
 from agent.wire import Batch, Series, encode_batch
-from tests.chaos.harness import ReceiverProcess, fill, wait_until
+from tests.chaos.harness import ReceiverProcess, fill
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -26,11 +26,11 @@ from tests.chaos.harness import (
     ReceiverProcess,
     fill,
     store_batches,
-    wait_until,
     write_agent_config,
 )
 from tests.chaos.test_clock import FakeTimeAgent, _need_libfaketime
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 GW = "gw-kpi-faults"
 DAY_MS = 86_400_000

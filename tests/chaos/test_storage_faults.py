@@ -37,10 +37,10 @@ from tests.chaos.harness import (
     last_sealed_seq,
     sleep_to_quiet_point,
     store_meta,
-    wait_until,
     write_agent_config,
 )
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 GW = "gw-storage"
 SECOND = 1000

@@ -25,6 +25,7 @@ from agent.gateway.uplink import Uplink
 from agent.mqtt import MqttSettings, reconnect_delay
 from agent.wire import BufferHealth, decode_status
 from tests.conftest import Mosquitto, free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Pa55-word"
@@ -49,15 +50,6 @@ def agent_config(tmp_path: Path, broker: Mosquitto) -> Path:
         'profile = "ssc-demo-meter"\n'
     )
     return path
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_status_is_online_while_running_and_offline_after_sigkill_and_sigterm(

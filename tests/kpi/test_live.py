@@ -4,6 +4,7 @@ exactly once. Real agent process, real mosquitto, real Modbus simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -14,7 +15,8 @@ from agent.platform.sink import SqliteSink
 from agent.profiles import load_profile
 from drivers.modbus.simulator import serve
 from tests.conftest import Mosquitto, free_port
-from tests.test_end_to_end import log_events, receiving, start_agent, stop_agent, wait_for
+from tests.test_end_to_end import log_events, receiving, start_agent, stop_agent
+from tests.waiting import wait_until_async
 
 GW = "gw-kpi"
 WINDOW_MS = 20_000
@@ -77,15 +79,15 @@ async def test_windows_survive_a_sigkill_and_match_the_readings(
             if window_end - now < 14_000:
                 window_end += WINDOW_MS
             kill_at = (window_end - WINDOW_MS / 2) / 1000
-            await wait_for(lambda: time.time() >= kill_at, 60)
+            await wait_until_async(lambda: time.time() >= kill_at, 60)
             os.kill(agent.pid, signal.SIGKILL)
             agent.wait()
-            await wait_for(lambda: False, 2.0)  # down for two seconds
+            await asyncio.sleep(2.0)  # the outage is the input: down for two seconds
             agent = start_agent(config, log)
-            await wait_for(lambda: time.time() * 1000 >= window_end + WINDOW_MS + 4000, 60)
+            await wait_until_async(lambda: time.time() * 1000 >= window_end + WINDOW_MS + 4000, 60)
             stop_agent(agent)
             assert agent.returncode == 0, log.read_text()
-            await wait_for(lambda: stats.batches >= 10, 5)
+            await wait_until_async(lambda: stats.batches >= 10, 5)
     finally:
         await server.stop()
 

@@ -22,6 +22,7 @@ from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receive
 from agent.platform.sink import SqliteSink
 from agent.wire import Batch, Series, encode_batch
 from tests.conftest import Mosquitto, free_port
+from tests.waiting import wait_until_async
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("mosquitto_factory")]
 
@@ -90,13 +91,6 @@ class Client:
         return out.decode()
 
 
-async def wait_for(predicate: object, within: float = 20.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 async def test_a_gateway_can_write_only_its_own_topics_and_read_nothing(tmp_path: Path) -> None:
     d = tmp_path / "broker"
     d.mkdir()
@@ -126,7 +120,8 @@ async def test_a_gateway_can_write_only_its_own_topics_and_read_nothing(tmp_path
         stop = asyncio.Event()
         with capture_logs() as logs:
             task = asyncio.create_task(run_receiver(settings, stop=stop, stats=stats))
-            await wait_for(lambda: any(e["event"] == "mqtt_subscribed" for e in logs))
+            assert await wait_until_async(
+                lambda: any(e["event"] == "mqtt_subscribed" for e in logs), 20)
         try:
             # B forges A's seq 1 (3.1.1: accepted and dropped silently) and an absurd seq
             # (MQTT 5: the broker says so); the receiver account cannot publish at all.
@@ -143,7 +138,7 @@ async def test_a_gateway_can_write_only_its_own_topics_and_read_nothing(tmp_path
             await b.publish("ssc/v1/gw-b/batch", encode_batch(batch("gw-b", 1, 2_000)))
             await c.publish("ssc/v1/gw-c/batch", encode_batch(batch("gw-c", 1, 3_000)))
             await a.publish("ssc/v1/gw-a/batch", encode_batch(batch("gw-a", 2, 4_000)))
-            await wait_for(lambda: stats.batches == 4)
+            assert await wait_until_async(lambda: stats.batches == 4, 20)
             assert stats.rejected == stats.duplicates == 0
             sink = SqliteSink.open(tmp_path / "r.db")
             assert sink.seqs("gw-a") == [1, 2]

@@ -31,6 +31,7 @@ from agent.platform.sink import (
 )
 from agent.wire import Batch, Series, Status, encode_batch, encode_status
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,10 +92,8 @@ class Running:
         await self.publish(f"{PREFIX}/{batch.gw}/batch", encode_batch(batch, codec=codec))
 
     async def wait_for(self, what: Callable[[], bool], within: float = 10.0) -> None:
-        async with asyncio.timeout(within):
-            # The conditions span stats, logs and the sink: polling is the simple honest way.
-            while not what():
-                await asyncio.sleep(0.01)
+        # The conditions span stats, logs and the sink: polling is the simple honest way.
+        assert await wait_until_async(what, within, step=0.01)
 
     async def subscribed(self, times: int = 1) -> None:
         await self.wait_for(lambda: len(self.events("mqtt_subscribed")) >= times)
