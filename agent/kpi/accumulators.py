@@ -33,13 +33,13 @@ class Accumulator(Protocol):
     def load(self, state: list[Any]) -> None: ...
 
 
-class MeanAcc:
-    """``mean`` and ``sum``: a running total in time order."""
+class TotalAcc:
+    """Valid items and their running total, in time order: what ``mean``, ``sum``,
+    ``energetic_mean`` (a total of energies) and the daily AQI keep of a window."""
 
-    __slots__ = ("is_sum", "n", "total")
+    __slots__ = ("n", "total")
 
-    def __init__(self, *, is_sum: bool) -> None:
-        self.is_sum = is_sum
+    def __init__(self) -> None:
         self.n = 0
         self.total = 0.0
 
@@ -47,17 +47,27 @@ class MeanAcc:
         self.n += 1
         self.total += x
 
-    def result(self, kpi: KpiContext, scope: ItemScope, start: int, end: int) -> KpiOutput:
-        expected = scope.total(start, end)
-        valid = is_valid(self.n, expected, kpi.min_coverage)
-        value = self.total if self.is_sum else (self.total / self.n if self.n else None)
-        return kpi.output(start, end, value, valid=valid, n=self.n, expected=expected)
-
     def state(self) -> list[Any]:
         return [self.n, self.total]
 
     def load(self, state: list[Any]) -> None:
         self.n, self.total = int(state[0]), float(state[1])
+
+
+class MeanAcc(TotalAcc):
+    """``mean`` and ``sum``."""
+
+    __slots__ = ("is_sum",)
+
+    def __init__(self, *, is_sum: bool) -> None:
+        super().__init__()
+        self.is_sum = is_sum
+
+    def result(self, kpi: KpiContext, scope: ItemScope, start: int, end: int) -> KpiOutput:
+        expected = scope.total(start, end)
+        valid = is_valid(self.n, expected, kpi.min_coverage)
+        value = self.total if self.is_sum else (self.total / self.n if self.n else None)
+        return kpi.output(start, end, value, valid=valid, n=self.n, expected=expected)
 
 
 class CountAcc:
@@ -98,8 +108,11 @@ class ExtremeAcc:
             self.best, self.at = x, t
         self.n += 1
 
+    def expected(self, scope: ItemScope, start: int, end: int) -> int:
+        return scope.total(start, end)
+
     def result(self, kpi: KpiContext, scope: ItemScope, start: int, end: int) -> KpiOutput:
-        expected = scope.total(start, end)
+        expected = self.expected(scope, start, end)
         valid = is_valid(self.n, expected, kpi.min_coverage)
         return kpi.output(
             start, end, self.best, valid=valid, n=self.n, expected=expected, extras={"at": self.at}
@@ -141,32 +154,22 @@ class PercentileAcc:
         self.n, self.values = int(state[0]), [float(x) for x in state[1]]
 
 
-class EnergyAcc:
+class EnergyAcc(TotalAcc):
     """``energetic_mean``: ``10·log10(mean(10^(x/10)))``."""
 
-    __slots__ = ("energy", "n")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.energy = 0.0
+    __slots__ = ()
 
     def add(self, t: int, x: float) -> None:
         e = energy(x)
         if e != math.inf:  # beyond any real level: invalid
             self.n += 1
-            self.energy += e
+            self.total += e
 
     def result(self, kpi: KpiContext, scope: ItemScope, start: int, end: int) -> KpiOutput:
         expected = scope.total(start, end)
         valid = is_valid(self.n, expected, kpi.min_coverage)
-        value = level_of_energy(self.energy, self.n) if valid else None
+        value = level_of_energy(self.total, self.n) if valid else None
         return kpi.output(start, end, value, valid=valid, n=self.n, expected=expected)
-
-    def state(self) -> list[Any]:
-        return [self.n, self.energy]
-
-    def load(self, state: list[Any]) -> None:
-        self.n, self.energy = int(state[0]), float(state[1])
 
 
 class ExceedAcc:
@@ -205,18 +208,13 @@ class ExceedAcc:
         self.n, self.above = int(state[0]), int(state[1])
 
 
-class AqiDailyAcc:
+class AqiDailyAcc(MeanAcc):
     """``aqi_us_pm25`` with ``averaging = "daily"``: the AQI of the mean of hourly means."""
 
-    __slots__ = ("n", "total")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.n = 0
-        self.total = 0.0
-
-    def add(self, t: int, x: float) -> None:
-        self.n += 1
-        self.total += x
+        super().__init__(is_sum=False)
 
     def result(self, kpi: KpiContext, scope: ItemScope, start: int, end: int) -> KpiOutput:
         expected = scope.total(start, end)
@@ -230,44 +228,23 @@ class AqiDailyAcc:
             start, end, value, valid=valid, n=self.n, expected=expected, extras=extras
         )
 
-    def state(self) -> list[Any]:
-        return [self.n, self.total]
 
-    def load(self, state: list[Any]) -> None:
-        self.n, self.total = int(state[0]), float(state[1])
-
-
-class NightAcc:
+class NightAcc(ExtremeAcc):
     """``min_night_flow``: the minimum of the items that start in ``[night_start, night_end)``."""
 
-    __slots__ = ("at", "best", "calendar", "high", "low", "n")
+    __slots__ = ("calendar", "high", "low")
 
     def __init__(self, calendar: Calendar, low: int, high: int) -> None:
+        super().__init__(is_max=False)
         self.calendar = calendar
         self.low, self.high = low, high
-        self.n = 0
-        self.best = 0.0
-        self.at = 0
 
     def add(self, t: int, x: float) -> None:
-        if not in_clock(self.calendar.wall_seconds(t), self.low, self.high):
-            return
-        if self.n == 0 or x < self.best:
-            self.best, self.at = x, t
-        self.n += 1
+        if in_clock(self.calendar.wall_seconds(t), self.low, self.high):
+            super().add(t, x)
 
-    def result(self, kpi: KpiContext, scope: ItemScope, start: int, end: int) -> KpiOutput:
-        expected = scope.in_clock(start, end, self.low, self.high)
-        valid = is_valid(self.n, expected, kpi.min_coverage)
-        return kpi.output(
-            start, end, self.best, valid=valid, n=self.n, expected=expected, extras={"at": self.at}
-        )
-
-    def state(self) -> list[Any]:
-        return [self.n, self.best, self.at]
-
-    def load(self, state: list[Any]) -> None:
-        self.n, self.best, self.at = int(state[0]), float(state[1]), int(state[2])
+    def expected(self, scope: ItemScope, start: int, end: int) -> int:
+        return scope.in_clock(start, end, self.low, self.high)
 
 
 _PERIODS = ("day", "evening", "night")

@@ -6,6 +6,7 @@ from typing import Any
 
 from agent.kpi.context import KpiContext, State
 from agent.kpi.operators import counter_step, expected_items, is_valid
+from agent.kpi.output import Extra
 from agent.kpi.runner import Runner, scaled
 
 _MS_PER_HOUR = 3_600_000
@@ -43,15 +44,31 @@ class Counter:
         self.last = None if state[1] is None else float(state[1])
 
 
-class CounterRunner(Runner):
-    """``counter_delta``: deltas go to the window with ``start < t ≤ end`` (§3.2)."""
+class CounterFedRunner(Runner):
+    """A runner whose items are the deltas of a cumulative counter."""
 
     def __init__(self, kpi: KpiContext) -> None:
         super().__init__(kpi)
         self.counter = Counter(kpi)
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        raise NotImplementedError
+
+    def counter_step(self, t: int, value: float | None) -> tuple[float | None, bool, bool] | None:
+        """The counter's step at a reading (see :meth:`Counter.step`); None for an invalid
+        reading, which leaves the baseline as it was."""
+        x = scaled(value, self.kpi.scale)
+        return None if x is None else self.counter.step(t, x)
+
+
+class CounterRunner(CounterFedRunner):
+    """``counter_delta``: deltas go to the window with ``start < t ≤ end`` (§3.2)."""
+
+    def __init__(self, kpi: KpiContext) -> None:
+        super().__init__(kpi)
         self.start = 0
         self.end = 0
-        self._reset_window()
 
     def _reset_window(self) -> None:
         self.n = 0
@@ -82,10 +99,10 @@ class CounterRunner(Runner):
     def reading(self, t: int, value: float | None) -> None:
         while t > self.end:
             self.close()
-        x = scaled(value, self.kpi.scale)
-        if x is None:
+        step = self.counter_step(t, value)
+        if step is None:
             return
-        delta, rollover, reset = self.counter.step(t, x)
+        delta, rollover, reset = step
         if delta is not None:
             self.n += 1
             self.total += delta
@@ -125,17 +142,15 @@ class CounterRunner(Runner):
         self.rollovers, self.resets = int(rollovers), int(resets)
 
 
-class DemandRunner(Runner):
+class DemandRunner(CounterFedRunner):
     """``demand``: counter deltas summed per demand block (``base``); peak block power."""
 
     def __init__(self, kpi: KpiContext) -> None:
         super().__init__(kpi)
         assert kpi.base is not None  # config: demand needs a base
         self.base = kpi.base
-        self.counter = Counter(kpi)
         self.block = [0, 0, 0, 0.0]  # start, end, accepted deltas, energy
         self.window = [0, 0]
-        self._reset_window()
 
     def _reset_window(self) -> None:
         self.n = 0
@@ -152,10 +167,8 @@ class DemandRunner(Runner):
     def reading(self, t: int, value: float | None) -> None:
         while t > self.block[1]:
             self.close_block()
-        x = scaled(value, self.kpi.scale)
-        if x is None:
-            return
-        delta, _, _ = self.counter.step(t, x)
+        step = self.counter_step(t, value)
+        delta = None if step is None else step[0]
         if delta is not None:
             self.block[2] += 1
             self.block[3] += delta
@@ -184,28 +197,16 @@ class DemandRunner(Runner):
             self.close_window()
 
     def close_window(self) -> None:
-        kpi = self.kpi
-        start, end = self.window
-        expected = kpi.calendar.count(self.base, start, end)
         mean_power = self.energy / self.hours if self.hours > 0 else None
         load_factor = None
         if mean_power is not None and self.peak > 0:
             load_factor = mean_power / self.peak
-        output = kpi.output(
-            start,
-            end,
-            self.peak,
-            valid=is_valid(self.n, expected, kpi.min_coverage),
-            n=self.n,
-            expected=expected,
-            extras={
-                "peak_start": self.peak_start,
-                "mean_power": mean_power,
-                "load_factor": load_factor,
-            },
-        )
-        kpi.emit(output, start, end)
-        self.window = [end, kpi.calendar.next_window(kpi.window, end)[1]]
+        extras: dict[str, Extra] = {
+            "peak_start": self.peak_start,
+            "mean_power": mean_power,
+            "load_factor": load_factor,
+        }
+        self.window = self.emit_over_bases(self.base, self.window, self.peak, self.n, extras)
         self._reset_window()
 
     def advance(self, watermark: int) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+from agent.config import KpiDuration
 from agent.kpi.context import KpiContext, State
+from agent.kpi.operators import is_valid
+from agent.kpi.output import Extra
 
 
 class Runner:
@@ -40,6 +43,31 @@ class Runner:
 
     def load(self, state: State) -> None:
         raise NotImplementedError
+
+    def emit_over_bases(
+        self,
+        base: KpiDuration,
+        window: list[int],
+        value: float,
+        n: int,
+        extras: dict[str, Extra],
+    ) -> list[int]:
+        """Emit the output window ``[start, end)`` whose items are its ``base`` windows, ``n``
+        of them valid; returns the next window."""
+        kpi = self.kpi
+        start, end = window
+        expected = kpi.calendar.count(base, start, end)
+        output = kpi.output(
+            start,
+            end,
+            value,
+            valid=is_valid(n, expected, kpi.min_coverage),
+            n=n,
+            expected=expected,
+            extras=extras,
+        )
+        kpi.emit(output, start, end)
+        return [end, kpi.calendar.next_window(kpi.window, end)[1]]
 
 
 def scaled(value: float | None, scale: float) -> float | None:

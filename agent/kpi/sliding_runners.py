@@ -131,20 +131,8 @@ class DailyMaxRunner(Runner):
             self.close_day()
 
     def close_day(self) -> None:
-        kpi = self.kpi
-        start, end = self.day
-        expected = kpi.calendar.count(self.base, start, end)
-        output = kpi.output(
-            start,
-            end,
-            self.best,
-            valid=is_valid(self.n, expected, kpi.min_coverage),
-            n=self.n,
-            expected=expected,
-            extras={"max_start": self.span[0], "max_end": self.span[1]},
-        )
-        kpi.emit(output, start, end)
-        self.day = [end, kpi.calendar.next_window(kpi.window, end)[1]]
+        extras: dict[str, Extra] = {"max_start": self.span[0], "max_end": self.span[1]}
+        self.day = self.emit_over_bases(self.base, self.day, self.best, self.n, extras)
         self._reset_day()
 
     def finish(self, last: int) -> None:
