@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,17 +31,35 @@ class PointInfo:
     unit: str | None
 
 
+# What a driver's ``max_poll_seconds`` is when it does not say: no poll longer than the
+# scheduler's plain hang guard (twice the interval, at least 20 s).
+DEFAULT_MAX_POLL_SECONDS: Final[float | None] = None
+
+
 class Driver(Protocol):
     """One device's I/O."""
 
     @property
     def points(self) -> Sequence[PointInfo]: ...
 
+    @property
+    def max_poll_seconds(self) -> float | None:
+        """The longest a good poll (``connect()`` and ``read()``) may take, in seconds, when
+        that can outlast the scheduler's plain hang guard (a 300-baud readout); None
+        (:data:`DEFAULT_MAX_POLL_SECONDS`): it never does."""
+
     async def connect(self) -> None: ...
 
     async def read(self) -> Sequence[PointValue]: ...
 
     async def close(self) -> None: ...
+
+
+def max_poll_seconds(driver: Driver) -> float | None:
+    """What ``driver`` says a good poll may take. A driver written before the member was part
+    of the contract still loads and runs: it gets the default, as if it had said None."""
+    value: object = getattr(driver, "max_poll_seconds", DEFAULT_MAX_POLL_SECONDS)
+    return value if isinstance(value, int | float) else DEFAULT_MAX_POLL_SECONDS
 
 
 class DeviceConfig(BaseModel):

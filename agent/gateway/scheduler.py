@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.driver import Driver, PointInfo
+from agent.driver import Driver, PointInfo, max_poll_seconds
 from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.gateway.clock import ClockWatch
 from agent.readings import Event, PointValue, Quality, Reading
@@ -65,7 +65,7 @@ def hang_guard(interval: float, max_poll_seconds: float | None) -> float:
 
     A driver has its own I/O timeouts; this guard only catches one that hangs anyway: twice the
     interval, at least 20 s, and never shorter than 1.5 × what the driver says a good poll may
-    take (its optional ``max_poll_seconds``, e.g. a slow IEC 62056-21 readout at 300 baud).
+    take (its ``max_poll_seconds``, e.g. a slow IEC 62056-21 readout at 300 baud).
     """
     guard = max(interval, 10.0) * 2
     if isinstance(max_poll_seconds, int | float) and max_poll_seconds > 0:
@@ -107,7 +107,7 @@ class DevicePoller:
         self._sleep = sleep
         self._points: Sequence[PointInfo] = driver.points
         self._units = {p.name: p.unit for p in self._points}
-        self._guard = hang_guard(interval, getattr(driver, "max_poll_seconds", None))
+        self._guard = hang_guard(interval, max_poll_seconds(driver))
         self._connected = False
         self._failures = 0
         self._down_since: int | None = None

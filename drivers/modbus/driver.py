@@ -150,6 +150,11 @@ class ModbusDriver:
         return self._points
 
     @property
+    def max_poll_seconds(self) -> float | None:
+        """A poll's reads each have their own timeout: the plain hang guard covers them."""
+        return None
+
+    @property
     def plan(self) -> ReadPlan:
         """The requests one read() sends (after any split the device asked for)."""
         return self._plan

@@ -57,6 +57,11 @@ class Pms5003Driver(SerialDriver):
         """The configured values, in config order."""
         return self._points
 
+    @property
+    def max_poll_seconds(self) -> float | None:
+        """A frame a second or less: the plain hang guard covers a poll."""
+        return None
+
     def _port_opened(self) -> None:
         self._mode_set = False  # a replugged sensor powers up in active mode
 

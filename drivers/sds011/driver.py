@@ -67,6 +67,11 @@ class Sds011Driver(SerialDriver):
         return POINTS
 
     @property
+    def max_poll_seconds(self) -> float | None:
+        """A frame a second: the plain hang guard covers a poll."""
+        return None
+
+    @property
     def duty(self) -> DutyCycle:
         """The sleep/work state machine."""
         return self._duty

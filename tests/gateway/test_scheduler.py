@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import cast
 
 import pytest
 from structlog.testing import capture_logs
 
-from agent.driver import PointInfo
+from agent.driver import DEFAULT_MAX_POLL_SECONDS, Driver, PointInfo, max_poll_seconds
 from agent.errors import DeviceUnavailable
 from agent.gateway.scheduler import DevicePoller, backoff_slots, hang_guard, next_slot
 from agent.readings import Event, PointValue, Quality, Reading
@@ -30,6 +31,8 @@ class FakeClock:
 
 class ScriptedDriver:
     """A driver whose answers follow a script: True = answer, False = no answer."""
+
+    max_poll_seconds: float | None = None
 
     def __init__(self, clock: FakeClock, script: Sequence[bool], read_seconds: float = 0.0):
         self._clock = clock
@@ -180,6 +183,41 @@ def test_hang_guard_covers_what_the_driver_says_a_poll_may_take(
     assert hang_guard(interval, max_poll) == guard
 
 
+class OlderDriver:
+    """A third-party driver written before ``max_poll_seconds`` was part of the contract."""
+
+    @property
+    def points(self) -> Sequence[PointInfo]:
+        return [PointInfo("p", "W")]
+
+    async def connect(self) -> None:
+        pass
+
+    async def read(self) -> Sequence[PointValue]:
+        return [PointValue("p", 1.5)]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_driver_without_max_poll_seconds_still_runs_with_the_plain_guard() -> None:
+    older = cast(Driver, OlderDriver())
+    assert not hasattr(older, "max_poll_seconds")
+    assert max_poll_seconds(older) is DEFAULT_MAX_POLL_SECONDS is None
+    clock = FakeClock(1_000.0)
+    got: list[Reading] = []
+    poller = DevicePoller("o", older, 15.0, emit=got.extend, event=lambda e: None, clock=clock,
+                          sleep=clock.sleep)
+    assert poller.guard == 30.0
+    task = asyncio.create_task(poller.run())
+    while not got:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [(r.point, r.value, r.quality) for r in got] == [("p", 1.5, Quality.GOOD)]
+
+
 def test_the_iec62056_driver_declares_its_longest_readout() -> None:
     from drivers.iec62056.config import Iec62056Config
     from drivers.iec62056.driver import Iec62056Driver
@@ -224,6 +262,8 @@ class SteppingClocks:
 
 class SteppingDriver:
     """Answers every read; the wall clock steps by ``steps[n]`` during read number ``n``."""
+
+    max_poll_seconds: float | None = None
 
     def __init__(self, clocks: SteppingClocks, steps: dict[int, float]) -> None:
         self._clocks = clocks

@@ -59,6 +59,11 @@ class AsciiTcpDriver:
         """The configured points, in order."""
         return self._points
 
+    @property
+    def max_poll_seconds(self) -> float | None:
+        """One short exchange: the plain hang guard covers it (None: the default)."""
+        return None
+
     async def connect(self) -> None:
         """Open the TCP connection; DeviceUnavailable when the sensor cannot be reached."""
         host, port = self._config.host_port
