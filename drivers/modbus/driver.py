@@ -107,6 +107,9 @@ def _describe(request: ReadRequest) -> str:
 class ModbusDriver:
     """One Modbus device on its own TCP connection or on a shared line."""
 
+    # driver contract: each request has its own timeout; the plain hang guard covers a poll
+    max_poll_seconds: float | None = None
+
     def __init__(
         self,
         config: ModbusDeviceConfig,
@@ -148,11 +151,6 @@ class ModbusDriver:
     def points(self) -> Sequence[PointInfo]:
         """The configured points, in config order."""
         return self._points
-
-    @property
-    def max_poll_seconds(self) -> float | None:
-        """A poll's reads each have their own timeout: the plain hang guard covers them."""
-        return None
 
     @property
     def plan(self) -> ReadPlan:

@@ -40,6 +40,9 @@ UNITS = {f.name: f.unit for f in frames.MODELS["pms5003"].fields}
 class Pms5003Driver(SerialDriver):
     """One PMS5003-family sensor on its own serial port."""
 
+    # driver contract: a frame a second or less, so the scheduler's plain hang guard covers a poll
+    max_poll_seconds: float | None = None
+
     def __init__(self, config: Pms5003Config) -> None:
         self._config = config
         self._model = config.sensor
@@ -56,11 +59,6 @@ class Pms5003Driver(SerialDriver):
     def points(self) -> Sequence[PointInfo]:
         """The configured values, in config order."""
         return self._points
-
-    @property
-    def max_poll_seconds(self) -> float | None:
-        """A frame a second or less: the plain hang guard covers a poll."""
-        return None
 
     def _port_opened(self) -> None:
         self._mode_set = False  # a replugged sensor powers up in active mode

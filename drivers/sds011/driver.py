@@ -42,6 +42,9 @@ POINTS = (PointInfo("pm2_5", "µg/m³"), PointInfo("pm10", "µg/m³"))
 class Sds011Driver(SerialDriver):
     """One SDS011 on its own serial port."""
 
+    # driver contract: a frame a second, so the scheduler's plain hang guard covers a poll
+    max_poll_seconds: float | None = None
+
     def __init__(
         self, config: Sds011Config, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -65,11 +68,6 @@ class Sds011Driver(SerialDriver):
     def points(self) -> Sequence[PointInfo]:
         """PM2.5 and PM10, µg/m³."""
         return POINTS
-
-    @property
-    def max_poll_seconds(self) -> float | None:
-        """A frame a second: the plain hang guard covers a poll."""
-        return None
 
     @property
     def duty(self) -> DutyCycle:

@@ -46,6 +46,9 @@ def point_value(point: AsciiPoint, values: dict[str, Value]) -> PointValue:
 class AsciiTcpDriver:
     """Reads one sensor: ``READ`` → one checksummed answer line → one value per point."""
 
+    # driver contract: one short exchange, so the scheduler's plain hang guard covers a poll
+    max_poll_seconds: float | None = None
+
     def __init__(self, config: AsciiTcpDeviceConfig) -> None:
         self._config = config
         self._where = f"{config.name} ({config.endpoint})"
@@ -58,11 +61,6 @@ class AsciiTcpDriver:
     def points(self) -> Sequence[PointInfo]:
         """The configured points, in order."""
         return self._points
-
-    @property
-    def max_poll_seconds(self) -> float | None:
-        """One short exchange: the plain hang guard covers it (None: the default)."""
-        return None
 
     async def connect(self) -> None:
         """Open the TCP connection; DeviceUnavailable when the sensor cannot be reached."""
