@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -341,3 +343,13 @@ def test_real_sqlite_errors_are_classified(tmp_path: Path) -> None:
         conn.execute("INSERT INTO t SELECT zeroblob(100000)")
     assert "full" in str(full.value)
     assert is_sink_fault(full.value)
+
+
+def test_the_platform_does_not_import_the_gateway() -> None:
+    # The receiver and sink run on the platform, where the gateway runtime is not wanted: what
+    # the two sides share (MQTT settings, clients) lives in agent.mqtt.
+    code = ("import sys, agent.platform.receiver, agent.platform.sink; "
+            "print(sorted(m for m in sys.modules if m.startswith('agent.gateway')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"
