@@ -11,6 +11,13 @@ and prints RSS, RSS per 100 devices and open file descriptors for each: what siz
 ``MemoryMax=`` and ``LimitNOFILE=`` in deploy/ssc-agent.service (deploy/README.md).
 
     .venv/bin/python benchmarks/footprint.py --sweep 100,500,1000 --interval "10 s"
+
+The figures that matter are those of a base install (no test/dev extras: ``rich``, which the
+``demo`` extra brings, is imported by structlog when present). ``--agent`` runs the agent of
+another environment while this one (with psutil) measures::
+
+    python3 -m venv /tmp/base && /tmp/base/bin/pip install .
+    .venv/bin/python benchmarks/footprint.py --agent /tmp/base/bin/ssc-agent
 """
 
 from __future__ import annotations
@@ -126,8 +133,8 @@ async def measure(args: argparse.Namespace, devices: int) -> Figures:
     receiver = asyncio.create_task(receive())
     await asyncio.sleep(0.5)
     agent_log = (workdir / "agent.log").open("wb")
-    agent = subprocess.Popen([str(Path(sys.executable).parent / "ssc-agent"), "run", "--config",
-                              str(config)], stderr=agent_log, cwd=ROOT)
+    agent = subprocess.Popen([args.agent, "run", "--config", str(config)], stderr=agent_log,
+                             cwd=ROOT)
     proc = psutil.Process(agent.pid)
     peak = 0
     await asyncio.sleep(args.warmup)
@@ -199,6 +206,8 @@ def main() -> None:
     parser.add_argument("--interval", default="1 s", help="poll interval of every device")
     parser.add_argument("--sweep", metavar="N,N,…",
                         help="device counts to measure one after the other, e.g. 100,500,1000")
+    parser.add_argument("--agent", default=str(Path(sys.executable).parent / "ssc-agent"),
+                        help="the ssc-agent to measure (default: this environment's)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

@@ -8,6 +8,7 @@ driver shares nothing through the context.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from drivers.serialio import ReadTimeout, SerialLink
 __all__ = ["SerialDriver", "read_timeout_error", "serial_driver_spec"]
 
 C = TypeVar("C", bound=DeviceConfig)
+Simulate = Callable[[str, float | None], Coroutine[Any, Any, None]]
 
 
 class SerialDriver:
@@ -71,13 +73,19 @@ def serial_driver_spec(
     driver: Callable[[C], Driver],
     *,
     sample_toml: str,
-    simulate: Callable[[str, float | None], Coroutine[Any, Any, None]],
+    simulator: str,
 ) -> DriverSpec:
-    """The ``DriverSpec`` of a driver of one device per port."""
+    """The ``DriverSpec`` of a driver of one device per port; ``simulator`` names the module
+    whose ``simulate(serial_path, duration)`` serves a simulated device."""
 
     def create(config: DeviceConfig, context: DriverContext) -> Driver:
         del context  # one device per port: nothing to share
         return driver(expect_config(config, config_model))
+
+    async def simulate(serial_path: str, duration: float | None) -> None:
+        # A technician's tool: imported when it runs, so that the agent never loads it.
+        run: Simulate = importlib.import_module(simulator).simulate
+        await run(serial_path, duration)
 
     return DriverSpec(
         name=name,

@@ -30,7 +30,6 @@ from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.readings import PointValue, Quality
 from drivers.iec62056 import frames
 from drivers.iec62056.config import Iec62056Config, ObisPoint
-from drivers.iec62056.simulator import simulate
 from drivers.serialdriver import SerialDriver, serial_driver_spec
 from drivers.serialio import (
     PortGone,
@@ -210,7 +209,7 @@ SPEC = serial_driver_spec(
     Iec62056Config,
     Iec62056Driver,
     sample_toml=SAMPLE_TOML,
-    simulate=simulate,
+    simulator="drivers.iec62056.simulator",
 )
 create_driver = SPEC.create
 """Build the driver for a validated IEC 62056-21 device table."""

@@ -25,7 +25,6 @@ from agent.driver import PointInfo
 from agent.readings import PointValue, Quality
 from drivers.pms5003 import frames
 from drivers.pms5003.config import Pms5003Config
-from drivers.pms5003.simulator import simulate
 from drivers.serialdriver import SerialDriver, read_timeout_error, serial_driver_spec
 from drivers.serialio import PortGone, ReadTimeout, SerialLink, SerialSettings
 
@@ -109,7 +108,7 @@ SPEC = serial_driver_spec(
     Pms5003Config,
     Pms5003Driver,
     sample_toml=SAMPLE_TOML,
-    simulate=simulate,
+    simulator="drivers.pms5003.simulator",
 )
 create_driver = SPEC.create
 """Build the driver for a validated PMS5003 device table."""

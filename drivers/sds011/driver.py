@@ -26,7 +26,6 @@ from agent.readings import PointValue, Quality
 from drivers.sds011 import frames
 from drivers.sds011.config import Sds011Config
 from drivers.sds011.duty import Action, DutyCycle
-from drivers.sds011.simulator import simulate
 from drivers.serialdriver import SerialDriver, read_timeout_error, serial_driver_spec
 from drivers.serialio import PortGone, ReadTimeout, SerialLink, SerialSettings
 
@@ -195,7 +194,7 @@ SPEC = serial_driver_spec(
     Sds011Config,
     Sds011Driver,
     sample_toml=SAMPLE_TOML,
-    simulate=simulate,
+    simulator="drivers.sds011.simulator",
 )
 create_driver = SPEC.create
 """Build the driver for a validated SDS011 device table."""

@@ -1,0 +1,166 @@
+"""What each import of the agent runtime costs in resident memory (VmRSS), printed as a table.
+
+For every step, in the order ``ssc-agent run`` makes them (``python -X importtime`` of a run),
+two figures:
+
+- alone: a fresh interpreter's VmRSS before and after that one step;
+- cumulative: one interpreter taking every step in turn, its VmRSS after each.
+
+The last steps build the config: a 50-device Modbus config loaded and validated
+(``agent.config.load_config``), what pydantic costs besides its import.
+
+Run it with the python of the install to measure. The figures that matter are those of a base
+install (no test/dev extras: ``rich``, which the ``demo`` extra brings, makes structlog ~17 MiB
+heavier)::
+
+    python3 -m venv /tmp/base && /tmp/base/bin/pip install .
+    /tmp/base/bin/python benchmarks/imports.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_RSS = """
+def _rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit("no VmRSS in /proc/self/status")
+"""
+
+_FIRST_MODEL = """
+from pydantic import BaseModel
+class _First(BaseModel):
+    name: str
+    interval: float = 1.0
+_First(name="x")
+"""
+
+# (label, setup, code): the agent's order. "alone" runs setup first and measures code only; a
+# step an earlier one already took costs ~0 in the cumulative column.
+STEPS: list[tuple[str, str, str]] = [
+    ("asyncio", "", "import asyncio"),
+    ("ssl", "", "import ssl"),
+    ("structlog", "", "import structlog"),
+    ("pydantic", "", "import pydantic"),
+    ("pydantic: a first model", "import pydantic", _FIRST_MODEL),
+    ("agent.config (its models)", "", "import agent.config"),
+    ("zstandard", "", "import zstandard"),
+    ("sqlite3", "", "import sqlite3"),
+    ("msgpack", "", "import msgpack"),
+    ("agent.gateway.supervisor", "", "import agent.gateway.supervisor"),
+    ("drivers.modbus.driver", "", "import drivers.modbus.driver"),
+    ("aiomqtt (paho)", "", "import aiomqtt"),
+    ("pymodbus client", "", "import pymodbus.client"),
+    ("serial_asyncio_fast", "", "import serial_asyncio_fast"),
+    ("prometheus_client", "", "import prometheus_client"),
+    ("a config loaded ({devices} devices)", "import agent.config",
+     "_config = agent.config.load_config(__import__('pathlib').Path({config!r}))"),
+]
+
+
+# pydantic's share: every other import of the runtime first, then pydantic and what is built
+# with it, so that what they share with the rest is not counted as pydantic's.
+WITHOUT_PYDANTIC = (
+    "import asyncio, ssl, sqlite3, ctypes, tomllib, importlib.metadata, structlog, zstandard, "
+    "msgpack, aiomqtt, pymodbus.client"
+)
+PYDANTIC_STEPS: list[tuple[str, str]] = [
+    ("the runtime's other imports", WITHOUT_PYDANTIC),
+    ("pydantic imported", "import pydantic"),
+    ("a first model built and used", _FIRST_MODEL),
+    ("agent.config: the agent's models", "import agent.config"),
+    ("a config loaded ({devices} devices)",
+     "_config = agent.config.load_config(__import__('pathlib').Path({config!r}))"),
+]
+
+
+def config_text(devices: int) -> str:
+    """An agent config of ``devices`` Modbus TCP meters (the footprint benchmark's shape)."""
+    table = "".join(
+        f'\n[[devices]]\nname = "meter-{i:02d}"\ndriver = "modbus"\n'
+        f'endpoint = "tcp://127.0.0.1:{15000 + i}"\nprofile = "ssc-demo-meter"\n'
+        'interval = "1 s"\n'
+        for i in range(devices)
+    )
+    return ('[gateway]\nid = "gw-bench"\ndata_dir = "/tmp/ssc-imports-bench"\n\n'
+            '[uplink]\nbroker = "mqtt://127.0.0.1:1883"\n' + table)
+
+
+def _run(code: str) -> list[int]:
+    """Run ``code`` in a fresh interpreter from the repository root; the numbers it printed."""
+    out = subprocess.run([sys.executable, "-c", f"{_RSS}\n{code}"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"failed: {code!r}\n{out.stderr.strip()}")
+    return [int(x) for x in out.stdout.split()]
+
+
+def alone(setup: str, code: str) -> int:
+    """VmRSS (kB) that ``code`` adds to a fresh interpreter that ran ``setup`` first."""
+    before, after = _run(f"{setup}\nprint(_rss())\n{code}\nprint(_rss())")
+    return after - before
+
+
+def cumulative(steps: list[tuple[str, str]]) -> tuple[int, list[int]]:
+    """VmRSS (kB) of one interpreter at its start and after each step (setup, code) in turn."""
+    script = ["print(_rss())"]
+    for setup, code in steps:
+        script += [setup, code, "print(_rss())"]
+    start, *after = _run("\n".join(script))
+    return start, after
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=50, help="devices in the loaded config")
+    args = parser.parse_args()
+    mib = 1024.0
+    with tempfile.TemporaryDirectory(prefix="ssc-imports-") as tmp:
+        config = Path(tmp) / "agent.toml"
+        config.write_text(config_text(args.devices))
+        where = repr(str(config))
+        steps = [
+            (label.format(devices=args.devices), setup, code.replace("{config!r}", where))
+            for label, setup, code in STEPS
+        ]
+        start, totals = cumulative([(setup, code) for _, setup, code in steps])
+        costs = [alone(setup, code) for _, setup, code in steps]
+        pydantic_start, pydantic_totals = cumulative(
+            [("", code.replace("{config!r}", where)) for _, code in PYDANTIC_STEPS]
+        )
+        has_rich = _run("import importlib.util\n"
+                        "print(int(importlib.util.find_spec('rich') is not None))")[0]
+    print(f"python {sys.version.split()[0]} at {sys.executable}")
+    print("rich is installed, and structlog imports it: not a base install" if has_rich
+          else "rich is not installed (a base install)")
+    print(f"bare interpreter: {start / mib:.1f} MiB VmRSS\n")
+    print(f"{'step':<36} {'alone':>10} {'cumulative':>12} {'adds':>10}")
+    previous = start
+    for (label, _, _), cost, total in zip(steps, costs, totals, strict=True):
+        print(f"{label:<36} {cost / mib:+6.1f} MiB {total / mib:8.1f} MiB "
+              f"{(total - previous) / mib:+6.1f} MiB")
+        previous = total
+    print(f"\npydantic in the runtime (one interpreter, from {pydantic_start / mib:.1f} MiB):")
+    previous = pydantic_start
+    for (label, _), total in zip(PYDANTIC_STEPS, pydantic_totals, strict=True):
+        print(f"{label.format(devices=args.devices):<36} {total / mib:8.1f} MiB "
+              f"{(total - previous) / mib:+6.1f} MiB")
+        previous = total
+    share = pydantic_totals[-1] - pydantic_totals[0]
+    print(f"{'pydantic and what is built with it':<36} {share / mib:+8.1f} MiB")
+    print("\nalone: what the step adds to a fresh interpreter that took only its setup (a first"
+          "\nmodel: pydantic imported; a config loaded: agent.config imported); cumulative:"
+          "\nVmRSS after the step, every step above taken first; adds: the difference.")
+
+
+if __name__ == "__main__":
+    main()
