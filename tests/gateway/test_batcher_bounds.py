@@ -14,7 +14,7 @@ import zstandard
 from structlog.testing import capture_logs
 
 import agent.gateway.batcher as batcher_module
-import agent.gateway.store as store_module
+import agent.gateway.store.kpi_checkpoints as kpi_checkpoints_module
 import agent.kpi.live as live_module
 from agent.config import AgentConfig, config_from_dict
 from agent.gateway.batcher import BATCH_AGGREGATES_CAP, HELD_STEPS, Batcher
@@ -187,7 +187,7 @@ def test_start_with_an_unusable_kpi_checkpoint_sets_it_aside(
             conn.execute("UPDATE kpi_journal SET body = ? WHERE id = (SELECT max(id) FROM "
                          "kpi_journal)", (zstandard.compress(msgpack.packb([{"now": 1}])),))
     if damage == "journal_too_long":
-        monkeypatch.setattr(store_module, "MAX_KPI_JOURNAL_ROWS", 3)
+        monkeypatch.setattr(kpi_checkpoints_module, "MAX_KPI_JOURNAL_ROWS", 3)
     store = BatchStore.open(path)
     with capture_logs() as logs:
         live = LiveKpis.resume(kpi_config(), store, clock, lateness_ms=0)

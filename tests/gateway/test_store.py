@@ -342,9 +342,9 @@ def test_torn_store_keeps_what_is_readable(tmp_path: Path) -> None:
 
 def test_a_locked_store_is_an_error_not_damage(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.gateway.store as store_module
+    from agent.gateway.store import connection
 
-    monkeypatch.setattr(store_module, "OPEN_BUSY_SECONDS", 0.3)
+    monkeypatch.setattr(connection, "OPEN_BUSY_SECONDS", 0.3)
     path = tmp_path / "buffer.db"
     store = BatchStore.open(path)
     store.start_boot()
