@@ -716,3 +716,141 @@ def test_a_new_store_uses_small_pages(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
     conn.close()
+
+
+# ------------------------------------------------ the schema's recorded version (user_version)
+
+# A store file as the agent wrote it before the schema version was recorded (user_version 0):
+# the tables of that code, verbatim, and rows of each kind.
+UNVERSIONED_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE pending (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE batches (
+    seq INTEGER PRIMARY KEY,
+    created INTEGER NOT NULL,
+    n_readings INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    n_events INTEGER NOT NULL DEFAULT 0,
+    n_aggregates INTEGER NOT NULL DEFAULT 0,
+    created_elapsed INTEGER
+);
+CREATE TABLE kpi_state (id INTEGER PRIMARY KEY CHECK (id = 1), t INTEGER NOT NULL,
+                        body BLOB NOT NULL);
+CREATE TABLE kpi_journal (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE set_aside (id INTEGER PRIMARY KEY, t INTEGER NOT NULL,
+                        what TEXT NOT NULL, reason TEXT NOT NULL, body BLOB);
+CREATE TABLE drops (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    t INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    batches INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0,
+    carrier INTEGER
+);
+INSERT INTO meta VALUES ('boot', 3), ('next_seq', 8), ('dropped_batches', 1),
+    ('dropped_readings', 5), ('dropped_events', 0), ('dropped_aggregates', 0),
+    ('store_id', 81985529216486895);
+INSERT INTO batches (seq, created, n_readings, payload) VALUES (6, 1000, 5, X'0102'),
+    (7, 2000, 4, X'0304');
+INSERT INTO drops (t, kind, message, reason, batches, readings)
+    VALUES (900, 'buffer_drop', 'batches=1 readings=5 seq=5-5 reason=max_bytes', 'max_bytes',
+            1, 5);
+"""
+
+# The same from an earlier release still: before the columns "add missing columns" added.
+OLDEST_SCHEMA = (UNVERSIONED_SCHEMA
+                 .replace(",\n    n_events INTEGER NOT NULL DEFAULT 0,\n"
+                          "    n_aggregates INTEGER NOT NULL DEFAULT 0,\n"
+                          "    created_elapsed INTEGER\n", "\n")
+                 .replace(",\n    carrier INTEGER\n", "\n"))
+
+
+def columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    tables = [t for (t,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        " ORDER BY name")]
+    return {t: [row[1] for row in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
+def contents(path: Path) -> tuple[object, ...]:
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("PRAGMA user_version").fetchone()[0],
+                conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
+                conn.execute("SELECT * FROM meta WHERE key NOT LIKE 'elapsed%' ORDER BY key"
+                             ).fetchall(),
+                conn.execute("SELECT * FROM batches ORDER BY seq").fetchall(),
+                conn.execute("SELECT * FROM drops ORDER BY id").fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("old_schema", [UNVERSIONED_SCHEMA, OLDEST_SCHEMA],
+                         ids=["unversioned", "before_added_columns"])
+def test_a_store_of_an_earlier_version_is_brought_to_the_current_schema(
+        tmp_path: Path, old_schema: str) -> None:
+    from agent.gateway.store.schema import SCHEMA_VERSION
+
+    path = tmp_path / "buffer.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+        assert conn.execute("PRAGMA user_version").fetchone() == (0,)
+    conn.close()
+    store = BatchStore.open(path)
+    # data intact
+    assert [(b.seq, b.created, b.n_readings, b.payload) for b in store.iter_batches()] == [
+        (6, 1000, 5, b"\x01\x02"), (7, 2000, 4, b"\x03\x04")]
+    [drop] = store.drop_events()
+    assert (drop.kind, drop.batches, drop.readings, drop.reported) == (
+        "buffer_drop", 1, 5, False)
+    stats = store.stats()
+    assert (stats.boot, stats.next_seq, stats.dropped_batches, stats.dropped_readings) == (
+        3, 8, 1, 5)
+    assert store.identity == f"{81985529216486895:016x}"
+    # and it works as a current store: a new batch carries the drop report
+    assert store.seal(payload_of(10), created=3000, n_readings=2, pending_upto=0) == 8
+    assert store.drop_events()[0].reported
+    store.close()
+    fresh = tmp_path / "fresh.db"
+    BatchStore.open(fresh).close()
+    with sqlite3.connect(path) as migrated, sqlite3.connect(fresh) as new:
+        assert migrated.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert columns(migrated) == columns(new)
+        assert new.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    migrated.close()
+    new.close()
+    # opened twice: nothing to do
+    before = contents(path)
+    BatchStore.open(path).close()
+    assert contents(path) == before
+
+
+def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
+    from agent.gateway.store.schema import SCHEMA_VERSION, migrate
+
+    conn = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+    conn.executescript(OLDEST_SCHEMA)
+    assert migrate(conn) == list(range(1, SCHEMA_VERSION + 1))
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert "carrier" in columns(conn)["drops"]
+    assert migrate(conn) == []
+    conn.close()
+
+
+def test_a_store_of_a_newer_version_is_used_as_it_is(tmp_path: Path) -> None:
+    from agent.gateway.store.schema import SCHEMA_VERSION
+
+    path = tmp_path / "b.db"
+    BatchStore.open(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = BatchStore.open(path)
+    assert store.seal(payload_of(10), created=1, n_readings=1, pending_upto=0) == 1
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+    conn.close()
