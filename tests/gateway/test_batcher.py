@@ -40,7 +40,7 @@ def poll(t: int, n: int = 20, dev: str = "m1") -> list[Reading]:
 
 def stored_readings(store: BatchStore) -> list[Reading]:
     out: list[Reading] = []
-    for _, _, _, payload in store.iter_batches():
+    for payload in (b.payload for b in store.iter_batches()):
         out.extend(iter_readings(decode_batch(payload)))
     return out
 
@@ -60,7 +60,7 @@ def test_seals_by_age_and_by_size_and_keeps_every_reading(tmp_path: Path) -> Non
     batcher.close()
     assert sorted(stored_readings(store), key=lambda r: (r.t, r.point)) == sorted(
         sent, key=lambda r: (r.t, r.point))
-    batches = [decode_batch(p) for *_, p in store.iter_batches()]
+    batches = [decode_batch(p) for p in (b.payload for b in store.iter_batches())]
     assert all(b.n_readings <= 100 for b in batches)  # sealed by size (5 polls of 20)
     assert sum(len(b.events) for b in batches) == 1
 
@@ -192,7 +192,7 @@ def test_disk_full_for_too_long_drops_oldest_in_memory_and_reports_it(tiny_fs: P
     assert kept == {k * 1000 for k in range(first_failed)} | {
         k * 1000 for k in range(last - HELD_BATCHES + 1, last + 1)}
     assert store.stats().dropped_readings == lost
-    reports = [e for *_, p in store.iter_batches() for e in decode_batch(p).events
+    reports = [e for p in (b.payload for b in store.iter_batches()) for e in decode_batch(p).events
                if e["kind"] == "buffer_drop"]
     assert len(reports) == 1 and f"readings={lost}" in reports[0]["msg"]
 
@@ -214,7 +214,7 @@ def test_a_batch_is_sealed_before_it_is_max_age_old(tmp_path: Path, poll_offset:
         batcher.add(poll(round(clock.now * 1000), n=2))
         clock.now = start + k + 1
         batcher.flush()
-    batches = [decode_batch(p) for *_, p in store.iter_batches()]
+    batches = [decode_batch(p) for p in (b.payload for b in store.iter_batches())]
     assert len(batches) == 8
     assert [b.n_readings for b in batches] == [5 * 2] * 8
     assert {b2.created - b1.created for b1, b2 in itertools.pairwise(batches)} == {5000}
@@ -268,7 +268,7 @@ def test_a_clock_step_corrects_what_is_open_and_is_sent_once(
         watch.check()
     # sealed at once: the batch with the event holds the open readings, moved by the step
     assert store.last_seq() == sealed_before + 1
-    batches = [decode_batch(p) for *_, p in store.iter_batches()]
+    batches = [decode_batch(p) for p in (b.payload for b in store.iter_batches())]
     last = batches[-1]
     assert sorted({r.t for r in iter_readings(last)}) == [t + round(step * 1000)
                                                           for t in open_stamps]
@@ -325,7 +325,7 @@ def test_a_clock_step_names_the_batches_of_its_boot_after_what_was_recovered(
     assert store.last_seq() == recovered + 1
     clocks.wall_now += 3600
     watch.check()
-    [step] = [e for *_, p in store.iter_batches() for e in decode_batch(p).events
+    [step] = [e for p in (b.payload for b in store.iter_batches()) for e in decode_batch(p).events
               if e["kind"] == "clock_step"]
     words = dict(w.split("=") for w in step["msg"].split())
     assert (words["boot"], words["from_seq"], words["before_seq"]) == (
@@ -336,7 +336,7 @@ def test_a_clock_step_names_the_batches_of_its_boot_after_what_was_recovered(
 
 
 def unavailable_events(store: BatchStore) -> list[dict[str, object]]:
-    return [e for *_, p in store.iter_batches() for e in decode_batch(p).events
+    return [e for p in (b.payload for b in store.iter_batches()) for e in decode_batch(p).events
             if e["kind"] == "buffer_unavailable"]
 
 
@@ -377,7 +377,7 @@ def test_a_deleted_store_is_reported_once_and_written_back_whole(tmp_path: Path,
     assert again.identity == identity
     assert sorted((r.t, r.point) for r in stored_readings(again)) == sorted(
         (r.t, r.point) for r in sent)
-    assert [seq for seq, *_ in again.iter_batches()] == [1, 2, 3, 4, 5, 6]  # 30 polls of 20
+    assert [b.seq for b in again.iter_batches()] == [1, 2, 3, 4, 5, 6]  # 30 polls of 20
     assert len(unavailable_events(again)) == 1
     assert json.loads((data / "buffer.db.seq").read_text())["store"] == identity
     with pytest.raises(StorageError, match="in use by another agent"):  # the lock is back
@@ -430,7 +430,7 @@ def test_a_read_only_data_dir_holds_within_bounds_keeps_sending_and_recovers(
     last = 3 + polls - 1
     assert kept == {1000, 2000} | {k * 1000 for k in range(last - HELD_BATCHES + 1, last + 1)}
     assert store.stats().dropped_readings == lost
-    events = [e for *_, p in store.iter_batches() for e in decode_batch(p).events]
+    events = [e for p in (b.payload for b in store.iter_batches()) for e in decode_batch(p).events]
     assert [e["kind"] for e in events].count("buffer_unavailable") == 1
     assert [e["msg"] for e in events if e["kind"] == "buffer_drop"] == [
         f"batches=0 readings={lost} reason=store_unwritable"]

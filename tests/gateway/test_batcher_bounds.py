@@ -34,7 +34,7 @@ def aggregate(i: int, kpi: str = "k") -> dict[str, Any]:
 
 
 def decoded(store: BatchStore) -> list[Any]:
-    return [decode_batch(payload) for *_, payload in store.iter_batches()]
+    return [decode_batch(b.payload) for b in store.iter_batches()]
 
 
 def body_size(payload: bytes) -> int:
@@ -63,7 +63,7 @@ def test_a_large_open_batch_is_sealed_as_several_batches_under_the_body_target(
     batches = decoded(store)
     assert seq is not None and len(batches) > 3
     assert [b.seq for b in batches] == list(range(1, len(batches) + 1))
-    assert all(body_size(p) <= 40_000 for *_, p in store.iter_batches())
+    assert all(body_size(p) <= 40_000 for p in (b.payload for b in store.iter_batches()))
     got = [r for b in batches for r in iter_readings(b)]
     assert sorted((r.t, r.point) for r in got) == sorted((r.t, r.point) for r in sent)
     assert sum(len(b.aggregates) for b in batches) == 2 * BATCH_AGGREGATES_CAP + 7
@@ -123,7 +123,7 @@ def test_start_with_a_huge_pending_backlog_seals_it_in_bounded_batches(tmp_path:
                for b in batches)
     assert sum(len(b.aggregates) for b in batches) == 60_000
     assert sum(b.n_readings for b in batches) == 30_000
-    assert all(len(p) < MAX_BODY_BYTES for *_, p in store.iter_batches())
+    assert all(len(p) < MAX_BODY_BYTES for p in (b.payload for b in store.iter_batches()))
 
 
 def test_start_with_an_unreadable_pending_row_sets_it_aside(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_start_with_an_unusable_kpi_checkpoint_sets_it_aside(
         live = LiveKpis.resume(kpi_config(), store, clock, lateness_ms=0)
     assert [e["event"] for e in logs if e["event"] == "kpi_checkpoint_unusable"]
     assert live.engine.now is None  # started afresh
-    kinds = [e[1] for e in store.drop_events()]
+    kinds = [e.kind for e in store.drop_events()]
     assert kinds == ["store_set_aside"]
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM kpi_journal").fetchone() == (0,)

@@ -68,7 +68,7 @@ def test_seal_moves_pending_into_one_batch_atomically(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         store.seal(broken, created=6, n_readings=2, pending_upto=upto)
-    assert len(store.load_pending()[0]) == 2
+    assert len(store.load_pending().readings) == 2
     assert store.seal(lambda s, ev: b"ok", created=7, n_readings=2, pending_upto=upto) == seq + 1
 
 
@@ -142,9 +142,9 @@ def test_drop_oldest_keeps_within_max_bytes_counts_and_reports_once(tmp_path: Pa
     drops = store.drop_events()
     # seq 1 went while seq 4 was sealed, so seq 5 carries its report; seq 2 went while seq 5
     # was sealed, so its report waits for the next batch.
-    assert [(d[1], d[3], d[4], d[5]) for d in drops] == [
+    assert [(d.kind, d.batches, d.readings, d.reported) for d in drops] == [
         ("buffer_drop", 1, 10, True), ("buffer_drop", 1, 10, False)]
-    assert "seq=1-1 reason=max_bytes max_bytes=3500 policy=drop_oldest" in drops[0][2]
+    assert "seq=1-1 reason=max_bytes max_bytes=3500 policy=drop_oldest" in drops[0].message
     # The next batch carries the waiting report; the one after carries none.
     carried: list[list[Event]] = []
 
@@ -156,7 +156,7 @@ def test_drop_oldest_keeps_within_max_bytes_counts_and_reports_once(tmp_path: Pa
     store.seal(keep, created=3, n_readings=1, pending_upto=0)
     assert [len(c) for c in carried] == [1, 0]
     assert all(e.kind == "buffer_drop" and e.device is None for e in carried[0])
-    assert all(d[5] for d in store.drop_events())
+    assert all(d.reported for d in store.drop_events())
 
 
 def test_a_batch_in_flight_is_never_dropped(tmp_path: Path) -> None:
@@ -176,11 +176,11 @@ def test_drop_newest_refuses_the_new_batch(tmp_path: Path) -> None:
     assert store.seal(payload_of(1000), created=1, n_readings=3, pending_upto=0) == 2
     upto = store.append_pending(readings(3), [])
     assert store.seal(payload_of(1000), created=1, n_readings=3, pending_upto=upto) is None
-    assert store.load_pending()[0] == []  # the dropped batch's readings are not resurrected
+    assert store.load_pending().readings == []  # the dropped batch's readings are not resurrected
     assert [b.seq for b in store.next_unsent(10, set())] == [1, 2]
     assert store.stats().dropped_readings == 3
     # seq 3 was used and is reported as dropped, so the receiver's gap is explained
-    assert "seq=3-3 reason=max_bytes" in store.drop_events()[0][2]
+    assert "seq=3-3 reason=max_bytes" in store.drop_events()[0].message
     assert store.stats().next_seq == 4
 
 
@@ -216,7 +216,7 @@ def test_max_age_expires_old_batches(tmp_path: Path) -> None:
     clocks.advance(45)
     store.expire()
     assert [b.seq for b in store.next_unsent(10, set())] == [2]
-    assert "reason=max_age" in store.drop_events()[0][2]
+    assert "reason=max_age" in store.drop_events()[0].message
 
 
 @pytest.mark.parametrize("step", [180 * 86_400.0, 400 * 86_400.0, -3_600.0, -180 * 86_400.0])
@@ -307,7 +307,8 @@ def test_corrupt_file_is_moved_aside_and_salvaged(tmp_path: Path) -> None:
     store = BatchStore.open(path)
     assert store.recovered_from is not None and store.recovered_from.exists()
     assert store.recovered_from.name.startswith("buffer.db.corrupt-")
-    [(_, kind, message, _, _, reported)] = store.drop_events()
+    [drop] = store.drop_events()
+    kind, message, reported = drop.kind, drop.message, drop.reported
     assert kind == "buffer_corrupt" and not reported
     assert "moved to buffer.db.corrupt-" in message
     assert store.start_boot() == 1
@@ -334,7 +335,7 @@ def test_torn_store_keeps_what_is_readable(tmp_path: Path) -> None:
     survived = store.next_unsent(100, set())
     assert 0 < len(survived) <= 40
     assert store.stats().next_seq > max(b.seq for b in survived)  # seq is never reused
-    assert store.drop_events()[-1][1] == "buffer_corrupt"
+    assert store.drop_events()[-1].kind == "buffer_corrupt"
 
 
 # ------------------------------------------------ locked is not damaged; one agent per dir
@@ -375,7 +376,7 @@ def test_a_readonly_open_reads_under_a_writer_and_writes_nothing(tmp_path: Path)
     stats = reader.stats()
     assert (stats.batches, stats.readings, stats.next_seq) == (1, 3, 2)
     assert stats.identity == store.identity
-    assert [seq for seq, *_ in reader.iter_batches()] == [1]
+    assert [b.seq for b in reader.iter_batches()] == [1]
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader._conn.execute("DELETE FROM batches")
     reader.close()
@@ -455,7 +456,7 @@ def test_a_report_whose_carrier_is_dropped_is_queued_again(tmp_path: Path) -> No
         dropped_seqs |= set(range(int(first), int(last) + 1))
     assert dropped_seqs == set(range(1, 11))
     assert len(told) == 10  # each drop told once by the batches that survive
-    assert all(d[5] for d in store.drop_events())
+    assert all(d.reported for d in store.drop_events())
 
 
 def test_a_delivered_carrier_keeps_its_reports_reported(tmp_path: Path) -> None:
@@ -547,7 +548,7 @@ def test_a_torn_store_resumes_boot_and_seq_past_the_reservation(tmp_path: Path) 
     assert store.start_boot() == 3
     seq = store.seal(payload_of(5), created=99, n_readings=1, pending_upto=0)
     assert seq is not None and seq >= max(61, reserved)
-    message = store.drop_events()[-1][2]
+    message = store.drop_events()[-1].message
     assert f"seq continues at {reserved} after boot 2 (from buffer.db.seq)" in message
 
 
@@ -632,7 +633,8 @@ def test_a_drop_counts_the_events_and_kpi_windows_it_lost(tmp_path: Path) -> Non
     for events, aggregates in ((2, 1), (3, 0), (0, 4)):
         store.seal(payload_of(1000), created=1, n_readings=10, pending_upto=0,
                    n_events=events, n_aggregates=aggregates)
-    [(_, kind, message, batches, readings, _)] = store.drop_events()
+    [drop] = store.drop_events()
+    kind, message, batches, readings = drop.kind, drop.message, drop.batches, drop.readings
     assert (kind, batches, readings) == ("buffer_drop", 1, 10)
     assert "readings=10 events=2 aggregates=1 seq=1-1" in message
     stats = store.stats()
@@ -654,7 +656,7 @@ def test_an_older_store_gains_the_count_columns(tmp_path: Path) -> None:
         "INSERT INTO batches VALUES (1, 5, 3, x'00');")
     store = BatchStore.open(path, bounds=StoreBounds(max_bytes=1))
     store.seal(payload_of(1), created=6, n_readings=1, pending_upto=0, n_events=1)
-    assert "readings=3 events=0 aggregates=0 seq=1-1" in store.drop_events()[0][2]
+    assert "readings=3 events=0 aggregates=0 seq=1-1" in store.drop_events()[0].message
 
 
 # ------------------------------------------------------------------- pending row encoding
@@ -676,7 +678,7 @@ def test_pending_rows_round_trip_every_value_exactly(
     store = BatchStore.open(path)
     given_readings = [Reading(*row) for row in rows]
     store.append_pending(given_readings, [])
-    got = store.load_pending()[0]
+    got = store.load_pending().readings
     assert [(r, type(r.value)) for r in got] == [(r, type(r.value)) for r in given_readings]
     store.close()
 
@@ -685,7 +687,7 @@ def test_pending_nan_and_infinity_survive(tmp_path: Path) -> None:
     store = BatchStore.open(tmp_path / "b.db")
     store.append_pending([Reading("m", "p", None, 1, math.nan, Quality.GOOD),
                           Reading("m", "p", None, 2, -math.inf, Quality.GOOD)], [])
-    got = store.load_pending()[0]
+    got = store.load_pending().readings
     assert math.isnan(float(got[0].value or 0)) and got[1].value == -math.inf
 
 
