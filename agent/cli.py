@@ -343,15 +343,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from drivers.modbus.scan import run_scan
+    from drivers.modbus.scan import ScanRequest, run_scan
 
     _tool_logging(args)
     target, table, address, timeout = _modbus_tool_args(args)
     units = _unit_ids("--units", args.units)
-    return asyncio.run(run_scan(
-        target, units, table=table, address=address, timeout_seconds=timeout, output=args.format,
-        out=sys.stdout, err=sys.stderr,
-    ))
+    request = ScanRequest(target, units, table=table, address=address, timeout_seconds=timeout)
+    return asyncio.run(run_scan(request, output=args.format, out=sys.stdout, err=sys.stderr))
 
 
 def _receive_args_problems(args: argparse.Namespace) -> list[str]:

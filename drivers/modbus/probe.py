@@ -27,6 +27,7 @@ from drivers.modbus.tools import (
 
 __all__ = [
     "ProbeResult",
+    "ProbeView",
     "RegisterRow",
     "WindowRow",
     "format_number",
@@ -121,18 +122,23 @@ def _range_text(table: Table, address: int, count: int) -> str:
     return f"{unit_word(table, count)} {address}-{last} ({hex_span}), {count} in all"
 
 
-def format_probe_text(
-    label: str,
-    unit: int,
-    table: Table,
-    address: int,
-    values: Sequence[int],
-    *,
-    scale: float = 1.0,
-    f64: bool = False,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class ProbeView:
+    """What a probe shows: the values read from ``address`` on, and how to decode them."""
+
+    label: str
+    unit: int
+    table: Table
+    address: int
+    values: Sequence[int]
+    scale: float = field(default=1.0, kw_only=True)
+    f64: bool = field(default=False, kw_only=True)
+
+
+def format_probe_text(view: ProbeView) -> str:
     """The probe table for a terminal of 80 columns: registers, then wider values."""
-    lines = [f"{label} unit {unit}", _range_text(table, address, len(values)), ""]
+    table, address, values, scale, f64 = view.table, view.address, view.values, view.scale, view.f64
+    lines = [f"{view.label} unit {view.unit}", _range_text(table, address, len(values)), ""]
     if table in BIT_TABLES:
         lines.append(f"{'address':>7}  {'hex':>6}  {'value':>5}")
         lines += [f"{address + i:>7}  0x{address + i:04X}  {v:>5}" for i, v in enumerate(values)]
@@ -163,21 +169,12 @@ def _json_number(value: int | float) -> int | float | None:
     return value if isinstance(value, int) or math.isfinite(value) else None
 
 
-def probe_json(
-    label: str,
-    unit: int,
-    table: Table,
-    address: int,
-    values: Sequence[int],
-    *,
-    scale: float = 1.0,
-    f64: bool = False,
-    error: str | None = None,
-) -> dict[str, Any]:
+def probe_json(view: ProbeView, error: str | None = None) -> dict[str, Any]:
     """The probe result as a JSON-ready dict (non-finite floats become null)."""
+    table, address, values, scale, f64 = view.table, view.address, view.values, view.scale, view.f64
     out: dict[str, Any] = {
-        "target": label,
-        "unit": unit,
+        "target": view.label,
+        "unit": view.unit,
         "table": table.value,
         "address": address,
         "count": len(values),
@@ -286,16 +283,11 @@ async def run_probe(
         timeout_seconds=timeout_seconds,
     )
     error = str(result.error) if result.error is not None else None
+    view = ProbeView(target.label, unit, table, address, result.values, scale=scale, f64=f64)
     if output == "json":
-        doc = probe_json(
-            target.label, unit, table, address, result.values, scale=scale, f64=f64, error=error
-        )
-        out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        out.write(json.dumps(probe_json(view, error), ensure_ascii=False) + "\n")
     elif result.values:
-        text = format_probe_text(
-            target.label, unit, table, address, result.values, scale=scale, f64=f64
-        )
-        out.write(text)
+        out.write(format_probe_text(view))
     out.flush()
     if result.error is not None:
         raise result.error

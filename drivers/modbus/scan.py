@@ -26,6 +26,7 @@ from drivers.modbus.tools import (
 
 __all__ = [
     "AnswerKind",
+    "ScanRequest",
     "UnitAnswer",
     "classify_exception",
     "format_scan_summary",
@@ -132,30 +133,39 @@ class _Progress:
             self._width = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ScanRequest:
+    """Which unit ids to try on a target, and the one read each gets.
+
+    On RTU the line is kept quiet for ``quiet_after_timeout`` seconds (default 0.1) after a
+    silent unit, so that a late answer cannot be taken for the next unit's.
+    """
+
+    target: Target
+    units: Sequence[int]
+    table: Table = Table.HOLDING
+    address: int = 0
+    timeout_seconds: float = 0.2
+    quiet_after_timeout: float | None = None
+
+
 async def scan(
-    target: Target,
-    units: Sequence[int],
-    *,
-    table: Table = Table.HOLDING,
-    address: int = 0,
-    timeout_seconds: float = 0.2,
-    on_answer: Callable[[int, UnitAnswer], None] | None = None,
-    quiet_after_timeout: float | None = None,
+    request: ScanRequest, on_answer: Callable[[int, UnitAnswer], None] | None = None
 ) -> list[UnitAnswer]:
     """Try each unit id with a one-register read, one at a time; every unit gets an answer.
 
-    ``on_answer(done, answer)`` is called after each unit. On RTU the line is kept quiet for
-    ``quiet_after_timeout`` seconds (default 0.1) after a silent unit, so that a late answer
-    cannot be taken for the next unit's.
+    ``on_answer(done, answer)`` is called after each unit.
     """
+    target, table, address = request.target, request.table, request.address
+    timeout_seconds = request.timeout_seconds
     rtu = not is_gateway_tcp(target)
     quiet = RTU_QUIET_SECONDS if rtu else 0.0
-    if quiet_after_timeout is not None:
-        quiet = quiet_after_timeout
+    if request.quiet_after_timeout is not None:
+        quiet = request.quiet_after_timeout
     client = await open_client(target, timeout_seconds, retries=0)
     answers: list[UnitAnswer] = []
     try:
-        for done, unit in enumerate(units, start=1):
+        for done, unit in enumerate(request.units, start=1):
             if not client.connected:
                 # pymodbus drops a TCP connection after several silent requests in a row.
                 client.close()
@@ -180,22 +190,18 @@ async def scan(
 
 
 async def run_scan(
-    target: Target,
-    units: Sequence[int],
+    request: ScanRequest,
     *,
-    table: Table = Table.HOLDING,
-    address: int = 0,
-    timeout_seconds: float = 0.2,
     output: Literal["text", "json"] = "text",
     out: IO[str],
     err: IO[str],
     tty: bool | None = None,
-    quiet_after_timeout: float | None = None,
 ) -> int:
     """``ssc-agent scan``: list the units that answer; exit status 0 when any did, else 1."""
-    if not units:
+    target, table, address = request.target, request.table, request.address
+    if not request.units:
         raise ConfigError("--units: give at least one unit id, e.g. 1-247")
-    progress = _Progress(err, err.isatty() if tty is None else tty, len(units))
+    progress = _Progress(err, err.isatty() if tty is None else tty, len(request.units))
     found = 0
 
     def on_answer(done: int, answer: UnitAnswer) -> None:
@@ -209,15 +215,7 @@ async def run_scan(
         progress.show(done, answer.unit, found)
 
     try:
-        answers = await scan(
-            target,
-            units,
-            table=table,
-            address=address,
-            timeout_seconds=timeout_seconds,
-            on_answer=on_answer,
-            quiet_after_timeout=quiet_after_timeout,
-        )
+        answers = await scan(request, on_answer)
     finally:
         progress.clear()
     if output == "json":

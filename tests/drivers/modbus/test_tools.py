@@ -36,13 +36,20 @@ from agent.cli import main
 from drivers.modbus.bus import SerialSettings
 from drivers.modbus.config import ByteOrder, PointType, Table
 from drivers.modbus.probe import (
+    ProbeView,
     format_number,
     format_probe_text,
     probe_json,
     register_rows,
     window_rows,
 )
-from drivers.modbus.scan import UnitAnswer, classify_exception, format_scan_summary, run_scan
+from drivers.modbus.scan import (
+    ScanRequest,
+    UnitAnswer,
+    classify_exception,
+    format_scan_summary,
+    run_scan,
+)
 from drivers.modbus.tools import (
     TcpTarget,
     chunk_ranges,
@@ -192,7 +199,8 @@ def parse_registers(text: str) -> dict[int, list[str]]:
 
 
 def test_probe_text_shows_every_decoding() -> None:
-    text = format_probe_text("tcp://127.0.0.1:502", 1, Table.HOLDING, 0x100, PROBE_REGISTERS)
+    view = ProbeView("tcp://127.0.0.1:502", 1, Table.HOLDING, 0x100, PROBE_REGISTERS)
+    text = format_probe_text(view)
     assert text.splitlines()[:2] == [
         "tcp://127.0.0.1:502 unit 1",
         "holding registers 256-263 (0x0100-0x0107), 8 in all",
@@ -217,22 +225,22 @@ def test_probe_text_shows_every_decoding() -> None:
     st.booleans(),
 )
 def test_probe_text_fits_80_columns(registers: list[int], scale: float, f64: bool) -> None:
-    text = format_probe_text(
+    text = format_probe_text(ProbeView(
         "rtu+tcp://gateway.example:4001", 247, Table.INPUT, 65535 - len(registers) + 1,
         registers, scale=scale, f64=f64,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_probe_text_with_scale_and_f64() -> None:
     words = [int.from_bytes(struct.pack(">d", 1.5)[i : i + 2], "big") for i in (0, 2, 4, 6)]
-    text = format_probe_text("x", 1, Table.INPUT, 0, words, scale=2.0, f64=True)
+    text = format_probe_text(ProbeView("x", 1, Table.INPUT, 0, words, scale=2.0, f64=True))
     assert "scaled ×2" in text
     assert parse_windows(text)[(0, "f64")]["ABCD"] == "3"
 
 
 def test_probe_text_of_bits() -> None:
-    text = format_probe_text("x", 1, Table.COIL, 8, [1, 0, 1])
+    text = format_probe_text(ProbeView("x", 1, Table.COIL, 8, [1, 0, 1]))
     assert text.splitlines()[1:] == [
         "coils 8-10 (0x0008-0x000A), 3 in all",
         "",
@@ -244,7 +252,7 @@ def test_probe_text_of_bits() -> None:
 
 
 def test_probe_json() -> None:
-    doc = probe_json("tcp://h:502", 3, Table.HOLDING, 0, PROBE_REGISTERS, scale=1.0)
+    doc = probe_json(ProbeView("tcp://h:502", 3, Table.HOLDING, 0, PROBE_REGISTERS, scale=1.0))
     assert json.loads(json.dumps(doc, allow_nan=False)) == doc  # strict JSON: no NaN
     assert doc["registers"][0] == {
         "address": 0, "hex": "0x0000", "raw": "44FA", "u16": 17658, "i16": 17658,
@@ -253,7 +261,7 @@ def test_probe_json() -> None:
     assert doc["windows"][2]["i32"]["CDAB"] == 2305
     assert doc["windows"][6]["f32"]["ABCD"] is None  # NaN
     assert doc["error"] is None
-    bits = probe_json("x", 1, Table.DISCRETE, 4, [1, 0])
+    bits = probe_json(ProbeView("x", 1, Table.DISCRETE, 4, [1, 0]))
     assert bits["bits"] == [{"address": 4, "value": 1}, {"address": 5, "value": 0}]
 
 
@@ -618,7 +626,8 @@ def test_scan_lists_a_unit_answering_an_exception_as_alive(
 
 async def test_scan_progress_on_a_tty(tcp_server: int) -> None:
     out, err = io.StringIO(), io.StringIO()
-    code = await run_scan(TcpTarget("127.0.0.1", tcp_server), [1, 2, 3], out=out, err=err, tty=True)
+    request = ScanRequest(TcpTarget("127.0.0.1", tcp_server), [1, 2, 3])
+    code = await run_scan(request, out=out, err=err, tty=True)
     assert code == 0
     progress = err.getvalue()
     assert "\rscanning unit 1 (1/3) … found 0" in progress
