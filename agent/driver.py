@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import ConfigError
 from agent.readings import PointValue
+from agent.unit_fields import DeviceDurationField
+from agent.units import Duration
 
 ENTRY_POINT_GROUP = "ssc_agent.drivers"
 
@@ -69,7 +71,7 @@ class DeviceConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
     driver: str
-    interval: str = "15 s"
+    interval: DeviceDurationField = Duration.parse("15 s")
     enabled: bool = True
 
 

@@ -52,13 +52,9 @@ def duration_within(text: str, low: str, high: str, why: str = "") -> float:
 
     ``why`` says what breaks outside the range, e.g. "a publish needs a round trip".
     """
-    seconds = parse_duration(text)
-    reason = f": {why}" if why else ""
-    if seconds < parse_duration(low):
-        raise ValueError(f"{text!r} is too short: at least {low}{reason}")
-    if seconds > parse_duration(high):
-        raise ValueError(f"{text!r} is too long: at most {high}{reason}")
-    return seconds
+    duration = Duration.parse(text)
+    duration.check_within(Duration.parse(low), Duration.parse(high), why)
+    return duration.seconds
 
 
 def parse_size(text: str) -> int:
@@ -76,6 +72,49 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"{text!r}: a size must be greater than zero")
     return size
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """A duration as a config wrote it: parsed once into ``seconds``, ``text`` kept for messages."""
+
+    seconds: float
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        """``text`` parsed (ValueError as :func:`parse_duration` words it)."""
+        return cls(parse_duration(text), text)
+
+    def check_within(self, low: Duration, high: Duration, why: str = "") -> None:
+        """ValueError naming the bound if this lies outside [``low``, ``high``].
+
+        ``why`` says what breaks outside the range, e.g. "a publish needs a round trip".
+        """
+        reason = f": {why}" if why else ""
+        if self.seconds < low.seconds:
+            raise ValueError(f"{self.text!r} is too short: at least {low.text}{reason}")
+        if self.seconds > high.seconds:
+            raise ValueError(f"{self.text!r} is too long: at most {high.text}{reason}")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """A size as a config wrote it: parsed once into ``bytes``, ``text`` kept for messages."""
+
+    bytes: int
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        """``text`` parsed (ValueError as :func:`parse_size` words it)."""
+        return cls(parse_size(text), text)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 # --------------------------------------------------------------------------------------------

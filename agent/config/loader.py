@@ -38,7 +38,7 @@ from agent.config.rules import (
 from agent.driver import DeviceConfig, discover
 from agent.errors import ConfigError
 from agent.profiles import Profile, apply_profile, load_profile
-from agent.units import duration_within, nests_in, parse_duration
+from agent.units import duration_within, nests_in
 
 
 def load_config(
@@ -192,17 +192,16 @@ class _Loader:
         """Durations of different sections that only make sense together."""
         if uplink is None:
             return
-        if buffer is not None and buffer.max_age_seconds <= uplink.batch_max_age_seconds:
+        if buffer is not None and buffer.max_age.seconds <= uplink.batch_max_age.seconds:
             self.item("buffer", listed=False).add(("max_age",), (
-                f"{buffer.max_age!r} is not longer than uplink.batch_max_age "
-                f"({uplink.batch_max_age!r}): every batch would expire before it is sent"))
-        if has_kpis and gateway is not None:
-            lateness = parse_duration(gateway.kpi_lateness)
-            if lateness < uplink.flush_interval_seconds:
-                self.item("gateway", listed=False).add(("kpi_lateness",), (
-                    f"{gateway.kpi_lateness!r} is shorter than uplink.flush_interval "
-                    f"({uplink.flush_interval!r}): readings reach the KPI engine at each flush, "
-                    "so the last ones of every window would count as late"))
+                f"{buffer.max_age.text!r} is not longer than uplink.batch_max_age "
+                f"({uplink.batch_max_age.text!r}): every batch would expire before it is sent"))
+        lateness = gateway.kpi_lateness if has_kpis and gateway is not None else None
+        if lateness is not None and lateness.seconds < uplink.flush_interval.seconds:
+            self.item("gateway", listed=False).add(("kpi_lateness",), (
+                f"{lateness.text!r} is shorter than uplink.flush_interval "
+                f"({uplink.flush_interval.text!r}): readings reach the KPI engine at each flush, "
+                "so the last ones of every window would count as late"))
 
     def _batches_fit(self, uplink: UplinkConfig | None, devices: list[DeviceConfig]) -> None:
         """A batch is sealed at the first flush after it holds batch_max_readings, so it may
@@ -216,11 +215,8 @@ class _Loader:
             listed = getattr(device, "points", None)
             n = len(listed) if isinstance(listed, list) else UNLISTED_POINTS
             points += n
-            try:
-                interval = parse_duration(device.interval)
-            except ValueError:
-                continue  # reported with the device
-            per_flush += n * (int(uplink.flush_interval_seconds // max(interval, 1e-3)) + 1)
+            interval = device.interval.seconds
+            per_flush += n * (int(uplink.flush_interval.seconds // max(interval, 1e-3)) + 1)
         if points > WIRE_MAX_SERIES:
             self.item("devices", listed=False).add((), (
                 f"{points:,} points over all devices: a batch may carry at most "
@@ -437,8 +433,8 @@ class _Loader:
         if table is None:
             return raw, ""
         model = self.device_models.get(device)
-        default = DeviceConfig.model_fields["interval"].default
-        interval = model.interval if model is not None else table.get("interval", default)
+        default = DeviceConfig.model_fields["interval"].default.text
+        interval = model.interval.text if model is not None else table.get("interval", default)
         try:
             _kpi_period(interval)
         except (ValueError, TypeError):

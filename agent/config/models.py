@@ -31,17 +31,15 @@ from agent.config.rules import (
     ClockTime,
     ConfigPath,
     Coverage,
-    Duration,
     KpiPeriod,
     KpiWindow,
-    Size,
     Unit,
     _printable,
-    _within,
 )
 from agent.driver import DeviceConfig
 from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_problem
-from agent.units import KpiDuration, parse_clock, parse_duration, parse_kpi_duration, parse_size
+from agent.unit_fields import DurationField, SizeField, duration_range
+from agent.units import Duration, KpiDuration, Size, parse_clock, parse_kpi_duration
 
 SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
 # The loader passes this in the validation context: it reports KPI rule problems itself,
@@ -65,17 +63,19 @@ class GatewayConfig(_Section):
     data_dir: ConfigPath = Path("/var/lib/ssc-agent")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Annotated[
-        Duration, _within("1 s", "10 min", "time to seal and send the open batch on SIGTERM")
-    ] = "10 s"
+        DurationField,
+        duration_range("1 s", "10 min", "time to seal and send the open batch on SIGTERM"),
+    ] = Duration.parse("10 s")
     # A reading may reach the KPI engine this much after a later one (slow polls, several
     # devices) and still count in its window; later ones are counted and reported.
     kpi_lateness: Annotated[
-        Duration, _within("1 s", "1 h", "open KPI windows are held in memory this long")
-    ] = "1 min"
+        DurationField, duration_range("1 s", "1 h", "open KPI windows are held in memory this long")
+    ] = Duration.parse("1 min")
     # Open KPI windows saved at least this often.
     kpi_checkpoint_interval: Annotated[
-        Duration, _within("1 s", "1 h", "a restart replays the journal since the last save")
-    ] = "1 min"
+        DurationField,
+        duration_range("1 s", "1 h", "a restart replays the journal since the last save"),
+    ] = Duration.parse("1 min")
 
     @field_validator("timezone")
     @classmethod
@@ -109,23 +109,29 @@ class UplinkConfig(_Section):
     ca_file: ConfigPath | None = None
     cert_file: ConfigPath | None = None
     key_file: ConfigPath | None = Field(default=None, validate_default=True)
-    keepalive: Duration = "30 s"
+    keepalive: DurationField = Duration.parse("30 s")
     publish_timeout: Annotated[
-        Duration,
-        _within("1 s", "10 min", "the broker's PUBACK comes a round trip after the whole batch"),
-    ] = "20 s"
+        DurationField,
+        duration_range(
+            "1 s", "10 min", "the broker's PUBACK comes a round trip after the whole batch"
+        ),
+    ] = Duration.parse("20 s")
     batch_max_readings: int = Field(default=20000, ge=1, le=BATCH_MAX_READINGS_LIMIT)
-    batch_max_age: Annotated[Duration, _within("10 ms", "1 d")] = "10 s"
+    batch_max_age: Annotated[DurationField, duration_range("10 ms", "1 d")] = Duration.parse(
+        "10 s"
+    )
     flush_interval: Annotated[
-        Duration,
-        _within("10 ms", "1 min", "each flush is a commit; a power cut loses up to one interval"),
-    ] = Field(default="1 s", validate_default=True)
+        DurationField,
+        duration_range(
+            "10 ms", "1 min", "each flush is a commit; a power cut loses up to one interval"
+        ),
+    ] = Field(default=Duration.parse("1 s"), validate_default=True)
     max_inflight: int = Field(default=8, ge=1, le=100)
     # Below one batch per 10 s a backlog of a day's batches takes weeks to drain.
     replay_rate_per_second: float = Field(default=50.0, ge=0.1)
     replay_order: Literal["live_first", "fifo"] = "live_first"
-    reconnect_min: Duration = "500 ms"
-    reconnect_max: Duration = Field(default="5 s", validate_default=True)
+    reconnect_min: DurationField = Duration.parse("500 ms")
+    reconnect_max: DurationField = Field(default=Duration.parse("5 s"), validate_default=True)
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
 
@@ -179,57 +185,44 @@ class UplinkConfig(_Section):
 
     @field_validator("keepalive")
     @classmethod
-    def _keepalive_range(cls, value: str) -> str:
-        if not 1 <= parse_duration(value) <= 65535:
-            raise ValueError(f"{value!r}: MQTT keepalive must be between 1 s and 65535 s")
+    def _keepalive_range(cls, value: Duration) -> Duration:
+        if not 1 <= value.seconds <= 65535:
+            raise ValueError(f"{value.text!r}: MQTT keepalive must be between 1 s and 65535 s")
         return value
 
     @field_validator("flush_interval")
     @classmethod
-    def _flush_within_batch_age(cls, value: str, info: ValidationInfo) -> str:
+    def _flush_within_batch_age(cls, value: Duration, info: ValidationInfo) -> Duration:
         age = info.data.get("batch_max_age")
-        if isinstance(age, str) and parse_duration(value) > parse_duration(age):
-            raise ValueError(f"{value!r} is longer than batch_max_age ({age!r}): make it shorter")
+        if isinstance(age, Duration) and value.seconds > age.seconds:
+            raise ValueError(
+                f"{value.text!r} is longer than batch_max_age ({age.text!r}): make it shorter"
+            )
         return value
 
     @field_validator("reconnect_min")
     @classmethod
-    def _reconnect_min_range(cls, value: str) -> str:
-        if not 0.1 <= parse_duration(value) <= 3600:
-            raise ValueError(f"{value!r}: must be between 100 ms and 1 h (e.g. '500 ms')")
+    def _reconnect_min_range(cls, value: Duration) -> Duration:
+        if not 0.1 <= value.seconds <= 3600:
+            raise ValueError(f"{value.text!r}: must be between 100 ms and 1 h (e.g. '500 ms')")
         return value
 
     @field_validator("reconnect_max")
     @classmethod
-    def _reconnect_max_range(cls, value: str, info: ValidationInfo) -> str:
-        seconds = parse_duration(value)
-        if not 0.1 <= seconds <= 3600:
-            raise ValueError(f"{value!r}: must be between 100 ms and 1 h (e.g. '5 s')")
+    def _reconnect_max_range(cls, value: Duration, info: ValidationInfo) -> Duration:
+        if not 0.1 <= value.seconds <= 3600:
+            raise ValueError(f"{value.text!r}: must be between 100 ms and 1 h (e.g. '5 s')")
         low = info.data.get("reconnect_min")
-        if isinstance(low, str) and seconds < parse_duration(low):
-            raise ValueError(f"{value!r} is shorter than reconnect_min ({low!r}): make it longer")
+        if isinstance(low, Duration) and value.seconds < low.seconds:
+            raise ValueError(
+                f"{value.text!r} is shorter than reconnect_min ({low.text!r}): make it longer"
+            )
         return value
 
     @property
     def broker_address(self) -> BrokerAddress:
         """Host, port and TLS flag of the broker."""
         return parse_broker_url(self.broker)
-
-    @property
-    def keepalive_seconds(self) -> float:
-        return parse_duration(self.keepalive)
-
-    @property
-    def publish_timeout_seconds(self) -> float:
-        return parse_duration(self.publish_timeout)
-
-    @property
-    def batch_max_age_seconds(self) -> float:
-        return parse_duration(self.batch_max_age)
-
-    @property
-    def flush_interval_seconds(self) -> float:
-        return parse_duration(self.flush_interval)
 
     def read_password(self) -> str | None:
         """The password from ``password_file`` (first line, newline stripped), or None."""
@@ -242,23 +235,14 @@ class UplinkConfig(_Section):
 class BufferConfig(_Section):
     """``[buffer]``: bounds of the store-and-forward buffer."""
 
-    max_bytes: Size = "256 MiB"
+    max_bytes: SizeField = Size.parse("256 MiB")
     # At least a minute: batches wait for a batch_max_age before they can be sent at all.
-    max_age: Annotated[Duration, _within("1 min", "3650 d")] = "30 d"
+    max_age: Annotated[DurationField, duration_range("1 min", "3650 d")] = Duration.parse("30 d")
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     # "full" fsyncs each commit (once per flush_interval): a power cut loses at most that
     # interval, as the delivery contract says. "normal" survives a crash of the agent but a
     # power cut may take back commits since the last WAL checkpoint.
     sync: Literal["normal", "full"] = "full"
-
-    @property
-    def max_size_bytes(self) -> int:
-        """``max_bytes`` parsed, in bytes."""
-        return parse_size(self.max_bytes)
-
-    @property
-    def max_age_seconds(self) -> float:
-        return parse_duration(self.max_age)
 
 
 class MetricsConfig(_Section):
@@ -291,13 +275,10 @@ class BusConfig(_Section):
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     timeout: Annotated[
-        Duration, _within("10 ms", "1 min", "an RTU answer takes milliseconds on the wire")
-    ] = "1 s"
+        DurationField,
+        duration_range("10 ms", "1 min", "an RTU answer takes milliseconds on the wire"),
+    ] = Duration.parse("1 s")
     inter_frame_ms: float = Field(default=5.0, ge=0, le=1000)
-
-    @property
-    def timeout_seconds(self) -> float:
-        return parse_duration(self.timeout)
 
     @property
     def inter_frame_seconds(self) -> float:

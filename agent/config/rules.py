@@ -21,12 +21,9 @@ from pydantic import (
 
 from agent.endpoints import printable_problem
 from agent.units import (
-    duration_within,
     is_day_aligned,
     parse_clock,
-    parse_duration,
     parse_kpi_duration,
-    parse_size,
 )
 
 # Half the wire format's readings per batch (agent.wire.MAX_BATCH_READINGS, not imported: it
@@ -58,26 +55,6 @@ def _string_of(what: str, example: str) -> Callable[[object], str]:
         return value
 
     return check
-
-
-def _duration(value: str) -> str:
-    parse_duration(value)
-    return value
-
-
-def _size(value: str) -> str:
-    parse_size(value)
-    return value
-
-
-def _within(low: str, high: str, why: str = "") -> AfterValidator:
-    """A duration key's range: outside it the agent cannot do what the key asks."""
-
-    def check(value: str) -> str:
-        duration_within(value, low, high, why)
-        return value
-
-    return AfterValidator(check)
 
 
 def _printable(value: str | None) -> str | None:
@@ -133,8 +110,6 @@ def _non_empty_path(value: object) -> object:
 
 
 _AS_DURATION = BeforeValidator(_string_of("a duration", "'15 s'"))
-Duration = Annotated[str, _AS_DURATION, AfterValidator(_duration)]
-Size = Annotated[str, BeforeValidator(_string_of("a size", "'256 MiB'")), AfterValidator(_size)]
 KpiWindow = Annotated[str, _AS_DURATION, AfterValidator(_kpi_window)]
 KpiPeriod = Annotated[str, _AS_DURATION, AfterValidator(_kpi_period)]
 ClockTime = Annotated[

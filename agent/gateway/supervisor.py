@@ -27,7 +27,6 @@ from agent.gateway.batcher import Batcher
 from agent.gateway.clock import ClockWatch, elapsed_clock, kernel_clock_synced
 from agent.gateway.scheduler import DevicePoller
 from agent.gateway.store import BatchStore, DataDirLock, StoreBounds
-from agent.units import parse_duration
 
 if TYPE_CHECKING:
     from agent.gateway.uplink import Uplink
@@ -137,8 +136,8 @@ async def run_agent(
     store = BatchStore.open(
         data_dir / STORE_FILE,
         sync=buf.sync,
-        bounds=StoreBounds(max_bytes=buf.max_size_bytes,
-                           max_age_ms=int(buf.max_age_seconds * 1000),
+        bounds=StoreBounds(max_bytes=buf.max_bytes.bytes,
+                           max_age_ms=int(buf.max_age.seconds * 1000),
                            when_full=buf.when_full),
         clock=clock,
         monotonic=monotonic,
@@ -155,14 +154,14 @@ async def run_agent(
         from agent.kpi.live import LiveKpis
 
         kpis = LiveKpis.resume(config, store, clock,
-                               int(parse_duration(config.gateway.kpi_lateness) * 1000),
-                               parse_duration(config.gateway.kpi_checkpoint_interval))
+                               int(config.gateway.kpi_lateness.seconds * 1000),
+                               config.gateway.kpi_checkpoint_interval.seconds)
     batcher = Batcher(
         store,
         gw=gw,
         boot=boot,
         max_readings=up.batch_max_readings,
-        max_age=parse_duration(up.batch_max_age),
+        max_age=up.batch_max_age.seconds,
         codec=1 if up.compression == "zstd" else 0,
         level=up.zstd_level,
         clock=clock,
@@ -180,22 +179,22 @@ async def run_agent(
         ca_file=Path(up.ca_file) if up.ca_file else None,
         cert_file=Path(up.cert_file) if up.cert_file else None,
         key_file=Path(up.key_file) if up.key_file else None,
-        keepalive=parse_duration(up.keepalive),
-        timeout=parse_duration(up.publish_timeout),
+        keepalive=up.keepalive.seconds,
+        timeout=up.publish_timeout.seconds,
     )
     uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
                     max_inflight=up.max_inflight, wake=wake, clock=clock,
                     event=batcher.add_event, replay_rate=up.replay_rate_per_second,
                     replay_order=up.replay_order,
-                    reconnect_min=parse_duration(up.reconnect_min),
-                    reconnect_max=parse_duration(up.reconnect_max), monotonic=monotonic,
+                    reconnect_min=up.reconnect_min.seconds,
+                    reconnect_max=up.reconnect_max.seconds, monotonic=monotonic,
                     buffer_health=batcher.health)
     batcher.on_health_change = uplink.status_changed
     wake.set()
     runtime = AgentRuntime(store, batcher, boot=boot)
     for device, driver in drivers:
         runtime.pollers.append(
-            DevicePoller(device.name, driver, parse_duration(device.interval),
+            DevicePoller(device.name, driver, device.interval.seconds,
                          emit=batcher.add, event=batcher.add_event, watch=watch)
         )
     watch.synced()  # logs clock_not_synchronised if the kernel says so
@@ -213,7 +212,7 @@ async def run_agent(
     try:
         async with asyncio.TaskGroup() as tg:
             polls = [tg.create_task(p.run(), name=f"poll-{p.name}") for p in runtime.pollers]
-            flusher = tg.create_task(batcher.run(parse_duration(up.flush_interval)),
+            flusher = tg.create_task(batcher.run(up.flush_interval.seconds),
                                      name="batcher")
             sender = tg.create_task(uplink.run(), name="uplink")
             extras = []
@@ -226,7 +225,7 @@ async def run_agent(
             flusher.cancel()
             batcher.close()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(parse_duration(config.gateway.shutdown_timeout)):
+                async with asyncio.timeout(config.gateway.shutdown_timeout.seconds):
                     await uplink.drained()
             await uplink.say_offline()
             sender.cancel()

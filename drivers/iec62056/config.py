@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.units import duration_within, parse_duration
+from agent.unit_fields import DeviceDurationField, duration_range
+from agent.units import Duration
 from drivers.iec62056.frames import BAUD_RATES, normalize_obis
 
 __all__ = ["Iec62056Config", "ObisPoint"]
@@ -52,7 +53,7 @@ class Iec62056Config(DeviceConfig):
     """A meter read through its optical (or RS-485/CL) IEC 62056-21 port in mode C."""
 
     driver: str = "iec62056"
-    interval: str = "1 min"
+    interval: DeviceDurationField = Duration.parse("1 min")
     port: str = Field(min_length=1, description="serial device or pyserial URL")
     address: str = Field(default="", pattern=r"^[0-9A-Za-z ]{0,32}$",
                          description="device address for /?ADDRESS!; empty = any meter")
@@ -63,22 +64,15 @@ class Iec62056Config(DeviceConfig):
     initial_baudrate: int = 300
     baud_switch: bool = Field(default=True, description="switch to the meter's offered rate")
     max_baudrate: int | None = Field(default=None, description="cap the rate switched to")
-    timeout: str = Field(default="3 s", description="wait for the identification")
-    readout_timeout: str = Field(default="30 s", description="wait for the whole data block")
+    timeout: Annotated[
+        DeviceDurationField,
+        duration_range("100 ms", "1 min", "the identification comes within 1.5 s"),
+    ] = Field(default=Duration.parse("3 s"), description="wait for the identification")
+    # At 300 Bd without a baud switch a long readout takes minutes.
+    readout_timeout: Annotated[DeviceDurationField, duration_range("100 ms", "10 min")] = Field(
+        default=Duration.parse("30 s"), description="wait for the whole data block"
+    )
     points: list[ObisPoint] = Field(min_length=1)
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_range(cls, value: str) -> str:
-        duration_within(value, "100 ms", "1 min", "the identification comes within 1.5 s")
-        return value
-
-    @field_validator("readout_timeout")
-    @classmethod
-    def _readout_range(cls, value: str) -> str:
-        # At 300 Bd without a baud switch a long readout takes minutes.
-        duration_within(value, "100 ms", "10 min")
-        return value
 
     @field_validator("initial_baudrate", "max_baudrate")
     @classmethod
@@ -104,8 +98,8 @@ class Iec62056Config(DeviceConfig):
 
     @property
     def timeout_seconds(self) -> float:
-        return parse_duration(self.timeout)
+        return self.timeout.seconds
 
     @property
     def readout_timeout_seconds(self) -> float:
-        return parse_duration(self.readout_timeout)
+        return self.readout_timeout.seconds

@@ -468,7 +468,7 @@ def _new_line(config: ModbusDeviceConfig, context: DriverContext) -> ModbusLine:
         return ModbusLine(
             f"bus {bus.name} ({bus.port})",
             transport,
-            timeout=bus.timeout_seconds,
+            timeout=bus.timeout.seconds,
             serial=serial,
             inter_frame=bus.inter_frame_seconds,
         )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Self
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.units import duration_within, parse_duration
+from agent.unit_fields import DeviceDurationField, duration_range
+from agent.units import Duration
 
 
 class Table(StrEnum):
@@ -125,7 +126,9 @@ class ModbusDeviceConfig(DeviceConfig):
     bus: str | None = None
     unit: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id")
     profile: str | None = None
-    timeout: str = "1 s"
+    timeout: Annotated[
+        DeviceDurationField, duration_range("10 ms", "1 min", "an answer takes milliseconds")
+    ] = Duration.parse("1 s")
     retries: int = Field(default=1, ge=0, le=5)
     serialize: bool = Field(
         default=False,
@@ -148,12 +151,6 @@ class ModbusDeviceConfig(DeviceConfig):
                 f"{value!r} is not an endpoint: write tcp://HOST:PORT (Modbus TCP) or "
                 "rtu+tcp://HOST:PORT (RTU through a serial device server), e.g. tcp://10.0.0.5:502"
             )
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_form(cls, value: str) -> str:
-        duration_within(value, "10 ms", "1 min", "an answer takes milliseconds")
         return value
 
     @field_validator("points")
@@ -213,7 +210,7 @@ class ModbusDeviceConfig(DeviceConfig):
 
     @property
     def timeout_seconds(self) -> float:
-        return parse_duration(self.timeout)
+        return self.timeout.seconds
 
     @property
     def explicit_timeout_seconds(self) -> float | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from agent.driver import DeviceConfig
-from agent.units import duration_within, parse_duration
+from agent.unit_fields import DeviceDurationField, duration_range
+from agent.units import Duration
 from drivers.pms5003.frames import MODELS, Model
 
 __all__ = ["Pms5003Config"]
@@ -28,15 +29,11 @@ class Pms5003Config(DeviceConfig):
     baudrate: int = Field(default=9600, gt=0)
     model: ModelName = Field(default="pms5003", description="sensor model: which values it sends")
     mode: Literal["passive", "active"] = "passive"
-    timeout: str = Field(default="3 s", description="wait for an answer or, active, a frame")
+    # Active mode: a frame comes every 0.2-2.3 s; passive: the answer within a frame time.
+    timeout: Annotated[DeviceDurationField, duration_range("100 ms", "1 min")] = Field(
+        default=Duration.parse("3 s"), description="wait for an answer or, active, a frame"
+    )
     points: list[str] | None = Field(default=None, min_length=1)
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_form(cls, value: str) -> str:
-        # Active mode: a frame comes every 0.2-2.3 s; passive: the answer within a frame time.
-        duration_within(value, "100 ms", "1 min")
-        return value
 
     @field_validator("points")
     @classmethod
@@ -75,4 +72,4 @@ class Pms5003Config(DeviceConfig):
 
     @property
     def timeout_seconds(self) -> float:
-        return parse_duration(self.timeout)
+        return self.timeout.seconds

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.units import duration_within, parse_duration
+from agent.unit_fields import DeviceDurationField, duration_range
+from agent.units import Duration
 from drivers.sds011.frames import parse_device_id
 
 __all__ = ["Sds011Config", "Sds011Duty"]
 
 
-def _duration(value: str) -> str:
-    # A duty phase or warm-up of more than a day is a typo.
-    duration_within(value, "1 ms", "1 d")
-    return value
-
-
-def _timeout(value: str) -> str:
-    # A query is answered within about a second, and active frames come every second.
-    duration_within(value, "100 ms", "1 min")
-    return value
+# A duty phase or warm-up of more than a day is a typo.
+_Phase = Annotated[DeviceDurationField, duration_range("1 ms", "1 d")]
+# A query is answered within about a second, and active frames come every second.
+_Timeout = Annotated[DeviceDurationField, duration_range("100 ms", "1 min")]
 
 
 class Sds011Duty(BaseModel):
@@ -30,18 +25,16 @@ class Sds011Duty(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    work: str
-    sleep: str
-
-    _check = field_validator("work", "sleep")(_duration)
+    work: _Phase
+    sleep: _Phase
 
     @property
     def work_seconds(self) -> float:
-        return parse_duration(self.work)
+        return self.work.seconds
 
     @property
     def sleep_seconds(self) -> float:
-        return parse_duration(self.sleep)
+        return self.sleep.seconds
 
 
 class Sds011Config(DeviceConfig):
@@ -52,12 +45,13 @@ class Sds011Config(DeviceConfig):
     baudrate: int = Field(default=9600, gt=0)
     mode: Literal["query", "active"] = "query"
     device_id: str = Field(default="any", description="4 hex digits (ID1 ID2) or 'any'")
-    timeout: str = Field(default="2 s", description="wait for a reply or, in active mode, a frame")
-    warmup: str = Field(default="30 s", description="after a wake, readings are STALE this long")
+    timeout: _Timeout = Field(
+        default=Duration.parse("2 s"), description="wait for a reply or, in active mode, a frame"
+    )
+    warmup: _Phase = Field(
+        default=Duration.parse("30 s"), description="after a wake, readings are STALE this long"
+    )
     duty: Sds011Duty | None = None
-
-    _check = field_validator("warmup")(_duration)
-    _check_timeout = field_validator("timeout")(_timeout)
 
     @field_validator("device_id")
     @classmethod
@@ -76,11 +70,11 @@ class Sds011Config(DeviceConfig):
 
     @property
     def timeout_seconds(self) -> float:
-        return parse_duration(self.timeout)
+        return self.timeout.seconds
 
     @property
     def warmup_seconds(self) -> float:
-        return parse_duration(self.warmup)
+        return self.warmup.seconds
 
     @property
     def device_id_value(self) -> int:

@@ -1478,16 +1478,16 @@ def test_defaults_and_parsed_helpers(tmp_path: Path) -> None:
     assert up.client_id == "gw-1"
     assert up.broker_address.port == 1883
     assert not up.broker_address.tls
-    assert (up.keepalive_seconds, up.publish_timeout_seconds) == (30.0, 20.0)
-    assert (up.batch_max_age_seconds, up.flush_interval_seconds) == (10.0, 1.0)
+    assert (up.keepalive.seconds, up.publish_timeout.seconds) == (30.0, 20.0)
+    assert (up.batch_max_age.seconds, up.flush_interval.seconds) == (10.0, 1.0)
     assert (up.batch_max_readings, up.max_inflight, up.replay_rate_per_second) == (20000, 8, 50.0)
     assert (up.compression, up.zstd_level) == ("zstd", 3)
-    assert config.buffer.max_size_bytes == 256 * 1024**2
-    assert config.buffer.max_age_seconds == 30 * 86400
+    assert config.buffer.max_bytes.bytes == 256 * 1024**2
+    assert config.buffer.max_age.seconds == 30 * 86400
     assert (config.buffer.when_full, config.buffer.sync) == ("drop_oldest", "full")
     bus = config.buses_by_name["rs485-1"]
     assert (bus.baudrate, bus.parity, bus.stopbits, bus.bytesize) == (9600, "N", 1, 8)
-    assert (bus.timeout_seconds, bus.inter_frame_seconds) == (1.0, 0.005)
+    assert (bus.timeout.seconds, bus.inter_frame_seconds) == (1.0, 0.005)
     assert isinstance(config.devices_by_name["m1"], ModbusDeviceConfig)
 
 
@@ -1545,10 +1545,10 @@ def test_a_missing_profile_is_reported_at_every_device_that_names_it(tmp_path: P
 
 def test_reconnect_bounds_default_and_parse(tmp_path: Path) -> None:
     up = load_text(tmp_path, BASE + BUS + DEVICE).uplink
-    assert up is not None and (up.reconnect_min, up.reconnect_max) == ("500 ms", "5 s")
+    assert up is not None and (up.reconnect_min.text, up.reconnect_max.text) == ("500 ms", "5 s")
     text = GATEWAY + UPLINK + 'reconnect_min = "2 s"\nreconnect_max = "30 s"\n' + BUS + DEVICE
     up = load_text(tmp_path, text).uplink
-    assert up is not None and (up.reconnect_min, up.reconnect_max) == ("2 s", "30 s")
+    assert up is not None and (up.reconnect_min.text, up.reconnect_max.text) == ("2 s", "30 s")
 
 
 @pytest.mark.parametrize(("keys", "problem"), [

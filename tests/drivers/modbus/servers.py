@@ -485,10 +485,12 @@ def rtu_unavailable_reason() -> str | None:
     try:
         from agent.config import BusConfig
         from agent.driver import DriverContext
+        from agent.units import Duration
         from drivers.modbus.config import ModbusDeviceConfig
         from drivers.modbus.driver import SPEC
 
-        bus = BusConfig(name="probe-line", port="/dev/null-ssc-probe", timeout="300 ms")
+        bus = BusConfig(name="probe-line", port="/dev/null-ssc-probe",
+                        timeout=Duration.parse("300 ms"))
         config = ModbusDeviceConfig.model_validate(
             {
                 "name": "probe",

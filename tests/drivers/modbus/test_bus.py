@@ -21,6 +21,7 @@ from agent.driver import DriverContext
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.profiles import Profile
 from agent.readings import Quality
+from agent.units import Duration
 from drivers.modbus.bus import MIN_QUIET_GAP_SECONDS, ModbusLine, SerialSettings
 from drivers.modbus.config import ModbusDeviceConfig, Transport
 from drivers.modbus.driver import SPEC, ModbusDriver
@@ -220,7 +221,7 @@ async def test_bus_line_is_made_once_and_closed_by_the_last_user(
         await serve_serial({u: profile(tmp_path, u) for u in (1, 2)}, pty_pair.a,
                            update_interval=3600)
     )
-    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout="200 ms")
+    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout=Duration.parse("200 ms"))
     context = DriverContext(buses={"rs485-1": bus})
     one, two = (SPEC.create(device(u, bus="rs485-1"), context) for u in (1, 2))
     assert isinstance(one, ModbusDriver)
@@ -241,7 +242,7 @@ async def test_bus_line_is_made_once_and_closed_by_the_last_user(
 
 
 async def test_bus_device_timeout_raises_the_line_timeout(pty_pair: PtyPair) -> None:
-    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout="200 ms")
+    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout=Duration.parse("200 ms"))
     context = DriverContext(buses={"rs485-1": bus})
     first = SPEC.create(device(1, bus="rs485-1"), context)  # sets timeout = "300 ms"
     assert isinstance(first, ModbusDriver)
@@ -264,7 +265,8 @@ async def test_inter_frame_pause_separates_requests(
         await serve_serial({1: profile(tmp_path, 1)}, pty_pair.a, update_interval=3600,
                            trace_pdu=seen.trace_pdu)
     )
-    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout="200 ms", inter_frame_ms=40)
+    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout=Duration.parse("200 ms"),
+                    inter_frame_ms=40)
     context = DriverContext(buses={"rs485-1": bus})
     contexts.append(context)
     driver = SPEC.create(device(1, bus="rs485-1"), context)
@@ -302,7 +304,7 @@ async def test_a_late_answer_is_not_taken_for_the_next_one(
         await serve_serial({1: profile(tmp_path, 1)}, pty_pair.a, update_interval=3600,
                            action=action)
     )
-    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout="200 ms")
+    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout=Duration.parse("200 ms"))
     context = DriverContext(buses={"rs485-1": bus})
     contexts.append(context)
     driver = SPEC.create(
@@ -330,7 +332,7 @@ async def test_even_parity_seven_bits_over_a_socket_url(
                            update_interval=3600)
     )
     bus = BusConfig(name="rs485-1", port=url, parity="E", bytesize=7, stopbits=2,
-                    timeout="200 ms")
+                    timeout=Duration.parse("200 ms"))
     context = DriverContext(buses={"rs485-1": bus})
     contexts.append(context)
     driver = SPEC.create(device(2, bus="rs485-1"), context)

@@ -227,11 +227,13 @@ def tcp_rig(server_factory: ServerFactory, tmp_path: Path, closables: list[Closa
 @pytest.fixture
 def rtu_rig(server_factory: ServerFactory, tmp_path: Path, closables: list[Closable]) -> Rig:
     from agent.config import BusConfig
+    from agent.units import Duration
 
     line = SocatLine(tmp_path)
     closables.append(line)
     closables.append(server_factory(image(), tmp_path, None, line.server_end))
-    bus = BusConfig(name="line-1", port=line.client_end, baudrate=9600, timeout="500 ms")
+    bus = BusConfig(name="line-1", port=line.client_end, baudrate=9600,
+                    timeout=Duration.parse("500 ms"))
     config = ModbusDeviceConfig.model_validate(device_table({"bus": "line-1"}))
     return Rig(
         config, DriverContext(buses={"line-1": bus}), {"kind": "rtu", "path": line.client_end}

@@ -25,6 +25,7 @@ from agent.errors import DeviceUnavailable
 from agent.gateway.scheduler import DevicePoller, backoff_slots
 from agent.profiles import Profile
 from agent.readings import Event, Quality, Reading
+from agent.units import Duration
 from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import SPEC, ModbusDriver
 from drivers.modbus.planner import ReadRequest
@@ -35,7 +36,7 @@ UNITS = (1, 2, 3, 4, 5)
 DEAD = 3
 INTERVAL = 1.0
 SLOTS = 10  # polls of each live device; the dead one tries at slots 0, 1, 3, 7
-LINE_TIMEOUT = "200 ms"
+LINE_TIMEOUT = Duration.parse("200 ms")
 RETRIES = 1
 RTU_READ_REQUEST_BYTES = 8  # unit, fc, address (2), count (2), CRC (2)
 

@@ -270,9 +270,10 @@ async def test_simulator_asked_for_a_unit_it_does_not_have() -> None:
 )
 async def test_rtu_bus_wrong_answers(pty_pair: PtyPair, answer: Answer, message: str) -> None:
     from agent.config import BusConfig
+    from agent.units import Duration
 
     server = await HostileServer(only(3, answer), framing="rtu").start_serial(pty_pair.a)
-    bus = BusConfig(name="line", port=pty_pair.b, baudrate=19200, timeout="300 ms")
+    bus = BusConfig(name="line", port=pty_pair.b, baudrate=19200, timeout=Duration.parse("300 ms"))
     cfg = ModbusDeviceConfig.model_validate(
         {"name": "meter-7", "bus": "line", "unit": 7, "retries": 0, "points": POINTS}
     )

@@ -6,7 +6,8 @@ import re
 from typing import Self
 
 from agent.driver import DeviceConfig
-from agent.units import parse_duration
+from agent.unit_fields import DeviceDurationField
+from agent.units import Duration
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ENDPOINT = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
@@ -49,7 +50,7 @@ class AsciiTcpDeviceConfig(DeviceConfig):
 
     driver: str = "ascii_tcp"
     endpoint: str
-    timeout: str = "1 s"
+    timeout: DeviceDurationField = Duration.parse("1 s")  # parsed once, text kept
     points: list[AsciiPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -60,12 +61,6 @@ class AsciiTcpDeviceConfig(DeviceConfig):
             raise ValueError(
                 f"{value!r} is not an endpoint: write tcp://HOST:PORT, e.g. tcp://10.0.0.20:7070"
             )
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_form(cls, value: str) -> str:
-        parse_duration(value)
         return value
 
     @model_validator(mode="after")
@@ -95,4 +90,4 @@ class AsciiTcpDeviceConfig(DeviceConfig):
     @property
     def timeout_seconds(self) -> float:
         """``timeout`` in seconds."""
-        return parse_duration(self.timeout)
+        return self.timeout.seconds
