@@ -74,9 +74,8 @@ class Iec62056Simulator:
         )
         self.fixed = readings is not None
         self.readings = dict(readings if readings is not None else DEFAULT_READINGS)
-        self.manufacturer = manufacturer
-        self.baud = baud
-        self.ident = ident
+        # What the meter answers a sign-on with; the same every time.
+        self.identification = frames.build_identification(manufacturer, baud, ident)
         self.address = address
         self.reaction = reaction
         self.parity_bit = parity_bit
@@ -122,9 +121,8 @@ class Iec62056Simulator:
             if fault is Fault.SILENCE:
                 continue
             await asyncio.sleep(self.reaction)
-            ident = frames.build_identification(self.manufacturer, self.baud, self.ident)
             await self._send(link, b"/?\x7f\x7f garbage\r\n" if fault is Fault.GARBLED_ID
-                             else ident)
+                             else self.identification)
             try:
                 ack = await link.read_until(b"\r\n", link.deadline(ACK_WAIT_SECONDS), limit=64)
                 baud, mode = frames.parse_ack(ack)
@@ -152,7 +150,7 @@ class Iec62056Simulator:
     async def run(self, duration: float | None = None) -> None:
         """Serve until cancelled (or ``duration`` seconds), reopening the port if it vanishes."""
         log.info("simulator_serving", driver="iec62056", port=self.link.port,
-                 identification=f"{self.manufacturer}{self.baud}{self.ident}")
+                 identification=self.identification.decode("ascii").strip()[1:])
         await serve_port_for(self.link, self._session, duration)
 
 
