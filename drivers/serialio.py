@@ -53,7 +53,7 @@ MAX_BUFFER_BYTES = 64 * 1024
 _CLOSE_WAIT_SECONDS = 2.0
 _DRAIN_WAIT_SECONDS = 5.0
 
-FRAMINGS: dict[str, tuple[int, str, float]] = {
+FRAMINGS: dict[str, tuple[int, str, int]] = {
     "8N1": (8, "N", 1),
     "8E1": (8, "E", 1),
     "8O1": (8, "O", 1),
@@ -64,7 +64,7 @@ FRAMINGS: dict[str, tuple[int, str, float]] = {
 }
 
 
-def parse_framing(text: str) -> tuple[int, str, float]:
+def parse_framing(text: str) -> tuple[int, str, int]:
     """``"7E1"`` → ``(7, "E", 1)``: data bits, parity, stop bits."""
     try:
         return FRAMINGS[text.upper()]
@@ -75,13 +75,17 @@ def parse_framing(text: str) -> tuple[int, str, float]:
 
 @dataclass(frozen=True, slots=True)
 class SerialSettings:
-    """A port (device path or pyserial URL such as ``socket://127.0.0.1:7000``) and its framing."""
+    """A port (device path or pyserial URL such as ``socket://127.0.0.1:7000``) and its framing.
+
+    The one serial settings type of every driver, simulator and tool: the serial sensor and
+    meter links here, the Modbus RTU lines (from a ``[[buses]]`` table) and ``probe``/``scan``.
+    """
 
     port: str
     baudrate: int = 9600
     bytesize: int = 8
     parity: str = "N"
-    stopbits: float = 1
+    stopbits: int = 1
 
     @property
     def is_url(self) -> bool:
@@ -91,8 +95,7 @@ class SerialSettings:
     @property
     def label(self) -> str:
         """The port and its framing, e.g. ``/dev/ttyUSB0 9600 8N1``."""
-        stop = int(self.stopbits) if self.stopbits == int(self.stopbits) else self.stopbits
-        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{stop}"
+        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
 
 
 class PortGone(DeviceUnavailable):

@@ -33,6 +33,7 @@ from agent.driver import DriverContext
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.fdlimit import fds_exhausted, report_fds_exhausted
 from drivers.modbus.config import ModbusDeviceConfig, Transport
+from drivers.serialio import SerialSettings
 
 if TYPE_CHECKING:
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -46,7 +47,6 @@ __all__ = [
     "LineUnavailable",
     "ModbusLine",
     "NoAnswer",
-    "SerialSettings",
     "WrongAnswer",
     "describe_wrong_bytes",
     "line_for",
@@ -125,22 +125,6 @@ class LineUnavailable(DeviceUnavailable):
     def __init__(self, where: str, reason: str) -> None:
         self.reason = reason
         super().__init__(f"{where}: {reason}")
-
-
-@dataclass(frozen=True, slots=True)
-class SerialSettings:
-    """Framing of a serial port (from a ``[[buses]]`` table)."""
-
-    port: str
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-
-    @property
-    def label(self) -> str:
-        """The port and its framing, e.g. ``/dev/ttyUSB0 9600 8N1``."""
-        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
 
 
 @dataclass

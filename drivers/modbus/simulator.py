@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, TypedDict, Unpack
 import structlog
 
 from agent.profiles import Profile, load_profile
-from drivers.modbus.bus import SerialSettings
 from drivers.modbus.config import BIT_TABLES, Table
 from drivers.modbus.simulated_meter import SimulatedMeter
+from drivers.serialio import SerialSettings
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -260,7 +260,7 @@ async def serve_serial(
     (``socket://127.0.0.1:P`` for framings a pty refuses, such as 8E1). Units in
     ``silent_units`` receive their requests but never answer, like a dead meter on the bus.
     """
-    serial = SerialSettings(path, baudrate, parity, stopbits, bytesize)
+    serial = SerialSettings(path, baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize)
     return await _serve(profiles_and_units, "", 0, serial, rtu=True, **options)
 
 

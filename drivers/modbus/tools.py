@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError, DeviceUnavailable
-from drivers.modbus.bus import SerialSettings
 from drivers.modbus.codec import EXCEPTION_MEANINGS
 from drivers.modbus.config import BIT_TABLES, Table
+from drivers.serialio import SerialSettings
 
 if TYPE_CHECKING:
     from pymodbus.client import ModbusBaseClient
@@ -113,7 +113,7 @@ def target_from(
         raise ConfigError(f"--bytesize {bytesize}: write 7 or 8")
     if baudrate <= 0:
         raise ConfigError(f"--baudrate {baudrate}: write a positive rate, e.g. 9600")
-    return SerialSettings(serial, baudrate, parity, stopbits, bytesize)
+    return SerialSettings(serial, baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize)
 
 
 def parse_address(text: str) -> int:

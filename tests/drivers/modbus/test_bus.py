@@ -22,10 +22,11 @@ from agent.errors import ConfigError, DeviceUnavailable
 from agent.profiles import Profile
 from agent.readings import Quality
 from agent.units import Duration
-from drivers.modbus.bus import MIN_QUIET_GAP_SECONDS, ModbusLine, SerialSettings
+from drivers.modbus.bus import MIN_QUIET_GAP_SECONDS, ModbusLine
 from drivers.modbus.config import ModbusDeviceConfig, Transport
 from drivers.modbus.driver import SPEC, ModbusDriver
 from drivers.modbus.simulator import SimulatorServer, serve, serve_serial
+from drivers.serialio import SerialSettings
 from tests.drivers.modbus.conftest import PtyPair
 
 POINTS: list[dict[str, Any]] = [
@@ -337,5 +338,5 @@ async def test_even_parity_seven_bits_over_a_socket_url(
     contexts.append(context)
     driver = SPEC.create(device(2, bus="rs485-1"), context)
     assert isinstance(driver, ModbusDriver)
-    assert driver.line.serial == SerialSettings(url, 9600, "E", 2, 7)
+    assert driver.line.serial == SerialSettings(url, 9600, parity="E", stopbits=2, bytesize=7)
     assert [v.value for v in await driver.read()] == expected(2)

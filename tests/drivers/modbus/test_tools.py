@@ -33,7 +33,6 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.cli import main
-from drivers.modbus.bus import SerialSettings
 from drivers.modbus.config import ByteOrder, PointType, Table
 from drivers.modbus.probe import (
     ProbeView,
@@ -59,6 +58,7 @@ from drivers.modbus.tools import (
     parse_endpoint,
     parse_units,
 )
+from drivers.serialio import SerialSettings
 from tests.conftest import free_port
 
 REPO = Path(__file__).parents[3]
