@@ -108,6 +108,20 @@ def wait_first_batch(agent: AgentProcess, receiver: ReceiverProcess) -> None:
     assert wait_until(lambda: receiver.count(GW) > 0, 20), tail(agent, receiver)
 
 
+def wait_sealed_after(agent: AgentProcess, data: Path, seconds: float = 15) -> None:
+    """Wait until the agent seals a batch after this moment (the store fills while the
+    uplink is down, or the live flow goes on)."""
+    sealed = last_sealed_seq(data)
+    assert wait_until(lambda: last_sealed_seq(data) > sealed, seconds, step=0.2), tail(agent)
+
+
+def wait_live_batch(agent: AgentProcess, receiver: ReceiverProcess, data: Path) -> None:
+    """Wait until a batch sealed after this moment is stored: the agent is back on its live
+    path, past any backlog."""
+    seq = last_sealed_seq(data) + 1
+    assert wait_until(lambda: receiver.top_seq(GW) >= seq, 20, step=0.2), tail(agent, receiver)
+
+
 # ------------------------------------------------------------------- the harness's own logic
 
 
@@ -158,14 +172,13 @@ def test_broker_sigkill_and_restart_loses_nothing(
         agent = new_agent(tmp_path, agents, fleet, broker)
         agent.start()
         wait_first_batch(agent, receiver)
-        time.sleep(1.5)
         broker.kill()
-        time.sleep(5.0)  # the agent keeps polling and stores batches
+        wait_sealed_after(agent, data)  # the agent keeps polling and stores batches
         assert store_batches(data) >= 1, "no backlog built up"
         broker.start()
         assert wait_until(lambda: bool(agent.events("uplink_restored")), 30), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20)
-        time.sleep(2.0)
+        wait_live_batch(agent, receiver, data)
         stored = finish(agent, receiver, data)
     ledger = Ledger.build(fleet, stored)
     ledger.assert_exact()
@@ -186,18 +199,17 @@ def test_broker_sigstop_30s_is_detected_and_loses_nothing(
         agent = new_agent(tmp_path, agents, fleet, broker)
         agent.start()
         wait_first_batch(agent, receiver)
-        time.sleep(1.0)
         stalled_at = time.time()
         broker.stop()  # TCP stays up; nothing is answered
         try:
             assert wait_until(lambda: bool(agent.events("uplink_down")), 15), tail(agent)
             noticed = agent.events("uplink_down")[0]
-            time.sleep(max(0.0, stalled_at + 30.0 - time.time()))
+            time.sleep(max(0.0, stalled_at + 30.0 - time.time()))  # the 30-s stall is the input
         finally:
             broker.cont()
         assert wait_until(lambda: bool(agent.events("uplink_restored")), 60), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20)
-        time.sleep(2.0)
+        wait_live_batch(agent, receiver, data)
         stored = finish(agent, receiver, data)
     ledger = Ledger.build(fleet, stored)
     ledger.assert_exact()
@@ -231,18 +243,18 @@ def test_agent_sigkill_mid_publish_loses_only_the_uncommitted_tail(
             # tests recovery of committed, unsealed readings too
             sealed = store_batches(data)
             assert wait_until(lambda: store_batches(data) > sealed, 10)
-            time.sleep(2.4)
+            time.sleep(2.4)  # the kill's place in the open batch's life is the input
             in_store = store_batches(data)
             killed_at = agent.kill()
         finally:
             broker.cont()
         assert in_store >= 2, f"{in_store} batches unacknowledged at the kill"
-        time.sleep(1.0)
+        time.sleep(1.0)  # the agent stays down a while, as a crashed one does
         agent.start()
         second = agent.wait_started(2)
         assert second["boot"] == 2
         assert wait_until(lambda: store_batches(data) == 0, 20), tail(agent)
-        time.sleep(3.0)
+        wait_live_batch(agent, receiver, data)
         stored = finish(agent, receiver, data)
     ledger = Ledger.build(fleet, stored, kills=[killed_at])
     ledger.assert_exact()
@@ -284,7 +296,7 @@ def test_agent_sigkill_during_backlog_replay_loses_nothing_committed(
         agent.start()
         agent.wait_started(2)
         assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent)
-        time.sleep(1.0)
+        wait_live_batch(agent, receiver, data)
         stored = finish(agent, receiver, data, grid=0.05)
     ledger = Ledger.build(fleet, stored, kills=[killed_at], flush_interval=0.02)
     ledger.assert_exact()
@@ -305,7 +317,6 @@ def test_buffer_bound_drops_exactly_the_reported_oldest_readings(
                           uplink={"batch_max_age": "1 s"}, buffer={"max_bytes": "2 KiB"})
         agent.start()
         wait_first_batch(agent, receiver)
-        time.sleep(1.0)
         broker.kill()
         down_at = time.time()
         # a long outage: at least 6 batches dropped, so batches that carry drop reports are
@@ -314,7 +325,7 @@ def test_buffer_bound_drops_exactly_the_reported_oldest_readings(
                           40), tail(agent)
         broker.start()
         assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent)
-        time.sleep(2.5)  # a last drop report rides in the next sealed batch
+        wait_live_batch(agent, receiver, data)  # a last drop report rides in the next batch
         stored = finish(agent, receiver, data)
     meta = store_meta(data)
     ledger = Ledger.build(fleet, stored)
@@ -363,14 +374,14 @@ def test_disk_full_keeps_polling_and_loses_only_what_it_reports(
                           uplink={"batch_max_readings": 60})
         agent.start()
         wait_first_batch(agent, receiver)
-        time.sleep(1.0)
         filler = tiny_fs / "filler"
         fill(filler)
         full_at = time.time()
         assert wait_until(lambda: bool(agent.events("buffer_write_failed")), 10), tail(agent)
         # the platform is told while the disk is full, by the retained status
         assert wait_until(lambda: "unwritable" in watch.buffer_states(), 10), watch.statuses()
-        time.sleep(max(0.0, full_at + 16.0 - time.time()))  # longer than it can hold
+        # the disk stays full longer than the agent can hold: the input
+        time.sleep(max(0.0, full_at + 16.0 - time.time()))
         assert agent.alive, tail(agent)
         full = watch.statuses()[-1].buffer
         filler.unlink()
@@ -378,7 +389,7 @@ def test_disk_full_keeps_polling_and_loses_only_what_it_reports(
         assert wait_until(lambda: bool(agent.events("buffer_writable_again")), 10), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20), tail(agent)
         assert wait_until(lambda: watch.buffer_states()[-1:] == ["ok"], 10), watch.statuses()
-        time.sleep(3.0)
+        wait_live_batch(agent, receiver, data)
         stored = finish(agent, receiver, data)
     assert full is not None and full.state == "unwritable", watch.statuses()
     assert full.reason in ("database or disk is full", "No space left on device"), full
@@ -421,7 +432,8 @@ def test_garbage_store_at_start_is_moved_aside_reported_and_the_agent_runs(
         agent.start()
         agent.wait_started(1)
         assert wait_until(lambda: bool(agent.events("buffer_corrupt")), 5), tail(agent)
-        time.sleep(5.0)
+        # the agent runs on: batches sealed in the new store reach the platform
+        assert wait_until(lambda: receiver.top_seq(GW) >= 2, 20), tail(agent, receiver)
         assert agent.alive, tail(agent)
         stored = finish(agent, receiver, data)
     aside = check_corruption_logged(agent, store)
@@ -459,9 +471,9 @@ def test_torn_store_at_start_is_reported_and_nothing_after_it_is_lost(
         # clean stop, and the store file is torn in half as a power cut on an SD card does.
         agent.start()
         wait_first_batch(agent, receiver)
-        time.sleep(2.0)
+        assert wait_until(lambda: receiver.top_seq(GW) >= 2, 20), tail(agent, receiver)
         broker.kill()
-        time.sleep(4.0)
+        wait_sealed_after(agent, data)
         sleep_to_quiet_point(1.0)
         assert agent.terminate() == 0, tail(agent)
         assert agent.events("agent_stopped")[-1]["unsent_batches"] >= 1
@@ -475,7 +487,9 @@ def test_torn_store_at_start_is_reported_and_nothing_after_it_is_lost(
         agent.start()
         second = agent.wait_started(2)
         assert wait_until(lambda: bool(agent.events("buffer_corrupt")), 5), tail(agent)
-        time.sleep(4.0)
+        # the second run's batches (seqs past the reservation) reach the platform
+        assert wait_until(lambda: receiver.top_seq(GW) >= 1 + SEQ_RESERVE, 20), \
+            tail(agent, receiver)
         assert agent.alive, tail(agent)
         stored = finish(agent, receiver, data)
     aside = check_corruption_logged(agent, store)
@@ -557,7 +571,17 @@ def test_tls_wrong_ca_and_wrong_password_are_clear_retried_and_secret(
             agent.start()
             started[gw] = agent
         polled_before = {d.name: len(fleet.requests(d.name)) for d in fleet.devices}
-        time.sleep(9.0)
+
+        def failed_long_enough() -> bool:
+            """Both kept polling and storing, and retried and were refused more than once."""
+            return (all(len(fleet.requests(d.name)) >= polled_before[d.name] + 6 * 2
+                        for d in fleet.devices)
+                    and all(store_batches(tmp_path / f"{gw}-data") >= 1 for gw in cases)
+                    and all(len(a.events("uplink_retry_failed")) >= 2 for a in started.values())
+                    and broker.log_text().count("disconnected, not authorised") >= 3)
+
+        # within the 9 s this case always gave them; the asserts below say what is missing
+        wait_until(failed_long_enough, 9.0, step=0.2)
         for agent in started.values():
             assert agent.alive, tail(agent)
         for device in fleet.devices:  # both kept polling while the uplink failed
@@ -610,7 +634,7 @@ def test_receiver_sigkill_while_storing_loses_and_duplicates_nothing(
         behind: list[int] = []  # batches sealed but not yet stored, at each kill
         for pause in (3.0, 4.0, 3.5, 5.0):
             receiver.kill()
-            time.sleep(pause)  # batches queue at the broker for the offline session
+            time.sleep(pause)  # the input: batches queue at the broker for the offline session
             before = receiver.top_seq(GW)
             receiver.start(wait=False)  # ... and are delivered at once: as soon as the first
             # of them is stored, SIGKILL it, in the middle of the queue
@@ -618,8 +642,10 @@ def test_receiver_sigkill_while_storing_loses_and_duplicates_nothing(
                 receiver.log_text()[-3000:]
             receiver.kill()
             behind.append(last_sealed_seq(data) - receiver.top_seq(GW))
+            caught_up = last_sealed_seq(data)
             receiver.start()
-            time.sleep(1.0)
+            assert wait_until(partial(stored_past, receiver, caught_up - 1), 20), \
+                receiver.log_text()[-3000:]
         stored = finish(agent, receiver, data, grid=0.2)
     failures = receiver.events("sink_unavailable") + receiver.events("on_batch_failed")
     assert not failures, failures
