@@ -1,85 +1,27 @@
-"""What each KPI operator takes: its keys, base and source rules (:data:`_RULES`,
-:func:`kpi_key_problems`) and the checks of lengths and times that must fit together
-(:func:`kpi_value_problems`). docs/kpis.md describes the operators.
+"""The config's side of a ``[[kpis]]`` entry: the rules every KPI follows (its source, base
+and sample interval, lengths that must nest) applied with what its operator takes, needs and
+checks, which :data:`agent.kpi.registry.REGISTRY` holds, one entry per operator
+(:func:`kpi_key_problems`, :func:`kpi_value_problems`). docs/kpis.md describes the operators.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
-from agent.units import KpiDuration, nests_in
+from agent.kpi.registry import OPERATOR_KEYS, OPERATOR_NAMES, REGISTRY
+from agent.units import nests_in
 
 if TYPE_CHECKING:
     from agent.config.models import KpiConfig
 
-Operator = Literal[
-    "mean",
-    "min",
-    "max",
-    "sum",
-    "count",
-    "percentile",
-    "energetic_mean",
-    "time_weighted_mean",
-    "counter_delta",
-    "demand",
-    "exceedance_count",
-    "running_mean",
-    "daily_max_running_mean",
-    "aqi_us_pm25",
-    "min_night_flow",
-    "lden",
-]
-OPERATORS: tuple[str, ...] = get_args(Operator)
-
-
-@dataclass(frozen=True)
-class _OperatorRule:
-    keys: frozenset[str] = frozenset()  # operator-specific keys it takes
-    required: frozenset[str] = frozenset()
-    # "device": required with a device source (a kpi: source never takes a base)
-    base: Literal["no", "optional", "required", "device"] = "optional"
-    kpi_source: Literal["no", "allowed", "only"] = "allowed"
-    takes_min_coverage: bool = True
-
-
-_COUNTER_KEYS = frozenset({"modulus", "max_delta"})
-_RULES: dict[str, _OperatorRule] = {
-    "mean": _OperatorRule(),
-    "min": _OperatorRule(),
-    "max": _OperatorRule(),
-    "sum": _OperatorRule(),
-    "count": _OperatorRule(base="no", takes_min_coverage=False),
-    "percentile": _OperatorRule(keys=frozenset({"q"}), required=frozenset({"q"})),
-    "energetic_mean": _OperatorRule(),
-    "time_weighted_mean": _OperatorRule(keys=frozenset({"max_hold"}), base="no", kpi_source="no"),
-    "counter_delta": _OperatorRule(keys=_COUNTER_KEYS, base="no", kpi_source="no"),
-    "demand": _OperatorRule(keys=_COUNTER_KEYS, base="required", kpi_source="no"),
-    "exceedance_count": _OperatorRule(
-        keys=frozenset({"threshold"}),
-        required=frozenset({"threshold"}),
-        base="no",
-        kpi_source="only",
-    ),
-    "running_mean": _OperatorRule(base="required", kpi_source="no"),
-    "daily_max_running_mean": _OperatorRule(
-        keys=frozenset({"running_window", "running_min_coverage"}),
-        required=frozenset({"running_window"}),
-        base="required",
-        kpi_source="no",
-    ),
-    "aqi_us_pm25": _OperatorRule(keys=frozenset({"averaging"}), base="required", kpi_source="no"),
-    "min_night_flow": _OperatorRule(keys=frozenset({"night_start", "night_end"}), base="device"),
-    "lden": _OperatorRule(keys=frozenset({"day_start", "evening_start", "night_start"})),
-}
-# A percentile without a base keeps every value of its window (nearest rank needs them all):
-# a day of 1-s samples (86,400) is fine; a year of 1-min samples (525,600: ~5 MB in memory and
-# in each checkpoint, every minute) is not, on a gateway with an SD card.
-MAX_PERCENTILE_VALUES = 200_000
-_OPERATOR_KEYS = frozenset().union(*(rule.keys for rule in _RULES.values()))
+    Operator = str
+else:
+    # The model's field accepts exactly the registry's operators, and a wrong one is reported
+    # with the list of them; the type is built from the registry so that it is written once.
+    Operator = Literal[OPERATOR_NAMES]
+OPERATORS: tuple[str, ...] = OPERATOR_NAMES
 _KPI_NAME = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -103,12 +45,12 @@ def kpi_key_problems(
     operator: str, source: object, given: Collection[str]
 ) -> list[tuple[str, str]]:
     """(key, message) for keys ``operator`` does not take or needs, given the keys set."""
-    rule = _RULES.get(operator)
+    rule = REGISTRY.get(operator)
     if rule is None:
         return []  # the operator itself is reported by field validation
     kind = _source_kind(source)
     problems: list[tuple[str, str]] = []
-    for key in sorted(_OPERATOR_KEYS & set(given) - rule.keys):
+    for key in sorted(OPERATOR_KEYS & set(given) - rule.keys):
         problems.append((key, f"operator {operator} does not take {key}; remove it"))
     if "min_coverage" in given and not rule.takes_min_coverage:
         message = f"operator {operator} is always valid and takes no min_coverage; remove it"
@@ -151,17 +93,6 @@ def kpi_value_problems(kpi: KpiConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     window = kpi.window_duration
     base = kpi.base_duration
-    op = kpi.operator
-
-    def need_window(*allowed: str) -> None:
-        if str(window) not in allowed:
-            choices = " or ".join(repr(a) for a in allowed)
-            problems.append(("window", f"operator {op} needs window {choices}"))
-
-    def need_fixed(key: str, duration: KpiDuration | None) -> None:
-        if duration is not None and duration.is_calendar:
-            problems.append((key, f"operator {op} needs a fixed length here (s, min or h)"))
-
     if base is not None and not nests_in(base, window):
         message = f"{base} does not nest in window {window}: a window must hold whole bases"
         problems.append(("base", message))
@@ -169,47 +100,4 @@ def kpi_value_problems(kpi: KpiConfig) -> list[tuple[str, str]]:
     finest, level = (base, "base") if base is not None else (window, "window")
     if interval is not None and interval.nominal_seconds > finest.nominal_seconds:
         problems.append(("sample_interval", f"{interval} is longer than the {level} ({finest})"))
-    if op == "percentile" and base is None and interval is not None:
-        kept = window.nominal_seconds // max(1, interval.nominal_seconds)
-        if kept > MAX_PERCENTILE_VALUES:
-            problems.append(("window", (
-                f"a percentile keeps every value of its window: {window} at {interval} is "
-                f"{kept:,} values (at most {MAX_PERCENTILE_VALUES:,}), held in memory and "
-                "written with every KPI checkpoint; take a shorter window, or set base to take "
-                "the percentile of the base aggregates (e.g. of daily means) instead")))
-
-    if op == "running_mean":
-        need_fixed("window", window)
-        need_fixed("base", base)
-    elif op == "daily_max_running_mean":
-        need_window("1 d")
-        need_fixed("base", base)
-        running = kpi.running_window_duration
-        need_fixed("running_window", running)
-        if running is not None and base is not None and not nests_in(base, running):
-            problems.append(("running_window", f"{running} does not hold whole bases ({base})"))
-    elif op == "aqi_us_pm25":
-        need_window("12 h" if kpi.averaging == "nowcast" else "1 d")
-        if base is not None and str(base) != "1 h":
-            problems.append(("base", 'operator aqi_us_pm25 works on hourly means: base = "1 h"'))
-    elif op == "min_night_flow":
-        need_window("1 d")
-        need_fixed("base", base)
-        if kpi.clock("night_start") == kpi.clock("night_end"):
-            problems.append(("night_end", "must differ from night_start"))
-    elif op == "lden":
-        need_window("1 d", "1 mo", "1 y")
-        need_fixed("base", base)
-        day, evening = kpi.clock("day_start"), kpi.clock("evening_start")
-        night = kpi.clock("night_start")
-        if not day < evening < night:
-            message = (
-                "need day_start < evening_start < night_start, "
-                f"got {day:%H:%M}, {evening:%H:%M}, {night:%H:%M}"
-            )
-            problems.append(("evening_start", message))
-    elif op == "demand":
-        need_fixed("base", base)
-    return problems
-
-
+    return problems + REGISTRY[kpi.operator].value_problems(kpi)

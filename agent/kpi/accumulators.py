@@ -4,10 +4,9 @@ order, folded into one output when the window closes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from agent.kpi.calendar import Calendar, clock_seconds
+from agent.kpi.calendar import Calendar
 from agent.kpi.context import ItemScope, KpiContext, in_clock
 from agent.kpi.operators import (
     aqi_category,
@@ -323,39 +322,3 @@ class LdenAcc:
         self.n = int(state[0])
         self.counts = [int(x) for x in state[1]]
         self.energies = [float(x) for x in state[2]]
-
-
-def accumulator_factory(kpi: KpiContext) -> Callable[[], Accumulator]:
-    config, calendar = kpi.config, kpi.calendar
-    operator = config.operator
-    if operator in ("mean", "sum"):
-        is_sum = operator == "sum"
-        return lambda: MeanAcc(is_sum=is_sum)
-    if operator in ("min", "max"):
-        is_max = operator == "max"
-        return lambda: ExtremeAcc(is_max=is_max)
-    if operator == "count":
-        return CountAcc
-    if operator == "percentile":
-        q = config.q if config.q is not None else 50.0
-        return lambda: PercentileAcc(q)
-    if operator == "energetic_mean":
-        return EnergyAcc
-    if operator == "exceedance_count":
-        threshold = config.threshold if config.threshold is not None else math.inf
-        return lambda: ExceedAcc(threshold)
-    if operator == "aqi_us_pm25":
-        return AqiDailyAcc
-    if operator == "min_night_flow":
-        low, high = (
-            clock_seconds(config.clock("night_start")),
-            clock_seconds(config.clock("night_end")),
-        )
-        return lambda: NightAcc(calendar, low, high)
-    if operator == "lden":
-        day = clock_seconds(config.clock("day_start"))
-        evening = clock_seconds(config.clock("evening_start"))
-        night = clock_seconds(config.clock("night_start"))
-        return lambda: LdenAcc(calendar, day, evening, night)
-    raise ValueError(f"KPI {kpi.name}: operator {operator} has no window accumulator")
-

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.config import KpiDuration
+from agent.units import KpiDuration
 
 __all__ = ["Calendar", "clock_seconds", "to_epoch_ms"]
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from agent.config import KpiConfig, KpiDuration
 from agent.kpi.calendar import Calendar
 from agent.kpi.operators import coverage, expected_items
 from agent.kpi.output import Emit, Extra, KpiOutput
+from agent.units import KpiDuration
+
+if TYPE_CHECKING:
+    from agent.config import KpiConfig
 
 __all__ = ["ItemScope", "KpiContext", "State", "in_clock"]
 
@@ -21,7 +24,9 @@ _DAY_SECONDS = 86400
 class KpiContext:
     """The fixed facts of one KPI that every part of its pipeline needs."""
 
-    def __init__(self, config: KpiConfig, calendar: Calendar, emit: Emit) -> None:
+    def __init__(
+        self, config: KpiConfig, calendar: Calendar, emit: Emit, default_unit: str | None
+    ) -> None:
         self.config = config
         self.name = config.name
         self.src = config.source
@@ -33,7 +38,6 @@ class KpiContext:
         interval = config.sample_interval_duration
         self.interval_ms = 0 if interval is None else interval.seconds * 1000
         self.min_coverage = config.min_coverage
-        default_unit = "AQI" if config.operator == "aqi_us_pm25" else None
         self.unit = config.unit if config.unit is not None else default_unit
 
     def output(

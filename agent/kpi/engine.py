@@ -20,18 +20,18 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from zoneinfo import ZoneInfo
 
-from agent.config import AgentConfig, KpiConfig, KpiDuration
 from agent.kpi.calendar import Calendar
 from agent.kpi.context import KpiContext
-from agent.kpi.counter_runners import CounterRunner, DemandRunner
 from agent.kpi.output import TIME_EXTRAS, Emit, KpiOutput, TimeJump
+from agent.kpi.registry import REGISTRY
 from agent.kpi.runner import Runner
-from agent.kpi.sliding_runners import DailyMaxRunner, SlidingRunner
-from agent.kpi.window_runners import SimpleRunner, TimeWeightedRunner
 from agent.readings import Quality, Reading
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig, KpiConfig
 
 __all__ = ["TIME_EXTRAS", "Engine", "KpiOutput", "TimeJump"]
 
@@ -40,25 +40,6 @@ SNAPSHOT_VERSION = 1
 
 def _sort_key(output: KpiOutput) -> tuple[int, str]:
     return output.end, output.kpi
-
-
-def _make_runner(kpi: KpiContext, source_step: KpiDuration | None) -> Runner:
-    operator = kpi.config.operator
-    if operator == "counter_delta":
-        return CounterRunner(kpi)
-    if operator == "demand":
-        return DemandRunner(kpi)
-    if operator == "time_weighted_mean":
-        return TimeWeightedRunner(kpi)
-    if operator == "daily_max_running_mean":
-        return DailyMaxRunner(kpi)
-    if kpi.config.is_sliding:
-        return SlidingRunner(kpi)
-    return SimpleRunner(kpi, source_step)
-
-
-# --------------------------------------------------------------------------------------------
-# The engine
 
 
 def _topological(kpis: Sequence[KpiConfig]) -> list[KpiConfig]:
@@ -109,9 +90,10 @@ class Engine:
         self._by_source: dict[Source, list[Runner]] = {}
         self._dependents: dict[str, list[Runner]] = {}
         for config in self.configs:
-            kpi = KpiContext(config, self.calendar, self._emitter(config.name))
+            spec = REGISTRY[config.operator]
+            kpi = KpiContext(config, self.calendar, self._emitter(config.name), spec.default_unit)
             source = by_name.get(config.source_kpi or "")
-            runner = _make_runner(kpi, None if source is None else source.step_duration)
+            runner = spec.runner(kpi, None if source is None else source.step_duration)
             self._runners[config.name] = runner
             if config.source_kpi is not None:
                 self._dependents.setdefault(config.source_kpi, []).append(runner)

@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.config import AgentConfig
 from agent.kpi.calendar import Calendar, to_epoch_ms
 from agent.kpi.engine import TIME_EXTRAS, Engine, KpiOutput
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 __all__ = ["HEADER", "ReplayInputError", "format_output", "replay", "replay_paths"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from agent.config import KpiDuration
 from agent.kpi.context import KpiContext, State
 from agent.kpi.operators import is_valid
 from agent.kpi.output import Extra
+from agent.units import KpiDuration
 
 
 class Runner:

@@ -3,29 +3,33 @@ optional base) and ``time_weighted_mean`` (docs/kpis.md §4)."""
 
 from __future__ import annotations
 
-from agent.config import KpiDuration
-from agent.kpi.accumulators import accumulator_factory
+from collections.abc import Callable
+
+from agent.kpi.accumulators import Accumulator
 from agent.kpi.context import ItemScope, KpiContext, State
 from agent.kpi.operators import expected_items
 from agent.kpi.runner import Runner, scaled
-from agent.kpi.windows import BaseFront, Windows
+from agent.kpi.windows import BaseFront, BaseKind, Windows
+from agent.units import KpiDuration
 
 
 class SimpleRunner(Runner):
     """Operators over the items of a window: readings, base values or ``kpi:`` outputs."""
 
-    def __init__(self, kpi: KpiContext, source_step: KpiDuration | None) -> None:
+    def __init__(
+        self,
+        kpi: KpiContext,
+        source_step: KpiDuration | None,
+        accumulator: Callable[[], Accumulator],
+        base_kind: BaseKind,
+    ) -> None:
         super().__init__(kpi)
-        config = kpi.config
         step = kpi.base if kpi.base is not None else source_step
         scope = ItemScope(kpi.calendar, kpi.interval_ms, step)
-        self.windows = Windows(kpi, scope, accumulator_factory(kpi))
+        self.windows = Windows(kpi, scope, accumulator)
         self.front: BaseFront | None = None
         if kpi.base is not None:
-            kind = {"sum": "sum", "energetic_mean": "energy", "lden": "energy"}.get(
-                config.operator, "mean"
-            )
-            self.front = BaseFront(kpi, kpi.base, kind, self.windows)
+            self.front = BaseFront(kpi, kpi.base, base_kind, self.windows)
 
     def begin(self, origin: int) -> None:
         self.windows.begin(origin)

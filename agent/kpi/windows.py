@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
-from agent.config import KpiDuration
 from agent.kpi.accumulators import Accumulator
 from agent.kpi.context import ItemScope, KpiContext, State
 from agent.kpi.operators import energy, expected_items, is_valid, level_of_energy
+from agent.units import KpiDuration
+
+# What a base window's value is: the mean, the sum or the energetic mean of its readings.
+BaseKind: TypeAlias = Literal["mean", "sum", "energy"]
 
 
 class Windows:
@@ -72,10 +75,12 @@ class ItemSink(Protocol):
 class BaseFront:
     """Base windows over readings (§3.4): each closes into one item, its value or missing."""
 
-    def __init__(self, kpi: KpiContext, base: KpiDuration, kind: str, sink: ItemSink) -> None:
+    def __init__(
+        self, kpi: KpiContext, base: KpiDuration, kind: BaseKind, sink: ItemSink
+    ) -> None:
         self.kpi = kpi
         self.base = base
-        self.kind = kind  # "mean", "sum" or "energy"
+        self.kind = kind
         self.sink = sink
         self.min_coverage = kpi.config.base_min_coverage
         self.start = 0
