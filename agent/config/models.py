@@ -38,6 +38,7 @@ from agent.config.rules import (
 )
 from agent.driver import DeviceConfig
 from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_problem
+from agent.kpi.registry import REGISTRY
 from agent.unit_fields import DurationField, SizeField, duration_range
 from agent.units import Duration, KpiDuration, Size, parse_clock, parse_kpi_duration
 
@@ -378,9 +379,7 @@ class KpiConfig(_Section):
     @property
     def is_sliding(self) -> bool:
         """Sliding operators emit one output per base window (docs/kpis.md §4)."""
-        return self.operator == "running_mean" or (
-            self.operator == "aqi_us_pm25" and self.averaging == "nowcast"
-        )
+        return REGISTRY[self.operator].sliding(self)
 
     @property
     def step_duration(self) -> KpiDuration:
@@ -392,18 +391,8 @@ class KpiConfig(_Section):
         """A wall-time key with its per-operator default (docs/kpis.md §2)."""
         value: str | None = getattr(self, key)
         if value is None:
-            defaults = _LDEN_CLOCK if self.operator == "lden" else _NIGHT_FLOW_CLOCK
-            value = defaults[key]
+            value = REGISTRY[self.operator].clock_defaults[key]
         return parse_clock(value)
-
-
-_NIGHT_FLOW_CLOCK = {
-    "night_start": "02:00",
-    "night_end": "04:00",
-    "day_start": "07:00",
-    "evening_start": "19:00",
-}
-_LDEN_CLOCK = {**_NIGHT_FLOW_CLOCK, "night_start": "23:00"}
 
 
 # --------------------------------------------------------------------------------------------

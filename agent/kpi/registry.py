@@ -1,6 +1,7 @@
 """The KPI operators (docs/kpis.md §4), one :class:`OperatorSpec` each: the keys it takes and
-needs, its base and source rules, the checks of lengths and times it adds, and the runner the
-engine builds for it. Config validation (:mod:`agent.config.kpi`) and the engine
+needs, its base and source rules, the checks of lengths and times it adds, the defaults of its
+wall times, whether it slides, and the runner the engine builds for it. Config validation
+(:mod:`agent.config.kpi`, :class:`~agent.config.KpiConfig`) and the engine
 (:mod:`agent.kpi.engine`) both look an operator up here: adding an operator means adding one
 entry to :data:`REGISTRY` (and its section to docs/kpis.md).
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from agent.kpi.accumulators import (
@@ -84,6 +86,22 @@ class ValueProblems:
 ValueCheck = Callable[["KpiConfig", ValueProblems], None]
 
 
+def _never(kpi: KpiConfig) -> bool:
+    return False
+
+
+def _always(kpi: KpiConfig) -> bool:
+    return True
+
+
+def _with_nowcast(kpi: KpiConfig) -> bool:
+    return kpi.averaging == "nowcast"
+
+
+def _no_clocks() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class OperatorSpec:
     """One KPI operator: what its ``[[kpis]]`` entry may and must hold, and how it runs."""
@@ -101,6 +119,10 @@ class OperatorSpec:
     check_values: ValueCheck | None = None
     # The unit of its outputs when the entry sets none.
     default_unit: str | None = None
+    # Whether a KPI of it emits one output per base window (docs/kpis.md §4), not per window.
+    sliding: Callable[[KpiConfig], bool] = _never
+    # The wall times of day it takes, each with its default (docs/kpis.md §2).
+    clock_defaults: Mapping[str, str] = field(default_factory=_no_clocks)
 
     def value_problems(self, kpi: KpiConfig) -> list[tuple[str, str]]:
         """(key, message) for this operator's own checks of ``kpi``'s lengths and times."""
@@ -304,6 +326,7 @@ REGISTRY: Mapping[str, OperatorSpec] = {
             base="required",
             kpi_source="no",
             check_values=_check_running_mean,
+            sliding=_always,
         ),
         OperatorSpec(
             "daily_max_running_mean",
@@ -322,6 +345,7 @@ REGISTRY: Mapping[str, OperatorSpec] = {
             kpi_source="no",
             check_values=_check_aqi_us_pm25,
             default_unit="AQI",
+            sliding=_with_nowcast,
         ),
         OperatorSpec(
             "min_night_flow",
@@ -329,12 +353,16 @@ REGISTRY: Mapping[str, OperatorSpec] = {
             keys=frozenset({"night_start", "night_end"}),
             base="device",
             check_values=_check_min_night_flow,
+            clock_defaults=MappingProxyType({"night_start": "02:00", "night_end": "04:00"}),
         ),
         OperatorSpec(
             "lden",
             windowed(_lden, "energy"),
             keys=frozenset({"day_start", "evening_start", "night_start"}),
             check_values=_check_lden,
+            clock_defaults=MappingProxyType(
+                {"day_start": "07:00", "evening_start": "19:00", "night_start": "23:00"}
+            ),
         ),
     )
 }

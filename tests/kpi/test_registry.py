@@ -59,3 +59,8 @@ def test_the_config_refuses_keys_of_other_operators(spec: OperatorSpec) -> None:
     problems = kpi_key_problems(spec.name, _source_for(spec), given)
     refused = {key for key, message in problems if message.endswith(f"take {key}; remove it")}
     assert refused == foreign
+
+
+@pytest.mark.parametrize("spec", REGISTRY.values(), ids=list(REGISTRY))
+def test_wall_time_defaults_are_for_keys_the_operator_takes(spec: OperatorSpec) -> None:
+    assert set(spec.clock_defaults) <= spec.keys
