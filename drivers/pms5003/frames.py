@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from agent.errors import DeviceProtocolError
+from drivers.frame_scan import scan_fixed_frame, skip_to_header
 
 __all__ = [
     "DATA_LENGTH",
@@ -211,15 +212,7 @@ def parse_command(frame: bytes) -> tuple[int, int]:
 
 def scan_command(buffer: bytes) -> tuple[int, tuple[int, int] | None]:
     """Resync on ``42 4D`` and take a valid command (``SerialLink.read_frame`` scanner)."""
-    start = _find_header(buffer)
-    if start != 0:
-        return start, None
-    if len(buffer) < COMMAND_SIZE:
-        return 0, None
-    try:
-        return COMMAND_SIZE, parse_command(buffer[:COMMAND_SIZE])
-    except Pms5003FrameError:
-        return 1, None
+    return scan_fixed_frame(buffer, HEADER, COMMAND_SIZE, parse_command, Pms5003FrameError)
 
 
 def build_data_frame(
@@ -271,15 +264,6 @@ def parse_frame(frame: bytes, data_length: int = DATA_LENGTH) -> DataFrame | Ans
     return DataFrame(words[:12], words[12], words[13:])
 
 
-def _find_header(buffer: bytes) -> int:
-    """Offset of the first ``42 4D`` (or bytes that are surely noise to drop)."""
-    start = buffer.find(HEADER)
-    if start >= 0:
-        return start
-    # Keep a trailing 42: it may be the first half of a header still arriving.
-    return len(buffer) - (1 if buffer.endswith(HEADER[:1]) else 0)
-
-
 class FrameScanner:
     """A ``SerialLink.read_frame`` scanner for data frames; mode-change answers are dropped.
 
@@ -293,7 +277,7 @@ class FrameScanner:
         self.data_length = data_length
 
     def __call__(self, buffer: bytes) -> tuple[int, DataFrame | None]:
-        start = _find_header(buffer)
+        start = skip_to_header(buffer, HEADER)
         if start != 0:
             return start, None
         if len(buffer) < 4:

@@ -9,12 +9,11 @@ on bad input.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeVar
 
 from agent.errors import DeviceProtocolError
+from drivers.frame_scan import scan_fixed_frame
 
 __all__ = [
     "ANY_ID",
@@ -39,8 +38,6 @@ __all__ = [
     "set_reporting_mode",
     "set_working",
 ]
-
-F = TypeVar("F")
 
 HEAD = 0xAA
 TAIL = 0xAB
@@ -148,7 +145,9 @@ def parse_command(frame: bytes) -> tuple[int, bytes, int]:
 
 def scan_command(buffer: bytes) -> tuple[int, tuple[int, bytes, int] | None]:
     """Resync on ``AA B4`` and take a valid 19-byte command (``SerialLink.read_frame`` scanner)."""
-    return _scan(buffer, COMMAND_ID, COMMAND_SIZE, parse_command, strict=False)
+    return scan_fixed_frame(
+        buffer, bytes([HEAD, COMMAND_ID]), COMMAND_SIZE, parse_command, Sds011FrameError
+    )
 
 
 # ---------------------------------------------------------------------------- replies
@@ -213,29 +212,11 @@ class ReplyScanner:
 
     def __call__(self, buffer: bytes) -> tuple[int, Reply | None]:
         try:
-            return _scan(buffer, self.command, REPLY_SIZE, parse_reply, strict=True)
+            return scan_fixed_frame(
+                buffer, bytes([HEAD, self.command]), REPLY_SIZE, parse_reply, Sds011FrameError,
+                strict=True,
+            )
         except Sds011FrameError as exc:
             self.rejected = exc
             return 1, None
-
-
-def _scan(
-    buffer: bytes, second: int, size: int, parse: Callable[[bytes], F], *, strict: bool
-) -> tuple[int, F | None]:
-    header = bytes([HEAD, second])
-    start = buffer.find(header)
-    if start < 0:
-        # Keep a trailing AA: it may be the first half of a header still arriving.
-        keep = 1 if buffer.endswith(bytes([HEAD])) else 0
-        return len(buffer) - keep, None
-    if start > 0:
-        return start, None
-    if len(buffer) < size:
-        return 0, None
-    try:
-        return size, parse(buffer[:size])
-    except Sds011FrameError:
-        if strict:
-            raise
-        return 1, None
 
