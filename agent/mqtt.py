@@ -26,6 +26,7 @@ import structlog
 
 from agent.endpoints import BrokerAddress
 from agent.errors import UplinkError
+from agent.password_file import PasswordFileProblem, read_password_file
 
 log = structlog.get_logger(__name__)
 
@@ -54,10 +55,11 @@ class MqttSettings:
 
 def _read_password(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UplinkError(f"cannot read password_file {path}: {exc.strerror}") from None
-    return text.rstrip("\r\n")
+        return read_password_file(path)
+    except PasswordFileProblem as problem:
+        if problem.kind == "unreadable":
+            raise UplinkError(f"cannot read password_file {path}: {problem.strerror}") from None
+        raise UplinkError(f"password_file {path} {problem.reason}") from None
 
 
 def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:

@@ -39,6 +39,7 @@ from agent.config.rules import (
 from agent.driver import DeviceConfig
 from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_problem
 from agent.kpi.registry import REGISTRY
+from agent.password_file import read_password_file
 from agent.unit_fields import DurationField, SizeField, duration_range
 from agent.units import Duration, KpiDuration, Size, parse_clock, parse_kpi_duration
 
@@ -226,11 +227,11 @@ class UplinkConfig(_Section):
         return parse_broker_url(self.broker)
 
     def read_password(self) -> str | None:
-        """The password from ``password_file`` (first line, newline stripped), or None."""
+        """The password from ``password_file`` (:func:`~agent.password_file.read_password_file`),
+        or None without one."""
         if self.password_file is None:
             return None
-        text = self.password_file.read_text(encoding="utf-8")
-        return text.splitlines()[0] if text else ""
+        return read_password_file(self.password_file)
 
 
 class BufferConfig(_Section):

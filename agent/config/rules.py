@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from agent.endpoints import printable_problem
+from agent.password_file import PasswordFileProblem, read_password_file
 from agent.units import (
     is_day_aligned,
     parse_clock,
@@ -144,18 +145,14 @@ def _file_problems(raw: Mapping[str, Any], base_dir: Path | None) -> list[tuple[
             problems.append((key, f"{path} is not a file"))
             continue
         try:
-            content = path.read_bytes()
+            if key == "password_file":
+                read_password_file(path)  # the rule the uplink and the receiver follow
+            else:
+                path.read_bytes()
+        except PasswordFileProblem as problem:
+            problems.append((key, str(problem)))
         except OSError as exc:
             problems.append((key, f"file {path} cannot be read: {exc.strerror}"))
-            continue
-        if key == "password_file":
-            try:
-                lines = content.decode("utf-8").splitlines()
-            except UnicodeDecodeError:
-                problems.append((key, f"file {path} is not UTF-8 text"))
-                continue
-            if not lines or not lines[0]:
-                problems.append((key, f"file {path} is empty: put the password on its first line"))
     return problems
 
 

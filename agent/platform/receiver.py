@@ -24,6 +24,7 @@ import structlog
 from agent.endpoints import BrokerAddress
 from agent.errors import ConfigError, WireFormatError
 from agent.mqtt import MqttSettings, subscribe
+from agent.password_file import PasswordFileProblem, read_password_file
 from agent.platform.sink import SqliteSink, StoreOutcome
 from agent.wire import Batch, decode_batch, parse_topic
 
@@ -330,14 +331,11 @@ def check_settings(settings: ReceiverSettings) -> None:
     if settings.password_file is not None:
         path = settings.password_file
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            problems.append(f"--password-file {path}: cannot read it: {exc.strerror or exc}")
-        except UnicodeDecodeError:
-            problems.append(f"--password-file {path}: is not UTF-8 text")
-        else:
-            if not text.strip():
-                problems.append(f"--password-file {path}: is empty")
+            read_password_file(path)
+        except PasswordFileProblem as problem:
+            reason = {"unreadable": f"cannot read it: {problem.strerror}",
+                      "not_utf8": "is not UTF-8 text", "empty": "is empty"}[problem.kind]
+            problems.append(f"--password-file {path}: {reason}")
         if settings.username is None:
             problems.append("--password-file: needs --username")
     if settings.ca_file is not None:
