@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -57,12 +57,19 @@ async def _watch(client: aiomqtt.Client) -> None:
 
 
 class BatchSource(Protocol):
-    """What the uplink needs of the store (``in_flight``: seqs being published now)."""
+    """What the uplink needs of the store. The store keeps which batches are in flight (it
+    never drops one under a publish); the uplink tells it when a publish starts and ends."""
 
-    in_flight: set[int]
-
-    def next_unsent(self, limit: int, exclude: set[int], *,
+    def next_unsent(self, limit: int, exclude: Set[int], *,
                     after: int = 0) -> list[OutgoingBatch]: ...
+
+    def mark_in_flight(self, seq: int) -> None: ...
+
+    def clear_in_flight(self, seq: int) -> None: ...
+
+    def forget_in_flight(self) -> None: ...
+
+    def in_flight(self) -> frozenset[int]: ...
 
     def last_seq(self) -> int: ...
 
@@ -149,7 +156,6 @@ class Uplink:
         self._max_inflight = max_inflight
         self._wake = wake
         self._clock = clock
-        self._inflight = store.in_flight  # shared: the store never drops a batch in flight
         self._undeleted: set[int] = set()  # acknowledged, but the delete failed
         self._transport = TransportErrors()
         self.stats = UplinkStats()
@@ -212,7 +218,7 @@ class Uplink:
             finally:
                 self._client = None
                 self.stats.connected = False
-                self._inflight.clear()
+                self._store.forget_in_flight()
             delay = reconnect_delay(failures, *self._reconnect, random.random())
             failures += 1
             log.debug("uplink_retry_in", seconds=round(delay, 2), failures=failures)
@@ -255,11 +261,12 @@ class Uplink:
             while True:
                 self._wake.clear()
                 self._retry_deletes()
-                free = self._max_inflight - len(self._inflight)
+                in_flight = self._store.in_flight()
+                free = self._max_inflight - len(in_flight)
                 chosen, paced_out = (self._choose(free, mark, pacer) if free > 0
                                      else ([], False))
                 if not chosen:
-                    if not self._inflight and not paced_out:
+                    if not in_flight and not paced_out:
                         self._idle.set()
                     delay = pacer.wait_time() if paced_out else None
                     with contextlib.suppress(TimeoutError):
@@ -269,14 +276,14 @@ class Uplink:
                 self._idle.clear()
                 for batch in chosen:
                     await window.acquire()
-                    self._inflight.add(batch.seq)
+                    self._store.mark_in_flight(batch.seq)
                     tg.create_task(self._publish_one(client, batch, window),
                                    name=f"publish-{batch.seq}")
 
     def _choose(self, free: int, mark: int,
                 pacer: ReplayPacer) -> tuple[list[OutgoingBatch], bool]:
         """Up to ``free`` batches to publish now, and whether backlog waits for the pacer."""
-        busy = self._inflight | self._undeleted
+        busy = self._store.in_flight() | self._undeleted
         chosen: list[OutgoingBatch] = []
         if self._replay_order == "live_first":
             chosen = self._store.next_unsent(free, busy, after=mark)
@@ -308,7 +315,7 @@ class Uplink:
                 log.error("buffer_delete_failed", seq=batch.seq, error=str(exc))
             self.stats.readings_acknowledged += batch.n_readings
         finally:
-            self._inflight.discard(batch.seq)
+            self._store.clear_in_flight(batch.seq)
             window.release()
             self._wake.set()
 

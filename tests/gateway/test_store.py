@@ -162,10 +162,31 @@ def test_drop_oldest_keeps_within_max_bytes_counts_and_reports_once(tmp_path: Pa
 def test_a_batch_in_flight_is_never_dropped(tmp_path: Path) -> None:
     store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=2500))
     store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
-    store.in_flight.add(1)
+    store.mark_in_flight(1)
     store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
     store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
     assert [b.seq for b in store.next_unsent(10, set())] == [1, 3]
+
+
+def test_a_batch_whose_publish_ended_is_bounded_again(tmp_path: Path) -> None:
+    """The store keeps the in-flight set; the uplink only tells it when a publish starts and
+    ends, and what it is handed is a copy."""
+    store = BatchStore.open(tmp_path / "b.db", bounds=StoreBounds(max_bytes=2500))
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    store.mark_in_flight(1)
+    seen = store.in_flight()
+    assert seen == {1}
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    assert [b.seq for b in store.next_unsent(10, set())] == [1, 3]
+    store.clear_in_flight(1)
+    assert store.in_flight() == frozenset() and seen == {1}
+    store.seal(payload_of(1000), created=1, n_readings=1, pending_upto=0)
+    assert [b.seq for b in store.next_unsent(10, set())] == [3, 4]
+    store.mark_in_flight(3)
+    store.mark_in_flight(4)
+    store.forget_in_flight()  # the connection is gone
+    assert store.in_flight() == frozenset()
 
 
 def test_drop_newest_refuses_the_new_batch(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +74,7 @@ class BatchStore(PendingRows, KpiCheckpoints, DropLedger, Bounds, Salvage, Store
         self._pack = msgpack.Packer(use_bin_type=True)
         self._zc = zstandard.ZstdCompressor(level=1)
         self._zd = zstandard.ZstdDecompressor()
-        # Batches the uplink is publishing right now: never dropped under them (their PUBACK
-        # may still come, and then they were delivered, not lost).
-        self.in_flight: set[int] = set()
+        self._in_flight = set()  # the uplink's publishes under way (``bounds``)
         self.recovered_from = None
         self._sync_full = sync_full
         self._seq = SeqLedger(path, sync_full=sync_full)
@@ -192,8 +190,9 @@ class BatchStore(PendingRows, KpiCheckpoints, DropLedger, Bounds, Salvage, Store
 
     # -- the uplink's side ---------------------------------------------------------------------
 
-    def next_unsent(self, limit: int, exclude: set[int], *, after: int = 0) -> list[OutgoingBatch]:
-        """Oldest stored batches with ``seq > after``, not in ``exclude`` (in flight)."""
+    def next_unsent(self, limit: int, exclude: Set[int], *, after: int = 0) -> list[OutgoingBatch]:
+        """Oldest stored batches with ``seq > after``, not in ``exclude`` (the uplink's: in
+        flight, or acknowledged and not yet deleted)."""
         if limit <= 0:
             return []
         rows = self._conn.execute(

@@ -20,7 +20,24 @@ class StoreBounds:
 
 
 class Bounds(StoreBase):
-    in_flight: set[int]
+    # Batches the uplink is publishing right now: never dropped under them (their PUBACK may
+    # still come, and then they were delivered, not lost). The store holds the set; the uplink
+    # tells it when a publish starts and ends, and asks what is in flight.
+    _in_flight: set[int]
+
+    def mark_in_flight(self, seq: int) -> None:
+        self._in_flight.add(seq)
+
+    def clear_in_flight(self, seq: int) -> None:
+        """The publish of ``seq`` ended (acknowledged, timed out or cancelled)."""
+        self._in_flight.discard(seq)
+
+    def forget_in_flight(self) -> None:
+        """The connection is gone: nothing is in flight any more."""
+        self._in_flight.clear()
+
+    def in_flight(self) -> frozenset[int]:
+        return frozenset(self._in_flight)
 
     def expire(self) -> None:
         """Apply ``max_age`` now (the batcher calls it every flush, sealed or not)."""
@@ -47,7 +64,7 @@ class Bounds(StoreBase):
                 "SELECT seq, n_readings, n_events, n_aggregates FROM batches"
                 " WHERE coalesce(created_elapsed, ?) < ? ORDER BY seq",
                 (self._elapsed.opened, cutoff))
-                if s not in self.in_flight and s != keep]
+                if s not in self._in_flight and s != keep]
             if old:
                 record_drop(self._conn, self._now_ms(), b, "max_age", old)
         if b.max_bytes is None or b.when_full != "drop_oldest":
@@ -61,7 +78,7 @@ class Bounds(StoreBase):
                 " ORDER BY seq"):
             if excess <= 0:
                 break
-            if s in self.in_flight or s == keep:
+            if s in self._in_flight or s == keep:
                 continue
             victims.append(StoredCounts(s, n, e, a))
             excess -= size
