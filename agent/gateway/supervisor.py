@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from agent import __version__
-from agent.config import AgentConfig
+from agent.config import AgentConfig, UplinkConfig
 from agent.driver import DeviceConfig, Driver, DriverContext, discover
 from agent.errors import ConfigError
 from agent.fdlimit import prepare_open_files
@@ -109,6 +109,30 @@ class AgentRuntime:
     boot: int = 0
 
 
+@dataclass
+class _Gateway:
+    """What :func:`_build_runtime` built, held until :func:`_release` closes it."""
+
+    config: AgentConfig
+    context: DriverContext
+    lock: DataDirLock
+    runtime: AgentRuntime
+    uplink: Uplink
+
+
+@dataclass
+class _Tasks:
+    """The task group's tasks, in the order shutdown stops them."""
+
+    polls: list[asyncio.Task[None]]
+    flusher: asyncio.Task[None]
+    sender: asyncio.Task[None]
+    extras: list[asyncio.Task[None]]
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def run_agent(
     config: AgentConfig,
     *,
@@ -119,22 +143,75 @@ async def run_agent(
     install_signal_handlers: bool = True,
 ) -> None:
     """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
-    from agent.gateway.uplink import Uplink  # aiomqtt only when we really connect
-    from agent.mqtt import MqttSettings
+    gateway = _build_runtime(config, clock, monotonic)
+    if on_start is not None:
+        on_start(gateway.runtime)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = _start_tasks(tg, gateway)
+            await stop.wait()
+            log.info("agent_stopping")
+            await _wind_down(gateway, tasks)
+    finally:
+        await gateway.context.close()
+        if install_signal_handlers:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+        _release(gateway)
 
+
+# --------------------------------------------------------------------------------------------
+# Building the runtime
+
+
+def _build_runtime(
+    config: AgentConfig, clock: Callable[[], float], monotonic: Callable[[], float]
+) -> _Gateway:
+    """Drivers, the data_dir's lock and store, batcher, uplink and pollers, wired together."""
     context = DriverContext(buses=config.buses_by_name)
     drivers = create_drivers(config, context)
     prepare_open_files(len(drivers))
-
     data_dir = Path(config.gateway.data_dir)
-    buf = config.buffer
     # one agent per data_dir: a second one would poll every device again under the same seqs
     # (first: a data_dir the agent cannot use ends the start with its one line, nothing else)
     lock = DataDirLock.acquire(data_dir)
     # One watch for the whole agent: a wall-clock step is seen, logged and sent upstream once.
     watch = ClockWatch(clock, monotonic, synced=kernel_clock_synced)
-    store = BatchStore.open(
-        data_dir / STORE_FILE,
+    store = _open_store(config, data_dir / STORE_FILE, clock, monotonic)
+    store.lock = lock  # the store retakes it if the data_dir is deleted and comes back
+    boot = store.start_boot()
+    wake = asyncio.Event()
+    batcher = _build_batcher(config, store, boot=boot, wake=wake, watch=watch, clock=clock)
+    recovered = batcher.recover()
+    batcher.seal()  # what a crash left pending goes out first, in its own batch
+    uplink = _build_uplink(config, store, batcher, boot=boot, wake=wake, clock=clock,
+                           monotonic=monotonic)
+    batcher.on_health_change = uplink.status_changed
+    wake.set()
+    pollers = [
+        DevicePoller(device.name, driver, device.interval.seconds,
+                     emit=batcher.add, event=batcher.add_event, watch=watch)
+        for device, driver in drivers
+    ]
+    runtime = AgentRuntime(store, batcher, pollers, boot=boot)
+    watch.synced()  # logs clock_not_synchronised if the kernel says so
+    log.info("agent_started", gw=config.gateway.id, boot=boot, version=__version__,
+             devices=len(drivers), recovered_readings=recovered, store=str(store.path),
+             backlog_batches=store.stats().batches)
+    return _Gateway(config, context, lock, runtime, uplink)
+
+
+def _open_store(
+    config: AgentConfig, path: Path, clock: Callable[[], float], monotonic: Callable[[], float]
+) -> BatchStore:
+    buf = config.buffer
+    return BatchStore.open(
+        path,
         sync=buf.sync,
         bounds=StoreBounds(max_bytes=buf.max_bytes.bytes,
                            max_age_ms=int(buf.max_age.seconds * 1000),
@@ -143,12 +220,19 @@ async def run_agent(
         monotonic=monotonic,
         clock_synced=kernel_clock_synced,
     )
-    store.lock = lock  # the store retakes it if the data_dir is deleted and comes back
-    boot = store.start_boot()
-    gw = config.gateway.id
-    up = config.uplink
-    assert up is not None  # load_config requires [uplink] for run
-    wake = asyncio.Event()
+
+
+def _build_batcher(
+    config: AgentConfig,
+    store: BatchStore,
+    *,
+    boot: int,
+    wake: asyncio.Event,
+    watch: ClockWatch,
+    clock: Callable[[], float],
+) -> Batcher:
+    """The batcher, with the live KPI engine (resumed from its checkpoint) if KPIs are set."""
+    up = _uplink_config(config)
     kpis = None
     if config.kpis:
         from agent.kpi.live import LiveKpis
@@ -156,9 +240,9 @@ async def run_agent(
         kpis = LiveKpis.resume(config, store, clock,
                                int(config.gateway.kpi_lateness.seconds * 1000),
                                config.gateway.kpi_checkpoint_interval.seconds)
-    batcher = Batcher(
+    return Batcher(
         store,
-        gw=gw,
+        gw=config.gateway.id,
         boot=boot,
         max_readings=up.batch_max_readings,
         max_age=up.batch_max_age.seconds,
@@ -169,75 +253,83 @@ async def run_agent(
         kpis=kpis,
         watch=watch,
     )
-    recovered = batcher.recover()
-    batcher.seal()  # what a crash left pending goes out first, in its own batch
+
+
+def _build_uplink(
+    config: AgentConfig,
+    store: BatchStore,
+    batcher: Batcher,
+    *,
+    boot: int,
+    wake: asyncio.Event,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+) -> Uplink:
+    from agent.gateway.uplink import Uplink  # aiomqtt only when we really connect
+    from agent.mqtt import MqttSettings
+
+    up = _uplink_config(config)
+    gw = config.gateway.id
     settings = MqttSettings(
         address=up.broker_address,
         client_id=up.client_id or gw,
         username=up.username,
-        password_file=Path(up.password_file) if up.password_file else None,
-        ca_file=Path(up.ca_file) if up.ca_file else None,
-        cert_file=Path(up.cert_file) if up.cert_file else None,
-        key_file=Path(up.key_file) if up.key_file else None,
+        password_file=up.password_file,
+        ca_file=up.ca_file,
+        cert_file=up.cert_file,
+        key_file=up.key_file,
         keepalive=up.keepalive.seconds,
         timeout=up.publish_timeout.seconds,
     )
-    uplink = Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
-                    max_inflight=up.max_inflight, wake=wake, clock=clock,
-                    event=batcher.add_event, replay_rate=up.replay_rate_per_second,
-                    replay_order=up.replay_order,
-                    reconnect_min=up.reconnect_min.seconds,
-                    reconnect_max=up.reconnect_max.seconds, monotonic=monotonic,
-                    buffer_health=batcher.health)
-    batcher.on_health_change = uplink.status_changed
-    wake.set()
-    runtime = AgentRuntime(store, batcher, boot=boot)
-    for device, driver in drivers:
-        runtime.pollers.append(
-            DevicePoller(device.name, driver, device.interval.seconds,
-                         emit=batcher.add, event=batcher.add_event, watch=watch)
-        )
-    watch.synced()  # logs clock_not_synchronised if the kernel says so
-    log.info("agent_started", gw=gw, boot=boot, version=__version__, devices=len(drivers),
-             recovered_readings=recovered, store=str(store.path),
-             backlog_batches=store.stats().batches)
-    if on_start is not None:
-        on_start(runtime)
+    return Uplink(settings, store, gw=gw, boot=boot, topic_prefix=up.topic_prefix,
+                  max_inflight=up.max_inflight, wake=wake, clock=clock,
+                  event=batcher.add_event, replay_rate=up.replay_rate_per_second,
+                  replay_order=up.replay_order,
+                  reconnect_min=up.reconnect_min.seconds,
+                  reconnect_max=up.reconnect_max.seconds, monotonic=monotonic,
+                  buffer_health=batcher.health)
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if install_signal_handlers:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            polls = [tg.create_task(p.run(), name=f"poll-{p.name}") for p in runtime.pollers]
-            flusher = tg.create_task(batcher.run(up.flush_interval.seconds),
-                                     name="batcher")
-            sender = tg.create_task(uplink.run(), name="uplink")
-            extras = []
-            if config.metrics.port is not None:
-                extras.append(tg.create_task(_serve_metrics(config, runtime, uplink),
-                                             name="metrics"))
-            await stop.wait()
-            log.info("agent_stopping")
-            await _cancel_all(polls)
-            flusher.cancel()
-            batcher.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(config.gateway.shutdown_timeout.seconds):
-                    await uplink.drained()
-            await uplink.say_offline()
-            sender.cancel()
-            for task in extras:
-                task.cancel()
-    finally:
-        await context.close()
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        left = store.stats()
-        store.close()
-        lock.release()
-        log.info("agent_stopped", gw=gw, boot=boot, unsent_batches=left.batches,
-                 unsent_readings=left.readings)
+
+def _uplink_config(config: AgentConfig) -> UplinkConfig:
+    assert config.uplink is not None  # load_config requires [uplink] for run
+    return config.uplink
+
+
+def _start_tasks(tg: asyncio.TaskGroup, gateway: _Gateway) -> _Tasks:
+    runtime, uplink, config = gateway.runtime, gateway.uplink, gateway.config
+    flush_every = _uplink_config(config).flush_interval.seconds
+    polls = [tg.create_task(p.run(), name=f"poll-{p.name}") for p in runtime.pollers]
+    flusher = tg.create_task(runtime.batcher.run(flush_every), name="batcher")
+    sender = tg.create_task(uplink.run(), name="uplink")
+    extras = []
+    if config.metrics.port is not None:
+        extras.append(tg.create_task(_serve_metrics(config, runtime, uplink), name="metrics"))
+    return _Tasks(polls, flusher, sender, extras)
+
+
+# --------------------------------------------------------------------------------------------
+# Shutting it down
+
+
+async def _wind_down(gateway: _Gateway, tasks: _Tasks) -> None:
+    """Stop polling, seal the open batch, give the uplink until shutdown_timeout to send it."""
+    await _cancel_all(tasks.polls)
+    tasks.flusher.cancel()
+    gateway.runtime.batcher.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(gateway.config.gateway.shutdown_timeout.seconds):
+            await gateway.uplink.drained()
+    await gateway.uplink.say_offline()
+    tasks.sender.cancel()
+    for task in tasks.extras:
+        task.cancel()
+
+
+def _release(gateway: _Gateway) -> None:
+    """Close the store and free the data_dir; what is left goes out after the next start."""
+    store = gateway.runtime.store
+    left = store.stats()
+    store.close()
+    gateway.lock.release()
+    log.info("agent_stopped", gw=gateway.config.gateway.id, boot=gateway.runtime.boot,
+             unsent_batches=left.batches, unsent_readings=left.readings)
