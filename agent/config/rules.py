@@ -2,7 +2,8 @@
 the limits they check against, and the uplink file checks (which never echo a file's content).
 
 Rules that need several sections or tables at once run in the loader (:mod:`agent.config.loader`);
-the per-operator KPI rules live in :mod:`agent.config.kpi`.
+a KPI's rules are applied in :mod:`agent.config.kpi`, its operator's own taken from
+:data:`agent.kpi.registry.REGISTRY`.
 """
 
 from __future__ import annotations
