@@ -1,5 +1,6 @@
 """Config field types for durations and sizes: the string a config holds becomes a
-:class:`~agent.units.Duration` or :class:`~agent.units.Size` once, when it is validated.
+:class:`~agent.units.Duration` or :class:`~agent.units.Size` once, when it is validated;
+and the rule of a scale factor (never 0), which device points and KPIs share.
 
 Models of the agent and of every driver use them, so nothing parses a config string again;
 dumped, a value is its original text (KPI checkpoints compare dumped configs). A value that
@@ -16,7 +17,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from agent.units import Duration, Size
 
-__all__ = ["DeviceDurationField", "DurationField", "SizeField", "duration_range"]
+__all__ = ["DeviceDurationField", "DurationField", "SizeField", "duration_range", "not_zero"]
 
 
 def _text(value: Duration | Size) -> str:
@@ -79,6 +80,17 @@ def duration_range(low: str, high: str, why: str = "") -> AfterValidator:
 
     def check(value: Duration) -> Duration:
         value.check_within(*bounds, why)
+        return value
+
+    return AfterValidator(check)
+
+
+def not_zero(consequence: str) -> AfterValidator:
+    """A scale factor's rule: 0 is refused, ``consequence`` says what it would do."""
+
+    def check(value: float) -> float:
+        if value == 0:
+            raise ValueError(f"must not be 0: {consequence}")
         return value
 
     return AfterValidator(check)

@@ -74,17 +74,22 @@ def parse_size(text: str) -> int:
     return size
 
 
+class _AsWritten:
+    """A value parsed once from a config string; it prints as the string was written."""
+
+    __slots__ = ()
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass(frozen=True, slots=True)
-class Duration:
+class Duration(_AsWritten):
     """A duration as a config wrote it: parsed once into ``seconds``, ``text`` kept for messages."""
 
     seconds: float
     text: str
-
-    @classmethod
-    def parse(cls, text: str) -> Duration:
-        """``text`` parsed (ValueError as :func:`parse_duration` words it)."""
-        return cls(parse_duration(text), text)
 
     def check_within(self, low: Duration, high: Duration, why: str = "") -> None:
         """ValueError naming the bound if this lies outside [``low``, ``high``].
@@ -97,12 +102,14 @@ class Duration:
         if self.seconds > high.seconds:
             raise ValueError(f"{self.text!r} is too long: at most {high.text}{reason}")
 
-    def __str__(self) -> str:
-        return self.text
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        """``text`` parsed (ValueError as :func:`parse_duration` words it)."""
+        return cls(parse_duration(text), text)
 
 
 @dataclass(frozen=True, slots=True)
-class Size:
+class Size(_AsWritten):
     """A size as a config wrote it: parsed once into ``bytes``, ``text`` kept for messages."""
 
     bytes: int
@@ -112,9 +119,6 @@ class Size:
     def parse(cls, text: str) -> Size:
         """``text`` parsed (ValueError as :func:`parse_size` words it)."""
         return cls(parse_size(text), text)
-
-    def __str__(self) -> str:
-        return self.text
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from agent.config.models import (
     BusConfig,
     GatewayConfig,
     KpiConfig,
-    MetricsConfig,
     UplinkConfig,
 )
 from agent.config.rules import BATCH_MAX_READINGS_LIMIT, WIRE_MAX_READINGS, WIRE_MAX_SERIES
@@ -37,7 +36,6 @@ __all__ = [
     "GatewayConfig",
     "KpiConfig",
     "KpiDuration",
-    "MetricsConfig",
     "UplinkConfig",
     "config_from_dict",
     "is_day_aligned",

@@ -35,12 +35,13 @@ from agent.config.rules import (
     KpiWindow,
     Unit,
     _printable,
+    seconds_between,
 )
 from agent.driver import DeviceConfig
 from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_problem
 from agent.kpi.registry import REGISTRY
 from agent.password_file import read_password_file
-from agent.unit_fields import DurationField, SizeField, duration_range
+from agent.unit_fields import DurationField, SizeField, duration_range, not_zero
 from agent.units import Duration, KpiDuration, Size, parse_clock, parse_kpi_duration
 
 SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
@@ -111,7 +112,9 @@ class UplinkConfig(_Section):
     ca_file: ConfigPath | None = None
     cert_file: ConfigPath | None = None
     key_file: ConfigPath | None = Field(default=None, validate_default=True)
-    keepalive: DurationField = Duration.parse("30 s")
+    keepalive: Annotated[
+        DurationField, seconds_between(1, 65535, "MQTT keepalive must be between 1 s and 65535 s")
+    ] = Duration.parse("30 s")
     publish_timeout: Annotated[
         DurationField,
         duration_range(
@@ -132,8 +135,12 @@ class UplinkConfig(_Section):
     # Below one batch per 10 s a backlog of a day's batches takes weeks to drain.
     replay_rate_per_second: float = Field(default=50.0, ge=0.1)
     replay_order: Literal["live_first", "fifo"] = "live_first"
-    reconnect_min: DurationField = Duration.parse("500 ms")
-    reconnect_max: DurationField = Field(default=Duration.parse("5 s"), validate_default=True)
+    reconnect_min: Annotated[
+        DurationField, seconds_between(0.1, 3600, "must be between 100 ms and 1 h (e.g. '500 ms')")
+    ] = Duration.parse("500 ms")
+    reconnect_max: Annotated[
+        DurationField, seconds_between(0.1, 3600, "must be between 100 ms and 1 h (e.g. '5 s')")
+    ] = Field(default=Duration.parse("5 s"), validate_default=True)
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
 
@@ -185,13 +192,6 @@ class UplinkConfig(_Section):
             raise ValueError("needs cert_file too: set both cert_file and key_file, or neither")
         return value
 
-    @field_validator("keepalive")
-    @classmethod
-    def _keepalive_range(cls, value: Duration) -> Duration:
-        if not 1 <= value.seconds <= 65535:
-            raise ValueError(f"{value.text!r}: MQTT keepalive must be between 1 s and 65535 s")
-        return value
-
     @field_validator("flush_interval")
     @classmethod
     def _flush_within_batch_age(cls, value: Duration, info: ValidationInfo) -> Duration:
@@ -202,18 +202,9 @@ class UplinkConfig(_Section):
             )
         return value
 
-    @field_validator("reconnect_min")
-    @classmethod
-    def _reconnect_min_range(cls, value: Duration) -> Duration:
-        if not 0.1 <= value.seconds <= 3600:
-            raise ValueError(f"{value.text!r}: must be between 100 ms and 1 h (e.g. '500 ms')")
-        return value
-
     @field_validator("reconnect_max")
     @classmethod
-    def _reconnect_max_range(cls, value: Duration, info: ValidationInfo) -> Duration:
-        if not 0.1 <= value.seconds <= 3600:
-            raise ValueError(f"{value.text!r}: must be between 100 ms and 1 h (e.g. '5 s')")
+    def _reconnect_max_after_min(cls, value: Duration, info: ValidationInfo) -> Duration:
         low = info.data.get("reconnect_min")
         if isinstance(low, Duration) and value.seconds < low.seconds:
             raise ValueError(
@@ -298,7 +289,7 @@ class KpiConfig(_Section):
     sample_interval: KpiPeriod | None = None
     min_coverage: Coverage = 0.75
     base_min_coverage: Coverage = 0.75
-    scale: float = 1.0
+    scale: Annotated[float, not_zero("every input would become 0")] = 1.0
     unit: Unit | None = None
     threshold: float | None = None
     q: float | None = Field(default=None, gt=0, le=100)
@@ -312,13 +303,6 @@ class KpiConfig(_Section):
     night_end: ClockTime | None = None
     day_start: ClockTime | None = None
     evening_start: ClockTime | None = None
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_not_zero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("must not be 0: every input would become 0")
-        return value
 
     @field_validator("source")
     @classmethod

@@ -23,6 +23,7 @@ from pydantic import (
 from agent.endpoints import printable_problem
 from agent.password_file import PasswordFileProblem, read_password_file
 from agent.units import (
+    Duration,
     is_day_aligned,
     parse_clock,
     parse_kpi_duration,
@@ -57,6 +58,17 @@ def _string_of(what: str, example: str) -> Callable[[object], str]:
         return value
 
     return check
+
+
+def seconds_between(low: float, high: float, words: str) -> AfterValidator:
+    """A duration key whose range is worded as one sentence after the value (``words``)."""
+
+    def check(value: Duration) -> Duration:
+        if not low <= value.seconds <= high:
+            raise ValueError(f"{value.text!r}: {words}")
+        return value
+
+    return AfterValidator(check)
 
 
 def _printable(value: str | None) -> str | None:

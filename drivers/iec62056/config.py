@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.unit_fields import DeviceDurationField, duration_range
+from agent.unit_fields import DeviceDurationField, duration_range, not_zero
 from agent.units import Duration
 from drivers.iec62056.frames import BAUD_RATES, normalize_obis
 
@@ -24,19 +24,12 @@ class ObisPoint(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=64)
     obis: str = Field(description="e.g. 1.8.0 or 1-0:1.8.0*255")
-    scale: float = 1.0
+    scale: Annotated[float, not_zero("every value would read 0")] = 1.0
     unit: str | None = Field(
         default=None,
         max_length=32,
         description="unit of the delivered value; with scale 1 the meter's unit must match",
     )
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_not_zero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("must not be 0: every value would read 0")
-        return value
 
     @field_validator("obis")
     @classmethod
@@ -95,11 +88,3 @@ class Iec62056Config(DeviceConfig):
             names.add(point.name)
             codes.add(code)
         return self
-
-    @property
-    def timeout_seconds(self) -> float:
-        return self.timeout.seconds
-
-    @property
-    def readout_timeout_seconds(self) -> float:
-        return self.readout_timeout.seconds

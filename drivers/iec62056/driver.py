@@ -73,7 +73,7 @@ class Iec62056Driver(SerialDriver):
     def max_poll_seconds(self) -> float:
         """The longest a good readout may take (sign-on and identification, the baud switch,
         the data block): the scheduler's hang guard is never shorter than this."""
-        return self._config.timeout_seconds + self._config.readout_timeout_seconds + 2.0
+        return self._config.timeout.seconds + self._config.readout_timeout.seconds + 2.0
 
     # ------------------------------------------------------------------ exchange
 
@@ -89,7 +89,7 @@ class Iec62056Driver(SerialDriver):
         return ident.baud_code
 
     async def _identify(self, sign_on: bytes) -> frames.Identification:
-        deadline = self._link.deadline(self._config.timeout_seconds)
+        deadline = self._link.deadline(self._config.timeout.seconds)
         while True:
             line = await self._link.read_until(b"\r\n", deadline, limit=256)
             if line.endswith(sign_on):
@@ -108,7 +108,7 @@ class Iec62056Driver(SerialDriver):
             if exc.silent:
                 raise DeviceUnavailable(
                     f"{self._where}: no answer to the sign-on within "
-                    f"{self._config.timeout_seconds:g} s: check that the optical head sits on "
+                    f"{self._config.timeout.seconds:g} s: check that the optical head sits on "
                     "the meter's port, is powered, and that address and framing are right"
                 ) from None
             raise frames.Iec62056FrameError(
@@ -123,7 +123,7 @@ class Iec62056Driver(SerialDriver):
         scanner = frames.BlockScanner()
         try:
             return await link.read_frame(
-                scanner, link.deadline(self._config.readout_timeout_seconds)
+                scanner, link.deadline(self._config.readout_timeout.seconds)
             )
         except ReadTimeout as exc:
             got = len(exc.partial)
@@ -134,7 +134,7 @@ class Iec62056Driver(SerialDriver):
                 "readout_timeout"
             )
             raise frames.Iec62056FrameError(
-                f"no complete data block within {self._config.readout_timeout_seconds:g} s after "
+                f"no complete data block within {self._config.readout_timeout.seconds:g} s after "
                 f"the acknowledgement at {frames.BAUD_RATES[chosen]} baud ({got} byte(s) "
                 f"pending, {scanner.noise} skipped): {hint}"
             ) from None

@@ -457,7 +457,7 @@ def _new_line(config: ModbusDeviceConfig, context: DriverContext) -> ModbusLine:
             inter_frame=bus.inter_frame_seconds,
         )
     host, port = config.host_port
-    return ModbusLine(str(config.endpoint), transport, timeout=config.timeout_seconds,
+    return ModbusLine(str(config.endpoint), transport, timeout=config.timeout.seconds,
                       host=host, port=port)
 
 
@@ -491,7 +491,7 @@ def line_for(config: ModbusDeviceConfig, context: DriverContext) -> ModbusLine:
         if explicit is not None:
             line.raise_timeout(explicit)
     else:
-        line.raise_timeout(config.timeout_seconds)
+        line.raise_timeout(config.timeout.seconds)
     return line
 
 

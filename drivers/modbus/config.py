@@ -9,7 +9,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.driver import DeviceConfig
-from agent.unit_fields import DeviceDurationField, duration_range
+from agent.unit_fields import DeviceDurationField, duration_range, not_zero
 from agent.units import Duration
 
 
@@ -78,16 +78,9 @@ class ModbusPoint(BaseModel):
     table: Table = Table.HOLDING
     type: PointType = PointType.U16
     byte_order: ByteOrder = ByteOrder.ABCD
-    scale: float = 1.0
+    scale: Annotated[float, not_zero("every value would read 0")] = 1.0
     offset: float = 0.0
     unit: str | None = Field(default=None, max_length=32)
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_not_zero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("must not be 0: every value would read 0")
-        return value
 
     @model_validator(mode="after")
     def _type_fits_table(self) -> Self:
@@ -209,10 +202,6 @@ class ModbusDeviceConfig(DeviceConfig):
         return match.group("host").strip("[]"), int(match.group("port"))
 
     @property
-    def timeout_seconds(self) -> float:
-        return self.timeout.seconds
-
-    @property
     def explicit_timeout_seconds(self) -> float | None:
         """The device's ``timeout`` if the table (or its profile) set one, else None."""
-        return self.timeout_seconds if "timeout" in self.model_fields_set else None
+        return self.timeout.seconds if "timeout" in self.model_fields_set else None

@@ -126,7 +126,7 @@ class ModbusDriver:
                 )
             host, port = config.host_port
             line = ModbusLine(str(config.endpoint), Transport.TCP,
-                              timeout=config.timeout_seconds, host=host, port=port, shared=False)
+                              timeout=config.timeout.seconds, host=host, port=port, shared=False)
         self._config = config
         self._line = line
         self._split = split or split_request

@@ -69,7 +69,3 @@ class Pms5003Config(DeviceConfig):
         if self.points is not None:
             return tuple(self.points)
         return tuple(f.name for f in self.sensor.fields)
-
-    @property
-    def timeout_seconds(self) -> float:
-        return self.timeout.seconds

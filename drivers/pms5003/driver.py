@@ -45,7 +45,7 @@ class Pms5003Driver(SerialDriver):
     def __init__(self, config: Pms5003Config) -> None:
         self._config = config
         self._model = config.sensor
-        self._timeout = config.timeout_seconds
+        self._timeout = config.timeout.seconds
         self._passive = config.mode == "passive"
         self._where = f"{config.name} ({config.model} on {config.port})"
         super().__init__(SerialLink(SerialSettings(config.port, config.baudrate), name=self._where))

@@ -28,14 +28,6 @@ class Sds011Duty(BaseModel):
     work: _Phase
     sleep: _Phase
 
-    @property
-    def work_seconds(self) -> float:
-        return self.work.seconds
-
-    @property
-    def sleep_seconds(self) -> float:
-        return self.sleep.seconds
-
 
 class Sds011Config(DeviceConfig):
     """An SDS011 on a UART: query or active reporting, optional sleep/work duty cycle."""
@@ -61,20 +53,12 @@ class Sds011Config(DeviceConfig):
 
     @model_validator(mode="after")
     def _work_covers_warmup(self) -> Self:
-        if self.duty is not None and self.duty.work_seconds < self.warmup_seconds:
+        if self.duty is not None and self.duty.work.seconds < self.warmup.seconds:
             raise ValueError(
                 f"duty.work ({self.duty.work}) is shorter than warmup ({self.warmup}): no "
                 "reading would ever be good; make work at least as long as warmup"
             )
         return self
-
-    @property
-    def timeout_seconds(self) -> float:
-        return self.timeout.seconds
-
-    @property
-    def warmup_seconds(self) -> float:
-        return self.warmup.seconds
 
     @property
     def device_id_value(self) -> int:

@@ -50,14 +50,14 @@ class Sds011Driver(SerialDriver):
         self._config = config
         self._clock = clock
         self._id = config.device_id_value
-        self._timeout = config.timeout_seconds
+        self._timeout = config.timeout.seconds
         self._where = f"{config.name} (sds011 on {config.port})"
         super().__init__(SerialLink(SerialSettings(config.port, config.baudrate), name=self._where))
         duty = config.duty
         self._duty = DutyCycle(
-            config.warmup_seconds,
-            duty.work_seconds if duty else None,
-            duty.sleep_seconds if duty else None,
+            config.warmup.seconds,
+            duty.work.seconds if duty else None,
+            duty.sleep.seconds if duty else None,
         )
         self._mode_set = False
         self._last: tuple[float, float] | None = None
