@@ -69,7 +69,7 @@ from agent.profiles import load_profile
 from agent.wire import Status, decode_status
 from drivers.modbus.simulator import SimulatorServer, serve
 from tests.conftest import free_port
-from tests.waiting import wait_until
+from tests.waiting import Waited, wait_until
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -449,6 +449,21 @@ def last_sealed_seq(data_dir: Path) -> int:
                    ) - 1
     finally:
         conn.close()
+
+
+def wait_sealed_after(data_dir: Path, seconds: float = 15.0) -> Waited:
+    """Wait until the agent seals a batch after this moment (while its uplink is down the
+    batch stays in the store: a backlog)."""
+    sealed = last_sealed_seq(data_dir)
+    return wait_until(lambda: last_sealed_seq(data_dir) > sealed, seconds, step=0.2)
+
+
+def wait_live_batch(receiver: ReceiverProcess, gw: str, data_dir: Path,
+                    seconds: float = 20.0) -> Waited:
+    """Wait until a batch the agent seals after this moment is stored: the agent is on its
+    live path, past any backlog."""
+    seq = last_sealed_seq(data_dir) + 1
+    return wait_until(lambda: receiver.top_seq(gw) >= seq, seconds, step=0.2)
 
 
 def store_meta(data_dir: Path) -> dict[str, int]:

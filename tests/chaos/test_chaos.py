@@ -44,6 +44,8 @@ from tests.chaos.harness import (
     slot_ms,
     store_batches,
     store_meta,
+    wait_live_batch,
+    wait_sealed_after,
     write_agent_config,
 )
 from tests.conftest import Mosquitto, free_port
@@ -108,20 +110,6 @@ def wait_first_batch(agent: AgentProcess, receiver: ReceiverProcess) -> None:
     assert wait_until(lambda: receiver.count(GW) > 0, 20), tail(agent, receiver)
 
 
-def wait_sealed_after(agent: AgentProcess, data: Path, seconds: float = 15) -> None:
-    """Wait until the agent seals a batch after this moment (the store fills while the
-    uplink is down, or the live flow goes on)."""
-    sealed = last_sealed_seq(data)
-    assert wait_until(lambda: last_sealed_seq(data) > sealed, seconds, step=0.2), tail(agent)
-
-
-def wait_live_batch(agent: AgentProcess, receiver: ReceiverProcess, data: Path) -> None:
-    """Wait until a batch sealed after this moment is stored: the agent is back on its live
-    path, past any backlog."""
-    seq = last_sealed_seq(data) + 1
-    assert wait_until(lambda: receiver.top_seq(GW) >= seq, 20, step=0.2), tail(agent, receiver)
-
-
 # ------------------------------------------------------------------- the harness's own logic
 
 
@@ -173,12 +161,12 @@ def test_broker_sigkill_and_restart_loses_nothing(
         agent.start()
         wait_first_batch(agent, receiver)
         broker.kill()
-        wait_sealed_after(agent, data)  # the agent keeps polling and stores batches
+        assert wait_sealed_after(data), tail(agent)  # the agent keeps polling and stores batches
         assert store_batches(data) >= 1, "no backlog built up"
         broker.start()
         assert wait_until(lambda: bool(agent.events("uplink_restored")), 30), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20)
-        wait_live_batch(agent, receiver, data)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stored = finish(agent, receiver, data)
     ledger = Ledger.build(fleet, stored)
     ledger.assert_exact()
@@ -209,7 +197,7 @@ def test_broker_sigstop_30s_is_detected_and_loses_nothing(
             broker.cont()
         assert wait_until(lambda: bool(agent.events("uplink_restored")), 60), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20)
-        wait_live_batch(agent, receiver, data)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stored = finish(agent, receiver, data)
     ledger = Ledger.build(fleet, stored)
     ledger.assert_exact()
@@ -254,7 +242,7 @@ def test_agent_sigkill_mid_publish_loses_only_the_uncommitted_tail(
         second = agent.wait_started(2)
         assert second["boot"] == 2
         assert wait_until(lambda: store_batches(data) == 0, 20), tail(agent)
-        wait_live_batch(agent, receiver, data)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stored = finish(agent, receiver, data)
     ledger = Ledger.build(fleet, stored, kills=[killed_at])
     ledger.assert_exact()
@@ -296,7 +284,7 @@ def test_agent_sigkill_during_backlog_replay_loses_nothing_committed(
         agent.start()
         agent.wait_started(2)
         assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent)
-        wait_live_batch(agent, receiver, data)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stored = finish(agent, receiver, data, grid=0.05)
     ledger = Ledger.build(fleet, stored, kills=[killed_at], flush_interval=0.02)
     ledger.assert_exact()
@@ -325,7 +313,8 @@ def test_buffer_bound_drops_exactly_the_reported_oldest_readings(
                           40), tail(agent)
         broker.start()
         assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent)
-        wait_live_batch(agent, receiver, data)  # a last drop report rides in the next batch
+        # a last drop report rides in the next batch
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stored = finish(agent, receiver, data)
     meta = store_meta(data)
     ledger = Ledger.build(fleet, stored)
@@ -389,7 +378,7 @@ def test_disk_full_keeps_polling_and_loses_only_what_it_reports(
         assert wait_until(lambda: bool(agent.events("buffer_writable_again")), 10), tail(agent)
         assert wait_until(lambda: store_batches(data) == 0, 20), tail(agent)
         assert wait_until(lambda: watch.buffer_states()[-1:] == ["ok"], 10), watch.statuses()
-        wait_live_batch(agent, receiver, data)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stored = finish(agent, receiver, data)
     assert full is not None and full.state == "unwritable", watch.statuses()
     assert full.reason in ("database or disk is full", "No space left on device"), full
@@ -473,7 +462,7 @@ def test_torn_store_at_start_is_reported_and_nothing_after_it_is_lost(
         wait_first_batch(agent, receiver)
         assert wait_until(lambda: receiver.top_seq(GW) >= 2, 20), tail(agent, receiver)
         broker.kill()
-        wait_sealed_after(agent, data)
+        assert wait_sealed_after(data), tail(agent)
         sleep_to_quiet_point(1.0)
         assert agent.terminate() == 0, tail(agent)
         assert agent.events("agent_stopped")[-1]["unsent_batches"] >= 1

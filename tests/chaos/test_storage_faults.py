@@ -36,7 +36,10 @@ from tests.chaos.harness import (
     Stored,
     last_sealed_seq,
     sleep_to_quiet_point,
+    store_batches,
     store_meta,
+    wait_live_batch,
+    wait_sealed_after,
     write_agent_config,
 )
 from tests.conftest import Mosquitto
@@ -79,17 +82,17 @@ def stored_seqs(receiver: ReceiverProcess) -> dict[str, list[int]]:
 
 
 def wait_for_seq(receiver: ReceiverProcess, seq: int, store: str | None = None) -> None:
-    """Wait until the newest (or the given) store has stored ``seq``."""
+    """Wait until the newest (or the given) store has stored ``seq`` and every seq before it
+    (a batch published in parallel may arrive after a later one; no case here drops one)."""
 
     def done() -> bool:
         seqs = stored_seqs(receiver)
         if not seqs:
             return False
         mine = seqs.get(store, []) if store is not None else list(seqs.values())[-1]
-        return bool(mine) and max(mine) >= seq
+        return bool(mine) and max(mine) >= seq and set(range(min(mine), seq + 1)) <= set(mine)
 
     assert wait_until(done, 30), (seq, stored_seqs(receiver), receiver.log_text()[-2000:])
-    time.sleep(0.3)
 
 
 def error_lines(agent: AgentProcess) -> list[str]:
@@ -120,11 +123,11 @@ def test_a_new_store_under_a_known_gateway_is_stored_and_a_redelivery_is_not(
         agent = new_agent(tmp_path, agents, fleet, broker, data)
         agent.start()
         agent.wait_started(1)
-        time.sleep(5.0)
+        wait_for_seq(receiver, 1)  # the platform knows the first store
         # export what the store holds while the agent runs (read-only): the broker is frozen
         # so nothing is deleted under the export
         broker.stop()
-        time.sleep(3.0)
+        assert wait_sealed_after(data) and store_batches(data) >= 1, tail(agent)
         exported = tmp_path / "exported"
         done = subprocess.run(
             [*agent_cli(), "buffer", "export", "--config", str(agent.config), "--output",
@@ -140,7 +143,8 @@ def test_a_new_store_under_a_known_gateway_is_stored_and_a_redelivery_is_not(
         agent.start()
         second = agent.wait_started(2)
         assert second["boot"] == 1, second  # a new store: counters from scratch
-        time.sleep(5.0)
+        # the new store's batches reach the platform
+        assert wait_until(lambda: len(stored_seqs(receiver)) == 2, 20), tail(agent, receiver)
         stop(agent, receiver, data)
         # a true duplicate: a batch of the first store delivered again
         rx_before = len(receiver.events("batch_duplicate"))
@@ -179,7 +183,7 @@ def test_a_locked_store_is_waited_for_refused_in_one_line_and_left_intact(
         agent = new_agent(tmp_path, agents, fleet, broker, data)
         agent.start()
         agent.wait_started(1)
-        time.sleep(3.0)
+        wait_for_seq(receiver, 1)
         stop(agent, receiver, data)
         before = store_meta(data)
         holder = sqlite3.connect(data / "buffer.db", isolation_level=None)
@@ -201,7 +205,7 @@ def test_a_locked_store_is_waited_for_refused_in_one_line_and_left_intact(
         agent.start()
         started = agent.wait_started(2)
         assert started["boot"] == before["boot"] + 1, started
-        time.sleep(3.0)
+        wait_for_seq(receiver, before["next_seq"])  # the second run's first batch
         stop(agent, receiver, data)
     stored = Stored.read(receiver.sink, GW)
     ledger = Ledger.build(fleet, stored)
@@ -232,16 +236,19 @@ def test_a_second_agent_on_the_same_data_dir_is_refused(
             "stop it, or give this one its own data_dir"], tail(second)
         assert not second.events("agent_started")
         assert first.alive and fleet.request_count() > requests_before
-        time.sleep(4.0)
+        wait_for_seq(receiver, 1)
         stop(first, receiver, data)
         # SIGKILL releases the lock: the next agent starts
         first.start()
         first.wait_started(2)
-        time.sleep(1.5)
+        polled = fleet.request_count()
+        # killed while it runs: after its second run has polled every meter
+        assert wait_until(lambda: fleet.request_count() >= polled + 2 * len(fleet.devices),
+                          10), tail(first)
         first.kill()
         second.start()
         second.wait_started(1)
-        time.sleep(3.0)
+        assert wait_live_batch(receiver, GW, data), tail(second, receiver)
         stop(second, receiver, data)
     stored = Stored.read(receiver.sink, GW)
     ledger = Ledger.build(fleet, stored, kills=first.kills)
@@ -261,13 +268,13 @@ def test_a_data_dir_deleted_while_running_is_reported_once_and_nothing_is_lost(
         agent = new_agent(tmp_path, agents, fleet, broker, data)
         agent.start()
         agent.wait_started(1)
-        time.sleep(4.0)
+        wait_for_seq(receiver, 1)
         broker.stop()  # a backlog in the store when it goes: it must survive the deletion
-        time.sleep(3.0)
+        assert wait_sealed_after(data) and store_batches(data) >= 1, tail(agent)
         subprocess.run(["rm", "-rf", str(data)], check=True)
         assert wait_until(lambda: bool(agent.events("buffer_store_available")), 10), tail(agent)
         broker.cont()
-        time.sleep(4.0)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         assert agent.alive, tail(agent)
         stop(agent, receiver, data)
         # the recreated data_dir is locked again
@@ -277,7 +284,7 @@ def test_a_data_dir_deleted_while_running_is_reported_once_and_nothing_is_lost(
         intruder.start()
         assert wait_until(lambda: not intruder.alive, 20), tail(intruder)
         assert intruder.proc is not None and intruder.proc.returncode == 2
-        time.sleep(2.0)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stop(agent, receiver, data)
     unavailable = agent.events("buffer_store_unavailable")
     assert [e["reason"] for e in unavailable] == ["data_dir deleted"], unavailable
@@ -308,20 +315,21 @@ def test_a_read_only_data_dir_is_reported_once_held_in_bounds_and_restart_is_one
                           uplink={"batch_max_readings": 60})
         agent.start()
         agent.wait_started(1)
-        time.sleep(3.0)
+        wait_for_seq(receiver, 1)
         broker.stop()  # sealed batches wait in the store...
-        time.sleep(3.0)
+        assert wait_sealed_after(data) and store_batches(data) >= 1, tail(agent)
         undo = read_only(data)
         ro_at = time.time()
         assert wait_until(lambda: bool(agent.events("buffer_store_unavailable")), 5), tail(agent)
         sealed_before = last_sealed_seq(data)
         broker.cont()  # ...and still go out while the data_dir is read-only
         wait_for_seq(receiver, sealed_before)
+        # read-only longer than the agent can hold: the input
         time.sleep(max(0.0, ro_at + 16.0 - time.time()))
         assert agent.alive, tail(agent)
         undo()
         assert wait_until(lambda: bool(agent.events("buffer_store_available")), 10), tail(agent)
-        time.sleep(3.0)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         stop(agent, receiver, data)
         # a restart on a read-only data_dir: one line, exit 2
         undo = read_only(data)
@@ -386,13 +394,13 @@ def test_a_read_only_data_dir_is_in_the_retained_status_while_it_lasts(
         assert wait_until(lambda: "unwritable" in watch.buffer_states(), 10), tail(agent)
         assert wait_until(lambda: sink_buffer_state(receiver) == "unwritable", 10), tail(receiver)
         assert wait_until(dropping, 20), (watch.statuses(), tail(agent))
-        time.sleep(3.0)  # more flushes while unwritable: no status for each
+        time.sleep(3.0)  # the input: more flushes while unwritable, and no status for each
         assert agent.alive, tail(agent)
         undo()
         ok_at = time.time()
         assert wait_until(lambda: watch.buffer_states()[-1:] == ["ok"], 10), tail(agent)
         assert wait_until(lambda: sink_buffer_state(receiver) == "ok", 10), tail(receiver)
-        time.sleep(2.0)
+        time.sleep(2.0)  # the input: flushes after the recovery, and no status for each
         stop(agent, receiver, data)
         assert wait_until(lambda: watch.statuses()[-1].state == "offline", 10)
     statuses = watch.statuses()
