@@ -8,7 +8,6 @@ in-memory open batch and the store's pending rows never disagree.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ import zstandard
 
 from agent.errors import BufferFull, WireFormatError
 from agent.gateway.clock import ClockStep, ClockWatch
+from agent.gateway.open_batch import OpenBatch
 from agent.gateway.store import BatchStore, Sealer
 from agent.readings import Event, Reading
 from agent.wire import (
@@ -35,7 +35,7 @@ from agent.wire import (
 )
 
 if TYPE_CHECKING:
-    from agent.kpi.live import LiveKpis, Step
+    from agent.kpi.live import LiveKpis
 
 log = structlog.get_logger(__name__)
 
@@ -126,16 +126,9 @@ class Batcher:
         self._watch.on_step(self._clock_stepped)
         self._on_sealed = on_sealed
         self._kpis = kpis
-        self._open_aggregates: list[dict[str, Any]] = []
-        self._unflushed_aggregates: list[dict[str, Any]] = []
-        self._unflushed_steps: list[Step] = []
-        self._open: list[Reading] = []
-        self._open_events: list[Event] = []
-        self._unflushed: list[Reading] = []
-        self._unflushed_events: list[Event] = []
+        self._batch = OpenBatch()
         self._opened_at: float | None = None
         self._pending_upto = 0
-        self._kpi_fed = 0  # how many of _unflushed the KPI engine has seen
         self._unreported_loss = 0
         self._unreported_events = 0
         self._unreported_aggregates = 0
@@ -208,30 +201,28 @@ class Batcher:
             return
         if self._opened_at is None:
             self._opened_at = self._watch.monotonic()
-        self._open.extend(readings)
-        self._unflushed.extend(readings)
+        self._batch.readings.extend(readings)
         self.stats.readings += len(readings)
 
     def add_event(self, event: Event) -> None:
         if self._opened_at is None:
             self._opened_at = self._watch.monotonic()
-        self._open_events.append(event)
-        self._unflushed_events.append(event)
+        self._batch.events.append(event)
 
     def _kpi_step(self) -> None:
         """Run the readings not yet given to the KPI engine through it (once each)."""
         if self._kpis is None:
             return
-        fresh = self._unflushed[self._kpi_fed:]
-        aggregates, step, events = self._kpis.step(fresh, int(self._clock() * 1000))
-        self._kpi_fed = len(self._unflushed)
+        batch = self._batch
+        aggregates, step, events = self._kpis.step(batch.unfed_readings(),
+                                                   int(self._clock() * 1000))
+        batch.kpi_fed = len(batch.readings)
         if not self._journal_lost:
-            self._unflushed_steps.append(step)
+            batch.steps.append(step)
         if aggregates:
             if self._opened_at is None:
                 self._opened_at = self._watch.monotonic()
-            self._open_aggregates.extend(aggregates)
-            self._unflushed_aggregates.extend(aggregates)
+            batch.aggregates.extend(aggregates)
         for event in events:
             self.add_event(event)
 
@@ -250,8 +241,8 @@ class Batcher:
             if self._recover_upto:  # the store still cannot be written
                 self._write_failed(None)
                 return
-        if self._unflushed or self._unflushed_events or self._unflushed_aggregates \
-                or self._unflushed_steps or self._journal_lost:
+        batch = self._batch
+        if batch.holds_content() or batch.steps or self._journal_lost:
             try:
                 dropped = self._unreported_loss
                 if dropped or self._unreported_events or self._unreported_aggregates:
@@ -265,8 +256,8 @@ class Batcher:
                 if self._journal_lost and self._kpis is not None:
                     snapshot = self._kpis.engine.snapshot()
                 self._pending_upto = self._store.append_pending(
-                    self._unflushed, self._unflushed_events, self._unflushed_aggregates,
-                    journal=None if snapshot is not None else (self._unflushed_steps or None),
+                    batch.held_readings(), batch.held_events(), batch.held_aggregates(),
+                    journal=None if snapshot is not None else (batch.steps or None),
                     snapshot=snapshot, snapshot_t=int(self._clock() * 1000),
                 )
             except BufferFull as exc:
@@ -278,12 +269,9 @@ class Batcher:
             self._journal_lost = False
             if self._failing:
                 self._failing = False
-                log.info("buffer_writable_again", held=len(self._unflushed), dropped=dropped)
-            self._unflushed = []
-            self._kpi_fed = 0
-            self._unflushed_events = []
-            self._unflushed_aggregates = []
-            self._unflushed_steps = []
+                log.info("buffer_writable_again", held=batch.n_held_readings(),
+                         dropped=dropped)
+            batch.committed()
             self.stats.flushes += 1
             if self._kpis is not None and self._kpis.checkpoint_due():
                 self._checkpoint()
@@ -310,15 +298,13 @@ class Batcher:
             self._note_write_error(exc)
         if not self._failing and exc is not None:
             self._failing = True
-            log.error("buffer_write_failed", error=str(exc), held=len(self._unflushed))
+            log.error("buffer_write_failed", error=str(exc),
+                      held=self._batch.n_held_readings())
         self._bound_held_kpi_and_events()
         limit = HELD_BATCHES * self._max_readings
-        excess = len(self._unflushed) - limit
+        excess = self._batch.n_held_readings() - limit
         if excess > 0:
-            lost = set(map(id, self._unflushed[:excess]))
-            self._unflushed = self._unflushed[excess:]
-            self._kpi_fed = max(0, self._kpi_fed - excess)
-            self._open = [r for r in self._open if id(r) not in lost]
+            self._batch.drop_held_readings(excess)
             if not self._unreported_loss:  # once per episode; the total comes with the end
                 log.error("readings_dropped_in_memory", readings=excess,
                           reason="store_unwritable",
@@ -327,30 +313,27 @@ class Batcher:
             self.stats.lost_in_memory += excess
 
     def _bound_held_kpi_and_events(self) -> None:
-        excess = len(self._unflushed_aggregates) - HELD_AGGREGATES
+        batch = self._batch
+        excess = batch.n_held_aggregates() - HELD_AGGREGATES
         if excess > 0:
-            lost = set(map(id, self._unflushed_aggregates[:excess]))
-            del self._unflushed_aggregates[:excess]
-            self._open_aggregates = [a for a in self._open_aggregates if id(a) not in lost]
+            batch.drop_held_aggregates(excess)
             if not self._unreported_aggregates:  # once per episode; the total is reported
                 log.error("aggregates_dropped_in_memory", reason="store_unwritable",
                           held=HELD_AGGREGATES)
             self._unreported_aggregates += excess
             self.stats.lost_aggregates += excess
-        excess = len(self._unflushed_events) - HELD_EVENTS
+        excess = batch.n_held_events() - HELD_EVENTS
         if excess > 0:
-            lost = set(map(id, self._unflushed_events[:excess]))
-            del self._unflushed_events[:excess]
-            self._open_events = [e for e in self._open_events if id(e) not in lost]
+            batch.drop_held_events(excess)
             if not self._unreported_events:
                 log.error("events_dropped_in_memory", reason="store_unwritable",
                           held=HELD_EVENTS)
             self._unreported_events += excess
             self.stats.lost_events += excess
-        if len(self._unflushed_steps) > HELD_STEPS:
+        if len(batch.steps) > HELD_STEPS:
             # The engine in memory holds what the steps would rebuild after a crash; the
             # first write that works checkpoints it, in the same transaction.
-            self._unflushed_steps = []
+            batch.steps = []
             if not self._journal_lost:
                 self._journal_lost = True
                 log.warning("kpi_journal_given_up", reason="store_unwritable",
@@ -363,7 +346,7 @@ class Batcher:
             return BufferHealth("ok")
         return BufferHealth("unwritable", since=self._unwritable_since,
                             reason=reason[:MAX_BUFFER_REASON_LEN],
-                            held_readings=len(self._unflushed),
+                            held_readings=self._batch.n_held_readings(),
                             dropped_readings=self._unreported_loss)
 
     def _note_write_error(self, exc: BufferFull) -> None:
@@ -391,7 +374,7 @@ class Batcher:
         # Sealed at the last flush before the batch is max_age old: sealing at the first
         # flush after it would keep readings up to a flush interval longer, and, with polls
         # between flushes, take one poll more into every batch (6 s apart instead of 5).
-        if len(self._open) >= self._max_readings:
+        if len(self._batch) >= self._max_readings:
             return True
         age = self._watch.monotonic() - self._opened_at
         if self._flush_interval <= 0:
@@ -408,12 +391,11 @@ class Batcher:
             self._check_health()
 
     def _seal(self) -> int | None:
-        if self._recover_upto or self._unflushed or self._unflushed_events \
-                or self._unflushed_aggregates or not (
-                self._open or self._open_events or self._open_aggregates):
+        batch = self._batch
+        if self._recover_upto or batch.holds_content() or batch.is_empty():
             return None
         created = int(self._clock() * 1000)
-        readings, events, aggregates = self._open, self._open_events, self._open_aggregates
+        readings, events, aggregates = batch.readings, batch.events, batch.aggregates
         try:
             with self._store.sealing(pending_upto=self._pending_upto,
                                      created=created) as sealer:
@@ -424,9 +406,7 @@ class Batcher:
             log.error("buffer_seal_failed", error=str(exc), readings=len(readings))
             return None
         self._write_error = None
-        self._open = []
-        self._open_events = []
-        self._open_aggregates = []
+        batch.sealed()
         self._opened_at = None
         if not sealer.seqs:
             return None  # when_full = "drop_newest" dropped it (counted, reported) or no part
@@ -498,12 +478,13 @@ class Batcher:
     def close(self) -> None:
         """Flush, checkpoint the KPI windows, and seal whatever is open (shutdown)."""
         self.flush()
-        if self._kpis is not None and not self._unflushed_steps:
+        if self._kpis is not None and not self._batch.steps:
             self._checkpoint()
         self.seal()
-        if self._unflushed or self._unreported_loss:
+        held = self._batch.n_held_readings()
+        if held or self._unreported_loss:
             # the store could not be written up to the end: what memory held dies with us
-            log.error("readings_lost_at_stop", held=len(self._unflushed),
+            log.error("readings_lost_at_stop", held=held,
                       dropped_unreported=self._unreported_loss, reason="store_unwritable")
 
     def _clock_stepped(self, step: ClockStep) -> None:
@@ -513,12 +494,7 @@ class Batcher:
         wholly on one clock: those sealed before the step (seq below ``before_seq``) on the old
         one, this one and all later on the new one."""
         ms = step.ms
-        held, held_events = len(self._unflushed), len(self._unflushed_events)
-        self._open = [dataclasses.replace(r, t=r.t + ms) for r in self._open]
-        self._unflushed = self._open[len(self._open) - held:] if held else []
-        self._open_events = [dataclasses.replace(e, t=e.t + ms) for e in self._open_events]
-        self._unflushed_events = (self._open_events[len(self._open_events) - held_events:]
-                                  if held_events else [])
+        self._batch.shift(ms)
         synced = self._watch.synced()
         self.add_event(Event(
             round(step.wall * 1000), "clock_step", None,

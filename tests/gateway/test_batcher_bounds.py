@@ -56,8 +56,8 @@ def test_a_large_open_batch_is_sealed_as_several_batches_under_the_body_target(
     for i in range(30):
         batcher.add_event(Event(i, "device_down", "m1", f"no answer {i}"))
     batcher.flush()
-    batcher._open_aggregates.extend(aggregate(i) for i in range(2 * BATCH_AGGREGATES_CAP + 7))
-    batcher._unflushed_aggregates.extend(batcher._open_aggregates)
+    # held in the open batch, as closed KPI windows are until the next flush commits them
+    batcher._batch.aggregates.extend(aggregate(i) for i in range(2 * BATCH_AGGREGATES_CAP + 7))
     batcher.flush()
     seq = batcher.seal()
     batches = decoded(store)
@@ -225,8 +225,8 @@ def test_disk_full_with_kpis_holds_a_bounded_journal_and_counts_the_loss(
             batcher.add(poll(int(clock.now * 1000), n=1))
             clock.now += 1
             batcher.flush()
-            assert len(batcher._unflushed_steps) <= HELD_STEPS + 1
-            assert len(batcher._unflushed_aggregates) <= 51
+            assert len(batcher._batch.steps) <= HELD_STEPS + 1
+            assert batcher._batch.n_held_aggregates() <= 51
     assert batcher.stats.write_errors > 0
     assert batcher.stats.lost_aggregates >= 60 - 50
     assert len([e for e in logs if e["event"] == "kpi_journal_given_up"]) == 1
