@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time
 
@@ -31,15 +32,20 @@ MAX_SIZE_BYTES = 1024**4
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
 
 
+def _number_times_unit(text: str, units: Mapping[str, float], what: str, example: str) -> float:
+    """``text`` as ``<number> <unit>``, multiplied out; ValueError saying how to write ``what``."""
+    match = _PATTERN.match(text)
+    if match is None or match.group(2) not in units:
+        raise ValueError(
+            f"{text!r} is not {what}: write a number and a unit ({', '.join(units)}), "
+            f"e.g. {example!r}"
+        )
+    return float(match.group(1)) * units[match.group(2)]
+
+
 def parse_duration(text: str) -> float:
     """Parse ``"15 s"`` / ``"10 min"`` / ``"250 ms"`` into seconds (> 0)."""
-    match = _PATTERN.match(text)
-    if match is None or match.group(2) not in _DURATION_UNITS:
-        units = ", ".join(_DURATION_UNITS)
-        raise ValueError(
-            f"{text!r} is not a duration: write a number and a unit ({units}), e.g. '15 s'"
-        )
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = _number_times_unit(text, _DURATION_UNITS, "a duration", "15 s")
     if seconds <= 0:
         raise ValueError(f"{text!r}: a duration must be greater than zero")
     if not math.isfinite(seconds) or seconds > MAX_DURATION_SECONDS:
@@ -59,13 +65,7 @@ def duration_within(text: str, low: str, high: str, why: str = "") -> float:
 
 def parse_size(text: str) -> int:
     """Parse ``"256 MiB"`` into bytes (> 0)."""
-    match = _PATTERN.match(text)
-    if match is None or match.group(2) not in _SIZE_UNITS:
-        units = ", ".join(_SIZE_UNITS)
-        raise ValueError(
-            f"{text!r} is not a size: write a number and a unit ({units}), e.g. '256 MiB'"
-        )
-    number = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    number = _number_times_unit(text, _SIZE_UNITS, "a size", "256 MiB")
     if not math.isfinite(number) or number > MAX_SIZE_BYTES:
         raise ValueError(f"{text!r} is too large: a size is at most 1024 GiB")
     size = int(number)

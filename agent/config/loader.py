@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,14 +264,19 @@ class _Loader:
         value = self.data.get(section, [])
         return value if isinstance(value, list) else []
 
+    def _tables(self, section: str, raws: list[object]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The items of ``[[section]]`` that are tables, by index; a line for each other one."""
+        for i, raw in enumerate(raws):
+            if isinstance(raw, dict):
+                yield i, raw
+            else:
+                self.item(f"{section}[{i}]", listed=True).add((), "must be a table")
+
     def _buses(self) -> list[BusConfig]:
         out: list[BusConfig] = []
         names: dict[str, int] = {}
         ports: dict[str, int] = {}
-        for i, raw in enumerate(self._list("buses")):
-            if not isinstance(raw, dict):
-                self.item(f"buses[{i}]", listed=True).add((), "must be a table")
-                continue
+        for i, raw in self._tables("buses", self._list("buses")):
             name, port = raw.get("name"), raw.get("port")
             item = self.item(f"buses[{i}]{_header(name=name)}", listed=True)
             bus = item.validate(BusConfig, raw, self.context)
@@ -294,10 +299,7 @@ class _Loader:
     def _devices(self, bus_names: set[str]) -> list[DeviceConfig]:
         out: list[DeviceConfig] = []
         first: dict[str, int] = {}
-        for i, raw in enumerate(self._list("devices")):
-            if not isinstance(raw, dict):
-                self.item(f"devices[{i}]", listed=True).add((), "must be a table")
-                continue
+        for i, raw in self._tables("devices", self._list("devices")):
             name, driver = raw.get("name"), raw.get("driver")
             item = self.item(f"devices[{i}]{_header(name=name, driver=driver)}", listed=True)
             model = self._driver_model(driver, item)
@@ -392,10 +394,7 @@ class _Loader:
                 if isinstance(source, str) and source.startswith("kpi:"):
                     graph.setdefault(raw["name"], source[4:])
         parsed: list[tuple[KpiConfig, _Item]] = []
-        for i, raw in enumerate(raws):
-            if not isinstance(raw, dict):
-                self.item(f"kpis[{i}]", listed=True).add((), "must be a table")
-                continue
+        for i, raw in self._tables("kpis", raws):
             name = raw.get("name")
             header = _header(name=name, operator=raw.get("operator"))
             item = self.item(f"kpis[{i}]{header}", listed=True)
