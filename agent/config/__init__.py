@@ -1,5 +1,6 @@
-"""The agent's configuration: pydantic models, KPI duration rules, and a loader that reports
-every problem at once.
+"""The agent's configuration, one module a job: ``models`` (the pydantic models), ``rules``
+(what a value must be on its own), ``kpi`` (the rules of a ``[[kpis]]`` entry), ``messages``
+(how a problem is worded with its place) and ``loader`` (TOML, profiles, every problem at once).
 
 Entry point: :func:`load_config` (a TOML file) or :func:`config_from_dict` (an already parsed
 table). Both raise :class:`~agent.errors.ConfigError` whose ``problems`` hold one line per
@@ -10,7 +11,6 @@ problem, each naming where, e.g.::
 Cross-references (a device's ``bus``, a KPI's ``source``, unique names) are checked by the
 loader, not by :class:`AgentConfig` itself: build configs through the loader.
 """
-
 
 from agent.config.kpi import OPERATORS, kpi_key_problems, kpi_value_problems
 from agent.config.loader import config_from_dict, load_config
