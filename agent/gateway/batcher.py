@@ -42,14 +42,16 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class BatcherStats:
-    readings: int = 0
-    flushes: int = 0
-    batches_sealed: int = 0
-    write_errors: int = 0
-    lost_in_memory: int = 0
-    lost_aggregates: int = 0
-    lost_events: int = 0
-    unencodable: int = 0
+    """What the batcher did since start (``/metrics``, the final log line)."""
+
+    readings: int = 0  # taken from the scheduler into the open batch
+    flushes: int = 0  # open batches committed to the store as pending rows
+    batches_sealed: int = 0  # batches the store holds for the uplink
+    write_errors: int = 0  # store writes that failed (disk full, unwritable data_dir)
+    lost_in_memory: int = 0  # readings dropped from memory while the store was unwritable
+    lost_aggregates: int = 0  # KPI windows dropped likewise
+    lost_events: int = 0  # events dropped likewise
+    unencodable: int = 0  # items no batch could carry (over the receivers' limits)
 
 
 # While the store cannot be written (disk full), readings wait in memory up to this many

@@ -52,12 +52,14 @@ def backoff_slots(failures: int, interval: float, cap: float = MAX_BACKOFF_SECON
 
 @dataclass
 class DeviceStats:
-    polls: int = 0
-    failures: int = 0
-    overruns: int = 0
-    skipped_slots: int = 0
-    readings: int = 0
-    down: bool = False
+    """One device's polling since start."""
+
+    polls: int = 0  # polls that returned readings
+    failures: int = 0  # polls that failed (no answer, bad frame, exception answer)
+    overruns: int = 0  # polls that outlasted the interval
+    skipped_slots: int = 0  # slots not polled because of overruns
+    readings: int = 0  # readings handed to the batcher
+    down: bool = False  # failing now (logged once down, once back)
 
 
 def hang_guard(interval: float, max_poll_seconds: float | None) -> float:

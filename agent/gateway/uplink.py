@@ -109,12 +109,14 @@ class ReplayPacer:
 
 @dataclass
 class UplinkStats:
-    published: int = 0
-    acknowledged: int = 0
-    readings_acknowledged: int = 0
-    connects: int = 0
-    disconnects: int = 0
-    connected: bool = False
+    """The uplink since start."""
+
+    published: int = 0  # batches handed to the broker
+    acknowledged: int = 0  # batches the broker acknowledged (then deleted from the store)
+    readings_acknowledged: int = 0  # readings in those batches
+    connects: int = 0  # sessions established
+    disconnects: int = 0  # sessions lost or closed
+    connected: bool = False  # a session is up now
 
 
 class Uplink:

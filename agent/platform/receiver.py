@@ -70,14 +70,14 @@ class ReceiverSettings:
 class ReceiverStats:
     """Counters of one receiver run."""
 
-    batches: int = 0
-    readings: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    gaps: int = 0
-    gaps_filled: int = 0
-    jumps: int = 0
-    statuses: int = 0
+    batches: int = 0  # batches stored for the first time
+    readings: int = 0  # readings in them
+    duplicates: int = 0  # redelivered batches, acknowledged and not stored again
+    rejected: int = 0  # messages set aside as undecodable or over the limits
+    gaps: int = 0  # seq gaps opened (batches missing so far)
+    gaps_filled: int = 0  # gaps a late batch closed
+    jumps: int = 0  # seq jumps seen (a gap opens only once a next batch confirms one)
+    statuses: int = 0  # status messages recorded
 
 
 def subscription_topics(prefix: str, shared_group: str | None = None) -> list[str]:
