@@ -51,6 +51,7 @@ from tests.chaos.harness import (
     sleep_to_quiet_point,
     store_batches,
     store_meta,
+    wait_live_batch,
     write_agent_config,
 )
 from tests.conftest import Mosquitto
@@ -188,12 +189,12 @@ def test_polling_goes_on_through_a_backward_step_and_every_reading_is_accounted(
         agent.start()
         agent.wait_started(1)
         assert wait_until(lambda: receiver.count(GW) > 0, 20), tail(agent, receiver)
-        time.sleep(1.5)
+        time.sleep(1.5)  # the input: the agent runs on the right clock before the step
         stepped_at = agent.set_offset(offset)
         # polling goes on at its interval: 8 polls in the next 8-odd seconds, not after 90 s
         assert wait_until(lambda: polls_after(fleet, stepped_at) >= 8, 30), (
             polls_after(fleet, stepped_at), tail(agent, receiver))
-        time.sleep(1.5)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         finish(agent, receiver, data)
         expected = fleet.expected()
     stored = Stored.read(receiver.sink, GW)
@@ -233,10 +234,10 @@ def test_a_180_day_step_with_the_broker_down_drops_nothing_as_too_old(
         assert wait_until(lambda: store_batches(data) >= 3, 30), tail(agent, receiver)
         agent.set_offset("+0")  # NTP steps the clock to the right time
         assert wait_until(lambda: bool(agent.events("clock_step")), 10), tail(agent, receiver)
-        time.sleep(3.0)  # flushes and seals after the step: max_age is applied at each
+        time.sleep(3.0)  # the input: flushes and seals after the step; max_age is applied at each
         broker.start()
         assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent, receiver)
-        time.sleep(1.5)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         finish(agent, receiver, data)
         expected = fleet.expected()
     assert not agent.events("buffer_drop"), agent.events("buffer_drop")
@@ -290,7 +291,7 @@ def test_batches_sealed_before_a_step_and_stored_after_it_are_corrected_by_the_s
         agent.set_offset("+0")
         assert wait_until(lambda: bool(agent.events("clock_step")), 10), tail(agent, receiver)
         assert wait_until(lambda: store_batches(data) == 0, 60), tail(agent, receiver)
-        time.sleep(1.5)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         finish(agent, receiver, data)
         expected = fleet.expected()
     stored = Stored.read(receiver.sink, GW)
@@ -330,14 +331,14 @@ def test_readings_flow_again_within_the_reconnect_bound_after_a_broker_restart(
         agent.wait_started(1)
         assert wait_until(lambda: receiver.count(GW) > 0, 20), tail(agent, receiver)
         broker.kill()
-        time.sleep(20.0)  # long enough for the old backoff to have grown to 16-32 s
+        time.sleep(20.0)  # the input: long enough for the old backoff to have grown to 16-32 s
         broker.start()
         back = time.time()
         stored_before = receiver.count(GW)
         assert wait_until(lambda: receiver.count(GW) > stored_before, 60), tail(agent, receiver)
         flowing = time.time() - back
         assert wait_until(lambda: store_batches(data) == 0, 30), tail(agent, receiver)
-        time.sleep(1.5)
+        assert wait_live_batch(receiver, GW, data), tail(agent, receiver)
         finish(agent, receiver, data)
     waits = [e["seconds"] for e in agent.events("uplink_retry_in")]
     assert len(waits) >= 5 and max(waits) <= reconnect_max, waits
@@ -386,7 +387,7 @@ def test_every_slot_is_polled_or_reported_skipped_when_polls_outlast_the_interva
         agent.wait_started(1)
         assert wait_until(lambda: len(agent.events("poll_overrun")) >= 1, 30), tail(
             agent, receiver)
-        time.sleep(12.0)
+        time.sleep(12.0)  # the input: a run of polls that outlast their slot
         finish(agent, receiver, data)
     stored = Stored.read(receiver.sink, GW)
     polled = {t for _, _, t in stored.keys}

@@ -25,7 +25,7 @@ from agent.gateway.uplink import Uplink
 from agent.mqtt import MqttSettings, reconnect_delay
 from agent.wire import BufferHealth, decode_status
 from tests.conftest import Mosquitto, free_port
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Pa55-word"
@@ -112,7 +112,7 @@ async def test_status_says_the_buffer_health_at_connect_and_again_when_it_change
         uplink.status_changed()
         await eventually(health[0])
         before = len(asked)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the input: a while in which nothing changes
         assert len(asked) == before, "published only when told of a change"
         health[0] = BufferHealth("ok")
         uplink.status_changed()
@@ -167,9 +167,7 @@ async def run_uplink_for(settings: MqttSettings, store: BatchStore, seconds: flo
     uplink = Uplink(settings, store, gw="gw-017", boot=1, topic_prefix="ssc/v1", max_inflight=4,
                     wake=asyncio.Event(), clock=time.time)
     task = asyncio.create_task(uplink.run())
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and store.stats().batches:
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: not store.stats().batches, seconds)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
