@@ -27,7 +27,7 @@ from agent.config.models import (
     UplinkConfig,
 )
 from agent.config.rules import (
-    DEVICE_INTERVAL_RANGE,
+    DEVICE_INTERVAL_BOUNDS,
     UNLISTED_POINTS,
     WIRE_MAX_READINGS,
     WIRE_MAX_SERIES,
@@ -38,7 +38,7 @@ from agent.config.rules import (
 from agent.driver import DeviceConfig, discover
 from agent.errors import ConfigError
 from agent.profiles import Profile, apply_profile, load_profile
-from agent.units import duration_within, nests_in
+from agent.units import Duration, nests_in
 
 
 def load_config(
@@ -146,6 +146,8 @@ class _Loader:
         self.device_tables: dict[str, dict[str, Any]] = {}
         self.device_models: dict[str, DeviceConfig] = {}
         self.profiles: dict[str, Profile | OSError | ValueError] = {}
+        # Devices validated without their interval, which did not parse (reported with them).
+        self.without_interval: set[int] = set()
 
     def item(self, where: str, *, listed: bool) -> _Item:
         item = _Item(where, listed=listed)
@@ -215,6 +217,8 @@ class _Loader:
             listed = getattr(device, "points", None)
             n = len(listed) if isinstance(listed, list) else UNLISTED_POINTS
             points += n
+            if id(device) in self.without_interval:
+                continue  # its interval is reported with the device
             interval = device.interval.seconds
             per_flush += n * (int(uplink.flush_interval.seconds // max(interval, 1e-3)) + 1)
         if points > WIRE_MAX_SERIES:
@@ -304,12 +308,7 @@ class _Loader:
             item = self.item(f"devices[{i}]{_header(name=name, driver=driver)}", listed=True)
             model = self._driver_model(driver, item)
             table = self._merge_profile(raw, driver, model, item)
-            interval = table.get("interval")
-            if isinstance(interval, str):
-                try:
-                    duration_within(interval, *DEVICE_INTERVAL_RANGE)
-                except ValueError as exc:
-                    item.add(("interval",), str(exc))
+            checked = self._interval_checked(table, item)
             bus = table.get("bus")
             if isinstance(bus, str) and bus not in bus_names:
                 defined = ", ".join(sorted(bus_names))
@@ -322,12 +321,31 @@ class _Loader:
                 else:
                     first[name], is_first = i, True
                     self.device_tables[name] = table
-            device = item.validate(model, table, self.context) if model is not None else None
+            device = item.validate(model, checked, self.context) if model is not None else None
             if device is not None:
                 out.append(device)
+                if checked is not table:
+                    self.without_interval.add(id(device))
                 if is_first:
                     self.device_models[device.name] = device
         return out
+
+    def _interval_checked(self, table: dict[str, Any], item: _Item) -> dict[str, Any]:
+        """``table`` after a line for an interval that does not parse or is out of range; one
+        that does not parse is left out, so that the device and the KPIs on it are checked."""
+        interval = table.get("interval")
+        if not isinstance(interval, str):
+            return table  # absent, or a type error the model reports
+        try:
+            duration = Duration.parse(interval)
+        except ValueError as exc:
+            item.add(("interval",), str(exc))
+            return {key: value for key, value in table.items() if key != "interval"}
+        try:
+            duration.check_within(*DEVICE_INTERVAL_BOUNDS)
+        except ValueError as exc:
+            item.add(("interval",), str(exc))
+        return table
 
     def _driver_model(self, driver: object, item: _Item) -> type[DeviceConfig] | None:
         if driver is None:
@@ -432,8 +450,10 @@ class _Loader:
         if table is None:
             return raw, ""
         model = self.device_models.get(device)
-        default = DeviceConfig.model_fields["interval"].default.text
-        interval = model.interval.text if model is not None else table.get("interval", default)
+        if "interval" in table or model is None:
+            interval = table.get("interval", DeviceConfig.model_fields["interval"].default.text)
+        else:
+            interval = model.interval.text  # the driver's default
         try:
             _kpi_period(interval)
         except (ValueError, TypeError):

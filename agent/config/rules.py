@@ -42,7 +42,7 @@ UNLISTED_POINTS = 64
 
 # A device's poll interval: a scheduler slot every 100 ms at most, and at least once a day (a
 # longer interval is a typo, and its first poll would lie far in the future).
-DEVICE_INTERVAL_RANGE = ("100 ms", "1 d")
+DEVICE_INTERVAL_BOUNDS = (Duration.parse("100 ms"), Duration.parse("1 d"))
 # Units travel with every series and every KPI output: short names ("kWh", "µg/m³").
 MAX_UNIT_CHARS = 32
 

@@ -1588,3 +1588,32 @@ def test_configs_whose_batches_exceed_the_wire_limits_are_refused(tmp_path: Path
         "devices: 50,200 points over all devices: a batch may carry at most 50,000 series "
         "(docs/wire-format.md §11.1); split the gateway"
     ]
+
+
+POINT_LINE = ("kpis[0] (name=k, operator=mean) → source: device 'm1' has no point 'enrgy'; "
+              "did you mean 'energy'? its points: p, energy")
+
+
+@pytest.mark.parametrize(
+    ("interval", "sample_interval", "kpi_lines"),
+    [
+        # The interval does not parse: the device and the KPIs on it are still checked.
+        ('"often"', 'sample_interval = "1 min"\n', [POINT_LINE]),
+        # Nor is a sample_interval taken from it.
+        ('"often"', "", [POINT_LINE,
+                         "kpis[0] (name=k, operator=mean) → sample_interval: required for a "
+                         'device source: the expected reading period, e.g. "1 min"']),
+    ],
+)
+def test_a_device_interval_that_does_not_parse_hides_no_other_problem(
+    tmp_path: Path, interval: str, sample_interval: str, kpi_lines: list[str]
+) -> None:
+    text = BASE + DEVICE.replace('interval = "1 min"', f"interval = {interval}") + (
+        '[[kpis]]\nname = "k"\nsource = "m1.enrgy"\noperator = "mean"\nwindow = "1 h"\n'
+        + sample_interval
+    )
+    assert problems_of(tmp_path, text) == [
+        f"{DEV} → interval: 'often' is not a duration: write a number and a unit "
+        "(ms, s, min, h, d), e.g. '15 s'",
+        *kpi_lines,
+    ]
