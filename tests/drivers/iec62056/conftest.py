@@ -13,6 +13,7 @@ import pytest
 
 from drivers.iec62056.simulator import Iec62056Simulator
 from tests.drivers.modbus.conftest import PtyPair
+from tests.waiting import wait_until_async
 
 READINGS: dict[str, tuple[str, str | None]] = {  # the docs/protocols.md §4 test vector, and power
     "0.0.0": ("12345678", None),
@@ -35,9 +36,7 @@ def line(tmp_path: Path) -> Iterator[PtyPair]:
 
 async def wait_open(sim: Iec62056Simulator) -> None:
     """Until the simulator has (re)opened its end of the line."""
-    async with asyncio.timeout(5):
-        while not sim.link.is_open:
-            await asyncio.sleep(0.002)
+    assert await wait_until_async(lambda: sim.link.is_open, 5, step=0.002)
 
 
 SimFactory = Callable[..., Any]

@@ -12,6 +12,7 @@ import pytest
 
 from drivers.pms5003.simulator import Pms5003Simulator
 from tests.drivers.modbus.conftest import PtyPair
+from tests.waiting import wait_until_async
 
 VALUES = (5, 9, 11, 5, 9, 11, 1200, 350, 60, 8, 2, 1)  # the docs/protocols.md §4 frame
 
@@ -29,9 +30,7 @@ def line(tmp_path: Path) -> Iterator[PtyPair]:
 
 async def wait_open(sim: Pms5003Simulator) -> None:
     """Until the simulator has (re)opened its end of the line."""
-    async with asyncio.timeout(5):
-        while not sim.link.is_open:
-            await asyncio.sleep(0.002)
+    assert await wait_until_async(lambda: sim.link.is_open, 5, step=0.002)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from drivers.sds011.simulator import Sds011Simulator
 from tests.drivers.modbus.conftest import PtyPair
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture
@@ -27,9 +28,7 @@ def line(tmp_path: Path) -> Iterator[PtyPair]:
 
 async def wait_open(sim: Sds011Simulator) -> None:
     """Until the simulator has (re)opened its end of the line."""
-    async with asyncio.timeout(5):
-        while not sim.link.is_open:
-            await asyncio.sleep(0.002)
+    assert await wait_until_async(lambda: sim.link.is_open, 5, step=0.002)
 
 
 @pytest.fixture
