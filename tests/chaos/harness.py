@@ -21,19 +21,41 @@ Parts, all real:
   broker SIGKILLed in the sub-millisecond between its PUBACK to the agent and its delivery to
   the (connected) receiver loses that message.
 
-Ground truth, and why it is exact. The agent stamps every reading with its poll's *scheduled*
-slot time (``t = k × interval``, epoch-aligned), and one poll of a device is one burst of Modbus
-requests right after its slot (two requests for ``ssc-demo-meter``). So the set of slots a
-device was polled in is read off the requests its server saw: a request at wall time ``r``
-belongs to slot ``floor((r + EARLY) / interval) × interval``. ``EARLY`` (20 ms) absorbs a poll
-that fires a hair before its slot (the agent sleeps on the monotonic clock towards a wall-clock
-slot); a poll would have to start more than ``interval − EARLY`` late to be put in the wrong
-slot, which the scheduler counts as an overrun and skips. The expected set is every
-``(device, point, slot)`` for every point of the profile, over every run of the agent: that is
-what the agent polled. Slots the scheduler skipped were never polled, so they are not expected;
-a poll the agent made but lost is. The received set is every ``(dev, pt, t)`` row the receiver
-stored. The :class:`Ledger` compares them exactly: lost, phantom (stored but never polled) and
-duplicate keys, each listed.
+Ground truth, and why it is exact. The agent stamps every reading with its poll's slot
+(``t = k × interval``, epoch-aligned), by the scheduler's rule: a poll that wakes less than an
+interval after its slot keeps that slot; one that wakes a whole interval late or more is
+stamped with the slot it is taken in (the slots between are skipped); the slot after a poll is
+the first one after the poll ended. One poll of a device is one burst of Modbus read requests
+after it wakes (two for ``ssc-demo-meter``), so the meters' request logs give the polls
+(:func:`group_polls`: a poll is its device's requests up to its full count, cut short by an
+interval without one or by an agent's restart; a request in the slot its predecessor ended in
+always belongs to the same poll). A poll whose first request reached the meter at ``r`` may be
+stamped with any slot ``s`` the rule allows (:func:`polls_of`):
+
+- ``s ≤ r + EARLY``: it is never stamped after it polled; ``EARLY`` (20 ms) absorbs a poll
+  that fires a hair before its slot (the agent sleeps on the monotonic clock towards a
+  wall-clock slot);
+- ``s > r_prev − EARLY``, ``r_prev`` the last request of the device's previous poll: its slot
+  came after the previous poll ended;
+- ``s > r − 2 × interval + EARLY`` (one slot before the one ``r`` falls in, at most) when it
+  polled on an open connection: it woke less than an interval after its slot, and its first
+  request reached the meter less than an interval after it woke. The first poll after the
+  meters started, after an agent's restart (a SIGKILL the test names) or after a pause of two
+  intervals or more (a restart or reconnect the test does not name) connects first, which
+  takes what it takes: only the two bounds above and the restart (``s`` after it) hold for it.
+
+Under load a poll may start, or its requests arrive, more than ``interval − EARLY`` after its
+slot and still carry that slot, so a request is not simply mapped to the slot it falls in. The
+expected side is every poll, each with its allowed slots and every point of the profile, over
+every run of the agent: slots the scheduler skipped were never polled, so they are not
+expected; a poll the agent made but lost is. The received side is every ``(dev, pt, t)`` row
+the receiver stored. The :class:`Ledger` assigns a device's polls to its received slots as a
+largest matching (each poll at most one allowed slot, each slot at most one poll,
+:func:`match_polls`): a poll with none of its slots is lost (named by the slot its first
+request fell in), a stored slot no poll can claim is phantom, a point a matched poll lacks is
+lost and one it does not read is phantom, and a key stored more than once is a duplicate. A
+reading stamped earlier than the rule allows, or two polls with one slot between them, still
+show as lost and phantom (or duplicate).
 
 A SIGKILL may lose what was polled but not yet committed: with ``flush_interval`` F, a reading
 emitted at ``e`` is committed by ``e + F`` plus the time a flush takes; it was emitted ``latency``
@@ -47,7 +69,9 @@ may be missing.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import functools
 import json
 import math
 import os
@@ -57,7 +81,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +101,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "ssc-demo-meter"
 EARLY_S = 0.020
+REQUESTS_PER_POLL = 2  # ssc-demo-meter: two read blocks (tests/chaos/test_ledger.py checks it)
 POLL_SLACK_S = 0.25
 READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
 PERSISTENT_BROKER = "persistence true\npersistence_location {dir}/\nautosave_interval 1\n"
@@ -156,6 +181,7 @@ class MeterFleet:
         ]
         self._profile = profile
         self._requests: dict[str, list[float]] = {d.name: [] for d in self.devices}
+        self.started = time.time()
         self._servers: list[SimulatorServer] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="meters",
@@ -177,6 +203,7 @@ class MeterFleet:
         self._servers.clear()
 
     def __enter__(self) -> Self:
+        self.started = time.time()
         self._thread.start()
         self._run(self._start())
         return self
@@ -202,10 +229,13 @@ class MeterFleet:
         """The slots (epoch ms) in which the agent polled ``device``."""
         return polled_slots(self.requests(device.name), device.interval_ms)
 
-    def expected(self) -> set[Key]:
-        """Every (device, point, slot) the agent polled, over all its runs."""
-        return {(d.name, p, t) for d in self.devices for t in self.served_slots(d)
-                for p in self.points}
+    def expected(self, *, restarts: Sequence[float] = ()) -> Polled:
+        """Every poll the agent made, over all its runs (started again at ``restarts``)."""
+        return Polled(tuple(
+            poll for d in self.devices
+            for poll in polls_of(d.name, self.points, self.requests(d.name), d.interval_ms,
+                                 since=self.started, restarts=restarts)
+        ))
 
 
 # ---------------------------------------------------------------------------------- config
@@ -548,11 +578,157 @@ def allowed_loss(expected: Iterable[Key], *, kills: Sequence[float] = (),
     return {key for key in expected if any(lo < key[2] <= hi for lo, hi in spans)}
 
 
+@dataclass(frozen=True)
+class Poll:
+    """One poll of a device as its meter saw it, and the slots the scheduler may have stamped
+    it with (see the module docstring)."""
+
+    device: str
+    points: tuple[str, ...]
+    slot: int
+    """The slot its first request fell in (epoch ms; what a failure message names)."""
+    allowed: tuple[int, ...]
+    """Every slot (epoch ms, ascending) the scheduler's rule allows for it."""
+
+
+def group_polls(requests: Sequence[float], interval_ms: int, *,
+                per_poll: int = REQUESTS_PER_POLL,
+                restarts: Sequence[float] = ()) -> list[tuple[float, ...]]:
+    """The read requests (epoch s, ascending) of one device, as polls.
+
+    A request continues the poll before it unless that poll has its ``per_poll`` requests, an
+    interval or more passed since its last one (it was cut short), or an agent was (re)started
+    in between (``restarts``); and it always continues it when no slot boundary lies between
+    them, since the next poll is scheduled in a later slot than the one its predecessor ended in.
+    """
+    polls: list[list[float]] = []
+    early_s, interval_s = EARLY_S, interval_ms / 1000
+    for r in sorted(requests):
+        current = polls[-1] if polls else None
+        if current is not None:
+            last = current[-1]
+            same_slot = (math.floor((r + early_s) / interval_s)
+                         == math.floor((last - early_s) / interval_s))
+            complete = (len(current) >= per_poll or r - last >= interval_s
+                        or any(last < k < r for k in restarts))
+            if same_slot or not complete:
+                current.append(r)
+                continue
+        polls.append([r])
+    return [tuple(p) for p in polls]
+
+
+def polls_of(device: str, points: Sequence[str], requests: Sequence[float], interval_ms: int,
+             *, since: float, restarts: Sequence[float] = (),
+             per_poll: int = REQUESTS_PER_POLL) -> list[Poll]:
+    """The polls of ``device`` read off the requests its meter saw, each with its allowed slots.
+
+    ``since`` (epoch s) is when the meters started: no agent polled before; ``restarts`` are the
+    times an agent may have been started again (its SIGKILLs). The rule is the module
+    docstring's.
+    """
+    early = EARLY_S * 1000
+    starts = sorted(t * 1000 for t in (since, *restarts))
+    out: list[Poll] = []
+    previous_last: float | None = None
+    for burst in group_polls(requests, interval_ms, per_poll=per_poll, restarts=restarts):
+        first, last = burst[0] * 1000, burst[-1] * 1000
+        # a run's first slot lies after the agent started
+        started = [t for t in starts if t < first and (previous_last is None or t > previous_last)]
+        lo = started[-1] if started else -math.inf
+        if previous_last is not None:
+            # the scheduler's next slot lies after the moment the previous poll ended
+            lo = max(lo, previous_last - early)
+            if not started and first - previous_last < 2 * interval_ms:
+                # on an open connection: the poll started less than an interval after its
+                # slot (else it is stamped with the slot it is taken in) and its first request
+                # reached the meter less than an interval after that
+                lo = max(lo, first - 2 * interval_ms + early)
+        hi = math.floor((first + early) / interval_ms) * interval_ms
+        lowest = (math.floor(lo / interval_ms) + 1) * interval_ms if lo > -math.inf else hi
+        out.append(Poll(device, tuple(points), hi, tuple(range(lowest, hi + 1, interval_ms))))
+        previous_last = last
+    return out
+
+
+@dataclass(frozen=True)
+class Polled:
+    """Every poll the agent made, over all its runs: what the ledger expects."""
+
+    polls: tuple[Poll, ...]
+
+    @classmethod
+    def exact(cls, keys: Iterable[Key]) -> Polled:
+        """Polls whose slots are known exactly: one per (device, slot) of ``keys``."""
+        points: dict[tuple[str, int], list[str]] = {}
+        for device, point, t in keys:
+            points.setdefault((device, t), []).append(point)
+        return cls(tuple(Poll(device, tuple(sorted(p)), t, (t,))
+                         for (device, t), p in sorted(points.items())))
+
+    def keys(self) -> set[Key]:
+        """Every (device, point, slot) the polls may have been stamped with."""
+        return {(p.device, point, t) for p in self.polls for point in p.points
+                for t in p.allowed}
+
+
+def match_polls(polls: Sequence[Poll], slots: Iterable[int]) -> dict[int, Poll]:
+    """A largest assignment of ``polls`` (of one device) to received ``slots``: each poll at
+    most one of its allowed slots, each slot at most one poll.
+
+    Each poll first takes the slot its first request fell in if that is free (most polls are
+    on time); augmenting paths then place the others, moving polls to another of their slots
+    where that frees one, so no assignment places more polls.
+    """
+    stored = set(slots)
+    received = sorted(stored)
+
+    def candidates(poll: Poll) -> list[int]:
+        if not poll.allowed:
+            return []
+        lo = bisect.bisect_left(received, poll.allowed[0])
+        hi = bisect.bisect_right(received, poll.allowed[-1])
+        return received[lo:hi]
+
+    owner: dict[int, int] = {}  # slot -> index into polls
+    placed: dict[int, int] = {}  # index into polls -> slot
+    for i, poll in enumerate(polls):
+        if poll.slot in stored and poll.slot in poll.allowed and poll.slot not in owner:
+            owner[poll.slot] = i
+            placed[i] = poll.slot
+    for start in range(len(polls)):
+        if start in placed:
+            continue
+        # breadth-first search for a free slot, through polls that can move
+        came_from: dict[int, tuple[int, int] | None] = {start: None}
+        queue = deque([start])
+        free: tuple[int, int] | None = None
+        while queue and free is None:
+            current = queue.popleft()
+            for t in candidates(polls[current]):
+                if t not in owner:
+                    free = (current, t)
+                    break
+                other = owner[t]
+                if other not in came_from:
+                    came_from[other] = (current, t)
+                    queue.append(other)
+        while free is not None:
+            i, t = free
+            owner[t] = i
+            placed[i] = t
+            free = came_from[i]
+    return {t: polls[i] for t, i in owner.items()}
+
+
 @dataclass
 class Ledger:
-    """Polled (expected) versus stored (received), with the windows a SIGKILL may lose."""
+    """Polled (expected) versus stored (received), with the windows a SIGKILL may lose.
 
-    expected: set[Key]
+    ``expected`` is :class:`Polled`, or (a slot known exactly per key) a set of keys.
+    """
+
+    expected: Polled | set[Key]
     received: Counter[Key]
     may_lose: set[Key] = field(default_factory=set)
 
@@ -564,25 +740,68 @@ class Ledger:
 
         ``windows`` are further ``(lo, hi]`` slot ranges (epoch ms) a case allows to lose.
         """
-        expected = fleet.expected()
-        may_lose = allowed_loss(expected, kills=kills, flush_interval=flush_interval,
+        return cls.of(fleet.expected(restarts=kills), stored.keys, kills=kills,
+                      flush_interval=flush_interval, windows=windows)
+
+    @classmethod
+    def of(cls, polled: Polled, received: Counter[Key], *, kills: Sequence[float] = (),
+           flush_interval: float = 1.0,
+           windows: Sequence[tuple[int, int]] = ()) -> Ledger:
+        """:meth:`build` from the polls and the stored keys themselves."""
+        may_lose = allowed_loss(polled.keys(), kills=kills, flush_interval=flush_interval,
                                 windows=windows)
-        return cls(expected, stored.keys, may_lose)
+        return cls(polled, received, may_lose)
+
+    @functools.cached_property
+    def _accounts(self) -> tuple[set[Key], set[Key], set[Key]]:
+        """(lost, lost outside every kill window, phantom)."""
+        polled = (self.expected if isinstance(self.expected, Polled)
+                  else Polled.exact(self.expected))
+        by_device: dict[str, list[Poll]] = {}
+        for poll in polled.polls:
+            by_device.setdefault(poll.device, []).append(poll)
+        slots: dict[str, set[int]] = {}
+        for device, _, t in self.received:
+            slots.setdefault(device, set()).add(t)
+        lost: set[Key] = set()
+        unexplained: set[Key] = set()
+        claimed: set[Key] = set()
+        for device, polls in by_device.items():
+            taken = match_polls(polls, slots.get(device, ()))
+            for t, poll in taken.items():
+                for point in poll.points:
+                    key = (device, point, t)
+                    claimed.add(key)
+                    if key not in self.received:
+                        lost.add(key)
+                        if key not in self.may_lose:
+                            unexplained.add(key)
+            matched = {id(p) for p in taken.values()}
+            for poll in polls:
+                if id(poll) in matched:
+                    continue
+                for point in poll.points:
+                    key = (device, point, poll.slot)
+                    lost.add(key)
+                    if not any((device, point, t) in self.may_lose for t in poll.allowed):
+                        unexplained.add(key)
+        phantom = set(self.received) - claimed
+        return lost, unexplained, phantom
 
     @property
     def lost(self) -> set[Key]:
         """Polled but not stored."""
-        return self.expected - set(self.received)
+        return self._accounts[0]
 
     @property
     def unexplained(self) -> set[Key]:
         """Lost outside every window a SIGKILL may lose."""
-        return self.lost - self.may_lose
+        return self._accounts[1]
 
     @property
     def phantom(self) -> set[Key]:
         """Stored but never polled."""
-        return set(self.received) - self.expected
+        return self._accounts[2]
 
     @property
     def duplicates(self) -> list[Key]:
@@ -592,9 +811,14 @@ class Ledger:
     def summary(self) -> str:
         """One paragraph for assertion messages."""
         lost = self.lost
+        polled = (self.expected if isinstance(self.expected, Polled)
+                  else Polled.exact(self.expected))
+        polls = len(polled.polls)
+        expected = sum(len(p.points) for p in polled.polls)
         return (
-            f"expected={len(self.expected)} received={len(self.received)} lost={len(lost)} "
-            f"(in kill windows {len(lost & self.may_lose)}, unexplained "
+            f"expected={expected} ({polls} polls) received={len(self.received)} "
+            f"lost={len(lost)} "
+            f"(in kill windows {len(lost - self.unexplained)}, unexplained "
             f"{len(self.unexplained)} at t={_spans(k[2] for k in self.unexplained)}) "
             f"phantom={len(self.phantom)} at t={_spans(k[2] for k in self.phantom)} "
             f"duplicates={len(self.duplicates)}"
