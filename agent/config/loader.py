@@ -324,15 +324,16 @@ class _Loader:
             device = item.validate(model, checked, self.context) if model is not None else None
             if device is not None:
                 out.append(device)
-                if checked is not table:
+                if "interval" in table and "interval" not in checked:
                     self.without_interval.add(id(device))
                 if is_first:
                     self.device_models[device.name] = device
         return out
 
     def _interval_checked(self, table: dict[str, Any], item: _Item) -> dict[str, Any]:
-        """``table`` after a line for an interval that does not parse or is out of range; one
-        that does not parse is left out, so that the device and the KPIs on it are checked."""
+        """``table`` to validate, after a line for an interval that does not parse or is out of
+        range: with the interval parsed (the model keeps it), or without one that does not
+        parse, so that the device and the KPIs on it are still checked."""
         interval = table.get("interval")
         if not isinstance(interval, str):
             return table  # absent, or a type error the model reports
@@ -345,7 +346,7 @@ class _Loader:
             duration.check_within(*DEVICE_INTERVAL_BOUNDS)
         except ValueError as exc:
             item.add(("interval",), str(exc))
-        return table
+        return {**table, "interval": duration}
 
     def _driver_model(self, driver: object, item: _Item) -> type[DeviceConfig] | None:
         if driver is None:
