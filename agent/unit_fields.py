@@ -15,12 +15,19 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, GetCoreSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
-from agent.units import Duration, Size
+from agent.units import AsWritten, Duration, KpiLength, Size, parse_kpi_length
 
-__all__ = ["DeviceDurationField", "DurationField", "SizeField", "duration_range", "not_zero"]
+__all__ = [
+    "DeviceDurationField",
+    "DurationField",
+    "KpiLengthField",
+    "SizeField",
+    "duration_range",
+    "not_zero",
+]
 
 
-def _text(value: Duration | Size) -> str:
+def _text(value: AsWritten) -> str:
     return value.text
 
 
@@ -32,7 +39,7 @@ class _ParsedOnce:
     """
 
     def __init__(
-        self, kind: type[Duration | Size], parse: Callable[[str], Any], wrong_type: str | None
+        self, kind: type[AsWritten], parse: Callable[[str], Any], wrong_type: str | None
     ) -> None:
         self.kind = kind
         self.parse = parse
@@ -66,6 +73,9 @@ DurationField = Annotated[
     Duration, _ParsedOnce(Duration, Duration.parse, "write a duration as a string, e.g. '15 s'")
 ]
 DeviceDurationField = Annotated[Duration, _ParsedOnce(Duration, Duration.parse, None)]
+KpiLengthField = Annotated[
+    KpiLength, _ParsedOnce(KpiLength, parse_kpi_length, "write a duration as a string, e.g. '15 s'")
+]
 SizeField = Annotated[
     Size, _ParsedOnce(Size, Size.parse, "write a size as a string, e.g. '256 MiB'")
 ]

@@ -74,7 +74,7 @@ def parse_size(text: str) -> int:
     return size
 
 
-class _AsWritten:
+class AsWritten:
     """A value parsed once from a config string; it prints as the string was written."""
 
     __slots__ = ()
@@ -85,7 +85,7 @@ class _AsWritten:
 
 
 @dataclass(frozen=True, slots=True)
-class Duration(_AsWritten):
+class Duration(AsWritten):
     """A duration as a config wrote it: parsed once into ``seconds``, ``text`` kept for messages."""
 
     seconds: float
@@ -109,7 +109,7 @@ class Duration(_AsWritten):
 
 
 @dataclass(frozen=True, slots=True)
-class Size(_AsWritten):
+class Size(AsWritten):
     """A size as a config wrote it: parsed once into ``bytes``, ``text`` kept for messages."""
 
     bytes: int
@@ -177,6 +177,19 @@ def parse_kpi_duration(text: str) -> KpiDuration:
     if unit in _CALENDAR_UNITS and count != 1:
         raise ValueError(f"{text!r}: d, mo and y take only a count of 1 ('1 {unit}')")
     return KpiDuration(count, unit)
+
+
+@dataclass(frozen=True, slots=True)
+class KpiLength(AsWritten):
+    """A KPI length as a config wrote it: parsed once into ``duration``, ``text`` kept."""
+
+    duration: KpiDuration
+    text: str
+
+
+def parse_kpi_length(text: str) -> KpiLength:
+    """``text`` parsed once (ValueError as :func:`parse_kpi_duration` words it)."""
+    return KpiLength(parse_kpi_duration(text), text)
 
 
 def is_day_aligned(duration: KpiDuration) -> bool:

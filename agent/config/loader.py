@@ -38,7 +38,7 @@ from agent.config.rules import (
 from agent.driver import DeviceConfig, discover
 from agent.errors import ConfigError
 from agent.profiles import Profile, apply_profile, load_profile
-from agent.units import Duration, nests_in
+from agent.units import Duration, nests_in, parse_kpi_length
 
 
 def load_config(
@@ -456,10 +456,10 @@ class _Loader:
         else:
             interval = model.interval.text  # the driver's default
         try:
-            _kpi_period(interval)
+            length = _kpi_period(parse_kpi_length(interval))
         except (ValueError, TypeError):
             return raw, ""  # not a KPI duration ("500 ms"): sample_interval stays required
-        return {**raw, "sample_interval": interval}, f" (the interval of device {device})"
+        return {**raw, "sample_interval": length}, f" (the interval of device {device})"
 
     def _kpi_source_problems(
         self, index: int, raw: dict[str, Any], first: Mapping[str, int], graph: Mapping[str, str]

@@ -42,7 +42,7 @@ from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_proble
 from agent.kpi.registry import REGISTRY
 from agent.password_file import read_password_file
 from agent.unit_fields import DurationField, SizeField, duration_range, not_zero
-from agent.units import Duration, KpiDuration, Size, parse_clock, parse_kpi_duration
+from agent.units import Duration, KpiDuration, Size, parse_clock
 
 SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
 # The loader passes this in the validation context: it reports KPI rule problems itself,
@@ -326,27 +326,27 @@ class KpiConfig(_Section):
 
     @property
     def window_duration(self) -> KpiDuration:
-        return parse_kpi_duration(self.window)
+        return self.window.duration
 
     @property
     def base_duration(self) -> KpiDuration | None:
-        return None if self.base is None else parse_kpi_duration(self.base)
+        return None if self.base is None else self.base.duration
 
     @property
     def sample_interval_duration(self) -> KpiDuration | None:
-        return None if self.sample_interval is None else parse_kpi_duration(self.sample_interval)
+        return None if self.sample_interval is None else self.sample_interval.duration
 
     @property
     def max_hold_seconds(self) -> float | None:
         """``max_hold``, by default 2 × ``sample_interval`` (``time_weighted_mean``)."""
         if self.max_hold is not None:
-            return float(parse_kpi_duration(self.max_hold).seconds)
+            return float(self.max_hold.duration.seconds)
         interval = self.sample_interval_duration
         return None if interval is None else 2.0 * interval.seconds
 
     @property
     def running_window_duration(self) -> KpiDuration | None:
-        return None if self.running_window is None else parse_kpi_duration(self.running_window)
+        return None if self.running_window is None else self.running_window.duration
 
     @property
     def source_kpi(self) -> str | None:

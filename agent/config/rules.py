@@ -22,11 +22,12 @@ from pydantic import (
 
 from agent.endpoints import printable_problem
 from agent.password_file import PasswordFileProblem, read_password_file
+from agent.unit_fields import KpiLengthField
 from agent.units import (
     Duration,
+    KpiLength,
     is_day_aligned,
     parse_clock,
-    parse_kpi_duration,
 )
 
 # Half the wire format's readings per batch (agent.wire.MAX_BATCH_READINGS, not imported: it
@@ -79,11 +80,10 @@ def _printable(value: str | None) -> str | None:
     return value
 
 
-def _kpi_window(value: str) -> str:
-    duration = parse_kpi_duration(value)
-    if not is_day_aligned(duration):
+def _kpi_window(value: KpiLength) -> KpiLength:
+    if not is_day_aligned(value.duration):
         raise ValueError(
-            f"{value!r} does not divide 24 h: windows must tile the day "
+            f"{value.text!r} does not divide 24 h: windows must tile the day "
             "(e.g. '5 min', '15 min', '1 h')"
         )
     return value
@@ -94,12 +94,12 @@ def _kpi_window(value: str) -> str:
 MAX_KPI_PERIOD_SECONDS = 31 * 86400
 
 
-def _kpi_period(value: str) -> str:
-    duration = parse_kpi_duration(value)
+def _kpi_period(value: KpiLength) -> KpiLength:
+    duration = value.duration
     if duration.is_calendar:
-        raise ValueError(f"{value!r}: use s, min or h here (e.g. '24 h' instead of '1 d')")
+        raise ValueError(f"{value.text!r}: use s, min or h here (e.g. '24 h' instead of '1 d')")
     if duration.seconds > MAX_KPI_PERIOD_SECONDS:
-        raise ValueError(f"{value!r} is too long: at most 744 h (31 days)")
+        raise ValueError(f"{value.text!r} is too long: at most 744 h (31 days)")
     return value
 
 
@@ -123,9 +123,8 @@ def _non_empty_path(value: object) -> object:
     return value
 
 
-_AS_DURATION = BeforeValidator(_string_of("a duration", "'15 s'"))
-KpiWindow = Annotated[str, _AS_DURATION, AfterValidator(_kpi_window)]
-KpiPeriod = Annotated[str, _AS_DURATION, AfterValidator(_kpi_period)]
+KpiWindow = Annotated[KpiLengthField, AfterValidator(_kpi_window)]
+KpiPeriod = Annotated[KpiLengthField, AfterValidator(_kpi_period)]
 ClockTime = Annotated[
     str, BeforeValidator(_string_of("a time of day", "'07:00'")), AfterValidator(_clock)
 ]

@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.unit_fields import DeviceDurationField, DurationField, SizeField
-from agent.units import Duration, Size, duration_within, parse_duration, parse_size
+from agent.units import (
+    Duration,
+    KpiDuration,
+    Size,
+    duration_within,
+    parse_duration,
+    parse_kpi_length,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +98,11 @@ def test_fields_hold_values_and_dump_their_text() -> None:
 def test_fields_word_a_wrong_value(model: type[BaseModel], data: object, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         model.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "unit"), [("15 min", 15, "min"), (" 1  mo ", 1, "mo"), ("24 h", 24, "h")]
+)
+def test_kpi_length_keeps_its_duration_and_text(text: str, count: int, unit: str) -> None:
+    length = parse_kpi_length(text)
+    assert (length.duration, length.text, str(length)) == (KpiDuration(count, unit), text, text)
