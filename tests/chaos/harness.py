@@ -39,10 +39,12 @@ stamped with any slot ``s`` the rule allows (:func:`polls_of`):
   came after the previous poll ended;
 - ``s > r − 2 × interval + EARLY`` (one slot before the one ``r`` falls in, at most) when it
   polled on an open connection: it woke less than an interval after its slot, and its first
-  request reached the meter less than an interval after it woke. The first poll after the
-  meters started, after an agent's restart (a SIGKILL the test names) or after a pause of two
-  intervals or more (a restart or reconnect the test does not name) connects first, which
-  takes what it takes: only the two bounds above and the restart (``s`` after it) hold for it.
+  request reached the meter less than an interval after it woke. The first poll after an
+  agent's restart (a SIGKILL the test names) or after a pause of two intervals or more (a
+  restart or reconnect the test does not name) connects first, which takes what it takes:
+  only the two bounds above hold for it (for the very first poll: ``s`` after the meters
+  started). A SIGKILL also ends the poll it cut short; a request of the killed agent may
+  reach the meter just after the kill, and counts as a poll of its own.
 
 Under load a poll may start, or its requests arrive, more than ``interval − EARLY`` after its
 slot and still carry that slot, so a request is not simply mapped to the slot it falls in. The
@@ -628,24 +630,24 @@ def polls_of(device: str, points: Sequence[str], requests: Sequence[float], inte
     docstring's.
     """
     early = EARLY_S * 1000
-    starts = sorted(t * 1000 for t in (since, *restarts))
+    kills = [k * 1000 for k in restarts]
     out: list[Poll] = []
     previous_last: float | None = None
     for burst in group_polls(requests, interval_ms, per_poll=per_poll, restarts=restarts):
         first, last = burst[0] * 1000, burst[-1] * 1000
-        # a run's first slot lies after the agent started
-        started = [t for t in starts if t < first and (previous_last is None or t > previous_last)]
-        lo = started[-1] if started else -math.inf
-        if previous_last is not None:
+        if previous_last is None:
+            lo = since * 1000  # no agent polled before the meters started
+        else:
             # the scheduler's next slot lies after the moment the previous poll ended
-            lo = max(lo, previous_last - early)
-            if not started and first - previous_last < 2 * interval_ms:
+            lo = previous_last - early
+            restarted = any(previous_last < k < first for k in kills)
+            if not restarted and first - previous_last < 2 * interval_ms:
                 # on an open connection: the poll started less than an interval after its
                 # slot (else it is stamped with the slot it is taken in) and its first request
                 # reached the meter less than an interval after that
                 lo = max(lo, first - 2 * interval_ms + early)
         hi = math.floor((first + early) / interval_ms) * interval_ms
-        lowest = (math.floor(lo / interval_ms) + 1) * interval_ms if lo > -math.inf else hi
+        lowest = (math.floor(lo / interval_ms) + 1) * interval_ms
         out.append(Poll(device, tuple(points), hi, tuple(range(lowest, hi + 1, interval_ms))))
         previous_last = last
     return out

@@ -111,6 +111,18 @@ def test_the_first_poll_after_a_restart_may_connect_for_longer_than_an_interval(
     assert times(result.lost) == {5}
 
 
+def test_a_poll_cut_by_a_kill_is_lost_in_its_window_even_if_a_request_came_after() -> None:
+    """The agent was killed 5 ms into slot 12's poll; the meter saw its second request 5 ms
+    after the kill. Started again, it polls from slot 30 (its first poll connecting)."""
+    killed_at = (slot(12) + 5) / 1000
+    requests = [*on_time(range(12)), *poll(12, 3, spread_ms=7), *poll(30, 150),
+                *on_time(range(32, 36))]
+    result = ledger(requests, stored([*range(10), 30, *range(32, 36)]), kills=[killed_at],
+                    flush_interval=0.02)
+    result.assert_exact()
+    assert times(result.lost) == {10, 11, 12}
+
+
 def test_a_poll_that_was_not_stored_is_lost() -> None:
     result = ledger(on_time(range(10)), stored([k for k in range(10) if k != 6]))
     assert times(result.unexplained) == {6}
