@@ -88,19 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _modbus_target_args(p)
     p.add_argument("--unit", type=int, default=1, help="Modbus unit (slave) id (default 1)")
-    p.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
-                   default="holding", help="register table (default holding)")
-    p.add_argument("--address", default="0", metavar="A",
-                   help="first address, 0-based protocol address, decimal or 0x hex (default 0)")
+    _modbus_read_args(
+        p, address="first address, 0-based protocol address, decimal or 0x hex (default 0)",
+        timeout="1 s", timeout_help="per request, e.g. '1 s', '500 ms'")
     p.add_argument("--count", type=int, default=10, metavar="C",
                    help="registers (or bits) to read; read in chunks of at most 125 (default 10)")
     p.add_argument("--scale", type=float, default=1.0, metavar="S",
                    help="multiply decoded values by S, e.g. 0.1 (default 1)")
-    p.add_argument("--timeout", default="1 s", help="per request, e.g. '1 s', '500 ms'")
     p.add_argument("--f64", action="store_true",
                    help="also show 4-register windows as f64")
-    p.add_argument("--format", choices=["text", "json"], default="text",
-                   help="text for a terminal (default), json for machines")
 
     p = sub.add_parser("scan", help="find which Modbus unit ids answer on a bus",
                        description="Try each unit id with a one-register read. A unit that\n"
@@ -115,13 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     _modbus_target_args(p)
     p.add_argument("--units", default="1-247", metavar="IDS",
                    help="unit ids to try, e.g. 1-247 or 1,3,10-12 (default 1-247)")
-    p.add_argument("--address", default="0", metavar="A",
-                   help="register to read, decimal or 0x hex (default 0)")
-    p.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
-                   default="holding", help="register table (default holding)")
-    p.add_argument("--timeout", default="0.2 s", help="per unit id (default '0.2 s')")
-    p.add_argument("--format", choices=["text", "json"], default="text",
-                   help="text for a terminal (default), json for machines")
+    _modbus_read_args(p, address="register to read, decimal or 0x hex (default 0)",
+                      timeout="0.2 s", timeout_help="per unit id (default '0.2 s')")
 
     p = sub.add_parser("simulate", help="serve a simulated Modbus device from a profile",
                        description="Serve a simulated device whose values move plausibly "
@@ -209,6 +200,17 @@ def _modbus_target_args(p: argparse.ArgumentParser) -> None:
                    help="serial only (default 1)")
     p.add_argument("--bytesize", type=int, choices=[7, 8], default=8,
                    help="serial only (default 8)")
+
+
+def _modbus_read_args(p: argparse.ArgumentParser, *, address: str, timeout: str,
+                      timeout_help: str) -> None:
+    """What ``probe`` and ``scan`` both take: where to read, how long to wait, how to print."""
+    p.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
+                   default="holding", help="register table (default holding)")
+    p.add_argument("--address", default="0", metavar="A", help=address)
+    p.add_argument("--timeout", default=timeout, help=timeout_help)
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text for a terminal (default), json for machines")
 
 
 def _load(path: Path, *, require_uplink: bool = True, check_sources: bool = True) -> AgentConfig:

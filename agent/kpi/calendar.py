@@ -29,8 +29,8 @@ _COUNT_CACHE_LIMIT = 4096
 class _Day:
     """One local date: ``[start, end)`` in epoch seconds, cut into constant-offset segments."""
 
-    start: int
-    end: int
+    start: int  # the local midnight, epoch seconds
+    end: int  # the next local midnight
     segments: tuple[tuple[int, int, int], ...]  # (from, to, utc offset), epoch seconds
 
 
