@@ -235,7 +235,9 @@ def test_a_second_agent_on_the_same_data_dir_is_refused(
             f"ssc-agent: data_dir {data} is in use by another agent (pid {first.proc.pid}); "
             "stop it, or give this one its own data_dir"], tail(second)
         assert not second.events("agent_started")
-        assert first.alive and fleet.request_count() > requests_before
+        # the first agent goes on polling (its next slot may be up to an interval away)
+        assert wait_until(lambda: fleet.request_count() > requests_before, 5), tail(first)
+        assert first.alive, tail(first)
         wait_for_seq(receiver, 1)
         stop(first, receiver, data)
         # SIGKILL releases the lock: the next agent starts
