@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,26 +143,35 @@ async def run_agent(
     install_signal_handlers: bool = True,
 ) -> None:
     """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
-    gateway = _build_runtime(config, clock, monotonic)
-    if on_start is not None:
-        on_start(gateway.runtime)
     stop = stop or asyncio.Event()
+    # The handlers come first: a SIGTERM while the agent starts (a service stopped during a
+    # slow start) is a clean stop once it runs, not the default death of the process.
+    with _stop_on_signals(stop) if install_signal_handlers else contextlib.nullcontext():
+        gateway = _build_runtime(config, clock, monotonic)
+        if on_start is not None:
+            on_start(gateway.runtime)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = _start_tasks(tg, gateway)
+                await stop.wait()
+                log.info("agent_stopping")
+                await _wind_down(gateway, tasks)
+        finally:
+            await gateway.context.close()
+            _release(gateway)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` while the block runs."""
     loop = asyncio.get_running_loop()
-    if install_signal_handlers:
-        for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop.set)
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
     try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = _start_tasks(tg, gateway)
-            await stop.wait()
-            log.info("agent_stopping")
-            await _wind_down(gateway, tasks)
+        yield
     finally:
-        await gateway.context.close()
-        if install_signal_handlers:
-            for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
-        _release(gateway)
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from agent.gateway.supervisor import _cancel_all
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _drops_one_cancellation(stopped: list[str]) -> None:
@@ -49,3 +55,33 @@ async def test_pollers_that_stop_at_once_are_cancelled_once() -> None:
         await _cancel_all(tasks, every=0.05)
     assert stopped == ["plain"] * 3
     assert logs == []
+
+
+_SIGTERM_AT_START = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from agent.config import load_config
+from agent.gateway.supervisor import run_agent
+
+config = load_config(Path(sys.argv[1]))
+# SIGTERM the moment the runtime is built, before any task runs: the earliest a service
+# manager's stop can land once the agent has said it started.
+asyncio.run(run_agent(config, on_start=lambda _: os.kill(os.getpid(), signal.SIGTERM)))
+print("stopped cleanly")
+"""
+
+
+def test_a_sigterm_as_the_agent_starts_is_a_clean_stop(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens: the device is down, the broker unreachable
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[gateway]\nid = "gw-term"\ndata_dir = "{tmp_path / "data"}"\nshutdown_timeout = "1 s"\n\n'
+        f'[uplink]\nbroker = "mqtt://127.0.0.1:{closed}"\n\n'
+        f'[[devices]]\nname = "m1"\ndriver = "modbus"\n'
+        f'endpoint = "tcp://127.0.0.1:{closed}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n')
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_AT_START, str(config)],
+                          check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = done.stdout + done.stderr  # structlog's default, unconfigured, prints to stdout
+    assert done.returncode == 0, out[-3000:]
+    assert "agent_stopping" in out, out[-3000:]
+    assert done.stdout.rstrip().endswith("stopped cleanly"), out[-3000:]
