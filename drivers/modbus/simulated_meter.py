@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -234,43 +234,51 @@ class SimulatedMeter:
 
     def sim_device(self, unit: int, t: float, action: SimAction | None = None) -> SimDevice:
         """The pymodbus ``SimDevice`` serving this meter as ``unit``, registers as at ``t``."""
-        from pymodbus.simulator import DataType, SimData, SimDevice
-
         registers = self.registers_at(t)
-        blocks: dict[Table, list[SimData]] = {}
-        for table in Table:
-            runs = self.defined.get(table, [])
-            table_regs = registers.get(table, {})
-            if table in BIT_TABLES:
-                entries = [
-                    SimData(
-                        first,
-                        values=[bool(table_regs[a]) for a in range(first, last + 1)],
-                        datatype=DataType.BITS,
-                    )
-                    for first, last in runs
-                ]
-                # pymodbus needs every block non-empty; 16 spare bits at the very top.
-                blocks[table] = entries or [
-                    SimData(65520, values=[False] * 16, datatype=DataType.BITS)
-                ]
-            else:
-                entries = [
-                    SimData(
-                        first,
-                        values=[table_regs[a] for a in range(first, last + 1)],
-                        datatype=DataType.REGISTERS,
-                    )
-                    for first, last in runs
-                ]
-                blocks[table] = entries or [SimData(0, datatype=DataType.INVALID)]
-        return SimDevice(
-            id=unit,
-            action=action,
-            simdata=(
-                blocks[Table.COIL],
-                blocks[Table.DISCRETE],
-                blocks[Table.HOLDING],
-                blocks[Table.INPUT],
-            ),
+        return sim_device(
+            unit,
+            lambda table: self.defined.get(table, []),
+            lambda table, address: registers[table][address],
+            action,
         )
+
+
+def sim_device(
+    unit: int,
+    runs: Callable[[Table], Sequence[tuple[int, int]]],
+    value: Callable[[Table, int], int],
+    action: SimAction | None = None,
+) -> SimDevice:
+    """A pymodbus ``SimDevice`` answering for the address ``runs`` of each table (inclusive
+    ``(first, last)`` pairs), each address holding ``value(table, address)``."""
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    blocks: dict[Table, list[SimData]] = {}
+    for table in Table:
+        if table in BIT_TABLES:
+            entries = [
+                SimData(first, values=[bool(value(table, a)) for a in range(first, last + 1)],
+                        datatype=DataType.BITS)
+                for first, last in runs(table)
+            ]
+            # pymodbus needs every block non-empty; 16 spare bits at the very top.
+            blocks[table] = entries or [
+                SimData(65520, values=[False] * 16, datatype=DataType.BITS)
+            ]
+        else:
+            entries = [
+                SimData(first, values=[value(table, a) for a in range(first, last + 1)],
+                        datatype=DataType.REGISTERS)
+                for first, last in runs(table)
+            ]
+            blocks[table] = entries or [SimData(0, datatype=DataType.INVALID)]
+    return SimDevice(
+        id=unit,
+        action=action,
+        simdata=(
+            blocks[Table.COIL],
+            blocks[Table.DISCRETE],
+            blocks[Table.HOLDING],
+            blocks[Table.INPUT],
+        ),
+    )

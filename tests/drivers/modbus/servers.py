@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from drivers.modbus.config import Table
+from drivers.modbus.simulated_meter import sim_device
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -381,43 +382,7 @@ class CountingServer:
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
 
     def _device(self) -> Any:
-        from pymodbus.simulator import DataType, SimData, SimDevice
-
-        blocks: dict[Table, list[SimData]] = {}
-        for table in Table:
-            runs = self.image.runs(table)
-            if table in (Table.COIL, Table.DISCRETE):
-                entries = [
-                    SimData(
-                        first,
-                        values=[bool(self.image.value(table, a)) for a in range(first, last + 1)],
-                        datatype=DataType.BITS,
-                    )
-                    for first, last in runs
-                ]
-                # pymodbus wants every table non-empty: 16 spare bits at the very top.
-                blocks[table] = entries or [
-                    SimData(65520, values=[False] * 16, datatype=DataType.BITS)
-                ]
-            else:
-                entries = [
-                    SimData(
-                        first,
-                        values=[self.image.value(table, a) for a in range(first, last + 1)],
-                        datatype=DataType.REGISTERS,
-                    )
-                    for first, last in runs
-                ]
-                blocks[table] = entries or [SimData(0, datatype=DataType.INVALID)]
-        return SimDevice(
-            id=self.unit,
-            simdata=(
-                blocks[Table.COIL],
-                blocks[Table.DISCRETE],
-                blocks[Table.HOLDING],
-                blocks[Table.INPUT],
-            ),
-        )
+        return sim_device(self.unit, self.image.runs, self.image.value)
 
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         fc = pdu.function_code & 0x7F
