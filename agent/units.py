@@ -53,16 +53,6 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def duration_within(text: str, low: str, high: str, why: str = "") -> float:
-    """``text`` parsed, if it lies in [``low``, ``high``]; ValueError naming the bound if not.
-
-    ``why`` says what breaks outside the range, e.g. "a publish needs a round trip".
-    """
-    duration = Duration.parse(text)
-    duration.check_within(Duration.parse(low), Duration.parse(high), why)
-    return duration.seconds
-
-
 def parse_size(text: str) -> int:
     """Parse ``"256 MiB"`` into bytes (> 0)."""
     number = _number_times_unit(text, _SIZE_UNITS, "a size", "256 MiB")

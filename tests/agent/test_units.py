@@ -12,7 +12,6 @@ from agent.units import (
     Duration,
     KpiDuration,
     Size,
-    duration_within,
     parse_duration,
     parse_kpi_length,
     parse_size,
@@ -48,8 +47,6 @@ def test_check_within_words_the_bound_as_written(
 ) -> None:
     with pytest.raises(ValueError, match="^" + message + "$"):
         Duration.parse(text).check_within(Duration.parse(low), Duration.parse(high), "why")
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        duration_within(text, low, high, "why")
 
 
 @given(
