@@ -144,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", default="ssc-receiver",
                    help="MQTT client id; its persistent session keeps batches while away")
     p.add_argument("--group", metavar="NAME", help="shared-subscription group to scale out")
+    p.add_argument("--create-session", action="store_true",
+                   help="subscribe once with --client-id's persistent session and exit: run at "
+                   "deploy time so the broker keeps batches published before the receiver "
+                   "first runs (docs/platform.md)")
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, metavar="FILE")
     p.add_argument("--ca-file", type=Path, metavar="FILE")
@@ -404,6 +408,12 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise ConfigError(f"--sink: {exc}") from None
     check_settings(settings)
+    if args.create_session:
+        from agent.platform.receiver import create_session
+
+        topics = asyncio.run(create_session(settings))
+        print(f"session {args.client_id!r} subscribed to {', '.join(topics)}")
+        return EXIT_OK
     # SIGTERM/SIGINT stop it cleanly (exit 0, a receiver_stopped line), as `run` does.
     asyncio.run(run_until_signalled(settings))
     return EXIT_OK

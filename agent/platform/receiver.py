@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import aiomqtt
 import structlog
 
 from agent.endpoints import BrokerAddress
-from agent.errors import ConfigError, WireFormatError
-from agent.mqtt import MqttSettings, subscribe
+from agent.errors import ConfigError, UplinkError, WireFormatError
+from agent.mqtt import MqttSettings, describe_mqtt_error, new_client, subscribe
 from agent.password_file import PasswordFileProblem, read_password_file
 from agent.platform.sink import SqliteSink, StoreOutcome
 from agent.wire import Batch, decode_batch, parse_topic
@@ -322,6 +323,27 @@ async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
     finally:
         if isinstance(messages, AsyncGenerator):
             await messages.aclose()
+
+
+async def create_session(settings: ReceiverSettings) -> list[str]:
+    """Subscribe once under the receiver's client id with a persistent session, then leave.
+
+    Run at deploy time, before any gateway publishes: from then on the broker queues every
+    batch for that session, so batches published before a receiver first runs are kept for it
+    (a broker keeps nothing for a subscription that does not exist yet). Returns the topic
+    filters subscribed; raises UplinkError (one line) when the broker cannot be reached.
+    """
+    topics = subscription_topics(settings.topic_prefix, settings.shared_group)
+    try:
+        async with new_client(settings.mqtt(), clean_session=False) as client:
+            for topic in topics:
+                await client.subscribe(topic, qos=1)
+    except aiomqtt.MqttError as exc:
+        raise UplinkError(f"--broker {settings.broker.url}: "
+                          f"{describe_mqtt_error(exc, settings.mqtt())}") from None
+    log.info("receiver_session_created", broker=settings.broker.url,
+             client_id=settings.client_id, topics=topics)
+    return topics
 
 
 def check_settings(settings: ReceiverSettings) -> None:
