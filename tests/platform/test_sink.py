@@ -1,4 +1,8 @@
-"""The receiver's SQLite sink: dedup, gaps, type fidelity, one transaction per batch."""
+"""The receiver's sinks: dedup, gaps, type fidelity, one transaction per batch.
+
+The ``sink`` fixture runs each test against SQLite and against PostgreSQL (a real server, see
+``tests/platform/conftest.py``): the two must store alike. ``sqlite_sink`` is for what only
+the SQLite file has (WAL, its query plans, files of earlier releases)."""
 
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ from agent.platform.sink import (
     SHIFT_EVENTS,
     SHIFT_READINGS,
     ClockStep,
+    SinkBase,
     SqliteSink,
     parse_clock_step,
     sink_path,
 )
+from agent.platform.sink.pg import PgSink
 from agent.readings import Quality, Reading
 from agent.wire import (
     INT64_MAX,
@@ -69,14 +75,25 @@ def _batch(seq: int, gw: str = "gw-1", *, created: int = 0, boot: int = 1,
 
 
 @pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SqliteSink]:
+def sqlite_sink(tmp_path: Path) -> Iterator[SqliteSink]:
     with SqliteSink.open(f"sqlite:///{tmp_path}/sink.db", clock=lambda: 1234.5) as s:
         yield s
 
 
-def _count(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SinkBase]:
+    """A sink of each kind (same clock); PostgreSQL in a fresh database."""
+    opened: SinkBase
+    if request.param == "sqlite":
+        opened = SqliteSink.open(f"sqlite:///{tmp_path}/sink.db", clock=lambda: 1234.5)
+    else:
+        opened = PgSink.open(request.getfixturevalue("pg_url"), clock=lambda: 1234.5)
+    with opened as s:
+        yield s
+
+
+def _count(sink: SinkBase, table: str) -> int:
+    return int(sink.select(f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 @pytest.mark.parametrize(
@@ -100,8 +117,8 @@ def test_sink_path_refuses(url: str) -> None:
         sink_path(url)
 
 
-def test_open_uses_wal(sink: SqliteSink) -> None:
-    with sqlite3.connect(sink.path) as conn:
+def test_open_uses_wal(sqlite_sink: SqliteSink) -> None:
+    with sqlite3.connect(sqlite_sink.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -110,7 +127,7 @@ def test_open_unwritable_place(tmp_path: Path) -> None:
         SqliteSink.open(tmp_path / "missing-dir" / "x.db")
 
 
-def test_store_keeps_readings_and_their_types(sink: SqliteSink) -> None:
+def test_store_keeps_readings_and_their_types(sink: SinkBase) -> None:
     batch = _batch(1)
     outcome = sink.store(batch)
     assert not outcome.duplicate
@@ -121,8 +138,12 @@ def test_store_keeps_readings_and_their_types(sink: SqliteSink) -> None:
     assert type(by_value[("voltage", 1000)]) is float  # 230.0 stays a float
     assert type(by_value[("count", 1000)]) is int
     assert by_value[("count", 1500)] is None
-    with sqlite3.connect(sink.path) as conn:
-        types = dict(conn.execute("SELECT pt || t, typeof(value) FROM readings"))
+    if isinstance(sink, SqliteSink):
+        types = dict(sink.select("SELECT pt || t, typeof(value) FROM readings"))
+    else:  # a double precision value, and the int as the gateway sent it beside it
+        types = dict(sink.select(
+            "SELECT pt || t, CASE WHEN value_int IS NOT NULL THEN 'integer' WHEN value IS NOT"
+            " NULL THEN 'real' ELSE 'null' END FROM readings"))
     assert types == {
         "voltage1000": "real",
         "voltage1500": "real",
@@ -131,25 +152,23 @@ def test_store_keeps_readings_and_their_types(sink: SqliteSink) -> None:
     }
 
 
-def test_store_batch_row_aggregates_events(sink: SqliteSink) -> None:
+def test_store_batch_row_aggregates_events(sink: SinkBase) -> None:
     sink.store(_batch(3))
-    with sqlite3.connect(sink.path) as conn:
-        row = conn.execute(
-            "SELECT gw, seq, boot, created, received, n_readings, n_aggregates FROM batches"
-        ).fetchone()
+    (row,) = sink.select(
+        "SELECT gw, seq, boot, created, received, n_readings, n_aggregates FROM batches")
     assert row == ("gw-1", 3, 1, 1_700_000_000_003, 1_234_500, 4, 1)
     assert sink.aggregates_for("gw-1") == list(_batch(3).aggregates)
     assert sink.events_for("gw-1") == list(_batch(3).events)
 
 
-def test_same_batch_twice_is_stored_once(sink: SqliteSink) -> None:
+def test_same_batch_twice_is_stored_once(sink: SinkBase) -> None:
     first = sink.store(_batch(1))
     second = sink.store(_batch(1))
     assert (first.duplicate, second.duplicate) == (False, True)
     assert not second.conflict
     assert sink.count_readings() == 4
     for table, n in [("batches", 1), ("readings", 4), ("aggregates", 1), ("events", 1)]:
-        assert _count(sink.path, table) == n, table
+        assert _count(sink, table) == n, table
 
 
 def test_dedup_survives_a_reopen(tmp_path: Path) -> None:
@@ -160,7 +179,7 @@ def test_dedup_survives_a_reopen(tmp_path: Path) -> None:
         assert sink.count_readings("gw-1") == 4
 
 
-def test_reused_seq_is_a_flagged_duplicate(sink: SqliteSink) -> None:
+def test_reused_seq_is_a_flagged_duplicate(sink: SinkBase) -> None:
     sink.store(_batch(1, created=5))
     outcome = sink.store(_batch(1, created=99, boot=1))  # data_dir wiped: seq restarted
     assert outcome.duplicate
@@ -197,14 +216,14 @@ GAP_SCENARIOS: dict[str, list[tuple[int, Gaps, list[int], Gaps]]] = {
 
 
 @pytest.mark.parametrize("name", GAP_SCENARIOS)
-def test_gap_tracking(sink: SqliteSink, name: str) -> None:
+def test_gap_tracking(sink: SinkBase, name: str) -> None:
     for seq, new_gaps, filled, open_gaps in GAP_SCENARIOS[name]:
         outcome = sink.store(_batch(seq))
         assert (outcome.new_gaps, outcome.filled) == (new_gaps, filled), f"seq {seq}"
         assert sink.gaps("gw-1") == open_gaps, f"after seq {seq}"
 
 
-def test_gaps_are_per_gateway(sink: SqliteSink) -> None:
+def test_gaps_are_per_gateway(sink: SinkBase) -> None:
     sink.store(_batch(1, "gw-a"))
     sink.store(_batch(7, "gw-b"))  # baseline of gw-b: no gap
     sink.store(_batch(3, "gw-a"))
@@ -217,25 +236,26 @@ _db_counter = itertools.count()
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrivals=st.lists(st.integers(1, 30), min_size=1, max_size=40))
-def test_gaps_are_exactly_the_missing_seqs(tmp_path: Path, arrivals: list[int]) -> None:
+def test_gaps_are_exactly_the_missing_seqs(sink: SinkBase, arrivals: list[int]) -> None:
     # Whatever order (and however often) batches arrive, the open gaps are the seqs between
-    # the first one seen and the highest one seen that never arrived.
-    with SqliteSink.open(tmp_path / f"p{next(_db_counter)}.db") as sink:
-        for seq in arrivals:
-            sink.store(_batch(seq))
-        baseline, top = arrivals[0], max(arrivals)
-        missing = set(range(baseline + 1, top + 1)) - set(arrivals)
-        in_gaps = {s for a, b in sink.gaps("gw-1") for s in range(a, b + 1)}
-        assert in_gaps == missing
-        assert sink.seqs("gw-1") == sorted(set(arrivals))
-        assert sink.count_readings() == 4 * len(set(arrivals))
+    # the first one seen and the highest one seen that never arrived. (A gateway per example:
+    # the sink is the test's.)
+    gw = f"gw-{next(_db_counter)}"
+    for seq in arrivals:
+        sink.store(_batch(seq, gw))
+    baseline, top = arrivals[0], max(arrivals)
+    missing = set(range(baseline + 1, top + 1)) - set(arrivals)
+    in_gaps = {s for a, b in sink.gaps(gw) for s in range(a, b + 1)}
+    assert in_gaps == missing
+    assert sink.seqs(gw) == sorted(set(arrivals))
+    assert sink.count_readings(gw) == 4 * len(set(arrivals))
 
 
-def test_a_failing_insert_leaves_nothing(sink: SqliteSink) -> None:
+def test_a_failing_insert_leaves_nothing(sink: SinkBase) -> None:
     sink.store(_batch(1))
     good = _batch(3)
-    # The second series fails (SQLite has no integer beyond 64 bits) after the batch row, the
-    # gap and the first series' rows went in: all of it must roll back.
+    # The second series fails (no integer beyond 64 bits in either database) after the batch
+    # row, the gap and the first series' rows went in: all of it must roll back.
     bad = Batch(
         good.gw,
         good.boot,
@@ -258,7 +278,7 @@ def test_a_failing_insert_leaves_nothing(sink: SqliteSink) -> None:
     assert sink.count_readings() == 8
 
 
-def test_a_failing_aggregate_leaves_nothing(sink: SqliteSink) -> None:
+def test_a_failing_aggregate_leaves_nothing(sink: SinkBase) -> None:
     batch = _batch(1)
     bad = Batch(
         batch.gw,
@@ -275,7 +295,7 @@ def test_a_failing_aggregate_leaves_nothing(sink: SqliteSink) -> None:
     assert sink.count_readings() == 0
 
 
-def test_status_last_one_wins(sink: SqliteSink) -> None:
+def test_status_last_one_wins(sink: SinkBase) -> None:
     online = Status("online", "gw-1", 2, 2000, "0.1.0")
     will = Status("offline", "gw-1", 2, 1000, "0.1.0")  # registered at connect: older t
     assert sink.store_status("gw-1", encode_status(online)) == online
@@ -285,7 +305,7 @@ def test_status_last_one_wins(sink: SqliteSink) -> None:
 
 
 def test_status_buffer_is_stored_and_kept_through_a_status_that_does_not_say(
-        sink: SqliteSink) -> None:
+        sink: SinkBase) -> None:
     assert sink.store_status("gw-1", encode_status(Status("online", "gw-1", 1, 500, "0.1.0")))
     assert sink.status_for("gw-1") == Status("online", "gw-1", 1, 500, "0.1.0")
     unwritable = BufferHealth("unwritable", since=1_000, reason="disk full", held_readings=7,
@@ -302,13 +322,13 @@ def test_status_buffer_is_stored_and_kept_through_a_status_that_does_not_say(
     assert sink.status_for("gw-1") == ok
 
 
-def test_status_for_another_gateway_is_refused(sink: SqliteSink) -> None:
+def test_status_for_another_gateway_is_refused(sink: SinkBase) -> None:
     with pytest.raises(WireFormatError, match="topic names gateway 'gw-2'"):
         sink.store_status("gw-2", encode_status(Status("online", "gw-1", 1, 1, "x")))
     assert sink.status_for("gw-2") is None
 
 
-def test_readings_for_other_gateways_are_apart(sink: SqliteSink) -> None:
+def test_readings_for_other_gateways_are_apart(sink: SinkBase) -> None:
     sink.store(_batch(1, "gw-a"))
     sink.store(_batch(1, "gw-b"))
     assert sink.count_readings() == 8
@@ -321,7 +341,7 @@ def test_readings_for_other_gateways_are_apart(sink: SqliteSink) -> None:
 # ------------------------------------------------------------------ store identity (``store``)
 
 
-def test_a_new_store_of_a_known_gateway_is_stored_not_dropped(sink: SqliteSink) -> None:
+def test_a_new_store_of_a_known_gateway_is_stored_not_dropped(sink: SinkBase) -> None:
     """A replaced SD card: the gateway starts again at seq 1 under a new store id."""
     for seq in (1, 2, 3):
         assert not sink.store(_batch(seq, store="old0000000000001")).duplicate
@@ -334,7 +354,7 @@ def test_a_new_store_of_a_known_gateway_is_stored_not_dropped(sink: SqliteSink) 
     assert sink.gaps("gw-1") == []  # the new store's first batch is its baseline
 
 
-def test_a_redelivered_batch_of_a_store_is_still_a_duplicate(sink: SqliteSink) -> None:
+def test_a_redelivered_batch_of_a_store_is_still_a_duplicate(sink: SinkBase) -> None:
     sink.store(_batch(1, store="s1"))
     again = sink.store(_batch(1, store="s1"))
     assert again.duplicate and not again.conflict
@@ -343,7 +363,7 @@ def test_a_redelivered_batch_of_a_store_is_still_a_duplicate(sink: SqliteSink) -
     assert sink.count_readings() == 4
 
 
-def test_batches_without_a_store_keep_their_own_series(sink: SqliteSink) -> None:
+def test_batches_without_a_store_keep_their_own_series(sink: SinkBase) -> None:
     sink.store(_batch(1))
     sink.store(_batch(1, store="s1"))  # not a duplicate of the store-less seq 1
     assert sink.store(_batch(1)).duplicate
@@ -351,7 +371,7 @@ def test_batches_without_a_store_keep_their_own_series(sink: SqliteSink) -> None
     assert sink.count_readings() == 8
 
 
-def test_gaps_are_per_store(sink: SqliteSink) -> None:
+def test_gaps_are_per_store(sink: SinkBase) -> None:
     sink.store(_batch(5, store="a"))
     sink.store(_batch(1, store="b"))
     sink.store(_batch(8, store="a"))
@@ -496,7 +516,7 @@ JUMP_SCENARIOS: dict[str, list[tuple[int, Gaps, bool]]] = {
 
 
 @pytest.mark.parametrize("name", JUMP_SCENARIOS)
-def test_seq_jumps(sink: SqliteSink, name: str) -> None:
+def test_seq_jumps(sink: SinkBase, name: str) -> None:
     for seq, new_gaps, jump in JUMP_SCENARIOS[name]:
         outcome = sink.store(_at(seq, "s"))
         assert not outcome.duplicate, seq
@@ -504,7 +524,7 @@ def test_seq_jumps(sink: SqliteSink, name: str) -> None:
         assert (outcome.jump is not None) == jump, seq
 
 
-def test_a_forged_top_seq_leaves_later_batches_tracked(sink: SqliteSink) -> None:
+def test_a_forged_top_seq_leaves_later_batches_tracked(sink: SinkBase) -> None:
     for seq in (1, 2):
         sink.store(_at(seq))
     assert sink.store(_at(INT64_MAX)).jump == (2, INT64_MAX)
@@ -520,22 +540,22 @@ def test_a_forged_top_seq_leaves_later_batches_tracked(sink: SqliteSink) -> None
 @given(arrivals=st.lists(
     st.one_of(st.integers(1, 40), st.integers(MAX_SEQ_JUMP + 41, INT64_MAX)), min_size=1,
     max_size=40))
-def test_gap_rows_stay_bounded_whatever_seqs_arrive(tmp_path: Path, arrivals: list[int]) -> None:
+def test_gap_rows_stay_bounded_whatever_seqs_arrive(sink: SinkBase, arrivals: list[int]) -> None:
     """Gaps never exceed one row per stored batch, and no new batch is a duplicate."""
-    with SqliteSink.open(tmp_path / f"j{next(_db_counter)}.db") as sink:
-        seen: set[int] = set()
-        for seq in arrivals:
-            assert sink.store(_at(seq)).duplicate == (seq in seen)
-            seen.add(seq)
-        gaps = sink.gaps("gw-1")
-        assert len(gaps) <= len(seen)
-        # a gap never holds a stored batch, and every small seq missing after a small
-        # baseline is in one (a confirmed jump may also open a gap up to itself)
-        assert not any(a <= seq <= b for seq in seen for a, b in gaps)
-        in_line = [s for s in seen if s <= 40]
-        if arrivals[0] <= 40:
-            missing = set(range(arrivals[0] + 1, max(in_line) + 1)) - seen
-            assert all(any(a <= m <= b for a, b in gaps) for m in missing)
+    store = f"s{next(_db_counter)}"  # a store per example: the sink is the test's
+    seen: set[int] = set()
+    for seq in arrivals:
+        assert sink.store(_at(seq, store)).duplicate == (seq in seen)
+        seen.add(seq)
+    gaps = sink.gaps("gw-1", store)
+    assert len(gaps) <= len(seen)
+    # a gap never holds a stored batch, and every small seq missing after a small
+    # baseline is in one (a confirmed jump may also open a gap up to itself)
+    assert not any(a <= seq <= b for seq in seen for a, b in gaps)
+    in_line = [s for s in seen if s <= 40]
+    if arrivals[0] <= 40:
+        missing = set(range(arrivals[0] + 1, max(in_line) + 1)) - seen
+        assert all(any(a <= m <= b for a, b in gaps) for m in missing)
 
 
 def test_the_clock_key_is_stored_per_batch(tmp_path: Path) -> None:
@@ -569,12 +589,11 @@ def _stepped(seq: int, *steps: tuple[int, ...], boot: int = 1, store: str | None
     return dataclasses.replace(batch, events=events)
 
 
-def _times(sink: SqliteSink, table: str) -> dict[tuple[str, int], list[int]]:
+def _times(sink: SinkBase, table: str) -> dict[tuple[str, int], list[int]]:
     """(store, seq) -> the stored times of that batch's rows in ``table``, sorted."""
     out: dict[tuple[str, int], list[int]] = {}
-    with sqlite3.connect(sink.path) as conn:
-        for store, seq, t in conn.execute(f"SELECT store, seq, t FROM {table} WHERE gw = 'gw-1'"):
-            out.setdefault((store, seq), []).append(t)
+    for store, seq, t in sink.select(f"SELECT store, seq, t FROM {table} WHERE gw = 'gw-1'"):
+        out.setdefault((store, int(seq)), []).append(int(t))
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -620,7 +639,7 @@ STEP_SCENARIOS: dict[str, tuple[list[tuple[int, int, str, tuple[tuple[int, ...],
 
 
 @pytest.mark.parametrize("name", STEP_SCENARIOS)
-def test_clock_steps_correct_the_batches_sealed_before_them(sink: SqliteSink, name: str) -> None:
+def test_clock_steps_correct_the_batches_sealed_before_them(sink: SinkBase, name: str) -> None:
     arrivals, shifts = STEP_SCENARIOS[name]
     sent: dict[tuple[str, int], Batch] = {}
     for seq, boot, store, steps in arrivals:
@@ -640,7 +659,7 @@ def test_clock_steps_correct_the_batches_sealed_before_them(sink: SqliteSink, na
     assert len(sink.clock_steps("gw-1")) == len(distinct)
 
 
-def test_a_step_reports_what_it_moved_once(sink: SqliteSink) -> None:
+def test_a_step_reports_what_it_moved_once(sink: SinkBase) -> None:
     for seq in (1, 2):
         assert sink.store(_batch(seq)).clock_shift_ms == 0
     outcome = sink.store(_stepped(3, (1, 3, S1)))
@@ -673,7 +692,7 @@ def test_parse_clock_step(msg: str, step: ClockStep | None) -> None:
     assert parse_clock_step(5, msg) == step
 
 
-def test_an_unreadable_clock_step_is_stored_and_moves_nothing(sink: SqliteSink) -> None:
+def test_an_unreadable_clock_step_is_stored_and_moves_nothing(sink: SinkBase) -> None:
     sink.store(_batch(1))
     batch = _batch(2)
     bad = {"t": 1, "kind": "clock_step", "dev": None, "msg": "step_ms=lots boot=1 before_seq=2"}
@@ -695,13 +714,13 @@ def test_an_unreadable_clock_step_is_stored_and_moves_nothing(sink: SqliteSink) 
                      " store=? AND boot=? AND before_seq>?)"]),
 ])
 def test_the_clock_step_correction_uses_indexes(
-    sink: SqliteSink, sql: str, lookups: list[str],
+    sqlite_sink: SqliteSink, sql: str, lookups: list[str],
 ) -> None:
     """Each statement finds its rows by the batch they belong to: a step costs the rows it
     moves, not a pass over the gateway's readings."""
     args: Any = ({"gw": "g", "store": "", "boot": 1, "from_seq": 1, "before_seq": 3,
                   "step_ms": 1} if ":" in sql else ("g", "", 1, 3, 3))
-    with sqlite3.connect(sink.path) as conn:
+    with sqlite3.connect(sqlite_sink.path) as conn:
         plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
     searches = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
     assert len(searches) == len(lookups), plan

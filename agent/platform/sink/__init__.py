@@ -38,6 +38,7 @@ batch: dedup, gaps, jumps, clock steps), ``rejected`` (set-aside messages), ``sq
 (:class:`SqliteSink`, the object the receiver writes through).
 """
 
+from agent.platform.sink.base import SinkBase
 from agent.platform.sink.ingest import (
     MAX_CLOCK_STEP_MS,
     MAX_SEQ_JUMP,
@@ -73,6 +74,7 @@ __all__ = [
     "AppliedStep",
     "ClockStep",
     "RejectedMessage",
+    "SinkBase",
     "SqliteSink",
     "StoreOutcome",
     "parse_clock_step",

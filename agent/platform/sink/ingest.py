@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.platform.sink.schema import immediate
+from agent.platform.sink.schema import SqlCursor, immediate
 from agent.wire import AGGREGATE_KEYS, INT64_MAX, Batch
 
 # Above anything a real gateway skips in one step (at most SEQ_RESERVE after losing its store
@@ -129,7 +129,7 @@ def _seq_runs(seqs: list[int], first: int, last: int) -> list[tuple[int, int]]:
     return holes
 
 
-def _gap_rows(cur: sqlite3.Cursor, gw: str, store: str, seq: int) -> StoreOutcome:
+def _gap_rows(cur: SqlCursor, gw: str, store: str, seq: int) -> StoreOutcome:
     """Update ``seq_gaps`` for a new (not duplicate) batch, flag it when it is a jump."""
     # The batch's own row is already in: the highest *other* seq in line is what came before.
     (highest,) = cur.execute(
@@ -201,7 +201,8 @@ def _gap_rows(cur: sqlite3.Cursor, gw: str, store: str, seq: int) -> StoreOutcom
     return StoreOutcome(duplicate=False, filled=[seq])
 
 
-def _reading_rows(batch: Batch, shift_ms: int) -> Iterator[tuple[Any, ...]]:
+def reading_rows(batch: Batch, shift_ms: int) -> Iterator[tuple[Any, ...]]:
+    """The batch's ``readings`` rows: gw, dev, pt, t, value, quality, unit, seq, store."""
     store = batch.store or ""
     for s in batch.series:
         t = s.t0 + shift_ms
@@ -210,7 +211,7 @@ def _reading_rows(batch: Batch, shift_ms: int) -> Iterator[tuple[Any, ...]]:
             yield (batch.gw, s.dev, s.pt, t, value, quality, s.unit, batch.seq, store)
 
 
-def _record_clock_steps(cur: sqlite3.Cursor, batch: Batch) -> tuple[list[AppliedStep], int]:
+def _record_clock_steps(cur: SqlCursor, batch: Batch) -> tuple[list[AppliedStep], int]:
     """Record the batch's clock_step events and move what they correct that is stored
     already; a step recorded before (the same event sent again) moves nothing twice."""
     applied: list[AppliedStep] = []
@@ -224,8 +225,8 @@ def _record_clock_steps(cur: sqlite3.Cursor, batch: Batch) -> tuple[list[Applied
             unreadable += 1
             continue
         cur.execute(
-            "INSERT OR IGNORE INTO clock_steps (gw, store, boot, before_seq, step_ms, t, seq,"
-            " from_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO clock_steps (gw, store, boot, before_seq, step_ms, t, seq,"
+            " from_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (batch.gw, store, step.boot, step.before_seq, step.step_ms, step.t, batch.seq,
              step.from_seq),
         )
@@ -242,7 +243,9 @@ def _record_clock_steps(cur: sqlite3.Cursor, batch: Batch) -> tuple[list[Applied
     return applied, unreadable
 
 
-def _aggregate_row(batch: Batch, a: dict[str, Any]) -> tuple[Any, ...]:
+def aggregate_row(batch: Batch, a: dict[str, Any]) -> tuple[Any, ...]:
+    """An ``aggregates`` row: gw, kpi, src, start, end, value, valid, n, expected, unit,
+    extras_json, seq, store."""
     extras = {k: v for k, v in a.items() if k not in AGGREGATE_KEYS}
     extras_json = json.dumps(extras, sort_keys=True, separators=(",", ":")) if extras else None
     return (
@@ -262,66 +265,86 @@ def _aggregate_row(batch: Batch, a: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def store_batch(conn: sqlite3.Connection, batch: Batch, received: int) -> StoreOutcome:
-    """Store a batch in one transaction; a duplicate ``(gw, store, seq)`` stores nothing.
-    ``received``: epoch ms, stamped on its ``batches`` row."""
+def begin_batch(cur: SqlCursor, batch: Batch, received: int) -> StoreOutcome:
+    """The batch's ``batches`` row, its gaps and jump flag, and the shift the clock steps of
+    its boot stored before it ask for (``clock_shift_ms``): the part of storing a batch both
+    sinks share. A duplicate ``(gw, store, seq)`` writes nothing (``duplicate=True``); else
+    the caller writes its rows (:func:`reading_rows`, :func:`aggregate_row`,
+    :func:`event_rows`) and then calls :func:`finish_batch`, in the same transaction."""
     store = batch.store or ""
-    with immediate(conn) as cur:
+    cur.execute(
+        "INSERT INTO batches (gw, store, seq, boot, created, received,"
+        " n_readings, n_aggregates, clock_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (
+            batch.gw,
+            store,
+            batch.seq,
+            batch.boot,
+            batch.created,
+            received,
+            batch.n_readings,
+            len(batch.aggregates),
+            # the optional body key `clock`: NULL when the gateway did not say
+            None if batch.clock is None else int(batch.clock["synced"]),
+        ),
+    )
+    if cur.rowcount == 0:
+        stored = cur.execute(
+            "SELECT boot, created FROM batches WHERE gw = ? AND store = ? AND seq = ?",
+            (batch.gw, store, batch.seq),
+        ).fetchone()
+        conflict = tuple(stored) != (batch.boot, batch.created)
+        return StoreOutcome(duplicate=True, conflict=conflict)
+    outcome = _gap_rows(cur, batch.gw, store, batch.seq)
+    # steps of this boot stored before this batch, sealed before them, arrived
+    (shift_ms,) = cur.execute(
+        PENDING_SHIFT, (batch.gw, store, batch.boot, batch.seq, batch.seq)).fetchone()
+    shift_ms = int(shift_ms)
+    if shift_ms:
         cur.execute(
-            "INSERT OR IGNORE INTO batches (gw, store, seq, boot, created, received,"
-            " n_readings, n_aggregates, clock_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                batch.gw,
-                store,
-                batch.seq,
-                batch.boot,
-                batch.created,
-                received,
-                batch.n_readings,
-                len(batch.aggregates),
-                # the optional body key `clock`: NULL when the gateway did not say
-                None if batch.clock is None else int(batch.clock["synced"]),
-            ),
-        )
-        if cur.rowcount == 0:
-            stored = cur.execute(
-                "SELECT boot, created FROM batches WHERE gw = ? AND store = ? AND seq = ?",
-                (batch.gw, store, batch.seq),
-            ).fetchone()
+            "UPDATE batches SET clock_shift_ms = ? WHERE gw = ? AND store = ?"
+            " AND seq = ?", (shift_ms, batch.gw, store, batch.seq))
+    return replace(outcome, clock_shift_ms=shift_ms)
+
+
+def finish_batch(cur: SqlCursor, batch: Batch, outcome: StoreOutcome) -> StoreOutcome:
+    """After the batch's own rows: record its clock steps (a step naming a before_seq above
+    its own seq, not what the agent sends but what the rule says, moves this batch too)."""
+    applied, unreadable = _record_clock_steps(cur, batch)
+    return replace(outcome, clock_steps=applied, unreadable_clock_steps=unreadable)
+
+
+def event_rows(batch: Batch, shift_ms: int) -> list[tuple[Any, ...]]:
+    """The batch's ``events`` rows: gw, t, kind, dev, msg, seq, store."""
+    store = batch.store or ""
+    return [(batch.gw, e["t"] + shift_ms, e["kind"], e["dev"], e["msg"], batch.seq, store)
+            for e in batch.events]
+
+
+def store_batch(conn: sqlite3.Connection, batch: Batch, received: int) -> StoreOutcome:
+    """Store a batch in one SQLite transaction; a duplicate ``(gw, store, seq)`` stores
+    nothing. ``received``: epoch ms, stamped on its ``batches`` row."""
+    with immediate(conn) as cur:
+        outcome = begin_batch(cur, batch, received)
+        if outcome.duplicate:
             cur.execute("ROLLBACK")
-            conflict = tuple(stored) != (batch.boot, batch.created)
-            return StoreOutcome(duplicate=True, conflict=conflict)
-        outcome = _gap_rows(cur, batch.gw, store, batch.seq)
-        # steps of this boot stored before this batch, sealed before them, arrived
-        (shift_ms,) = cur.execute(
-            PENDING_SHIFT, (batch.gw, store, batch.boot, batch.seq, batch.seq)).fetchone()
-        shift_ms = int(shift_ms)
-        if shift_ms:
-            cur.execute(
-                "UPDATE batches SET clock_shift_ms = ? WHERE gw = ? AND store = ?"
-                " AND seq = ?", (shift_ms, batch.gw, store, batch.seq))
+            return outcome
+        shift_ms = outcome.clock_shift_ms
         cur.executemany(
             "INSERT INTO readings (gw, dev, pt, t, value, quality, unit, seq, store)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _reading_rows(batch, shift_ms),
+            reading_rows(batch, shift_ms),
         )
         cur.executemany(
             'INSERT INTO aggregates (gw, kpi, src, "start", "end", value, valid, n,'
             " expected, unit, extras_json, seq, store)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_aggregate_row(batch, a) for a in batch.aggregates],
+            [aggregate_row(batch, a) for a in batch.aggregates],
         )
         cur.executemany(
             "INSERT INTO events (gw, t, kind, dev, msg, seq, store)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (batch.gw, e["t"] + shift_ms, e["kind"], e["dev"], e["msg"], batch.seq,
-                 store)
-                for e in batch.events
-            ],
+            event_rows(batch, shift_ms),
         )
-        # after this batch's own rows: a step naming a before_seq above its own seq
-        # (not what the agent sends, but what the rule says) moves this batch too
-        applied, unreadable = _record_clock_steps(cur, batch)
-    return replace(outcome, clock_shift_ms=shift_ms, clock_steps=applied,
-                   unreadable_clock_steps=unreadable)
+        return finish_batch(cur, batch, outcome)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from agent.platform.sink.schema import immediate
+from agent.platform.sink.schema import SqlCursor
 
 REJECTED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS rejected (
@@ -51,41 +50,22 @@ def _cut(text: str) -> str:
     return text if len(text) <= REJECTED_TEXT_CHARS else text[: REJECTED_TEXT_CHARS - 1] + "…"
 
 
-def set_aside(conn: sqlite3.Connection, gw: str | None, topic: str, kind: str, reason: str, *,
-              payload: bytes, received: int) -> None:
-    """Keep a message that cannot be stored (cut to ``REJECTED_KEEP_BYTES``) and count it;
-    only the most recent ``REJECTED_KEEP_ROWS`` are kept, the counts for good."""
-    with immediate(conn) as cur:
-        cur.execute(
-            "INSERT INTO rejected (gw, topic, received, kind, reason, size, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (gw, _cut(topic), received, kind, _cut(reason), len(payload),
-             bytes(payload[:REJECTED_KEEP_BYTES])),
-        )
-        cur.execute(
-            "DELETE FROM rejected WHERE id <= ?", ((cur.lastrowid or 0) - REJECTED_KEEP_ROWS,)
-        )
-        cur.execute(
-            "INSERT INTO rejected_totals (gw, kind, n, bytes, last_received)"
-            " VALUES (?, ?, 1, ?, ?) ON CONFLICT (gw, kind) DO UPDATE SET n = n + 1,"
-            " bytes = bytes + excluded.bytes, last_received = excluded.last_received",
-            (gw or "", kind, len(payload), received),
-        )
-
-
-def rejected_rows(conn: sqlite3.Connection, gw: str | None, limit: int) -> list[RejectedMessage]:
-    """The most recent messages set aside (of one gateway, or all), newest first."""
-    where, args = ("WHERE gw = ?", (gw,)) if gw is not None else ("", ())
-    rows = conn.execute(
-        "SELECT gw, topic, received, kind, reason, size, payload FROM rejected"
-        f" {where} ORDER BY id DESC LIMIT ?",
-        (*args, limit),
+def record_set_aside(cur: SqlCursor, gw: str | None, topic: str, kind: str, reason: str, *,
+                     payload: bytes, received: int) -> None:
+    """Keep a message that cannot be stored (cut to ``REJECTED_KEEP_BYTES``) and count it,
+    in the caller's transaction; only the most recent ``REJECTED_KEEP_ROWS`` are kept, the
+    counts for good."""
+    (row_id,) = cur.execute(
+        "INSERT INTO rejected (gw, topic, received, kind, reason, size, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (gw, _cut(topic), received, kind, _cut(reason), len(payload),
+         bytes(payload[:REJECTED_KEEP_BYTES])),
+    ).fetchone()
+    cur.execute("DELETE FROM rejected WHERE id <= ?", (int(row_id) - REJECTED_KEEP_ROWS,))
+    cur.execute(
+        "INSERT INTO rejected_totals (gw, kind, n, bytes, last_received)"
+        " VALUES (?, ?, 1, ?, ?) ON CONFLICT (gw, kind) DO UPDATE SET"
+        " n = rejected_totals.n + 1, bytes = rejected_totals.bytes + excluded.bytes,"
+        " last_received = excluded.last_received",
+        (gw or "", kind, len(payload), received),
     )
-    return [RejectedMessage(*row) for row in rows]
-
-
-def rejected_totals(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    """How many messages were set aside, per (gateway, kind); gateway '' when the topic
-    named none."""
-    rows = conn.execute("SELECT gw, kind, n FROM rejected_totals")
-    return {(str(g), str(k)): int(n) for g, k, n in rows}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, Protocol, Self
 
 from agent.errors import ConfigError
 
@@ -124,6 +125,22 @@ _REKEYED = {
     "batches": "gw, '', seq, boot, created, received, n_readings, n_aggregates, 0, NULL, 0",
     "seq_gaps": 'gw, \'\', "first", "last"',
 }
+
+
+class SqlCursor(Protocol):
+    """What the logic both sinks share writes through: an ``sqlite3.Cursor``, or the
+    PostgreSQL sink's cursor, which takes the same SQL (``?`` and ``:name`` placeholders)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Any = (), /) -> Self: ...
+
+    def executemany(self, sql: str, params: Iterable[Any], /) -> Self: ...
+
+    def fetchone(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 @contextlib.contextmanager
