@@ -137,13 +137,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("receive", help="the central platform side: store batches in SQLite",
                        description="Subscribe to every gateway's batches, decode them, drop "
                        "duplicates by (gw, seq), report seq gaps and store readings.")
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://…")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://…")
+    source.add_argument("--source", metavar="URLS",
+                        help="nats://HOST:PORT[,nats://HOST:PORT…]: read the gateways' MQTT "
+                        "batches from a NATS cluster through a durable JetStream consumer "
+                        "(named by --group, default ssc-receiver; docs/platform.md)")
     p.add_argument("--sink", required=True, metavar="URL",
                    help="sqlite:///relative.db or sqlite:////absolute/path.db")
     p.add_argument("--topic-prefix", default="ssc/v1", help="default ssc/v1")
     p.add_argument("--client-id", default="ssc-receiver",
                    help="MQTT client id; its persistent session keeps batches while away")
-    p.add_argument("--group", metavar="NAME", help="shared-subscription group to scale out")
+    p.add_argument("--group", metavar="NAME", help="shared-subscription group to scale out "
+                   "(with --source: the durable consumer the receivers share)")
     p.add_argument("--create-session", action="store_true",
                    help="subscribe once with --client-id's persistent session and exit: run at "
                    "deploy time so the broker keeps batches published before the receiver "
@@ -373,6 +379,14 @@ def _receive_args_problems(args: argparse.Namespace) -> list[str]:
                                    or printable_problem(args.group) is not None):
         problems.append(f"--group: {args.group!r}: a shared-subscription group is one topic "
                         "level: no '/', '+' or '#', not empty")
+    if args.source is not None:
+        # NATS names: a durable consumer has no . * > or blanks; MQTT '/' becomes '.'
+        if args.group is not None and any(c in args.group for c in ".*> \t"):
+            problems.append(f"--group: {args.group[:64]!r}: with --source it names a JetStream "
+                            "consumer: no '.', '*', '>' or blanks")
+        if "." in args.topic_prefix:
+            problems.append(f"--topic-prefix: {args.topic_prefix[:64]!r}: with --source no '.' "
+                            "(NATS maps MQTT topic levels to subject tokens split by '.')")
     return problems
 
 
@@ -386,13 +400,21 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     configure_logging(args.log_level or "info", json=args.log_json)
+    from agent.platform.jetstream import parse_source
+
     try:
-        broker = parse_broker_url(args.broker)
+        broker = parse_broker_url(args.broker) if args.broker is not None else None
     except ValueError as exc:
         _err(f"--broker: {exc}")
         return EXIT_USAGE
+    try:
+        servers = parse_source(args.source) if args.source is not None else ()
+    except ValueError as exc:
+        _err(f"--source: {exc}")
+        return EXIT_USAGE
     settings = ReceiverSettings(
         broker=broker,
+        nats_servers=servers,
         sink_url=args.sink,
         topic_prefix=args.topic_prefix,
         client_id=args.client_id,

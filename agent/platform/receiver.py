@@ -26,6 +26,7 @@ from agent.endpoints import BrokerAddress
 from agent.errors import ConfigError, UplinkError, WireFormatError
 from agent.mqtt import MqttSettings, describe_mqtt_error, new_client, subscribe
 from agent.password_file import PasswordFileProblem, read_password_file
+from agent.platform.jetstream import DEFAULT_CONSUMER, JetStreamSource
 from agent.platform.sink import SqliteSink, StoreOutcome
 from agent.wire import Batch, decode_batch, parse_topic
 
@@ -50,7 +51,7 @@ class ReceiverSettings:
     broker disconnects a client when another one connects with the same id.
     """
 
-    broker: BrokerAddress
+    broker: BrokerAddress | None  # None: read from the NATS cluster ``nats_servers``
     sink_url: str
     topic_prefix: str = "ssc/v1"
     client_id: str = "ssc-receiver"
@@ -60,11 +61,28 @@ class ReceiverSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     shared_group: str | None = None
+    # ``--source``: the NATS servers; receivers of one ``shared_group`` share one durable
+    # consumer named after it (docs/platform.md §3)
+    nats_servers: tuple[str, ...] = ()
 
     def mqtt(self) -> MqttSettings:
         """The broker connection these settings name."""
+        assert self.broker is not None, "settings for a NATS source have no MQTT broker"
         shared = {name: getattr(self, name) for name in _CONNECTION_FIELDS}
         return MqttSettings(address=self.broker, **shared)
+
+    def jetstream(self) -> JetStreamSource:
+        """The JetStream consumer these settings name (``nats_servers`` set)."""
+        return JetStreamSource(
+            servers=self.nats_servers, consumer=self.shared_group or DEFAULT_CONSUMER,
+            topic_prefix=self.topic_prefix, username=self.username,
+            password_file=self.password_file, ca_file=self.ca_file, cert_file=self.cert_file,
+            key_file=self.key_file)
+
+    @property
+    def source_url(self) -> str:
+        """Where messages come from, for logs and errors."""
+        return self.broker.url if self.broker is not None else ",".join(self.nats_servers)
 
 
 @dataclass
@@ -314,6 +332,11 @@ class MessageHandler:
 
 
 async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
+    if settings.broker is None:
+        from agent.platform.jetstream import consume
+
+        await consume(settings.jetstream(), handler)
+        return
     topics = subscription_topics(settings.topic_prefix, settings.shared_group)
     # Persistent session: the broker queues batches for us while we are away.
     messages = subscribe(settings.mqtt(), topics, clean_session=False)
@@ -330,9 +353,14 @@ async def create_session(settings: ReceiverSettings) -> list[str]:
 
     Run at deploy time, before any gateway publishes: from then on the broker queues every
     batch for that session, so batches published before a receiver first runs are kept for it
-    (a broker keeps nothing for a subscription that does not exist yet). Returns the topic
-    filters subscribed; raises UplinkError (one line) when the broker cannot be reached.
+    (a broker keeps nothing for a subscription that does not exist yet); on NATS, the durable
+    consumer. Returns the topic filters (the consumer's subject); raises UplinkError (one
+    line) when the broker cannot be reached.
     """
+    if settings.broker is None:
+        from agent.platform.jetstream import create_consumer
+
+        return [await create_consumer(settings.jetstream())]
     topics = subscription_topics(settings.topic_prefix, settings.shared_group)
     try:
         async with new_client(settings.mqtt(), clean_session=False) as client:
@@ -341,7 +369,7 @@ async def create_session(settings: ReceiverSettings) -> list[str]:
     except aiomqtt.MqttError as exc:
         raise UplinkError(f"--broker {settings.broker.url}: "
                           f"{describe_mqtt_error(exc, settings.mqtt())}") from None
-    log.info("receiver_session_created", broker=settings.broker.url,
+    log.info("receiver_session_created", broker=settings.source_url,
              client_id=settings.client_id, topics=topics)
     return topics
 
@@ -377,7 +405,8 @@ def check_settings(settings: ReceiverSettings) -> None:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             problems.append(f"--cert-file {settings.cert_file}: cannot load the client "
                             f"certificate (and --key-file {settings.key_file}): {why}")
-    if (settings.ca_file or settings.cert_file) and not settings.broker.tls:
+    if (settings.ca_file or settings.cert_file) and settings.broker is not None and not (
+            settings.broker.tls):
         problems.append(f"--broker {settings.broker.url}: TLS files given, but the URL is "
                         "mqtt:// (plain TCP); write mqtts://")
     if problems:
@@ -397,7 +426,7 @@ async def run_receiver(
     handler = MessageHandler(sink, settings.topic_prefix, stats or ReceiverStats(), on_batch)
     log.info(
         "receiver_started",
-        broker=settings.broker.url,
+        broker=settings.source_url,
         sink=str(sink.path),
         prefix=settings.topic_prefix,
         group=settings.shared_group,

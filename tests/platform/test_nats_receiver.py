@@ -1,0 +1,128 @@
+"""Receivers on a real 3-node NATS cluster (MQTT + JetStream): gateways' QoS 1 batches published
+over MQTT to any node are read through one durable JetStream consumer the receivers share."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from agent.platform.jetstream import STREAM, consumer_subject, parse_source, topic_of
+from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receiver
+from agent.platform.sink import SqliteSink
+from agent.wire import encode_batch
+from tests.nats_cluster import NatsCluster
+from tests.platform.test_receiver import PREFIX, _batch
+from tests.waiting import wait_until_async
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    nodes = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+async def _publish(port: int, gw: str, seqs: range) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{gw}") as client:
+        for seq in seqs:
+            await client.publish(f"{PREFIX}/{gw}/batch", encode_batch(_batch(seq, gw)), qos=1)
+
+
+def _create_consumer(cluster: NatsCluster, group: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "receive", "--create-session", "--source",
+         cluster.urls, "--group", group, "--sink", "sqlite:///unused.db"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+
+
+async def test_two_receivers_share_one_consumer_and_store_everything_once(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    async with aiomqtt.Client("127.0.0.1", cluster.nodes[0].mqtt_port, identifier="first"):
+        pass  # the first MQTT connection makes NATS create its MQTT streams
+    done = _create_consumer(cluster, "rx-share")
+    assert done.returncode == 0, done.stderr
+    assert consumer_subject(PREFIX) in done.stdout
+
+    # published before any receiver runs: kept for the consumer
+    await _publish(cluster.nodes[0].mqtt_port, "gw-a", range(1, 21))
+    await _publish(cluster.nodes[1].mqtt_port, "gw-b", range(1, 21))
+
+    stop = asyncio.Event()
+    stats = [ReceiverStats(), ReceiverStats()]
+    sinks = [tmp_path / "a.db", tmp_path / "b.db"]
+    tasks = [asyncio.create_task(run_receiver(ReceiverSettings(
+        broker=None, nats_servers=tuple(cluster.urls.split(",")), sink_url=f"sqlite:///{sink}",
+        topic_prefix=PREFIX, shared_group="rx-share"), stop=stop, stats=s))
+        for sink, s in zip(sinks, stats, strict=True)]
+    await _publish(cluster.nodes[2].mqtt_port, "gw-a", range(21, 41))
+    assert await wait_until_async(lambda: sum(s.batches for s in stats) >= 60, 30)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    for gw in ("gw-a", "gw-b"):
+        stored: list[int] = []
+        for sink in sinks:
+            with SqliteSink.open(f"sqlite:///{sink}") as db:
+                stored += db.seqs(gw)
+        assert sorted(stored) == list(range(1, 41 if gw == "gw-a" else 21)), gw
+    assert sum(s.duplicates for s in stats) == 0
+    assert sum(s.rejected for s in stats) == 0
+
+
+async def test_the_mqtt_stream_is_replicated_on_three_nodes(cluster: NatsCluster) -> None:
+    import nats
+
+    async with aiomqtt.Client("127.0.0.1", cluster.nodes[1].mqtt_port, identifier="probe"):
+        pass
+    nc = await nats.connect(cluster.urls.split(","))
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+    finally:
+        await nc.close()
+    assert info.config.num_replicas == 3
+
+
+def test_create_session_names_a_missing_cluster(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "receive", "--create-session", "--source",
+         f"nats://127.0.0.1:{free_port()}", "--sink", f"sqlite:///{tmp_path}/x.db"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "cannot connect" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "write nats://"),
+    ("nats://a:4222,", "write nats://"),
+    ("mqtt://a:1883", "element 1 ('mqtt://a:1883'): a source URL starts with nats://"),
+    ("nats://a:4222,nats://u:p@b:4222", "element 2"),
+    ("nats://a:4222,tls://b:4222", "mixes nats:// and tls://"),
+    ("nats://a:99999", "the port must be"),
+    ("nats://a:4222/x", "only a host and a port"),
+])
+def test_bad_sources_are_named(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_source(text)
+
+
+def test_sources_and_subjects() -> None:
+    assert parse_source("nats://a:4222, nats://b:4223") == ("nats://a:4222", "nats://b:4223")
+    assert consumer_subject("ssc/v1") == "$MQTT.msgs.ssc.v1.>"
+    assert topic_of("$MQTT.msgs.ssc.v1.gw-1.batch") == "ssc/v1/gw-1/batch"
