@@ -20,14 +20,15 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Set
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence, Set
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import aiomqtt
 import structlog
 
 from agent import __version__
+from agent.endpoints import BrokerAddress
 from agent.errors import BufferFull, UplinkError
 from agent.gateway.store import OutgoingBatch, StoreStats
 from agent.mqtt import (
@@ -140,8 +141,14 @@ class Uplink:
         reconnect_max: float = RECONNECT_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         buffer_health: Callable[[], BufferHealth] | None = None,
+        brokers: Sequence[BrokerAddress] = (),
     ) -> None:
-        self._settings = settings
+        # Brokers to try in turn (``[uplink] broker`` as a list): on a failed connect or a
+        # lost connection the next one; the reconnect wait once per full round.
+        self._brokers = tuple(brokers) or (settings.address,)
+        if any(b.tls != self._brokers[0].tls for b in self._brokers):
+            raise ValueError("the broker URLs must all use TLS (mqtts://) or none (mqtt://)")
+        self._settings = replace(settings, address=self._brokers[0])
         self._buffer_health = buffer_health
         # set when the buffer's health changed: the status is published again (§8.1)
         self._status_due = asyncio.Event()
@@ -187,9 +194,14 @@ class Uplink:
             log.debug("status_published", payload=payload.decode()[:300])
 
     async def run(self) -> None:
-        """Connect, send, reconnect with jittered exponential backoff; forever."""
+        """Connect, send, reconnect with jittered exponential backoff; forever. With several
+        brokers, a failed or lost connection moves on to the next one at once; the backoff
+        wait comes after each full round of them."""
         failures = 0
+        index = 0
+        tried = 0  # brokers tried since the last connection or the last wait
         while True:
+            self._settings = replace(self._settings, address=self._brokers[index])
             try:
                 will = aiomqtt.Will(self._status_topic, self._status("offline", will=True),
                                     qos=1, retain=True)
@@ -208,6 +220,7 @@ class Uplink:
                     else:
                         log.info("uplink_connected", broker=self._settings.address.url)
                     failures = 0
+                    tried = 0
                     self._status_due.clear()  # this status says the buffer's health now
                     await client.publish(self._status_topic, self._status("online"), qos=1,
                                          retain=True)
@@ -221,6 +234,11 @@ class Uplink:
                 self._client = None
                 self.stats.connected = False
                 self._store.forget_in_flight()
+            index = (index + 1) % len(self._brokers)
+            tried += 1
+            if tried < len(self._brokers):
+                continue  # the next broker of this round, now
+            tried = 0
             delay = reconnect_delay(failures, *self._reconnect, random.random())
             failures += 1
             log.debug("uplink_retry_in", seconds=round(delay, 2), failures=failures)
@@ -234,7 +252,7 @@ class Uplink:
             log.warning("uplink_down", broker=self._settings.address.url, error=error)
             self._emit("uplink_down", error)
         else:
-            log.debug("uplink_retry_failed",
+            log.debug("uplink_retry_failed", broker=self._settings.address.url,
                       error=describe_mqtt_error(exc, self._settings, self._transport.last))
 
     def _retry_deletes(self) -> None:
