@@ -3,6 +3,7 @@ prefixes. Pure parsing."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -51,6 +52,41 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
     port = port or DEFAULT_PORTS[parts.scheme]
     return BrokerAddress(parts.hostname, port, parts.scheme == "mqtts")
+
+
+def _has_credentials(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return False
+
+
+def parse_broker_urls(value: str | Sequence[object]) -> tuple[BrokerAddress, ...]:
+    """One broker URL, or a list of them that the uplink tries in turn (a clustered broker
+    tier); a bad element is named by its position. All must agree on TLS."""
+    if isinstance(value, str):
+        urls: list[object] = [value]
+    elif isinstance(value, Sequence) and value:
+        urls = list(value)
+    else:
+        raise ValueError("give one broker URL or a non-empty list of them")
+    addresses = []
+    for index, url in enumerate(urls, 1):
+        where = "" if isinstance(value, str) else f"element {index}: "
+        if not isinstance(url, str):
+            raise ValueError(  # noqa: TRY004  # a config problem, reported like the others
+                f"{where}{repr(url)[:40]} is not a string: write a broker URL in quotes")
+        # parse_broker_url quotes the URL in some messages: refuse credentials before that.
+        if _has_credentials(url):
+            raise ValueError(f"{where}put no credentials in the broker URL: use username and "
+                             "password_file")
+        try:
+            addresses.append(parse_broker_url(url))
+        except ValueError as exc:
+            raise ValueError(f"{where}{exc}") from None
+    if len({address.tls for address in addresses}) > 1:
+        raise ValueError("mixes mqtt:// and mqtts://: all brokers must use TLS, or none")
+    return tuple(addresses)
 
 
 def printable_problem(text: str) -> str | None:

@@ -9,7 +9,6 @@ import ipaddress
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -38,7 +37,7 @@ from agent.config.rules import (
     seconds_between,
 )
 from agent.driver import DeviceConfig
-from agent.endpoints import BrokerAddress, parse_broker_url, topic_prefix_problem
+from agent.endpoints import BrokerAddress, parse_broker_urls, topic_prefix_problem
 from agent.kpi.registry import REGISTRY
 from agent.password_file import read_password_file
 from agent.unit_fields import DurationField, SizeField, duration_range, not_zero
@@ -100,7 +99,7 @@ class GatewayConfig(_Section):
 class UplinkConfig(_Section):
     """``[uplink]``: the MQTT broker and how batches are sent to it."""
 
-    broker: str
+    broker: str | list[str]  # a list: brokers of a cluster, tried in turn
     topic_prefix: str = "ssc/v1"
     client_id: Annotated[
         str | None, Field(default=None, min_length=1, max_length=128), AfterValidator(_printable)
@@ -144,17 +143,13 @@ class UplinkConfig(_Section):
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
 
-    @field_validator("broker")
+    @field_validator("broker", mode="before")
     @classmethod
-    def _broker_url(cls, value: str) -> str:
-        # parse_broker_url quotes the URL in some messages: refuse credentials before that.
-        try:
-            has_credentials = "@" in urlsplit(value).netloc
-        except ValueError:
-            has_credentials = False
-        if has_credentials:
-            raise ValueError("put no credentials in the broker URL: use username and password_file")
-        parse_broker_url(value)
+    def _broker_url(cls, value: object) -> object:
+        if not isinstance(value, str | list):
+            # a ValueError is what the config reports as a problem of this key
+            raise ValueError("give one broker URL or a list of them")  # noqa: TRY004
+        parse_broker_urls(value)
         return value
 
     @field_validator("topic_prefix")
@@ -177,7 +172,7 @@ class UplinkConfig(_Section):
     @classmethod
     def _tls_needs_mqtts(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         broker = info.data.get("broker")
-        if value is not None and isinstance(broker, str) and not parse_broker_url(broker).tls:
+        if value is not None and broker is not None and not parse_broker_urls(broker)[0].tls:
             raise ValueError("needs TLS: use an mqtts:// broker URL, or remove it")
         return value
 
@@ -214,8 +209,13 @@ class UplinkConfig(_Section):
 
     @property
     def broker_address(self) -> BrokerAddress:
-        """Host, port and TLS flag of the broker."""
-        return parse_broker_url(self.broker)
+        """Host, port and TLS flag of the (first) broker."""
+        return self.broker_addresses[0]
+
+    @property
+    def broker_addresses(self) -> tuple[BrokerAddress, ...]:
+        """Every broker, in the order the uplink tries them."""
+        return parse_broker_urls(self.broker)
 
     def read_password(self) -> str | None:
         """The password from ``password_file`` (:func:`~agent.password_file.read_password_file`),

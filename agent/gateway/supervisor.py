@@ -296,7 +296,7 @@ def _build_uplink(
                   replay_order=up.replay_order,
                   reconnect_min=up.reconnect_min.seconds,
                   reconnect_max=up.reconnect_max.seconds, monotonic=monotonic,
-                  buffer_health=batcher.health)
+                  buffer_health=batcher.health, brokers=up.broker_addresses)
 
 
 def _uplink_config(config: AgentConfig) -> UplinkConfig:
