@@ -84,6 +84,41 @@ async def test_two_receivers_share_one_consumer_and_store_everything_once(
     assert sum(s.rejected for s in stats) == 0
 
 
+async def test_a_batch_left_unacknowledged_is_delivered_again(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async with aiomqtt.Client("127.0.0.1", cluster.nodes[0].mqtt_port, identifier="first"):
+        pass
+    nc = await nats.connect(cluster.urls.split(","))
+    try:
+        js = nc.jetstream()
+        # the consumer as the receivers find it, with a 1 s ack wait instead of 30 s
+        await js.add_consumer(STREAM, ConsumerConfig(
+            durable_name="rx-again", ack_policy=AckPolicy.EXPLICIT, ack_wait=1.0,
+            filter_subject=consumer_subject(PREFIX)))
+        await _publish(cluster.nodes[1].mqtt_port, "gw-r", range(1, 4))
+        # a receiver that fetched the first batch and died before its commit
+        taken = await (await js.pull_subscribe_bind("rx-again", stream=STREAM)).fetch(1, 5)
+        assert [topic_of(m.subject) for m in taken] == [f"{PREFIX}/gw-r/batch"]
+    finally:
+        await nc.close()
+
+    stop = asyncio.Event()
+    stats = ReceiverStats()
+    task = asyncio.create_task(run_receiver(ReceiverSettings(
+        broker=None, nats_servers=tuple(cluster.urls.split(",")),
+        sink_url=f"sqlite:///{tmp_path}/r.db", topic_prefix=PREFIX, shared_group="rx-again"),
+        stop=stop, stats=stats))
+    assert await wait_until_async(lambda: stats.batches == 3, 30)
+    stop.set()
+    await task
+    with SqliteSink.open(f"sqlite:///{tmp_path}/r.db") as db:
+        assert db.seqs("gw-r") == [1, 2, 3]
+
+
 async def test_the_mqtt_stream_is_replicated_on_three_nodes(cluster: NatsCluster) -> None:
     import nats
 
