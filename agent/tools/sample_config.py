@@ -73,6 +73,8 @@ kpi_checkpoint_interval = "1 min"   # open KPI windows are saved at least this o
 # ---------------------------------------------------------------------------------------------
 [uplink]
 broker = "mqtt://127.0.0.1:1883"    # required; mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS)
+                                    # or a list of a cluster's nodes, tried in turn:
+                                    # ["mqtts://n1:8883", "mqtts://n2:8883"]
 topic_prefix = "ssc/v1"             # batches go to {{topic_prefix}}/{{gateway id}}/batch; at
                                     # most 256 bytes, no + # or empty level, no leading $
 # client_id = "gw-001"              # MQTT client id; default: the gateway id
