@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                    "written like --units")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
 
-    p = sub.add_parser("receive", help="the central platform side: store batches in SQLite",
+    p = sub.add_parser("receive",
+                       help="the central platform side: store batches in SQLite or PostgreSQL",
                        description="Subscribe to every gateway's batches, decode them, drop "
                        "duplicates by (gw, seq), report seq gaps and store readings.")
     source = p.add_mutually_exclusive_group(required=True)
@@ -144,7 +145,16 @@ def _parser() -> argparse.ArgumentParser:
                         "batches from a NATS cluster through a durable JetStream consumer "
                         "(named by --group, default ssc-receiver; docs/platform.md)")
     p.add_argument("--sink", required=True, metavar="URL",
-                   help="sqlite:///relative.db or sqlite:////absolute/path.db")
+                   help="sqlite:///relative.db, sqlite:////absolute/path.db or "
+                   "postgresql://USER@HOST:PORT/DB[?sslmode=verify-full&sslrootcert=FILE…] "
+                   "(no password in it)")
+    p.add_argument("--sink-password-file", type=Path, metavar="FILE",
+                   help="PostgreSQL password (first line); default: libpq's PGPASSFILE or "
+                   "~/.pgpass")
+    p.add_argument("--keep-readings", metavar="DURATION",
+                   help="delete readings older than this (e.g. 90d); default: keep")
+    p.add_argument("--keep-aggregates", metavar="DURATION",
+                   help="delete aggregates that ended longer ago than this; default: keep")
     p.add_argument("--topic-prefix", default="ssc/v1", help="default ssc/v1")
     p.add_argument("--client-id", default="ssc-receiver",
                    help="MQTT client id; its persistent session keeps batches while away")
@@ -387,14 +397,27 @@ def _receive_args_problems(args: argparse.Namespace) -> list[str]:
         if "." in args.topic_prefix:
             problems.append(f"--topic-prefix: {args.topic_prefix[:64]!r}: with --source no '.' "
                             "(NATS maps MQTT topic levels to subject tokens split by '.')")
+    for flag, value in (("--keep-readings", args.keep_readings),
+                        ("--keep-aggregates", args.keep_aggregates)):
+        if value is not None:
+            try:
+                _retention_ms(value)
+            except ValueError as exc:
+                problems.append(f"{flag}: {exc}")
     return problems
+
+
+def _retention_ms(text: str | None) -> int | None:
+    from agent.units import parse_duration
+
+    return None if text is None else int(parse_duration(text) * 1000)
 
 
 def _cmd_receive(args: argparse.Namespace) -> int:
     from agent.endpoints import parse_broker_url
     from agent.logs import configure_logging
     from agent.platform.receiver import ReceiverSettings, check_settings, run_until_signalled
-    from agent.platform.sink import sink_path
+    from agent.platform.sink import check_sink_url
 
     problems = _receive_args_problems(args)
     if problems:
@@ -424,11 +447,14 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         cert_file=args.cert_file,
         key_file=args.key_file,
         shared_group=args.group,
+        sink_password_file=args.sink_password_file,
+        keep_readings_ms=_retention_ms(args.keep_readings),
+        keep_aggregates_ms=_retention_ms(args.keep_aggregates),
     )
     try:
-        sink_path(args.sink)
+        check_sink_url(args.sink, args.sink_password_file)
     except ConfigError as exc:
-        raise ConfigError(f"--sink: {exc}") from None
+        raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
     check_settings(settings)
     if args.create_session:
         from agent.platform.receiver import create_session

@@ -17,9 +17,10 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import structlog
@@ -192,6 +193,27 @@ async def subscribe(
     Messages are acknowledged to the broker only when the consumer asks for the next one, so a
     receiver that dies while storing a batch gets it again (persistent session).
     """
+    groups = subscribe_groups(settings, topics, max_group=1, clean_session=clean_session,
+                              reconnect_min=reconnect_min, reconnect_max=reconnect_max)
+    try:
+        async for group in groups:
+            yield group[0]
+    finally:  # closing this closes the connection at once
+        await groups.aclose()
+
+
+async def subscribe_groups(
+    settings: MqttSettings,
+    topics: Sequence[str],
+    *,
+    max_group: int,
+    clean_session: bool = False,
+    reconnect_min: float = RECONNECT_MIN,
+    reconnect_max: float = RECONNECT_MAX,
+) -> AsyncGenerator[list[tuple[str, bytes]], None]:
+    """:func:`subscribe`, yielding the messages already waiting (at least one, at most
+    ``max_group``) as one list: all of a list are acknowledged, in the order they arrived,
+    when the consumer asks for the next list, so it can store them in one transaction."""
     failures = 0
     errors = TransportErrors()
     while True:
@@ -203,11 +225,14 @@ async def subscribe(
                     await client.subscribe(topic, qos=1)
                 log.info("mqtt_subscribed", broker=settings.address.url, topics=list(topics))
                 failures = 0
-                async for message in client.messages:
-                    payload = message.payload
-                    data = payload if isinstance(payload, bytes) else str(payload).encode()
-                    yield str(message.topic), data
-                    acknowledge(message)
+                waiting = client.messages
+                async for first in waiting:
+                    group = [first]
+                    while len(group) < max_group and len(waiting) > 0:
+                        group.append(await anext(waiting))
+                    yield [(str(m.topic), _payload_bytes(m.payload)) for m in group]
+                    for message in group:
+                        acknowledge(message)
         except aiomqtt.MqttError as exc:
             delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
             log.warning("mqtt_disconnected", broker=settings.address.url,
@@ -218,3 +243,7 @@ async def subscribe(
             log.error("mqtt_settings_invalid", error=str(exc))
         await asyncio.sleep(delay)
         failures += 1
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    return payload if isinstance(payload, bytes) else str(payload).encode()

@@ -24,10 +24,10 @@ import structlog
 
 from agent.endpoints import BrokerAddress
 from agent.errors import ConfigError, UplinkError, WireFormatError
-from agent.mqtt import MqttSettings, describe_mqtt_error, new_client, subscribe
+from agent.mqtt import MqttSettings, describe_mqtt_error, new_client, subscribe_groups
 from agent.password_file import PasswordFileProblem, read_password_file
 from agent.platform.jetstream import DEFAULT_CONSUMER, JetStreamSource
-from agent.platform.sink import SqliteSink, StoreOutcome
+from agent.platform.sink import SinkBase, SinkUnavailable, StoreOutcome, open_sink
 from agent.wire import Batch, decode_batch, parse_topic
 
 log = structlog.get_logger(__name__)
@@ -36,6 +36,11 @@ T = TypeVar("T")
 
 STORE_RETRY_FIRST = 0.5
 STORE_RETRY_MAX = 30.0
+# Messages already waiting are stored together (one PostgreSQL transaction), at most this
+# many, and at most this many readings a transaction.
+MAX_GROUP = 100
+MAX_GROUP_READINGS = 50_000
+MAINTENANCE_SECONDS = 3600.0  # retention, partitions ahead
 
 
 # The fields ReceiverSettings shares with MqttSettings, by the same names.
@@ -64,6 +69,9 @@ class ReceiverSettings:
     # ``--source``: the NATS servers; receivers of one ``shared_group`` share one durable
     # consumer named after it (docs/platform.md §3)
     nats_servers: tuple[str, ...] = ()
+    sink_password_file: Path | None = None
+    keep_readings_ms: int | None = None  # retention; None: keep for good
+    keep_aggregates_ms: int | None = None
 
     def mqtt(self) -> MqttSettings:
         """The broker connection these settings name."""
@@ -126,6 +134,8 @@ MAX_BURSTS = 1000
 def is_sink_fault(exc: BaseException) -> bool:
     """True when ``exc`` says the sink cannot take anything now (retry, do not acknowledge);
     False when it is this message that cannot be stored (set it aside)."""
+    if isinstance(exc, SinkUnavailable):
+        return True
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is None:
@@ -151,7 +161,7 @@ class MessageHandler:
 
     def __init__(
         self,
-        sink: SqliteSink,
+        sink: SinkBase,
         prefix: str,
         stats: ReceiverStats,
         on_batch: Callable[[Batch, StoreOutcome], None] | None = None,
@@ -174,32 +184,81 @@ class MessageHandler:
             await self._set_aside(None, topic, "internal_error",
                                   f"{type(exc).__name__}: {exc}", payload)
 
+    async def handle_many(self, messages: list[tuple[str, bytes]]) -> None:
+        """:meth:`handle` for messages that were waiting together: their batches go to the
+        sink together (one transaction of a PostgreSQL sink, up to ``MAX_GROUP_READINGS``);
+        when one of them cannot be stored, each is stored alone, so only that one is set
+        aside. Returns once all are stored or set aside."""
+        decoded: list[tuple[str, bytes, Batch]] = []
+        for topic, payload in messages:
+            try:
+                batch = await self._decode(topic, payload)
+            except Exception as exc:  # a bug: the message must still not block the others
+                log.exception("message_handling_failed", topic=topic[:200], error=str(exc)[:300])
+                await self._set_aside(None, topic, "internal_error",
+                                      f"{type(exc).__name__}: {exc}", payload)
+                continue
+            if batch is not None:
+                decoded.append((topic, payload, batch))
+        for group in _by_readings(decoded, MAX_GROUP_READINGS):
+            if len(group) > 1 and await self._store_together([b for _, _, b in group]):
+                continue
+            for topic, payload, batch in group:
+                await self.handle_decoded(topic, payload, batch)
+
+    async def _store_together(self, batches: list[Batch]) -> bool:
+        """Store batches in one go; False (nothing stored) when one of them cannot be."""
+        try:
+            outcomes = await self._with_sink(None, lambda: self._sink.store_many(batches))
+        except Exception as exc:
+            log.info("batches_stored_one_by_one", batches=len(batches),
+                     error=f"{type(exc).__name__}: {exc}"[:300],
+                     hint="one of them cannot be stored; it is found and set aside")
+            return False
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            self._stored(batch, outcome)
+        return True
+
+    async def handle_decoded(self, topic: str, payload: bytes, batch: Batch) -> None:
+        """Store (or set aside) one decoded batch."""
+        try:
+            outcome = await self._with_sink(batch.gw, lambda: self._sink.store(batch))
+        except Exception as exc:  # this batch cannot be stored (too big a value, …)
+            await self._set_aside(batch.gw, topic, "unstorable",
+                                  f"{type(exc).__name__}: {exc}", payload)
+            return
+        self._stored(batch, outcome)
+
     async def _handle(self, topic: str, payload: bytes) -> None:
+        batch = await self._decode(topic, payload)
+        if batch is not None:
+            await self.handle_decoded(topic, payload, batch)
+
+    async def _decode(self, topic: str, payload: bytes) -> Batch | None:
+        """The batch a message holds; None when it was something else (a status, stored
+        here) or was set aside."""
         try:
             gw, kind = parse_topic(self._prefix, topic)
         except WireFormatError as exc:
             await self._set_aside(None, topic, "bad_topic", str(exc), payload)
-            return
+            return None
         if kind == "status":
             await self._status(gw, topic, payload)
-            return
+            return None
         try:
             batch = decode_batch(payload)
         except WireFormatError as exc:
             await self._set_aside(gw, topic, "undecodable", str(exc), payload)
-            return
+            return None
         if batch.gw != gw:
             # Broker ACLs are per topic: a gateway must not write into another one's data.
             await self._set_aside(gw, topic, "wrong_gateway",
                                   f"topic names gateway {gw!r}, the batch {batch.gw!r}", payload)
-            return
-        try:
-            outcome = await self._with_sink(gw, lambda: self._sink.store(batch))
-        except Exception as exc:  # this batch cannot be stored (too big a value, …)
-            await self._set_aside(gw, topic, "unstorable", f"{type(exc).__name__}: {exc}",
-                                  payload)
-            return
-        self._good(gw)
+            return None
+        return batch
+
+    def _stored(self, batch: Batch, outcome: StoreOutcome) -> None:
+        self._good(batch.gw)
         self._log_outcome(batch, outcome)
         if self._on_batch is not None:
             try:
@@ -331,6 +390,21 @@ class MessageHandler:
                         hint="stored as events; no time corrected")
 
 
+def _by_readings(items: list[tuple[str, bytes, Batch]], most: int
+                 ) -> list[list[tuple[str, bytes, Batch]]]:
+    """``items`` in consecutive groups of at most ``most`` readings (a bigger batch alone)."""
+    groups: list[list[tuple[str, bytes, Batch]]] = []
+    total = most
+    for item in items:
+        n = item[2].n_readings
+        if total + n > most:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += n
+    return groups
+
+
 async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
     if settings.broker is None:
         from agent.platform.jetstream import consume
@@ -338,14 +412,31 @@ async def _consume(settings: ReceiverSettings, handler: MessageHandler) -> None:
         await consume(settings.jetstream(), handler)
         return
     topics = subscription_topics(settings.topic_prefix, settings.shared_group)
-    # Persistent session: the broker queues batches for us while we are away.
-    messages = subscribe(settings.mqtt(), topics, clean_session=False)
+    # Persistent session: the broker queues batches for us while we are away. A group is
+    # acknowledged when the next one is asked for: after handle_many stored it.
+    groups = subscribe_groups(settings.mqtt(), topics, max_group=MAX_GROUP, clean_session=False)
     try:
-        async for topic, payload in messages:
-            await handler.handle(topic, payload)
+        async for messages in groups:
+            await handler.handle_many(messages)
     finally:
-        if isinstance(messages, AsyncGenerator):
-            await messages.aclose()
+        if isinstance(groups, AsyncGenerator):
+            await groups.aclose()
+
+
+async def _maintain(settings: ReceiverSettings, sink: SinkBase) -> None:
+    """Retention and partitions ahead, at start and every ``MAINTENANCE_SECONDS``; a
+    failure (the database away) is logged and tried again at the next round."""
+    while True:
+        try:
+            done = sink.maintain(keep_readings_ms=settings.keep_readings_ms,
+                                 keep_aggregates_ms=settings.keep_aggregates_ms)
+        except Exception as exc:
+            log.warning("sink_maintenance_failed", error=f"{type(exc).__name__}: {exc}"[:300],
+                        retry_in=MAINTENANCE_SECONDS)
+        else:
+            if any(done.values()):
+                log.info("sink_maintained", **done)
+        await asyncio.sleep(MAINTENANCE_SECONDS)
 
 
 async def create_session(settings: ReceiverSettings) -> list[str]:
@@ -422,23 +513,25 @@ async def run_receiver(
 ) -> None:
     """Receive until ``stop`` is set (forever without one); ``on_batch`` sees every stored or
     duplicate batch, ``stats`` (if given) is kept up to date."""
-    sink = SqliteSink.open(settings.sink_url)
+    sink = open_sink(settings.sink_url, password_file=settings.sink_password_file)
     handler = MessageHandler(sink, settings.topic_prefix, stats or ReceiverStats(), on_batch)
     log.info(
         "receiver_started",
         broker=settings.source_url,
-        sink=str(sink.path),
+        sink=sink.description,
         prefix=settings.topic_prefix,
         group=settings.shared_group,
     )
     try:
-        if stop is None:
-            await _consume(settings, handler)
-            return
         async with asyncio.TaskGroup() as tg:
+            maintainer = tg.create_task(_maintain(settings, sink), name="receiver-maintain")
             consumer = tg.create_task(_consume(settings, handler), name="receiver-consume")
-            await stop.wait()
-            consumer.cancel()
+            if stop is None:
+                await consumer
+            else:
+                await stop.wait()
+                consumer.cancel()
+            maintainer.cancel()
     finally:
         sink.close()
         log.info(

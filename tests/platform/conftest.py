@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import free_port
-from tests.platform.postgres import PgServer, postgres_missing
+from tests.platform.postgres import PgServer, postgres_missing, running_server
 
 
 def require_postgres() -> None:
@@ -27,12 +27,8 @@ def require_postgres() -> None:
 def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL 15 server on a free 127.0.0.1 port, for the whole session."""
     require_postgres()
-    server = PgServer(free_port())
-    try:
-        server.start()
+    with running_server(free_port()) as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

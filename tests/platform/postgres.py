@@ -15,6 +15,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,14 @@ class PgServer:
         with self.admin() as conn:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(name), sql.Literal(password)))
+
+
+@contextlib.contextmanager
+def running_server(port: int) -> Iterator[PgServer]:
+    """A started server, stopped and deleted at the end."""
+    server = PgServer(port)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

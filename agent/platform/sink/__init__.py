@@ -1,4 +1,7 @@
-"""The receiver's sink: decoded batches into one SQLite file (WAL), one transaction per batch.
+"""The receiver's sink: decoded batches into one SQLite file (WAL), one transaction per batch,
+or into PostgreSQL (``agent.platform.sink.pg``: many batches per transaction, exactly-once
+under receivers racing on a batch; docs/platform.md). Both store by the rules below, with
+the same code (``ingest``, ``base``).
 
 URL: ``sqlite:///`` followed by the path exactly as given, so ``sqlite:////var/lib/ssc/r.db`` is
 the absolute ``/var/lib/ssc/r.db`` and ``sqlite:///r.db`` is ``r.db`` relative to the working
@@ -33,12 +36,13 @@ Aggregates are not moved: a KPI window is a slot of the grid the agent's engine 
 which handles the step itself.
 
 
-The package: ``schema`` (tables, migration of older files, transactions), ``ingest`` (one
-batch: dedup, gaps, jumps, clock steps), ``rejected`` (set-aside messages), ``sqlite``
-(:class:`SqliteSink`, the object the receiver writes through).
+The package: ``schema`` (SQLite tables, migration of older files, transactions), ``ingest``
+(one batch: dedup, gaps, jumps, clock steps), ``rejected`` (set-aside messages), ``base``
+(what both sinks do alike), ``sqlite`` (:class:`SqliteSink`), ``pg_schema`` and ``pg``
+(:class:`PgSink`), ``url`` (:func:`open_sink`: the sink a URL names).
 """
 
-from agent.platform.sink.base import SinkBase
+from agent.platform.sink.base import SinkBase, SinkUnavailable
 from agent.platform.sink.ingest import (
     MAX_CLOCK_STEP_MS,
     MAX_SEQ_JUMP,
@@ -59,6 +63,7 @@ from agent.platform.sink.rejected import (
 )
 from agent.platform.sink.schema import SCHEME, sink_path
 from agent.platform.sink.sqlite import SqliteSink
+from agent.platform.sink.url import check_sink_url, open_sink
 
 __all__ = [
     "MAX_CLOCK_STEP_MS",
@@ -75,8 +80,11 @@ __all__ = [
     "ClockStep",
     "RejectedMessage",
     "SinkBase",
+    "SinkUnavailable",
     "SqliteSink",
     "StoreOutcome",
+    "check_sink_url",
+    "open_sink",
     "parse_clock_step",
     "sink_path",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,6 +19,11 @@ from agent.platform.sink.rejected import RejectedMessage, record_set_aside
 from agent.platform.sink.schema import SqlCursor
 from agent.readings import Quality, Reading
 from agent.wire import AGGREGATE_KEYS, Batch, BufferHealth, Status, decode_status
+
+
+class SinkUnavailable(Exception):
+    """The database cannot take anything now (down, unreachable, full): retry later; the
+    message is not to blame. The text names the sink, never a secret."""
 
 
 def stored_value(value: Any, exact: Any) -> Any:
@@ -57,6 +62,24 @@ class SinkBase:
     def store_many(self, batches: list[Batch]) -> list[StoreOutcome]:
         """Store batches (in as few transactions as the sink can), outcomes in their order;
         when it returns, all of them are committed."""
+        raise NotImplementedError
+
+    def maintain(self, *, keep_readings_ms: int | None = None,
+                 keep_aggregates_ms: int | None = None) -> dict[str, int]:
+        """The receiver's periodic housekeeping: retention (and, where the sink has them,
+        partitions ahead); returns what went, by table."""
+        return self.apply_retention(readings_ms=keep_readings_ms,
+                                    aggregates_ms=keep_aggregates_ms)
+
+    def apply_retention(self, *, readings_ms: int | None = None,
+                        aggregates_ms: int | None = None) -> dict[str, int]:
+        """Delete readings older than now minus ``readings_ms`` and aggregates that ended
+        before now minus ``aggregates_ms``."""
+        raise NotImplementedError
+
+    @property
+    def description(self) -> str:
+        """What the sink is, for log lines (no secrets)."""
         raise NotImplementedError
 
     def store(self, batch: Batch) -> StoreOutcome:
@@ -254,8 +277,3 @@ class SinkBase:
         state, gateway, boot, t, version = row[:5]
         return Status(state, gateway, int(boot), int(t), version, buffer=buffer)
 
-
-def iter_chunks(items: list[Batch], size: int) -> Iterator[list[Batch]]:
-    """``items`` in consecutive lists of at most ``size``."""
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from agent.errors import ConfigError
-from agent.platform.sink.base import SinkBase
+from agent.platform.sink.base import SinkBase, SinkUnavailable
 from agent.platform.sink.ingest import (
     StoreOutcome,
     aggregate_row,
@@ -68,11 +68,6 @@ _AGGREGATE_TYPES = ["text", "text", "text", "int8", "int8", "float8", "int8", "i
                     "int8", "text", "text", "int8", "text"]
 _COPY_EVENTS = ("COPY events (gw, t, kind, dev, msg, seq, store) FROM STDIN (FORMAT BINARY)")
 _EVENT_TYPES = ["text", "int8", "text", "text", "text", "int8", "text"]
-
-
-class SinkUnavailable(Exception):
-    """The database cannot take anything now (down, unreachable, full): retry later; the
-    message is not to blame. The text names the sink, never a secret."""
 
 
 def _exact(value: Any) -> int | None:
@@ -321,6 +316,14 @@ class PgSink(SinkBase):
             if start is not None:
                 out[str(name)] = start
         return out
+
+    def maintain(self, *, keep_readings_ms: int | None = None,
+                 keep_aggregates_ms: int | None = None) -> dict[str, int]:
+        """Create the day partitions ahead, then apply retention."""
+        created = self.create_partitions()
+        gone = self.apply_retention(readings_ms=keep_readings_ms,
+                                    aggregates_ms=keep_aggregates_ms)
+        return {"partitions_created": len(created), **gone}
 
     @staticmethod
     def partition_name_of(day_ms: int) -> str:

@@ -1,0 +1,172 @@
+"""``ssc-agent receive`` into PostgreSQL, against real mosquitto and PostgreSQL servers: bad
+settings exit 2 with one line, queued batches go in few transactions, and the database
+stopped mid-stream (then a SIGTERM) loses nothing and stores nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from structlog.testing import capture_logs
+
+from agent.endpoints import parse_broker_url
+from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receiver
+from agent.platform.sink.pg import PgSink
+from agent.wire import encode_batch
+from tests.chaos.harness import read_events
+from tests.conftest import Mosquitto, free_port
+from tests.platform.conftest import require_postgres
+from tests.platform.postgres import PgServer, running_server
+from tests.platform.test_receiver import PREFIX, _batch
+from tests.waiting import wait_until, wait_until_async
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTAGE_SECONDS = 15.0  # how long PostgreSQL stays stopped: the test's input
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--sink", "postgresql://postgres@127.0.0.1:{port}/x"], "cannot connect"),
+    (["--sink", "postgresql://postgres@127.0.0.1:{port}/x", "--sink-password-file",
+      "/nonexistent/pw"], "--sink-password-file file /nonexistent/pw cannot be read"),
+    (["--sink", "postgresql://ssc:hunter2@127.0.0.1:{port}/x"], "holds a password"),
+    (["--sink", "sqlite:///x.db", "--sink-password-file", "/etc/hostname"],
+     "only a postgresql:// sink takes a password"),
+    (["--sink", "sqlite:///x.db", "--keep-readings", "forever"], "--keep-readings: 'forever'"),
+])
+def test_bad_sink_settings_exit_2_with_one_line(extra: list[str], message: str) -> None:
+    port = str(free_port())  # nothing listens there
+    result = _cli("receive", "--broker", f"mqtt://127.0.0.1:{port}",
+                  *(a.replace("{port}", port) for a in extra))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert "hunter2" not in result.stderr
+
+
+async def _publish(broker: Mosquitto, seqs: range, gw: str = "gw-1") -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"pub-{gw}") as client:
+        for seq in seqs:
+            await client.publish(f"{PREFIX}/{gw}/batch", encode_batch(_batch(seq, gw)), qos=1)
+
+
+async def test_queued_batches_are_stored_in_few_transactions(
+        mosquitto: Mosquitto, pg_url: str) -> None:
+    settings = ReceiverSettings(broker=parse_broker_url(mosquitto.url), sink_url=pg_url,
+                                topic_prefix=PREFIX, client_id="pg-receiver")
+
+    async def run_until(done: Any) -> list[Any]:
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            task = asyncio.create_task(run_receiver(settings, stop=stop, stats=ReceiverStats()))
+            assert await wait_until_async(
+                lambda: any(e["event"] == "mqtt_subscribed" for e in logs) and done(), 30)
+            stop.set()
+            await task
+        return logs
+
+    await run_until(lambda: True)  # the persistent session: the broker queues from now on
+    await _publish(mosquitto, range(1, 121))
+    with PgSink.open(pg_url) as sink:
+        logs = await run_until(lambda: sink.count_readings() >= 360)
+        assert sink.count_readings() == 360
+        assert sink.seqs("gw-1") == list(range(1, 121))
+        # xmin: the transaction that wrote a row; queued batches share transactions
+        (transactions,) = sink.select("SELECT count(DISTINCT CAST(xmin AS text)) FROM batches")[0]
+        assert transactions < 60, transactions
+    assert sum(e["event"] == "batch_stored" for e in logs) == 120
+
+
+# --------------------------------------------------------------------------- outage
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[PgServer]:
+    """A server of this module's own: the test stops it."""
+    require_postgres()
+    with running_server(free_port()) as server:
+        yield server
+
+
+class Receiver:
+    """``ssc-agent receive`` as a subprocess, JSON logs in a file."""
+
+    def __init__(self, broker: Mosquitto, sink_url: str, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "--log-json", "receive", "--broker",
+                 broker.url, "--sink", sink_url, "--client-id", "pg-outage"],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in read_events(self.log) if e.get("event") == name]
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+def test_database_stopped_mid_stream_then_sigterm_loses_nothing(
+        own_pg: PgServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    url = own_pg.url(own_pg.new_database())
+    total = 150
+    first = Receiver(mosquitto, url, tmp_path / "first.log")
+    try:
+        assert wait_until(lambda: first.events("mqtt_subscribed"), 30), first.log.read_text()
+
+        def stored() -> int:
+            try:
+                with own_pg.admin(url.rsplit("/", 1)[1]) as conn:
+                    return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+            except Exception:  # the server is stopped
+                return -1
+
+        async def publish_slowly(seqs: range) -> None:
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="pub") as client:
+                for seq in seqs:
+                    await client.publish(f"{PREFIX}/gw-1/batch", encode_batch(_batch(seq)), qos=1)
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(publish_slowly(range(1, 31)))
+        assert wait_until(lambda: stored() == 90, 20)
+        own_pg.stop()
+        asyncio.run(publish_slowly(range(31, 61)))  # they wait, unacknowledged
+        time.sleep(OUTAGE_SECONDS)  # the outage's length is the input
+        own_pg.start()
+        assert wait_until(lambda: stored() == 180, 60), first.log.read_text()[-3000:]
+        assert len(first.events("sink_unavailable")) == 1
+        assert len(first.events("sink_restored")) == 1
+        asyncio.run(publish_slowly(range(61, 101)))
+        assert first.terminate() == 0  # mid-stream or not: what it committed is acknowledged
+        assert first.events("receiver_stopped")
+        asyncio.run(publish_slowly(range(101, total + 1)))  # queued for the session
+        second = Receiver(mosquitto, url, tmp_path / "second.log")
+        try:
+            assert wait_until(lambda: stored() == 3 * total, 60), second.log.read_text()[-3000:]
+            assert second.terminate() == 0
+        finally:
+            if second.proc.poll() is None:
+                second.proc.kill()
+        # nothing the first one committed came again as a duplicate: it was acknowledged
+        assert second.events("batch_duplicate") == []
+        with own_pg.admin(url.rsplit("/", 1)[1]) as conn:
+            seqs = [r[0] for r in conn.execute("SELECT seq FROM batches ORDER BY seq")]
+        assert seqs == list(range(1, total + 1))
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
