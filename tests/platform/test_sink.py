@@ -122,6 +122,20 @@ def test_open_uses_wal(sqlite_sink: SqliteSink) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_sqlite_retention_deletes_rows(tmp_path: Path) -> None:
+    now = [1_000.0]
+    with SqliteSink.open(tmp_path / "r.db", clock=lambda: now[0]) as sink:
+        for seq in (1, 2, 3):
+            sink.store(_batch(seq))  # readings at 1000*seq (+500) ms, windows end at 900 s
+        assert sink.maintain() == {}  # no retention asked: nothing goes
+        gone = sink.maintain(keep_readings_ms=998_000, keep_aggregates_ms=1_000_000)
+        assert gone == {"readings": 4 * 1, "aggregates": 0}  # seq 1's four: t < 2,000
+        assert {r.t for r in sink.readings_for("gw-1")} == {2000, 2500, 3000, 3500}
+        now[0] = 2_000.0
+        assert sink.maintain(keep_aggregates_ms=1_000_000)["aggregates"] == 3
+        assert sink.seqs("gw-1") == [1, 2, 3]  # batches stay: they keep the dedup
+
+
 def test_open_unwritable_place(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot open the SQLite database"):
         SqliteSink.open(tmp_path / "missing-dir" / "x.db")
