@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
+from agent.platform.sink import SinkUnavailable
 from agent.platform.sink.pg import PgSink, connect, migrate, schema_version
 from agent.platform.sink.pg_schema import DAY_MS, MIGRATIONS, is_pg_url, parse_pg_url
 from tests.platform.postgres import PgServer
@@ -68,6 +69,18 @@ def test_password_from_file_and_refused_without(pg_server: PgServer, tmp_path: P
     right.write_text("correct horse\n")
     with PgSink.open(url, password_file=right) as sink:
         assert not sink.store(_batch(1)).duplicate
+        # the password is rotated and the server drops the session: the next connection
+        # reads the file anew
+        with pg_server.admin() as admin:
+            admin.execute("ALTER ROLE pw_user PASSWORD 'new horse'")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE usename = 'pw_user'")
+        right.write_text("new horse\n")
+        with pytest.raises(SinkUnavailable, match="terminating connection") as caught:
+            sink.store(_batch(2))
+        assert "horse" not in str(caught.value)
+        assert not sink.store(_batch(2)).duplicate
+        assert sink.seqs("gw-1") == [1, 2]
 
 
 def test_unreachable_database_at_start_is_one_line(pg_server: PgServer) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from agent.errors import ConfigError
+from agent.password_file import PasswordFileProblem
 from agent.platform.sink.base import SinkBase, SinkUnavailable
 from agent.platform.sink.ingest import (
     StoreOutcome,
@@ -238,7 +239,11 @@ class PgSink(SinkBase):
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self.close()
-        self._conn = connect(self.target)
+        try:
+            self._conn = connect(self.target)
+        except PasswordFileProblem as problem:  # the settings' fault, not a message's
+            raise SinkUnavailable(f"sink {self.target.url}: --sink-password-file "
+                                  f"{problem}") from None
         return self._conn
 
     @contextlib.contextmanager

@@ -45,7 +45,7 @@ class PgTarget:
     dbname: str
     user: str
     params: dict[str, str] = field(default_factory=dict)
-    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -57,12 +57,13 @@ class PgTarget:
             f"?{query}" if query else "")
 
     def connect_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``psycopg.connect``."""
+        """Keyword arguments for ``psycopg.connect``; the password file is read anew each
+        time (a rotated password is used at the next connection): PasswordFileProblem."""
         kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "dbname": self.dbname,
                                   "user": self.user, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                                   "application_name": "ssc-receiver", **self.params}
-        if self.password is not None:
-            kwargs["password"] = self.password
+        if self.password_file is not None:
+            kwargs["password"] = read_password_file(self.password_file)
         return kwargs
 
 
@@ -98,7 +99,6 @@ def parse_pg_url(url: str, password_file: Path | None = None) -> PgTarget:
             continue
         if not os.access(file, os.R_OK):
             problems.append(f"sink {shown}: {key}={file}: cannot be read")
-    password = None
     source = password_file
     if source is None and os.environ.get("PGPASSFILE"):
         source = Path(os.environ["PGPASSFILE"])  # libpq reads it; fail early and clearly
@@ -106,12 +106,13 @@ def parse_pg_url(url: str, password_file: Path | None = None) -> PgTarget:
             problems.append(f"PGPASSFILE {source}: cannot be read")
     elif source is not None:
         try:
-            password = read_password_file(source)
+            read_password_file(source)
         except PasswordFileProblem as problem:
             problems.append(f"--sink-password-file {problem}")
     if problems:
         raise ConfigError(problems)
-    return PgTarget(parts.hostname, port, dbname, unquote(parts.username), params, password)
+    return PgTarget(parts.hostname, port, dbname, unquote(parts.username), params,
+                    password_file)
 
 
 @lru_cache(maxsize=512)
