@@ -76,9 +76,9 @@ def test_password_from_file_and_refused_without(pg_server: PgServer, tmp_path: P
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                           " WHERE usename = 'pw_user'")
         right.write_text("new horse\n")
-        with pytest.raises(SinkUnavailable, match="terminating connection") as caught:
+        with pytest.raises(SinkUnavailable, match="terminating connection") as dropped:
             sink.store(_batch(2))
-        assert "horse" not in str(caught.value)
+        assert "horse" not in str(dropped.value)
         assert not sink.store(_batch(2)).duplicate
         assert sink.seqs("gw-1") == [1, 2]
 
