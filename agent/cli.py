@@ -160,10 +160,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="MQTT client id; its persistent session keeps batches while away")
     p.add_argument("--group", metavar="NAME", help="shared-subscription group to scale out "
                    "(with --source: the durable consumer the receivers share)")
-    p.add_argument("--create-session", action="store_true",
-                   help="subscribe once with --client-id's persistent session and exit: run at "
-                   "deploy time so the broker keeps batches published before the receiver "
-                   "first runs (docs/platform.md)")
+    session = p.add_mutually_exclusive_group()
+    session.add_argument("--create-session", action="store_true",
+                         help="subscribe once with --client-id's persistent session and exit: "
+                         "run at deploy time so the broker keeps batches published before the "
+                         "receiver first runs (with --source: create the durable consumer; "
+                         "docs/platform.md)")
+    session.add_argument("--retire-session", action="store_true",
+                         help="remove this --client-id from its --group for good: unsubscribe, "
+                         "store what the broker queued for it, then delete its session")
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, metavar="FILE")
     p.add_argument("--ca-file", type=Path, metavar="FILE")
@@ -456,6 +461,15 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
     check_settings(settings)
+    if args.retire_session:
+        if settings.broker is None:
+            raise ConfigError("--retire-session: with --source the receivers share one durable "
+                              "consumer and keep no session of their own: just stop it")
+        from agent.platform.receiver import retire_session
+
+        drained = asyncio.run(retire_session(settings))
+        print(f"session {args.client_id!r} retired; {drained} queued messages stored")
+        return EXIT_OK
     if args.create_session:
         from agent.platform.receiver import create_session
 

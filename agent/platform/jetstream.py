@@ -203,8 +203,11 @@ async def consume(source: JetStreamSource, handler: MessageHandler) -> None:
                     if failing is not None:
                         log.info("jetstream_restored", consumer=source.consumer)
                         failing, delay = None, RETRY_FIRST
+                    if not messages:
+                        continue
+                    # fetched together, stored together (one transaction of a PostgreSQL sink)
+                    await handler.handle_many([(topic_of(m.subject), m.data) for m in messages])
                     for message in messages:
-                        await handler.handle(topic_of(message.subject), message.data)
                         # after the commit: a lost ack only means a duplicate, dropped by seq
                         await message.ack()
             except (nats.errors.Error, OSError) as exc:

@@ -24,7 +24,13 @@ import structlog
 
 from agent.endpoints import BrokerAddress
 from agent.errors import ConfigError, UplinkError, WireFormatError
-from agent.mqtt import MqttSettings, describe_mqtt_error, new_client, subscribe_groups
+from agent.mqtt import (
+    MqttSettings,
+    describe_mqtt_error,
+    manual_acks,
+    new_client,
+    subscribe_groups,
+)
 from agent.password_file import PasswordFileProblem, read_password_file
 from agent.platform.jetstream import DEFAULT_CONSUMER, JetStreamSource
 from agent.platform.sink import SinkBase, SinkUnavailable, StoreOutcome, open_sink
@@ -463,6 +469,54 @@ async def create_session(settings: ReceiverSettings) -> list[str]:
     log.info("receiver_session_created", broker=settings.source_url,
              client_id=settings.client_id, topics=topics)
     return topics
+
+
+RETIRE_IDLE = 2.0  # seconds without a message after which a retiring session is drained
+
+
+async def retire_session(settings: ReceiverSettings, *, idle: float = RETIRE_IDLE) -> int:
+    """Take this receiver (its ``client_id``) out of its group for good, losing nothing.
+
+    A stopped member of a shared subscription keeps its persistent session, and mosquitto
+    still hands it its share of the group's messages, queued until it returns (measured:
+    with one of two members away, each got 5 of 10). Deleting the session would drop that
+    queue, although the gateways were acknowledged. So: connect with the session, unsubscribe
+    (nothing new is handed to it), store and acknowledge what was queued until ``idle``
+    seconds pass without a message, then connect once with a clean session, which makes the
+    broker forget it. Returns the number of messages drained; UplinkError (one line) when the
+    broker cannot be reached.
+    """
+    topics = subscription_topics(settings.topic_prefix, settings.shared_group)
+    sink = open_sink(settings.sink_url, password_file=settings.sink_password_file)
+    handler = MessageHandler(sink, settings.topic_prefix, ReceiverStats())
+    drained = 0
+    try:
+        client = new_client(settings.mqtt(), clean_session=False)
+        acknowledge = manual_acks(client)
+        async with client:
+            await client.unsubscribe(topics)
+            messages = aiter(client.messages)
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        message = await anext(messages)
+                except TimeoutError:
+                    break
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                await handler.handle(str(message.topic), data)
+                acknowledge(message)
+                drained += 1
+        async with new_client(settings.mqtt(), clean_session=True):
+            pass
+    except aiomqtt.MqttError as exc:
+        raise UplinkError(f"--broker {settings.source_url}: "
+                          f"{describe_mqtt_error(exc, settings.mqtt())}") from None
+    finally:
+        sink.close()
+    log.info("receiver_session_retired", broker=settings.source_url,
+             client_id=settings.client_id, drained=drained)
+    return drained
 
 
 def check_settings(settings: ReceiverSettings) -> None:

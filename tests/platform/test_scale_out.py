@@ -4,6 +4,7 @@ any receiver ran."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,32 @@ def test_create_session_names_an_unreachable_broker(tmp_path: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--broker mqtt://127.0.0.1:" in lines[0], done.stderr
+
+
+async def test_a_retired_member_stores_what_was_queued_for_it_and_gets_nothing_more(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with receiver(mosquitto, tmp_path / "b", shared_group="sinks", client_id="sink-b"):
+        pass  # b subscribed once and is gone: its session stays in the group
+    async with receiver(mosquitto, tmp_path / "a", shared_group="sinks", client_id="sink-a") as a:
+        await _publish_batches(mosquitto, range(1, 11))  # acknowledged: 10 with the broker
+
+        argv = [sys.executable, "-m", "agent.cli", "receive", "--retire-session",
+                "--broker", mosquitto.url, "--sink", f"sqlite:///{tmp_path / 'b'}/received.db",
+                "--client-id", "sink-b", "--group", "sinks"]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        drained = re.search(r"retired; (\d+) queued messages stored", done.stdout)
+        assert drained, done.stdout
+        queued_for_b = int(drained.group(1))
+        assert queued_for_b > 0, "mosquitto handed the away member no share"
+        await a.wait_for(lambda: a.stats.batches == 10 - queued_for_b)
+
+        await _publish_batches(mosquitto, range(11, 21))
+        await a.wait_for(lambda: a.stats.batches == 20 - queued_for_b)
+    seqs_a, seqs_b = _stored(a.sink_path), _stored(tmp_path / "b" / "received.db")
+    assert len(seqs_b) == queued_for_b and max(seqs_b) <= 10  # nothing after it retired
+    assert sorted(seqs_a + seqs_b) == list(range(1, 21))
