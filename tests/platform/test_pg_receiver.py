@@ -105,16 +105,20 @@ def own_pg() -> Iterator[PgServer]:
 class Receiver:
     """``ssc-agent receive`` as a subprocess, JSON logs in a file."""
 
-    def __init__(self, broker: Mosquitto, sink_url: str, log: Path) -> None:
+    def __init__(self, broker: Mosquitto, sink_url: str, log: Path,
+                 client_id: str = "pg-outage", *extra: str) -> None:
         self.log = log
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "--log-json", "receive", "--broker",
-                 broker.url, "--sink", sink_url, "--client-id", "pg-outage"],
+                 broker.url, "--sink", sink_url, "--client-id", client_id, *extra],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in read_events(self.log) if e.get("event") == name]
+
+    def subscribed(self) -> bool:
+        return bool(self.events("mqtt_subscribed"))
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -170,3 +174,51 @@ def test_database_stopped_mid_stream_then_sigterm_loses_nothing(
     finally:
         if first.proc.poll() is None:
             first.proc.kill()
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["every-batch-to-both", "shared"])
+def test_two_receivers_store_each_batch_once_and_no_false_gap(
+        pg_server: PgServer, mosquitto: Mosquitto, tmp_path: Path, group: bool) -> None:
+    """Two receivers with subscriptions of their own both get every batch and race on each;
+    two in a ``--group`` store a gateway's consecutive batches at the same time. Either way
+    the database keeps one copy of each, and no gap opens for a batch the other one had
+    not committed yet."""
+    db = pg_server.new_database()
+    extra = ("--group", "racers") if group else ()
+
+    def start() -> list[Receiver]:
+        started = [Receiver(mosquitto, pg_server.url(db), tmp_path / f"r{i}.log", f"racer-{i}",
+                            *extra) for i in (1, 2)]
+        for r in started:
+            assert wait_until(r.subscribed, 30), r.log.read_text()
+        return started
+
+    for r in start():  # their sessions: batches are queued for them from now on
+        assert r.terminate() == 0
+    total = 200
+
+    async def publish_all() -> None:
+        await asyncio.gather(*(_publish(mosquitto, range(1, total + 1), gw)
+                               for gw in ("gw-1", "gw-2")))
+
+    asyncio.run(publish_all())
+    # both start with a queue: they store big groups at the same time
+    receivers = start()
+    try:
+        assert wait_until(
+            lambda: sum(len(r.events("batch_stored")) + len(r.events("batch_duplicate"))
+                        for r in receivers) == (1 if group else 2) * 2 * total, 60)
+        for r in receivers:
+            assert r.terminate() == 0
+        stored = [len(r.events("batch_stored")) for r in receivers]
+        assert sum(stored) == 2 * total, stored
+        with pg_server.admin(db) as conn:
+            assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 2 * total * 3
+            assert conn.execute("SELECT count(*) FROM seq_gaps").fetchone()[0] == 0
+            seqs = conn.execute("SELECT gw, count(*), min(seq), max(seq) FROM batches"
+                                " GROUP BY gw ORDER BY gw").fetchall()
+        assert seqs == [("gw-1", total, 1, total), ("gw-2", total, 1, total)]
+    finally:
+        for r in receivers:
+            if r.proc.poll() is None:
+                r.proc.kill()
