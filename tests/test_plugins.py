@@ -36,6 +36,9 @@ from tests.conftest import Mosquitto
 from tests.test_driver_folders import full_config, missing_files, readme_problems
 from tests.waiting import wait_until_async
 
+# the packages installed once per module (pip) stay on one worker
+pytestmark = pytest.mark.xdist_group("plugins")
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "ssc-driver-example"
 EXAMPLE_PACKAGE = EXAMPLE / "src" / "ssc_driver_example"

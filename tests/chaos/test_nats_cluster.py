@@ -33,7 +33,8 @@ from tests.chaos.harness import (
 from tests.nats_cluster import NatsCluster
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(180)
+# one 3-node NATS cluster at a time (module fixture): the NATS modules share a worker
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("nats")]
 
 GROUP = "chaos"
 

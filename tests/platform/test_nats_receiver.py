@@ -21,7 +21,8 @@ from tests.nats_cluster import NatsCluster
 from tests.platform.test_receiver import PREFIX, _batch
 from tests.waiting import wait_until_async
 
-pytestmark = pytest.mark.timeout(90)
+# one 3-node NATS cluster at a time (module fixture): the NATS modules share a worker
+pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("nats")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

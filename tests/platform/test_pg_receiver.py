@@ -28,7 +28,8 @@ from tests.platform.postgres import PgServer, running_server
 from tests.platform.test_receiver import PREFIX, _batch
 from tests.waiting import wait_until, wait_until_async
 
-pytestmark = pytest.mark.timeout(120)
+# one PostgreSQL server (session fixture) for every test that needs one: its tests share a worker
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("postgresql")]
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_SECONDS = 15.0  # how long PostgreSQL stays stopped: the test's input

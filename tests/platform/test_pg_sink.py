@@ -18,6 +18,9 @@ from agent.platform.sink.pg_schema import DAY_MS, MIGRATIONS, is_pg_url, parse_p
 from tests.platform.postgres import PgServer
 from tests.platform.test_sink import _batch
 
+# one PostgreSQL server (session fixture) for every test that needs one: its tests share a worker
+pytestmark = pytest.mark.xdist_group("postgresql")
+
 NOW = 1_796_000_000.0  # 2026-11-30 UTC, a clock for the partitions
 WHERE_ROWS_ARE = ("SELECT CAST(CAST(tableoid AS regclass) AS text), count(*) FROM readings"
                   " GROUP BY 1")

@@ -43,6 +43,9 @@ from agent.wire import (
     iter_readings,
 )
 
+# one PostgreSQL server (session fixture) for every test that needs one: its tests share a worker
+pytestmark = pytest.mark.xdist_group("postgresql")
+
 
 def _batch(seq: int, gw: str = "gw-1", *, created: int = 0, boot: int = 1,
            store: str | None = None) -> Batch:

@@ -39,6 +39,8 @@ from tests.drivers.modbus.servers import (
 )
 
 pytestmark = [
+    # slave.c is built once (session fixture) on the worker that runs these
+    pytest.mark.xdist_group("libmodbus"),
     pytest.mark.timeout(60),
     # modbus-tk 1.1.5 calls Event.isSet() in its server loop.
     pytest.mark.filterwarnings("ignore:isSet:DeprecationWarning"),
