@@ -400,10 +400,10 @@ def _by_readings(items: list[tuple[str, bytes, Batch]], most: int
                  ) -> list[list[tuple[str, bytes, Batch]]]:
     """``items`` in consecutive groups of at most ``most`` readings (a bigger batch alone)."""
     groups: list[list[tuple[str, bytes, Batch]]] = []
-    total = most
+    total = 0
     for item in items:
         n = item[2].n_readings
-        if total + n > most:
+        if not groups or total + n > most:  # a batch without readings opens a group too
             groups.append([])
             total = 0
         groups[-1].append(item)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,21 @@ async def test_stores_dedups_rejects_and_reports_gaps(mosquitto: Mosquitto, tmp_
         values = [x.value for x in sink.readings_for("gw-1")[:3]]
     assert values == [230.0, 230.5, 229.5]
     assert all(type(v) is float for v in values)
+
+
+async def test_a_batch_without_readings_is_stored_and_the_receiver_goes_on(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    # A batch of events only (a clock step's, say) first in what is waiting: before, the
+    # grouping by readings found no group to put it in and the receiver died.
+    async with receiver(mosquitto, tmp_path) as r:
+        await r.publish_batch(replace(_batch(1), series=()))
+        await r.publish_batch(_batch(2))
+        await r.wait_for(lambda: len(r.seen) == 2)
+    assert [(b.seq, o.duplicate) for b, o in r.seen] == [(1, False), (2, False)]
+    with SqliteSink.open(r.sink_path) as sink:
+        assert sink.seqs("gw-1") == [1, 2]
+        assert sink.count_readings("gw-1") == 3
 
 
 async def test_status_and_foreign_batches(mosquitto: Mosquitto, tmp_path: Path) -> None:
