@@ -428,7 +428,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     configure_logging(args.log_level or "info", json=args.log_json)
-    from agent.platform.jetstream import parse_source
+    from agent.platform.jetstream import client_missing, parse_source
 
     try:
         broker = parse_broker_url(args.broker) if args.broker is not None else None
@@ -439,6 +439,9 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         servers = parse_source(args.source) if args.source is not None else ()
     except ValueError as exc:
         _err(f"--source: {exc}")
+        return EXIT_USAGE
+    if servers and (missing := client_missing()) is not None:
+        _err(f"--source: {missing}")
         return EXIT_USAGE
     settings = ReceiverSettings(
         broker=broker,

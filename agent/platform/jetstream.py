@@ -81,6 +81,16 @@ async def _quiet(exc: Exception) -> None:
     log.debug("nats_client_error", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
+def client_missing() -> str | None:
+    """Why ``--source`` cannot work in this installation (nats-py absent), or None."""
+    try:
+        import nats  # noqa: F401  # the receiver imports it when it connects
+    except ImportError:
+        return ("needs the NATS client: pip install 'ssc-edge-agent[platform]' (nats-py), "
+                "or use --broker")
+    return None
+
+
 def consumer_subject(prefix: str) -> str:
     """The consumer's filter: every topic under ``prefix``, as ``$MQTT_msgs`` names it."""
     return SUBJECT_HEAD + prefix.strip("/").replace("/", ".") + ".>"
@@ -185,6 +195,14 @@ async def consume(source: JetStreamSource, handler: MessageHandler) -> None:
     condition is logged when it starts and when it ends."""
     import nats
 
+    task = asyncio.current_task()
+
+    def stop_if_cancelled() -> None:
+        # nats-py's fetch can swallow a cancellation that lands in its own wait (seen as a
+        # receiver that did not stop); the task still counts the request, so honour it here.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
     nc = await _connect(source)
     js = nc.jetstream()
     failing: str | None = None
@@ -196,10 +214,13 @@ async def consume(source: JetStreamSource, handler: MessageHandler) -> None:
                 puller = await js.pull_subscribe_bind(source.consumer, stream=STREAM)
                 log.info("jetstream_subscribed", stream=STREAM, consumer=source.consumer)
                 while True:
+                    stop_if_cancelled()
                     try:
                         messages = await puller.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
                     except nats.errors.TimeoutError:
                         messages = []
+                    # not handled: delivered again after ACK_WAIT, to any receiver
+                    stop_if_cancelled()
                     if failing is not None:
                         log.info("jetstream_restored", consumer=source.consumer)
                         failing, delay = None, RETRY_FIRST
@@ -212,6 +233,7 @@ async def consume(source: JetStreamSource, handler: MessageHandler) -> None:
                         await message.ack()
             except (nats.errors.Error, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
+                stop_if_cancelled()
                 if failing is None:
                     log.warning("jetstream_unavailable", consumer=source.consumer, error=error,
                                 hint="unacknowledged messages are delivered again; retrying")

@@ -73,7 +73,8 @@ async def test_two_receivers_share_one_consumer_and_store_everything_once(
     await _publish(cluster.nodes[2].mqtt_port, "gw-a", range(21, 41))
     assert await wait_until_async(lambda: sum(s.batches for s in stats) >= 60, 30)
     stop.set()
-    await asyncio.gather(*tasks)
+    async with asyncio.timeout(20):  # a receiver told to stop stops
+        await asyncio.gather(*tasks)
 
     for gw in ("gw-a", "gw-b"):
         stored: list[int] = []
@@ -115,7 +116,8 @@ async def test_a_batch_left_unacknowledged_is_delivered_again(
         stop=stop, stats=stats))
     assert await wait_until_async(lambda: stats.batches == 3, 30)
     stop.set()
-    await task
+    async with asyncio.timeout(20):
+        await task
     with SqliteSink.open(f"sqlite:///{tmp_path}/r.db") as db:
         assert db.seqs("gw-r") == [1, 2, 3]
 
@@ -142,6 +144,18 @@ def test_create_session_names_a_missing_cluster(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "cannot connect" in done.stderr, done.stderr
+
+
+def test_source_without_the_nats_client_says_what_to_install(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['nats'] = None; from agent.cli import main; "
+            f"sys.exit(main(['receive', '--source', 'nats://127.0.0.1:4222', '--sink', "
+            f"'sqlite:///{tmp_path}/x.db']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ssc-agent: --source: needs the NATS client: pip install 'ssc-edge-agent[platform]' "
+        "(nats-py), or use --broker"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
