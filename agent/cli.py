@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError, StorageError
+from agent.platform import fleet
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -176,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="client certificate (PEM), when the broker wants one")
     p.add_argument("--key-file", type=Path, metavar="FILE", help="its private key (PEM)")
 
+    fleet.add_parser(sub)
     p = sub.add_parser("kpi", help="KPI tools: replay recorded readings through the engine")
     kpi_sub = p.add_subparsers(dest="kpi_command", metavar="KPI_COMMAND", required=True)
     r = kpi_sub.add_parser(
@@ -556,6 +558,7 @@ COMMANDS = {
     "scan": _cmd_scan,
     "simulate": _cmd_simulate,
     "receive": _cmd_receive,
+    "fleet": fleet.main,
     "kpi": _cmd_kpi,
     "buffer": _cmd_buffer,
     "demo": _cmd_demo,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.platform.sink.schema import SqlCursor, immediate
+from agent.platform.sink.summary import StoredBatch, batch_lag_ms, record_gateways
 from agent.wire import AGGREGATE_KEYS, INT64_MAX, Batch
 
 # Above anything a real gateway skips in one step (at most SEQ_RESERVE after losing its store
@@ -274,7 +275,7 @@ def begin_batch(cur: SqlCursor, batch: Batch, received: int) -> StoreOutcome:
     store = batch.store or ""
     cur.execute(
         "INSERT INTO batches (gw, store, seq, boot, created, received,"
-        " n_readings, n_aggregates, clock_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " n_readings, n_aggregates, clock_synced, lag_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT DO NOTHING",
         (
             batch.gw,
@@ -287,6 +288,7 @@ def begin_batch(cur: SqlCursor, batch: Batch, received: int) -> StoreOutcome:
             len(batch.aggregates),
             # the optional body key `clock`: NULL when the gateway did not say
             None if batch.clock is None else int(batch.clock["synced"]),
+            batch_lag_ms(batch, received),
         ),
     )
     if cur.rowcount == 0:
@@ -347,4 +349,6 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, received: int) -> StoreO
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             event_rows(batch, shift_ms),
         )
-        return finish_batch(cur, batch, outcome)
+        outcome = finish_batch(cur, batch, outcome)
+        record_gateways(cur, [StoredBatch(batch, outcome.jump is not None, received)])
+        return outcome

@@ -33,6 +33,7 @@ from agent.platform.sink.ingest import (
     reading_rows,
 )
 from agent.platform.sink.pg_schema import (
+    DATA_STEPS,
     DAY_MS,
     MIGRATION_LOCK,
     MIGRATIONS,
@@ -46,6 +47,7 @@ from agent.platform.sink.pg_schema import (
     pg_sql,
 )
 from agent.platform.sink.schema import SqlCursor
+from agent.platform.sink.summary import StoredBatch, record_gateways
 from agent.wire import Batch
 
 if TYPE_CHECKING:
@@ -175,6 +177,9 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[int]
                 continue
             for statement in (x for x in sql.split(";") if x.strip()):
                 conn.execute(statement)  # a constant of this module's
+            if version in DATA_STEPS:
+                with conn.cursor() as cur:
+                    DATA_STEPS[version](PgCursor(cur))
             conn.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
                          (version, description))
             applied.append(version)
@@ -289,6 +294,7 @@ class PgSink(SinkBase):
         outcomes: dict[int, StoreOutcome] = {}
         rows = _Rows()
         locked: set[tuple[str, str]] = set()
+        stored: list[StoredBatch] = []
         for i in order:
             batch = batches[i]
             key = (batch.gw, batch.store or "")
@@ -305,7 +311,9 @@ class PgSink(SinkBase):
             if any(e["kind"] == "clock_step" for e in batch.events):
                 rows.flush(cur.raw)  # the step moves rows stored so far, these included
             outcomes[i] = finish_batch(cur, batch, outcome)
+            stored.append(StoredBatch(batch, outcome.jump is not None, received))
         rows.flush(cur.raw)
+        record_gateways(cur, stored)
         return [outcomes[i] for i in range(len(batches))]
 
     # ----------------------------------------------------------------------- partitions

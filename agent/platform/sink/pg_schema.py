@@ -9,14 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from agent.errors import ConfigError
 from agent.password_file import PasswordFileProblem, read_password_file
+from agent.platform.sink.summary import backfill_gateways
+
+if TYPE_CHECKING:
+    from agent.platform.sink.schema import SqlCursor
 
 PG_SCHEMES = ("postgresql", "postgres")
 # Query parameters a sink URL may carry: libpq's own TLS settings, and two harmless ones.
@@ -253,12 +258,33 @@ CREATE TABLE rejected_totals (
     PRIMARY KEY (gw, kind)
 )"""
 
+# the fleet view's summaries (agent.platform.sink.summary); the data step runs after these
+_V3 = """
+ALTER TABLE batches ADD COLUMN lag_ms bigint;
+CREATE INDEX batches_by_received ON batches (received);
+CREATE TABLE gateways (
+    gw text PRIMARY KEY,
+    first_seen bigint NOT NULL,
+    last_seen bigint NOT NULL,
+    store text,
+    last_seq bigint,
+    last_created bigint,
+    batches bigint NOT NULL,
+    readings bigint NOT NULL,
+    kpi_windows bigint NOT NULL,
+    dropped_batches bigint NOT NULL,
+    dropped_readings bigint NOT NULL
+)"""
+
 # Append only: a database records each version it applied in ``schema_version``, and the
 # receiver applies the ones above it at start, in one transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "the sink's tables; readings partitioned by day", _V1),
     (2, "set-aside messages: rejected, rejected_totals", _V2),
+    (3, "fleet view: gateways, batches.lag_ms", _V3),
 )
+# Steps that move data, run in the same transaction right after their version's SQL.
+DATA_STEPS: dict[int, Callable[[SqlCursor], None]] = {3: backfill_gateways}
 # one receiver migrates at a time (an arbitrary constant: 'ssc' 'mig')
 MIGRATION_LOCK = 0x5353_4D49_47
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 from agent.errors import ConfigError
+from agent.platform.sink.summary import backfill_gateways
 
 SCHEME = "sqlite:///"
 
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS batches (
     jump INTEGER NOT NULL DEFAULT 0,
     clock_synced INTEGER,
     clock_shift_ms INTEGER NOT NULL DEFAULT 0,
+    lag_ms INTEGER,
     PRIMARY KEY (gw, store, seq)
 );
 CREATE TABLE IF NOT EXISTS readings (
@@ -90,6 +92,19 @@ CREATE TABLE IF NOT EXISTS clock_steps (
     from_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (gw, store, boot, before_seq, t, step_ms)
 );
+CREATE TABLE IF NOT EXISTS gateways (
+    gw TEXT PRIMARY KEY,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    store TEXT,
+    last_seq INTEGER,
+    last_created INTEGER,
+    batches INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    kpi_windows INTEGER NOT NULL,
+    dropped_batches INTEGER NOT NULL,
+    dropped_readings INTEGER NOT NULL
+);
 """
 # after _migrate: an older file's tables gain their columns first
 INDEXES = """
@@ -100,6 +115,8 @@ CREATE INDEX IF NOT EXISTS aggregates_by_kpi ON aggregates (gw, kpi, "start");
 CREATE INDEX IF NOT EXISTS readings_by_batch ON readings (gw, seq);
 CREATE INDEX IF NOT EXISTS events_by_batch ON events (gw, seq);
 CREATE INDEX IF NOT EXISTS batches_by_boot ON batches (gw, store, boot, seq);
+-- the fleet view's last hour
+CREATE INDEX IF NOT EXISTS batches_by_received ON batches (received);
 """
 
 # Messages set aside (``set_aside``): a poison message is kept, bounded, and acknowledged, so it
@@ -111,7 +128,9 @@ _ADDED_COLUMNS = {
     # the optional body key ``clock``: NULL when a batch did not say
     "batches": [("clock_synced", "INTEGER"),
                 # what the clock-step correction added to the batch's reading and event times
-                ("clock_shift_ms", "INTEGER NOT NULL DEFAULT 0")],
+                ("clock_shift_ms", "INTEGER NOT NULL DEFAULT 0"),
+                # received minus the median reading time (agent.platform.sink.summary)
+                ("lag_ms", "INTEGER")],
     "readings": [("store", "TEXT NOT NULL DEFAULT ''")],
     "aggregates": [("store", "TEXT NOT NULL DEFAULT ''")],
     "events": [("store", "TEXT NOT NULL DEFAULT ''")],
@@ -122,7 +141,8 @@ _ADDED_COLUMNS = {
 }
 # Tables whose primary key gained ``store``: rebuilt once, rows copied with store ''.
 _REKEYED = {
-    "batches": "gw, '', seq, boot, created, received, n_readings, n_aggregates, 0, NULL, 0",
+    "batches": "gw, '', seq, boot, created, received, n_readings, n_aggregates, 0, NULL, 0,"
+               " NULL",
     "seq_gaps": 'gw, \'\', "first", "last"',
 }
 
@@ -174,6 +194,13 @@ def sink_path(url_or_path: str | Path) -> Path:
     )
 
 
+# Steps that move data, not only tables and columns: each runs once, in the migration's
+# transaction, and the file records the last one it ran in ``PRAGMA user_version``.
+VERSIONED_STEPS: tuple[tuple[int, Callable[[SqlCursor], None]], ...] = (
+    (1, backfill_gateways),
+)
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -198,4 +225,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
             for name, decl in wanted:
                 if name not in have:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for number, step in VERSIONED_STEPS:
+            if number > version:
+                step(conn.cursor())
+                conn.execute(f"PRAGMA user_version = {number}")
     conn.executescript(INDEXES)
