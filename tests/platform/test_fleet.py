@@ -30,7 +30,7 @@ from tests.conftest import Mosquitto
 from tests.platform.test_receiver import PREFIX, Running
 from tests.waiting import wait_until_async
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("postgresql")]
 
 
 # --------------------------------------------------------------------------- pure figures
@@ -56,9 +56,9 @@ def test_weighted_percentile_is_the_nearest_rank_of_the_expanded_values(
         values: list[tuple[int, int]], q: float) -> None:
     expanded = sorted(v for v, w in values for _ in range(w))
     got = weighted_percentile(values, q)
-    assert got in expanded
-    below = sum(1 for v in expanded if v <= got)  # type: ignore[operator]
-    strictly_below = sum(1 for v in expanded if v < got)  # type: ignore[operator]
+    assert got is not None and got in expanded
+    below = sum(1 for v in expanded if v <= got)
+    strictly_below = sum(1 for v in expanded if v < got)
     assert below >= q / 100 * len(expanded) - 1e-9 * len(expanded)
     assert strictly_below < q / 100 * len(expanded) + 1e-9 * len(expanded)
 
@@ -178,11 +178,11 @@ async def test_the_fleet_view_shows_what_the_gateways_sent(
                 stdout=subprocess.PIPE, text=True)
             try:
                 assert gateway.stdout is not None
-                out = gateway.stdout
+                debug = gateway.stdout
                 # connected (the will is registered) once its subscription is acknowledged
                 async with asyncio.timeout(10):  # a kill ends the read: the pipe closes
                     assert await asyncio.to_thread(
-                        lambda: any("SUBACK" in line for line in out)) is True
+                        lambda: any("SUBACK" in line for line in debug)) is True
             finally:
                 gateway.kill()  # no DISCONNECT: the broker publishes the will
                 gateway.wait()
