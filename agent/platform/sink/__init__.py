@@ -37,7 +37,8 @@ which handles the step itself.
 
 
 The package: ``schema`` (SQLite tables, migration of older files, transactions), ``ingest``
-(one batch: dedup, gaps, jumps, clock steps), ``rejected`` (set-aside messages), ``base``
+(one batch: dedup, gaps, jumps, clock steps), ``summary`` (the fleet view's per-gateway
+summaries kept at ingest), ``rejected`` (set-aside messages), ``base``
 (what both sinks do alike), ``sqlite`` (:class:`SqliteSink`), ``pg_schema`` and ``pg``
 (:class:`PgSink`), ``url`` (:func:`open_sink`: the sink a URL names).
 """
