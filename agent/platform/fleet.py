@@ -9,6 +9,7 @@ around them opens the sink. Nothing heavy is imported until the command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -198,8 +199,10 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "fleet", help="which gateways are online, silent, late or losing data",
         description="Print, per gateway, what the receiver's database says about it, from "
-        "summaries kept at ingest (never a scan of the readings). Exit 0; 2 when the sink "
-        "does not exist or cannot be opened; 1 when the database fails while it is read.",
+        "summaries kept at ingest (never a scan of the readings). Only reads: a read-only "
+        "database role will do. Exit 0; 2 when the sink does not exist, cannot be opened or "
+        "has not been migrated by this release's receiver yet; 1 when the database fails "
+        "while it is read.",
         epilog=COLUMNS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sink", required=True, metavar="URL",
                    help="the receiver's --sink: sqlite:///file.db or "
@@ -217,10 +220,9 @@ def main(args: argparse.Namespace) -> int:
     """Run ``ssc-agent fleet``: 0, 1 (the database failed while read); ConfigError (exit 2)
     for bad flags or a sink that does not exist or cannot be opened."""
     from agent.errors import ConfigError
-    from agent.platform.sink import SinkUnavailable, check_sink_url, open_sink
-    from agent.platform.sink.pg_schema import is_pg_url
-    from agent.platform.sink.schema import sink_path
+    from agent.platform.sink import check_sink_url
     from agent.platform.sink.summary import read_fleet
+    from agent.platform.sink.url import open_read_only
     from agent.units import parse_duration
 
     try:
@@ -231,15 +233,18 @@ def main(args: argparse.Namespace) -> int:
         check_sink_url(args.sink, args.sink_password_file)
     except ConfigError as exc:
         raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
-    if not is_pg_url(args.sink) and not sink_path(args.sink).is_file():
-        # opening would create an empty database: a typo must not look like an empty fleet
-        raise ConfigError(f"--sink: {sink_path(args.sink)}: no such database")
     now_ms = int(time.time() * 1000)
-    with open_sink(args.sink, password_file=args.sink_password_file) as sink:
+    with contextlib.ExitStack() as stack:
         try:
-            rows = read_fleet(sink.select, now_ms - WINDOW_MS)
-        except SinkUnavailable as exc:
-            print(f"ssc-agent: {exc}", file=sys.stderr)
+            select = stack.enter_context(
+                open_read_only(args.sink, password_file=args.sink_password_file))
+        except ConfigError as exc:
+            raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+        try:
+            rows = read_fleet(select, now_ms - WINDOW_MS)
+        except Exception as exc:  # the database failed while read: not the flags' fault
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            print(f"ssc-agent: --sink: {first}", file=sys.stderr)
             return 1
     views = [gateway_view(r, now_ms=now_ms, silent_after_ms=silent_after_ms) for r in rows]
     render = to_json if args.json else render_table

@@ -136,6 +136,7 @@ def sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _fleet(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # what came before (a sink's log lines) is not the command's
     status = cli_main(["fleet", *args])
     out, err = capsys.readouterr()
     return status, out, err
@@ -297,12 +298,46 @@ def test_a_sink_that_cannot_be_opened_is_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import free_port
 
+    (tmp_path / "not-a-db").write_text("a text file, not a database\n" * 100)
     for args, says in (
             (["--sink", str(tmp_path / "typo.db")], "typo.db: no such database"),
             (["--sink", f"postgresql://postgres@127.0.0.1:{free_port()}/x"], "cannot connect"),
             (["--sink", "mqtt://x/y"], "--sink"),
+            (["--sink", str(tmp_path / "not-a-db")], "cannot read the SQLite database"),
             (["--sink", str(tmp_path / "x.db"), "--silent-after", "soon"], "--silent-after")):
         status, out, err = _fleet(capsys, *args)
         assert (status, out) == (2, ""), args
         assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_the_view_only_reads(sink_url: str, downgrade: Any, tmp_path: Path,
+                             request: pytest.FixtureRequest,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """It migrates nothing (a database the receiver has not migrated yet is refused), writes
+    nothing, and works with a role that may only read."""
+    with open_sink(sink_url) as sink:
+        sink.store(_batch("gw-a", 1, t0=1000))
+    downgrade()
+    status, _, err = _fleet(capsys, "--sink", sink_url)
+    assert status == 2 and "start the receiver of this release once" in err
+    assert len(err.splitlines()) == 1
+    with open_sink(sink_url):  # the receiver migrates it
+        pass
+    args = ["--sink", sink_url, "--json"]
+    if sink_url.startswith("sqlite"):
+        path = Path(sink_url.removeprefix("sqlite:///"))
+        before = path.read_bytes()
+    else:
+        db = sink_url.rsplit("/", 1)[1]
+        with request.getfixturevalue("pg_server").admin(db) as admin:
+            admin.execute(f"CREATE ROLE reader_{db} LOGIN PASSWORD 'only reads'")
+            admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader_{db}")
+        (tmp_path / "pw").write_text("only reads\n")
+        args = ["--sink", sink_url.replace("postgres@", f"reader_{db}@"),
+                "--sink-password-file", str(tmp_path / "pw"), "--json"]
+    status, out, err = _fleet(capsys, *args)
+    assert (status, err) == (0, ""), err
+    assert [g["last_seq"] for g in json.loads(out)["gateways"]] == [1]
+    if sink_url.startswith("sqlite"):
+        assert path.read_bytes() == before
