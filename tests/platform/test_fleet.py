@@ -71,6 +71,7 @@ def test_weighted_percentile_is_the_nearest_rank_of_the_expanded_values(
     ("", (0, 0)),
     ("batches=x readings=-3", (0, 0)),
     ("xbatches=9 readings=1", (0, 1)),
+    ("batches=1 readings=9999999999999", (1, 0)),  # 13 digits: no gateway's, not counted
 ])
 def test_drop_counts(msg: str, expected: tuple[int, int]) -> None:
     assert drop_counts(msg) == expected

@@ -21,8 +21,10 @@ from agent.wire import Batch
 if TYPE_CHECKING:
     from agent.platform.sink.schema import SqlCursor
 
-# the words of a buffer_drop event's message (docs/wire-format.md §6) the summary counts
-_DROP_WORDS = re.compile(r"(?:^|\s)(batches|readings)=(\d{1,18})(?=\s|$)")
+# the words of a buffer_drop event's message (docs/wire-format.md §6) the summary counts; a
+# count of more than 12 digits is no gateway's and is not counted (a forged one must not
+# overflow the 64-bit counters and make the gateway's later batches fail to store)
+_DROP_WORDS = re.compile(r"(?:^|\s)(batches|readings)=(\d{1,12})(?=\s|$)")
 
 # A batch stored as a seq jump (not confirmed) passes NULLs: it moves neither the seq nor the
 # store. The right-hand sides read the row as it was before this statement, in both databases.
