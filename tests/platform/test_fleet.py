@@ -234,6 +234,31 @@ async def test_the_fleet_view_shows_what_the_gateways_sent(
     assert "offline" in rows["gw-b"] and "never" in rows["gw-c"]
 
 
+def test_summaries_kept_at_ingest_many_batches_a_transaction(sink_url: str) -> None:
+    """Batches of one gateway stored together, out of order, resent, from a replaced store:
+    the gateway's row says what was stored, and the last seq is the current store's."""
+    import dataclasses
+
+    drop = {"t": 5, "kind": "buffer_drop", "dev": None, "msg": "batches=1 readings=3 seq=4-4"}
+    first = [_batch("gw-a", 5, t0=5000, events=(drop,), windows=2), _batch("gw-a", 3, t0=3000),
+             _batch("gw-a", 5, t0=5000, events=(drop,), windows=2),  # resent: not counted
+             _batch("gw-b", 1, t0=1000, n=0)]
+    replaced = dataclasses.replace(_batch("gw-a", 1, t0=9000), store="new-card")
+    older_store_late = _batch("gw-a", 6, t0=6000)  # created before the new store's batch
+    with open_sink(sink_url) as sink:
+        outcomes = sink.store_many(first)
+        assert [o.duplicate for o in outcomes] == [False, False, True, False]
+        rows = {r.gw: r for r in _summary(sink)}
+        assert (rows["gw-a"].store, rows["gw-a"].last_seq, rows["gw-a"].batches,
+                rows["gw-a"].readings, rows["gw-a"].kpi_windows, rows["gw-a"].dropped_readings,
+                rows["gw-a"].dropped_batches) == ("", 5, 2, 6, 2, 3, 1)
+        assert (rows["gw-b"].last_seq, rows["gw-b"].readings) == (1, 0)
+        sink.store_many([replaced, older_store_late])
+        a = {r.gw: r for r in _summary(sink)}["gw-a"]
+        # 5 came first (the baseline), 3 below it and 6 next in line: no gap
+        assert (a.store, a.last_seq, a.batches, a.missing) == ("new-card", 1, 4, 0)
+
+
 # --------------------------------------------------------------------------- migration
 
 _DOWNGRADE = {
