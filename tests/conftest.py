@@ -8,9 +8,11 @@ per_listener_settings=False)``, which returns a started :class:`Mosquitto`.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,17 +22,64 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check every example, they do not time it: hypothesis' default deadline (200 ms
+# an example) fails a SQLite or PostgreSQL example on a busy machine (the suite's workers side
+# by side, a shared CI runner), which says nothing about the code. Speed is for benchmarks/.
+settings.register_profile("ssc", deadline=None)
+settings.load_profile("ssc")
 
 READY_TIMEOUT = 5.0
 PR_SET_PDEATHSIG = 1
 
 
+def _port_share() -> range:
+    """The ports :func:`free_port` hands out in this process: below the kernel's ephemeral
+    range, so no outgoing connection takes one between the test picking it and its server
+    binding it, and split between the pytest-xdist workers, so no other worker picks it too.
+    Empty when the ephemeral range leaves no room (then the kernel picks)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    first = max(1024, low - 12_000)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (low - first) // workers
+    if size < 100:
+        return range(0)
+    return range(first + worker * size, first + (worker + 1) * size)
+
+
+_PORTS = _port_share()
+_handed_out: collections.deque[int] = collections.deque(maxlen=len(_PORTS) // 2)
+_choose = random.Random()  # its own: the global one may be seeded by a test (hypothesis)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process has not
+    handed out lately (its test may not have bound it yet)."""
+    for _ in range(100):
+        if not _PORTS:
+            break
+        port = _choose.choice(_PORTS)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.append(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def _die_with_parent() -> None:
