@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from agent.errors import ConfigError
 from agent.readings import PointValue
+from agent.schema import ConfigModel, Field
 from agent.unit_fields import DeviceDurationField
 from agent.units import Duration
 
@@ -64,10 +63,8 @@ def max_poll_seconds(driver: Driver) -> float | None:
     return value if isinstance(value, int | float) else DEFAULT_MAX_POLL_SECONDS
 
 
-class DeviceConfig(BaseModel):
-    """Keys every ``[[devices]]`` table has; a driver's model extends it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class DeviceConfig(ConfigModel):
+    """Keys every ``[[devices]]`` table has; a driver's model extends it (:mod:`agent.schema`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
     driver: str
@@ -170,7 +167,7 @@ def spec_problem(spec: DriverSpec) -> str | None:
     model: object = spec.config_model
     if not (isinstance(model, type) and issubclass(model, DeviceConfig)):
         return (
-            f"config_model is {model!r}, not a pydantic model extending "
+            f"config_model is {model!r}, not a model extending "
             "agent.driver.DeviceConfig: make the driver's config class subclass DeviceConfig"
         )
     if not callable(spec.create):

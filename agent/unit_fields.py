@@ -9,12 +9,9 @@ is parsed already (a default, a copied model) passes as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, GetCoreSchemaHandler
-from pydantic_core import CoreSchema, core_schema
-
+from agent.schema import AfterValidator, Parsed
 from agent.units import AsWritten, Duration, KpiLength, Size, parse_kpi_length
 
 __all__ = [
@@ -31,54 +28,14 @@ def _text(value: AsWritten) -> str:
     return value.text
 
 
-class _ParsedOnce:
-    """Pydantic marker: a string parsed by ``parse`` into ``kind``.
-
-    ``wrong_type`` words a value that is not a string; without it pydantic's own string
-    check words it (device tables always said "must be a string").
-    """
-
-    def __init__(
-        self, kind: type[AsWritten], parse: Callable[[str], Any], wrong_type: str | None
-    ) -> None:
-        self.kind = kind
-        self.parse = parse
-        self.wrong_type = wrong_type
-
-    def __get_pydantic_core_schema__(
-        self, source: object, handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        from_text = core_schema.no_info_after_validator_function(
-            self.parse, core_schema.str_schema()
-        )
-        return core_schema.no_info_wrap_validator_function(
-            self._validate,
-            from_text,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                _text, return_schema=core_schema.str_schema()
-            ),
-        )
-
-    def _validate(self, value: object, from_text: core_schema.ValidatorFunctionWrapHandler) -> Any:
-        if isinstance(value, self.kind):
-            return value
-        if self.wrong_type is not None and not isinstance(value, str):
-            raise ValueError(self.wrong_type)
-        return from_text(value)
-
-
 # The agent's own sections say how to write the value; device and driver tables keep
-# pydantic's "must be a string".
-DurationField = Annotated[
-    Duration, _ParsedOnce(Duration, Duration.parse, "write a duration as a string, e.g. '15 s'")
-]
-DeviceDurationField = Annotated[Duration, _ParsedOnce(Duration, Duration.parse, None)]
-KpiLengthField = Annotated[
-    KpiLength, _ParsedOnce(KpiLength, parse_kpi_length, "write a duration as a string, e.g. '15 s'")
-]
-SizeField = Annotated[
-    Size, _ParsedOnce(Size, Size.parse, "write a size as a string, e.g. '256 MiB'")
-]
+# the plain "must be a string".
+_AS_DURATION = "write a duration as a string, e.g. '15 s'"
+DurationField = Annotated[Duration, Parsed(Duration, Duration.parse, _text, _AS_DURATION)]
+DeviceDurationField = Annotated[Duration, Parsed(Duration, Duration.parse, _text)]
+KpiLengthField = Annotated[KpiLength, Parsed(KpiLength, parse_kpi_length, _text, _AS_DURATION)]
+_AS_SIZE = "write a size as a string, e.g. '256 MiB'"
+SizeField = Annotated[Size, Parsed(Size, Size.parse, _text, _AS_SIZE)]
 
 
 def duration_range(low: str, high: str, why: str = "") -> AfterValidator:

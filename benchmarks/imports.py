@@ -6,8 +6,9 @@ two figures:
 - alone: a fresh interpreter's VmRSS before and after that one step;
 - cumulative: one interpreter taking every step in turn, its VmRSS after each.
 
-The last steps build the config: a 50-device Modbus config loaded and validated
-(``agent.config.load_config``), what pydantic costs besides its import.
+The last step loads and validates a 50-device Modbus config (``agent.config.load_config``).
+A second table gives the config's share: every other import of the runtime first, then the
+config's models (:mod:`agent.schema`, which replaced pydantic: that cost ~14 MiB) and a load.
 
 Run it with the python of the install to measure. The figures that matter are those of a base
 install (no test/dev extras: ``rich``, which the ``demo`` extra brings, makes structlog ~17 MiB
@@ -36,22 +37,13 @@ def _rss():
     raise SystemExit("no VmRSS in /proc/self/status")
 """
 
-_FIRST_MODEL = """
-from pydantic import BaseModel
-class _First(BaseModel):
-    name: str
-    interval: float = 1.0
-_First(name="x")
-"""
-
 # (label, setup, code): the agent's order. "alone" runs setup first and measures code only; a
 # step an earlier one already took costs ~0 in the cumulative column.
 STEPS: list[tuple[str, str, str]] = [
     ("asyncio", "", "import asyncio"),
     ("ssl", "", "import ssl"),
     ("structlog", "", "import structlog"),
-    ("pydantic", "", "import pydantic"),
-    ("pydantic: a first model", "import pydantic", _FIRST_MODEL),
+    ("agent.schema (config models)", "", "import agent.schema"),
     ("agent.config (its models)", "", "import agent.config"),
     ("zstandard", "", "import zstandard"),
     ("sqlite3", "", "import sqlite3"),
@@ -67,16 +59,15 @@ STEPS: list[tuple[str, str, str]] = [
 ]
 
 
-# pydantic's share: every other import of the runtime first, then pydantic and what is built
-# with it, so that what they share with the rest is not counted as pydantic's.
-WITHOUT_PYDANTIC = (
+# The config's share: every other import of the runtime first, then the config's modules and
+# what is built with them, so that what they share with the rest is not counted as theirs.
+WITHOUT_CONFIG = (
     "import asyncio, ssl, sqlite3, ctypes, tomllib, importlib.metadata, structlog, zstandard, "
     "msgpack, aiomqtt, pymodbus.client"
 )
-PYDANTIC_STEPS: list[tuple[str, str]] = [
-    ("the runtime's other imports", WITHOUT_PYDANTIC),
-    ("pydantic imported", "import pydantic"),
-    ("a first model built and used", _FIRST_MODEL),
+CONFIG_STEPS: list[tuple[str, str]] = [
+    ("the runtime's other imports", WITHOUT_CONFIG),
+    ("agent.schema imported", "import agent.schema"),
     ("agent.config: the agent's models", "import agent.config"),
     ("a config loaded ({devices} devices)",
      "_config = agent.config.load_config(__import__('pathlib').Path({config!r}))"),
@@ -134,8 +125,8 @@ def main() -> None:
         ]
         start, totals = cumulative([(setup, code) for _, setup, code in steps])
         costs = [alone(setup, code) for _, setup, code in steps]
-        pydantic_start, pydantic_totals = cumulative(
-            [("", code.replace("{config!r}", where)) for _, code in PYDANTIC_STEPS]
+        config_start, config_totals = cumulative(
+            [("", code.replace("{config!r}", where)) for _, code in CONFIG_STEPS]
         )
         has_rich = _run("import importlib.util\n"
                         "print(int(importlib.util.find_spec('rich') is not None))")[0]
@@ -149,16 +140,16 @@ def main() -> None:
         print(f"{label:<36} {cost / mib:+6.1f} MiB {total / mib:8.1f} MiB "
               f"{(total - previous) / mib:+6.1f} MiB")
         previous = total
-    print(f"\npydantic in the runtime (one interpreter, from {pydantic_start / mib:.1f} MiB):")
-    previous = pydantic_start
-    for (label, _), total in zip(PYDANTIC_STEPS, pydantic_totals, strict=True):
+    print(f"\nthe config in the runtime (one interpreter, from {config_start / mib:.1f} MiB):")
+    previous = config_start
+    for (label, _), total in zip(CONFIG_STEPS, config_totals, strict=True):
         print(f"{label.format(devices=args.devices):<36} {total / mib:8.1f} MiB "
               f"{(total - previous) / mib:+6.1f} MiB")
         previous = total
-    share = pydantic_totals[-1] - pydantic_totals[0]
-    print(f"{'pydantic and what is built with it':<36} {share / mib:+8.1f} MiB")
-    print("\nalone: what the step adds to a fresh interpreter that took only its setup (a first"
-          "\nmodel: pydantic imported; a config loaded: agent.config imported); cumulative:"
+    share = config_totals[-1] - config_totals[0]
+    print(f"{'the config and what is built with it':<36} {share / mib:+8.1f} MiB")
+    print("\nalone: what the step adds to a fresh interpreter that took only its setup (a config"
+          "\nloaded: agent.config imported); cumulative:"
           "\nVmRSS after the step, every step above taken first; adds: the difference.")
 
 

@@ -115,7 +115,7 @@ BROKEN_MODULES = {
     # The everyday failure: the driver needs a library that is not installed.
     "missing_dependency.py": f"import {MISSING_MODULE}  # noqa: F401\n",
     "not_a_spec.py": 'SPEC = {"name": "broken_object", "version": "1"}\n',
-    # A DriverSpec whose config model is a dataclass, not a pydantic DeviceConfig.
+    # A DriverSpec whose config model is a dataclass, not a DeviceConfig.
     "bad_model.py": textwrap.dedent("""\
         from dataclasses import dataclass
 

@@ -1,6 +1,7 @@
-"""The agent's configuration, one module a job: ``models`` (the pydantic models), ``rules``
-(what a value must be on its own), ``kpi`` (the rules of a ``[[kpis]]`` entry), ``messages``
-(how a problem is worded with its place) and ``loader`` (TOML, profiles, every problem at once).
+"""The agent's configuration, one module a job: ``models`` (the models, :mod:`agent.schema`),
+``rules`` (what a value must be on its own), ``kpi`` (the rules of a ``[[kpis]]`` entry),
+``messages`` (how a problem is worded with its place) and ``loader`` (TOML, profiles, every
+problem at once).
 
 Entry point: :func:`load_config` (a TOML file) or :func:`config_from_dict` (an already parsed
 table). Both raise :class:`~agent.errors.ConfigError` whose ``problems`` hold one line per

@@ -1,5 +1,5 @@
-"""The configuration's pydantic models: one per section, :class:`KpiConfig` per ``[[kpis]]``
-table, and :class:`AgentConfig` for the whole file. Build them through the loader
+"""The configuration's models (:mod:`agent.schema`): one per section, :class:`KpiConfig` per
+``[[kpis]]`` table, and :class:`AgentConfig` for the whole file. Build them through the loader
 (:mod:`agent.config.loader`): it checks what spans tables (names, sources, buses).
 """
 
@@ -10,17 +10,6 @@ from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
-
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializeAsAny,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 
 from agent.config.kpi import Operator, _source_kind, kpi_key_problems, kpi_value_problems
 from agent.config.rules import (
@@ -40,6 +29,14 @@ from agent.driver import DeviceConfig
 from agent.endpoints import BrokerAddress, parse_broker_urls, topic_prefix_problem
 from agent.kpi.registry import REGISTRY
 from agent.password_file import read_password_file
+from agent.schema import (
+    AfterValidator,
+    ConfigModel,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from agent.unit_fields import DurationField, SizeField, duration_range, not_zero
 from agent.units import Duration, KpiDuration, Size, parse_clock
 
@@ -49,8 +46,8 @@ SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis"
 _DEFER_KPI_RULES = "defer_kpi_rules"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+class _Section(ConfigModel):
+    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,9 +389,9 @@ class AgentConfig(_Section):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     buses: list[BusConfig] = Field(default_factory=list)
-    devices: list[SerializeAsAny[DeviceConfig]] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)
-    source_path: Annotated[Path, Field(strict=False)] | None = None
+    source_path: Path | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -13,15 +13,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    ValidationInfo,
-)
-
 from agent.endpoints import printable_problem
 from agent.password_file import PasswordFileProblem, read_password_file
+from agent.schema import AfterValidator, BeforeValidator, Field, ValidationInfo
 from agent.unit_fields import KpiLengthField
 from agent.units import (
     Duration,
@@ -129,7 +123,7 @@ ClockTime = Annotated[
     str, BeforeValidator(_string_of("a time of day", "'07:00'")), AfterValidator(_clock)
 ]
 ConfigPath = Annotated[
-    Path, BeforeValidator(_non_empty_path), Field(strict=False), AfterValidator(_resolve_path)
+    Path, BeforeValidator(_non_empty_path), AfterValidator(_resolve_path)
 ]
 Coverage = Annotated[float, Field(ge=0.0, le=1.0)]
 Unit = Annotated[str, Field(max_length=MAX_UNIT_CHARS)]

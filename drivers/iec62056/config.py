@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from agent.driver import DeviceConfig
+from agent.schema import ConfigModel, Field, field_validator, model_validator
 from agent.unit_fields import DeviceDurationField, duration_range, not_zero
 from agent.units import Duration
 from drivers.iec62056.frames import BAUD_RATES, normalize_obis
@@ -17,10 +16,9 @@ __all__ = ["Iec62056Config", "ObisPoint"]
 _OBIS = re.compile(r"^(\d+-\d+:)?[0-9A-Z]+(\.[0-9A-Z]+){1,4}(\*\d+)?$", re.ASCII)
 
 
-class ObisPoint(BaseModel):
+class ObisPoint(ConfigModel):
     """One value of the readout: its OBIS code, the point name, and an optional scale."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=64)
     obis: str = Field(description="e.g. 1.8.0 or 1-0:1.8.0*255")

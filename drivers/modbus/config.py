@@ -6,9 +6,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from agent.driver import DeviceConfig
+from agent.schema import ConfigModel, Field, field_validator, model_validator
 from agent.unit_fields import DeviceDurationField, duration_range, not_zero
 from agent.units import Duration
 
@@ -68,10 +67,9 @@ class Transport(StrEnum):
     BUS = "bus"  # RTU on a [[buses]] serial line
 
 
-class ModbusPoint(BaseModel):
+class ModbusPoint(ConfigModel):
     """One value of the device: where it lives and how to decode it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=64)
     address: int = Field(ge=0, le=65535, description="0-based protocol address")

@@ -38,11 +38,10 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Literal
 
 from agent.profiles import Profile
+from agent.schema import ConfigModel, Field, ValidationError
 from drivers.modbus.codec import apply_scale, encode_value, is_float_type
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, PointType, Table
 
@@ -63,8 +62,8 @@ _INT_RANGE: dict[PointType, tuple[int, int]] = {
 _DEFINED_KEY = "defined"
 
 
-class _Hint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Hint(ConfigModel):
+    allow_inf_nan = True  # a device may hold NaN or ±inf in a float register
 
 
 class ConstantHint(_Hint):
@@ -92,11 +91,38 @@ class CounterHint(_Hint):
     resolution: float = Field(default=0.01, gt=0)
 
 
-class _HintFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Hint = ConstantHint | NoiseHint | CounterHint
+_HINT_KINDS: dict[str, type[Hint]] = {
+    "constant": ConstantHint,
+    "noise": NoiseHint,
+    "counter": CounterHint,
+}
 
-    hints: dict[str, Annotated[ConstantHint | NoiseHint | CounterHint, Field(discriminator="kind")]]
-    defined: dict[Table, list[tuple[int, int]]] = Field(default_factory=dict)
+
+class _Defined(ConfigModel):
+    """``[simulate.defined]``: address ranges that answer besides the points, per table."""
+
+    holding: list[tuple[int, int]] = Field(default_factory=list)
+    input: list[tuple[int, int]] = Field(default_factory=list)
+    coil: list[tuple[int, int]] = Field(default_factory=list)
+    discrete: list[tuple[int, int]] = Field(default_factory=list)
+
+    def by_table(self) -> dict[Table, list[tuple[int, int]]]:
+        return {table: getattr(self, table.value) for table in Table}
+
+
+def _hint(name: str, raw: object) -> Hint:
+    """One ``[simulate.NAME]`` table as the hint its ``kind`` names."""
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    model = _HINT_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ValueError(f"{name}.kind: must be one of {', '.join(_HINT_KINDS)}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in (name, *first.loc))
+        raise ValueError(f"{loc}: {first.message}") from exc
 
 
 def _quantize(value: float, resolution: float, *, down: bool = False) -> float | int:
@@ -137,23 +163,26 @@ class SimulatedMeter:
         try:
             self.points = [ModbusPoint.model_validate(p) for p in profile.points]
         except ValidationError as exc:
-            raise ValueError(f"{where}: invalid point: {exc.errors()[0]['msg']}") from exc
+            raise ValueError(f"{where}: invalid point: {exc.errors()[0].message}") from exc
         if not self.points:
             raise ValueError(f"{where}: has no [[points]] to simulate")
         names = {p.name for p in self.points}
         raw_hints = dict(profile.simulate)
         defined = raw_hints.pop(_DEFINED_KEY, {}) if _DEFINED_KEY not in names else {}
         try:
-            parsed = _HintFile.model_validate({"hints": raw_hints, "defined": defined})
+            hints = {name: _hint(str(name), raw) for name, raw in raw_hints.items()}
+            extra = _Defined.model_validate(defined).by_table()
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"][1:])
-            raise ValueError(f"{where}: [simulate] {loc}: {first['msg']}") from exc
-        unknown = sorted(set(parsed.hints) - names)
+            loc = ".".join(str(x) for x in (_DEFINED_KEY, *first.loc))
+            raise ValueError(f"{where}: [simulate] {loc}: {first.message}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{where}: [simulate] {exc}") from exc
+        unknown = sorted(set(hints) - names)
         if unknown:
             raise ValueError(f"{where}: [simulate] names no such point(s) {unknown}")
-        self._hints = parsed.hints
-        self.defined = self._defined_addresses(parsed.defined)
+        self._hints = hints
+        self.defined = self._defined_addresses(extra)
 
     def _defined_addresses(
         self, extra: Mapping[Table, Sequence[tuple[int, int]]]

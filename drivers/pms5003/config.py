@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
-
 from agent.driver import DeviceConfig
+from agent.schema import Field, ValidationInfo, field_validator
 from agent.unit_fields import DeviceDurationField, duration_range
 from agent.units import Duration
 from drivers.pms5003.frames import MODELS, Model

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from agent.driver import DeviceConfig
+from agent.schema import ConfigModel, Field, field_validator, model_validator
 from agent.unit_fields import DeviceDurationField, duration_range
 from agent.units import Duration
 from drivers.sds011.frames import parse_device_id
@@ -20,10 +19,9 @@ _Phase = Annotated[DeviceDurationField, duration_range("1 ms", "1 d")]
 _Timeout = Annotated[DeviceDurationField, duration_range("100 ms", "1 min")]
 
 
-class Sds011Duty(BaseModel):
+class Sds011Duty(ConfigModel):
     """``duty = { work = "45 s", sleep = "4 min" }``: awake (warm-up included), then asleep."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     work: _Phase
     sleep: _Phase

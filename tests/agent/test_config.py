@@ -1493,7 +1493,7 @@ def test_defaults_and_parsed_helpers(tmp_path: Path) -> None:
 
 def test_models_are_frozen(tmp_path: Path) -> None:
     config = load_text(tmp_path, BASE)
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(AttributeError, match="frozen"):
         config.gateway.id = "other"  # type: ignore[misc]
 
 

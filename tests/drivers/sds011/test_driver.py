@@ -314,7 +314,7 @@ def test_sample_validates_and_the_readme_shows_it(tmp_path: Path) -> None:
         ({"duty": {"work": "10 s", "sleep": "1 min"}}, "shorter than warmup"),
         ({"duty": {"work": "40 s"}}, "sleep"),
         ({"timeout": "soon"}, "not a duration"),
-        ({"baud": 9600}, "Extra inputs"),
+        ({"baud": 9600}, "unknown key"),
     ],
 )
 def test_config_errors(change: dict[str, Any], message: str) -> None:

@@ -6,17 +6,16 @@ import re
 from typing import Self
 
 from agent.driver import DeviceConfig
+from agent.schema import ConfigModel, Field, field_validator, model_validator
 from agent.unit_fields import DeviceDurationField
 from agent.units import Duration
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ENDPOINT = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 
 
-class AsciiPoint(BaseModel):
+class AsciiPoint(ConfigModel):
     """One value of the sensor's answer and how to turn it into a reading."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", max_length=64)
     key: str | None = Field(
