@@ -15,6 +15,7 @@ from agent.schema.fields import (
     _INVALID,
     AfterValidator,
     BeforeValidator,
+    ErrorDetails,
     FieldInfo,
     Loc,
     Parsed,
@@ -154,6 +155,35 @@ def _optional(inner: _Type) -> _Type:
     return _Type(check, dump)
 
 
+def _first_of(members: list[_Type]) -> _Type:
+    """A union: the first member the value passes; else the problems of the member it came
+    closest to (the one whose problems lie deepest: a list of the wrong items rather than
+    "must be a string")."""
+
+    def check(value: object, loc: Loc, info: ValidationInfo) -> Any:
+        tried: list[list[ErrorDetails]] = []
+        for member in members:
+            scratch = ValidationInfo(info.context, [])
+            scratch.data = info.data
+            out = member.check(value, loc, scratch)
+            if not scratch.errors:
+                return out
+            tried.append(scratch.errors)
+        closest = max(tried, key=lambda errors: max(len(e.loc) for e in errors))
+        info.errors.extend(closest)
+        return _INVALID
+
+    def dump(value: Any, json: bool) -> Any:
+        for member in members:
+            scratch = ValidationInfo(None, [])
+            member.check(value, (), scratch)
+            if not scratch.errors:
+                return member.dump(value, json)
+        return value
+
+    return _Type(check, dump)
+
+
 def _list_type(item: _Type, c: FieldInfo) -> _Type:
     def check(value: object, loc: Loc, info: ValidationInfo) -> Any:
         if not isinstance(value, list | tuple):
@@ -203,9 +233,10 @@ def _base_type(annotation: Any, c: FieldInfo, owner: type) -> _Type:
         others = [a for a in args if a is not type(None)]
         if set(args) == {int, float}:
             return _number_type(False, c, owner, keep_int=True)
-        if len(others) != 1 or len(args) != 2:
-            raise TypeError(f"{owner.__name__}: unions must be X | None, not {annotation}")
-        return _optional(_compile(others[0], c, owner))
+        if len(others) == 1:
+            return _optional(_compile(others[0], c, owner))
+        either = _first_of([_compile(a, c, owner) for a in others])
+        return _optional(either) if len(others) < len(args) else either
     if origin is Literal:
         return _choices(args, lambda option: option, _same)
     if origin is list:

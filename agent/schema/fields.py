@@ -180,11 +180,14 @@ class _Hook:
         self.method = method
 
 
-def field_validator(*names: str) -> Callable[[_F], _F]:
-    """A classmethod ``(cls, value[, info])`` run on the named keys after their type checks."""
+def field_validator(
+    *names: str, mode: Literal["before", "after"] = "after"
+) -> Callable[[_F], _F]:
+    """A classmethod ``(cls, value[, info])`` run on the named keys after their type checks
+    (``before``: on the value as written, before them)."""
 
     def mark(method: _F) -> _F:
-        hook: Any = _Hook("field", names, method)
+        hook: Any = _Hook("field" if mode == "after" else "field_before", names, method)
         return hook  # type: ignore[no-any-return]
 
     return mark

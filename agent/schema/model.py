@@ -91,10 +91,34 @@ def _build_schema(cls: type) -> _Schema:
             for _, hook in hooks
             if hook.kind == "field" and name in hook.names
         ]
-        keys[name] = _Key(info, _compile(hint, info, cls), validators)
+        befores = [
+            _field_call(hook.method, cls)
+            for _, hook in hooks
+            if hook.kind == "field_before" and name in hook.names
+        ]
+        checker = _compile(hint, info, cls)
+        if befores:
+            checker = _checked_before(checker, befores, cls)
+        keys[name] = _Key(info, checker, validators)
     before = [_bound(hook.method, cls) for _, hook in hooks if hook.kind == "before"]
     after = [_calls(hook.method) for _, hook in hooks if hook.kind == "after"]
     return _Schema(keys, before, after, ", ".join(keys))
+
+
+def _checked_before(
+    inner: _Type, befores: list[Callable[[type, Any, ValidationInfo], Any]], cls: type
+) -> _Type:
+    """``inner`` with the key's ``mode="before"`` validators run on the value as written."""
+
+    def check(value: object, loc: Loc, info: ValidationInfo) -> Any:
+        try:
+            for before in befores:
+                value = before(cls, value, info)
+        except (ValueError, AssertionError) as exc:
+            return info.fail(loc, str(exc), value)
+        return inner.check(value, loc, info)
+
+    return _Type(check, inner.dump)
 
 
 def _field_call(method: Any, cls: type) -> Callable[[type, Any, ValidationInfo], Any]:
