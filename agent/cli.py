@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import __version__
+from agent.console import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err
 from agent.errors import AgentError, ConfigError, StorageError
 from agent.platform import fleet
+from agent.tools import modbus_commands
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from drivers.modbus.config import Table
-    from drivers.modbus.tools import Target
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 
 EPILOG = """\
 commissioning a site:
@@ -40,11 +35,6 @@ commissioning a site:
 trying it out:
   ssc-agent demo --duration 30                            # the whole chain on this machine
 """
-
-
-def _err(message: str) -> None:
-    for line in message.splitlines() or [message]:
-        print(f"ssc-agent: {line}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,64 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("drivers", help="list installed drivers with version and origin")
 
-    p = sub.add_parser("probe", help="read registers from a live Modbus device, every decoding",
-                       description="Read a register range from a live device and print each\n"
-                       "register (hex, u16, i16) and every 2-register window as u32/i32/f32\n"
-                       "in all four byte orders (ABCD, CDAB, BADC, DCBA), scaled.\n"
-                       "Exit 1 on an exception answer or no answer.",
-                       epilog="examples:\n"
-                       "  ssc-agent probe --endpoint tcp://10.0.0.5:502 --unit 1 --table input "
-                       "--address 0 --count 8\n"
-                       "  ssc-agent probe --serial /dev/ttyUSB0 --baudrate 9600 --parity E "
-                       "--unit 3 --address 0x48 --count 4",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _modbus_target_args(p)
-    p.add_argument("--unit", type=int, default=1, help="Modbus unit (slave) id (default 1)")
-    _modbus_read_args(
-        p, address="first address, 0-based protocol address, decimal or 0x hex (default 0)",
-        timeout="1 s", timeout_help="per request, e.g. '1 s', '500 ms'")
-    p.add_argument("--count", type=int, default=10, metavar="C",
-                   help="registers (or bits) to read; read in chunks of at most 125 (default 10)")
-    p.add_argument("--scale", type=float, default=1.0, metavar="S",
-                   help="multiply decoded values by S, e.g. 0.1 (default 1)")
-    p.add_argument("--f64", action="store_true",
-                   help="also show 4-register windows as f64")
-
-    p = sub.add_parser("scan", help="find which Modbus unit ids answer on a bus",
-                       description="Try each unit id with a one-register read. A unit that\n"
-                       "answers, even with an exception, is alive and listed; exception 4 from\n"
-                       "a Modbus TCP server or gateway for a unit it does not have is not.\n"
-                       "Exit 0 when at least one unit answered, 1 when none did.",
-                       epilog="examples:\n"
-                       "  ssc-agent scan --serial /dev/ttyUSB0 --baudrate 9600 --units 1-247\n"
-                       "  ssc-agent scan --endpoint rtu+tcp://10.0.0.9:4001 --units 1-32 "
-                       "--timeout 0.3s",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _modbus_target_args(p)
-    p.add_argument("--units", default="1-247", metavar="IDS",
-                   help="unit ids to try, e.g. 1-247 or 1,3,10-12 (default 1-247)")
-    _modbus_read_args(p, address="register to read, decimal or 0x hex (default 0)",
-                      timeout="0.2 s", timeout_help="per unit id (default '0.2 s')")
-
-    p = sub.add_parser("simulate", help="serve a simulated Modbus device from a profile",
-                       description="Serve a simulated device whose values move plausibly "
-                       "(counters increase, power fluctuates), over Modbus TCP (--port) or "
-                       "Modbus RTU on a serial line (--serial). PROFILE is a profile name "
-                       "(see config/profiles) or a path to a profile file.")
-    p.add_argument("profile", metavar="PROFILE")
-    p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--units", default="1", metavar="IDS",
-                   help="unit ids to serve, e.g. 1-3 or 1,3,10-12 (default 1)")
-    p.add_argument("--serial", metavar="PATH",
-                   help="serve Modbus RTU on this serial device instead of TCP (e.g. one end "
-                   "of a socat pty pair)")
-    p.add_argument("--baudrate", type=int, default=9600, help="--serial: default 9600")
-    p.add_argument("--parity", choices=["N", "E", "O"], default="N", help="--serial: default N")
-    p.add_argument("--silent-units", default="", metavar="IDS",
-                   help="--serial: unit ids that never answer (a dead meter on the bus), "
-                   "written like --units")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    modbus_commands.add_parsers(sub)
 
     p = sub.add_parser("receive",
                        help="the central platform side: store batches in SQLite or PostgreSQL",
@@ -214,32 +147,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _modbus_target_args(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--endpoint", metavar="URL",
-                       help="tcp://HOST:PORT (Modbus TCP) or rtu+tcp://HOST:PORT (RTU through "
-                       "a serial device server)")
-    where.add_argument("--serial", metavar="PATH", help="serial port (RTU), e.g. /dev/ttyUSB0")
-    p.add_argument("--baudrate", type=int, default=9600, help="serial only (default 9600)")
-    p.add_argument("--parity", choices=["N", "E", "O"], default="N",
-                   help="serial only (default N)")
-    p.add_argument("--stopbits", type=int, choices=[1, 2], default=1,
-                   help="serial only (default 1)")
-    p.add_argument("--bytesize", type=int, choices=[7, 8], default=8,
-                   help="serial only (default 8)")
-
-
-def _modbus_read_args(p: argparse.ArgumentParser, *, address: str, timeout: str,
-                      timeout_help: str) -> None:
-    """What ``probe`` and ``scan`` both take: where to read, how long to wait, how to print."""
-    p.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
-                   default="holding", help="register table (default holding)")
-    p.add_argument("--address", default="0", metavar="A", help=address)
-    p.add_argument("--timeout", default=timeout, help=timeout_help)
-    p.add_argument("--format", choices=["text", "json"], default="text",
-                   help="text for a terminal (default), json for machines")
-
-
 def _load(path: Path, *, require_uplink: bool = True, check_sources: bool = True) -> AgentConfig:
     from agent.config import load_config
 
@@ -263,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(run_agent(config))
     except StorageError as exc:
         # as a config error: systemd's restarts do not help until someone fixes the place
-        _err(str(exc))
+        err(str(exc))
         return EXIT_USAGE
     return EXIT_OK
 
@@ -280,7 +187,7 @@ def _cmd_drivers(_: argparse.Namespace) -> int:
 
     entries = discover()
     if not entries:
-        _err("no drivers installed (reinstall ssc-edge-agent)")
+        err("no drivers installed (reinstall ssc-edge-agent)")
         return EXIT_FAILURE
     width = max(len(n) for n in entries)
     broken = 0
@@ -293,92 +200,6 @@ def _cmd_drivers(_: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {entry.spec.version:<8} {entry.origin}  "
                   f"{entry.spec.description}")
     return EXIT_FAILURE if broken else EXIT_OK
-
-
-def _unit_ids(flag: str, text: str) -> list[int]:
-    """Unit ids as both ``scan`` and ``simulate`` take them; an error names ``flag``."""
-    from drivers.modbus.tools import parse_units
-
-    try:
-        return parse_units(text)
-    except ValueError as exc:
-        raise ConfigError(f"{flag}: {exc}") from exc
-
-
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from agent.logs import configure_logging
-    from drivers.modbus.simulator import run_simulate
-
-    units = _unit_ids("--units", args.units)
-    silent = _unit_ids("--silent-units", args.silent_units) if args.silent_units.strip() else []
-    configure_logging(args.log_level or "info", json=args.log_json)
-    from agent.driver import discover
-
-    entry = discover().get(args.profile)
-    if entry is not None and entry.spec is not None and entry.spec.simulate is not None:
-        # A serial sensor driver's own simulator (sds011, pms5003, …), not a Modbus profile.
-        if args.serial is None:
-            _err(f"simulate {args.profile}: give --serial PATH (this device speaks serial)")
-            return EXIT_USAGE
-        asyncio.run(entry.spec.simulate(args.serial, args.duration))
-        return EXIT_OK
-    try:
-        asyncio.run(run_simulate(args.profile, args.host, args.port, units, args.duration,
-                                 serial=args.serial, baudrate=args.baudrate,
-                                 parity=args.parity, silent_units=silent))
-    except FileNotFoundError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    return EXIT_OK
-
-
-def _modbus_tool_args(args: argparse.Namespace) -> tuple[Target, Table, int, float]:
-    from agent.units import parse_duration
-    from drivers.modbus.config import Table
-    from drivers.modbus.tools import parse_address, target_from
-
-    target = target_from(args.endpoint, args.serial, baudrate=args.baudrate,
-                         parity=args.parity, stopbits=args.stopbits, bytesize=args.bytesize)
-    try:
-        address = parse_address(args.address)
-    except ValueError as exc:
-        raise ConfigError(f"--address: {exc}") from exc
-    try:
-        timeout = parse_duration(args.timeout)
-    except ValueError as exc:
-        raise ConfigError(f"--timeout: {exc}") from exc
-    return target, Table(args.table), address, timeout
-
-
-def _tool_logging(args: argparse.Namespace) -> None:
-    # Only on request: the tools print their own results, and pymodbus is silenced by them.
-    if args.log_level is not None:
-        from agent.logs import configure_logging
-
-        configure_logging(args.log_level, json=args.log_json)
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    from drivers.modbus.probe import run_probe
-
-    _tool_logging(args)
-    target, table, address, timeout = _modbus_tool_args(args)
-    if not 0 <= args.unit <= 255:
-        raise ConfigError(f"--unit {args.unit}: a Modbus unit id is 0..255")
-    return asyncio.run(run_probe(
-        target, unit=args.unit, table=table, address=address, count=args.count,
-        scale=args.scale, timeout_seconds=timeout, output=args.format, f64=args.f64, out=sys.stdout,
-    ))
-
-
-def _cmd_scan(args: argparse.Namespace) -> int:
-    from drivers.modbus.scan import ScanRequest, run_scan
-
-    _tool_logging(args)
-    target, table, address, timeout = _modbus_tool_args(args)
-    units = _unit_ids("--units", args.units)
-    request = ScanRequest(target, units, table=table, address=address, timeout_seconds=timeout)
-    return asyncio.run(run_scan(request, output=args.format, out=sys.stdout, err=sys.stderr))
 
 
 def _receive_args_problems(args: argparse.Namespace) -> list[str]:
@@ -435,15 +256,15 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     try:
         broker = parse_broker_url(args.broker) if args.broker is not None else None
     except ValueError as exc:
-        _err(f"--broker: {exc}")
+        err(f"--broker: {exc}")
         return EXIT_USAGE
     try:
         servers = parse_source(args.source) if args.source is not None else ()
     except ValueError as exc:
-        _err(f"--source: {exc}")
+        err(f"--source: {exc}")
         return EXIT_USAGE
     if servers and (missing := client_missing()) is not None:
-        _err(f"--source: {missing}")
+        err(f"--source: {missing}")
         return EXIT_USAGE
     settings = ReceiverSettings(
         broker=broker,
@@ -502,7 +323,7 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
     config = _load(args.config)
     path = Path(config.gateway.data_dir) / STORE_FILE
     if not path.exists():
-        _err(f"buffer {path} does not exist yet (the agent has not run with this data_dir)")
+        err(f"buffer {path} does not exist yet (the agent has not run with this data_dir)")
         return EXIT_FAILURE
     store = BatchStore.open_readonly(path)  # no writes, no salvage: safe while the agent runs
     try:
@@ -554,9 +375,7 @@ COMMANDS = {
     "validate": _cmd_validate,
     "sample-config": _cmd_sample,
     "drivers": _cmd_drivers,
-    "probe": _cmd_probe,
-    "scan": _cmd_scan,
-    "simulate": _cmd_simulate,
+    **modbus_commands.COMMANDS,
     "receive": _cmd_receive,
     "fleet": fleet.main,
     "kpi": _cmd_kpi,
@@ -580,10 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stdout_gone()
     except ConfigError as exc:
         for problem in exc.problems:
-            _err(problem)
+            err(problem)
         return EXIT_USAGE
     except AgentError as exc:
-        _err(str(exc))
+        err(str(exc))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
