@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, excerpt
 from agent.password_file import PasswordFileProblem, read_password_file
 from agent.platform.sink.summary import backfill_gateways
 
@@ -80,7 +80,8 @@ def parse_pg_url(url: str, password_file: Path | None = None) -> PgTarget:
         raise ConfigError(
             "sink: the PostgreSQL URL holds a password; it would show in `ps` and in logs: "
             "remove it and use --sink-password-file FILE or PGPASSFILE")
-    shown = f"{parts.scheme}://{parts.username or ''}@{parts.hostname or ''}{parts.path}"
+    # the URL as written (it holds no password: refused above), so the user finds it
+    shown = repr(excerpt(url))
     try:
         port = parts.port or 5432
     except ValueError:
