@@ -184,13 +184,19 @@ def _first_of(members: list[_Type]) -> _Type:
     return _Type(check, dump)
 
 
+def _sequence_problem(value: object, c: FieldInfo) -> str | None:
+    """Why ``value`` is not a list of the length ``c`` allows, or None."""
+    if not isinstance(value, list | tuple):
+        return "must be a list"
+    return _items_problem(value, c)
+
+
 def _list_type(item: _Type, c: FieldInfo) -> _Type:
     def check(value: object, loc: Loc, info: ValidationInfo) -> Any:
-        if not isinstance(value, list | tuple):
-            return info.fail(loc, "must be a list", value)
-        found = _items_problem(value, c)
+        found = _sequence_problem(value, c)
         if found is not None:
             return info.fail(loc, found, value)
+        assert isinstance(value, list | tuple)
         out = [item.check(v, (*loc, i), info) for i, v in enumerate(value)]
         return _INVALID if any(v is _INVALID for v in out) else out
 
@@ -201,11 +207,10 @@ def _tuple_type(items: tuple[_Type, ...]) -> _Type:
     c = FieldInfo(min_length=len(items), max_length=len(items))
 
     def check(value: object, loc: Loc, info: ValidationInfo) -> Any:
-        if not isinstance(value, list | tuple):
-            return info.fail(loc, "must be a list", value)
-        found = _items_problem(value, c)
+        found = _sequence_problem(value, c)
         if found is not None:
             return info.fail(loc, found, value)
+        assert isinstance(value, list | tuple)
         pairs = enumerate(zip(items, value, strict=True))
         out = tuple(t.check(v, (*loc, i), info) for i, (t, v) in pairs)
         return _INVALID if any(v is _INVALID for v in out) else out

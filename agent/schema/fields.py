@@ -4,7 +4,7 @@ markers and decorators, and the error types every check reports with."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple, TypeVar
 
 Loc = tuple[str | int, ...]
@@ -56,47 +56,22 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
+@dataclass(slots=True, eq=False)  # eq=False: hashable, as Annotated[...] metadata must be
 class FieldInfo:
     """A key's default and constraints; ``annotation`` is its type without ``Annotated``."""
 
-    __slots__ = (
-        "annotation",
-        "default",
-        "default_factory",
-        "description",
-        "ge",
-        "gt",
-        "le",
-        "lt",
-        "max_length",
-        "min_length",
-        "pattern",
-        "validate_default",
-    )
-
-    def __init__(
-        self,
-        default: Any = MISSING,
-        *,
-        default_factory: Callable[[], Any] | None = None,
-        ge: float | None = None,
-        gt: float | None = None,
-        le: float | None = None,
-        lt: float | None = None,
-        min_length: int | None = None,
-        max_length: int | None = None,
-        pattern: str | None = None,
-        description: str = "",
-        validate_default: bool = False,
-    ) -> None:
-        self.annotation: Any = None
-        self.default = default
-        self.default_factory = default_factory
-        self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
-        self.min_length, self.max_length = min_length, max_length
-        self.pattern = pattern
-        self.description = description
-        self.validate_default = validate_default
+    default: Any = MISSING
+    default_factory: Callable[[], Any] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    description: str = ""
+    validate_default: bool = False
+    annotation: Any = None
 
     @property
     def is_required(self) -> bool:
@@ -105,41 +80,17 @@ class FieldInfo:
     def merged(self, other: FieldInfo) -> FieldInfo:
         """This info with what ``other`` sets on top."""
         out = FieldInfo()
-        for name in FieldInfo.__slots__:
+        for name in (f.name for f in fields(FieldInfo)):
             mine, theirs = getattr(self, name), getattr(other, name)
             unset = theirs is None or theirs is MISSING or theirs is False or theirs == ""
             setattr(out, name, mine if unset else theirs)
         return out
 
 
-def Field(
-    default: Any = MISSING,
-    *,
-    default_factory: Callable[[], Any] | None = None,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    min_length: int | None = None,
-    max_length: int | None = None,
-    pattern: str | None = None,
-    description: str = "",
-    validate_default: bool = False,
-) -> Any:
-    """A key's default and constraints, as its class attribute or in ``Annotated[...]``."""
-    return FieldInfo(
-        default,
-        default_factory=default_factory,
-        ge=ge,
-        gt=gt,
-        le=le,
-        lt=lt,
-        min_length=min_length,
-        max_length=max_length,
-        pattern=pattern,
-        description=description,
-        validate_default=validate_default,
-    )
+def Field(default: Any = MISSING, **given: Any) -> Any:
+    """A key's default and constraints, as its class attribute or in ``Annotated[...]``;
+    ``Field`` reads as the key's declaration, hence the capital."""
+    return FieldInfo(default, **given)
 
 
 @dataclass(frozen=True, slots=True)
