@@ -226,13 +226,17 @@ async def subscribe_groups(
                 log.info("mqtt_subscribed", broker=settings.address.url, topics=list(topics))
                 failures = 0
                 waiting = client.messages
-                async for first in waiting:
-                    group = [first]
-                    while len(group) < max_group and len(waiting) > 0:
-                        group.append(await anext(waiting))
-                    yield [(str(m.topic), _payload_bytes(m.payload)) for m in group]
-                    for message in group:
-                        acknowledge(message)
+                try:
+                    async for first in waiting:
+                        group = [first]
+                        while len(group) < max_group and len(waiting) > 0:
+                            group.append(await anext(waiting))
+                        yield [(str(m.topic), _payload_bytes(m.payload)) for m in group]
+                        for message in group:
+                            acknowledge(message)
+                except (GeneratorExit, asyncio.CancelledError):  # the consumer stops
+                    await _settle_acks(client)
+                    raise
         except aiomqtt.MqttError as exc:
             delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
             log.warning("mqtt_disconnected", broker=settings.address.url,
@@ -243,6 +247,26 @@ async def subscribe_groups(
             log.error("mqtt_settings_invalid", error=str(exc))
         await asyncio.sleep(delay)
         failures += 1
+
+
+# Never subscribed: unsubscribing it is a round trip that changes nothing in the session.
+_SETTLE_FILTER = "ssc-receiver/settle"
+SETTLE_TIMEOUT = 2.0
+
+
+async def _settle_acks(client: aiomqtt.Client) -> None:
+    """Before a consumer leaves: wait until the broker has read our last acknowledgements.
+
+    Closing a socket with unread data in it (messages the broker kept sending) makes the
+    kernel reset the connection, and the broker then drops what it had not read yet: the
+    PUBACKs of batches already stored, delivered again to the next receiver. The broker
+    handles a connection's packets in order, so its UNSUBACK means it read them.
+    """
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            await client.unsubscribe(_SETTLE_FILTER)
+    except Exception as exc:
+        log.debug("mqtt_acks_not_settled", error=f"{type(exc).__name__}: {exc}"[:200])
 
 
 def _payload_bytes(payload: Any) -> bytes:

@@ -194,7 +194,16 @@ class MessageHandler:
         """:meth:`handle` for messages that were waiting together: their batches go to the
         sink together (one transaction of a PostgreSQL sink, up to ``MAX_GROUP_READINGS``);
         when one of them cannot be stored, each is stored alone, so only that one is set
-        aside. Returns once all are stored or set aside."""
+        aside. Returns once all are stored or set aside; raises nothing but cancellation."""
+        try:
+            await self._handle_many(messages)
+        except Exception as exc:  # a bug: handle them one by one (a stored batch is a no-op)
+            log.exception("message_handling_failed", messages=len(messages),
+                          error=str(exc)[:300])
+            for topic, payload in messages:
+                await self.handle(topic, payload)
+
+    async def _handle_many(self, messages: list[tuple[str, bytes]]) -> None:
         decoded: list[tuple[str, bytes, Batch]] = []
         for topic, payload in messages:
             try:

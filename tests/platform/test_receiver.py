@@ -368,3 +368,25 @@ def test_the_platform_does_not_import_the_gateway() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("readings", "most", "groups"), [
+    ([], 10, []),
+    ([0], 10, [[0]]),  # a batch of aggregates or events only
+    ([0, 0, 3], 10, [[0, 0, 3]]),
+    ([4, 4, 4], 10, [[4, 4], [4]]),
+    ([12, 1], 10, [[12], [1]]),  # bigger than a group: alone
+    ([1, 12, 0], 10, [[1], [12], [0]]),
+    ([10, 0, 10], 10, [[10, 0], [10]]),
+])
+def test_batches_are_grouped_by_readings(readings: list[int], most: int,
+                                         groups: list[list[int]]) -> None:
+    from agent.platform.receiver import _by_readings
+
+    def item(n: int) -> tuple[str, bytes, Batch]:
+        series = (Series("m", "p", None, 0, (0,) * n, (1,) * n, (0,) * n),) if n else ()
+        return ("t", b"", Batch(gw="g", boot=1, seq=1, created=1, series=series,
+                                aggregates=(), events=()))
+
+    got = _by_readings([item(n) for n in readings], most)
+    assert [[b.n_readings for _, _, b in group] for group in got] == groups
