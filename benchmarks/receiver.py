@@ -14,15 +14,17 @@ The load: ``--gateways`` simulated gateways (default 1,000), each sealing a batc
 readings (20 meters x 10 one-second readings) every 10 s. ``paced`` publishes each gateway's
 batch on its own 10 s schedule (1,000 gateways: 20,000 readings/s) for ``--duration``,
 encoding it when it is due with ``created`` = that moment; ``burst`` publishes
-``--burst-rounds`` pre-encoded batches per gateway (default 5: 1,000,000 readings) as fast as
-it can, as after a broker or receiver outage (cut at ``--duration``). Several publisher
+``--burst-rounds`` pre-encoded batches per gateway (default 5: 1,000,000 readings; each
+gateway's last 50 s, a backlog as after a receiver outage) as fast as it can (cut at
+``--duration``). Several publisher
 connections, many QoS 1 publishes in flight on each. Then the run waits (at most ``--drain``)
 for the receivers to store everything.
 
 Printed per configuration:
 - readings/s stored: all readings / (last batch stored - first publish), per receiver process
 - readings per CPU-second of the receiver processes (psutil, user + system, from the first
-  publish to the end), and of the PostgreSQL server's processes
+  publish to the end), and of the PostgreSQL server's processes and the broker's (mosquitto,
+  or the three NATS nodes together)
 - lag p50/p99: the sink's ``batches.received`` (stamped when the receiver stores the batch)
   minus the batch's ``created`` (the generator's publish time) in ``paced``; in ``burst``
   minus the first publish, so there it is the time the burst took to drain up to that batch
@@ -55,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,8 +138,10 @@ async def publish(ports: list[int], prefix: str, gateways: Gateways, mode: str,
              for i in range(publishers)]
     n = len(gateways.names)
     if mode == "burst":
-        created = int(time.time() * 1000)
-        payloads = [(f"{prefix}/{gw}/batch", gateways.encode(gw, seq, created))
+        # a backlog, as after an outage: each gateway's batches of the last rounds x 10 s
+        now = int(time.time() * 1000)
+        payloads = [(f"{prefix}/{gw}/batch",
+                     gateways.encode(gw, seq, now - (burst_rounds - seq) * BATCH_SECONDS * 1000))
                     for seq in range(1, burst_rounds + 1) for gw in gateways.names]
     await asyncio.sleep(0.5)  # the publishers' connections are up
     cpu0 = time.process_time()
@@ -207,10 +211,12 @@ class Receivers:
             broker.start()
             self.source = ["--broker", broker.url]
             self.mqtt_ports = [broker.port]
+            self.broker_pids = [broker.proc.pid] if broker.proc else []
         else:
             assert servers.nats is not None
             self.source = ["--source", servers.nats.urls]
             self.mqtt_ports = [node.mqtt_port for node in servers.nats.nodes]
+            self.broker_pids = [node.proc.pid for node in servers.nats.nodes if node.proc]
 
     def sink_url(self, i: int) -> str:
         if self.config.sink == "sqlite":
@@ -278,12 +284,10 @@ class Receivers:
         return int(self._pg("SELECT pg_database_size(current_database())")[0][0])
 
     def cpu(self) -> float:
-        total = 0.0
-        for proc in self.procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = psutil.Process(proc.pid).cpu_times()
-                total += times.user + times.system
-        return total
+        return cpu_of(proc.pid for proc in self.procs)
+
+    def broker_cpu(self) -> float:
+        return cpu_of(self.broker_pids)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -296,17 +300,24 @@ class Receivers:
                 proc.wait()
 
 
+def cpu_of(pids: Iterable[int]) -> float:
+    """CPU-seconds (user + system) used so far by these processes and their children."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            main = psutil.Process(pid)
+            for proc in [main, *main.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+    return total
+
+
 def server_cpu(pg: PgServer | None) -> float:
     """CPU-seconds used so far by the PostgreSQL server's processes (0 without one)."""
     if pg is None:
         return 0.0
-    main = psutil.Process(int((pg.data / "postmaster.pid").read_text().split()[0]))
-    total = 0.0
-    for proc in [main, *main.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
+    return cpu_of([int((pg.data / "postmaster.pid").read_text().split()[0])])
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -321,14 +332,14 @@ def run_config(config: Config, servers: Servers, index: int, args: argparse.Name
     try:
         rx.start()
         pg = servers.pg if config.sink == "postgresql" else None
-        bytes0, cpu0, srv0 = rx.db_bytes(), rx.cpu(), server_cpu(pg)
+        bytes0, cpu0, srv0, brk0 = rx.db_bytes(), rx.cpu(), server_cpu(pg), rx.broker_cpu()
         pub = asyncio.run(publish(rx.mqtt_ports, prefix, Gateways(args.gateways), config.mode,
                                   args.duration, args.publishers, args.burst_rounds))
         expected = pub.batches * READINGS_PER_BATCH
         deadline = time.monotonic() + args.drain
         while (stored := rx.stored_readings()) < expected and time.monotonic() < deadline:
             time.sleep(0.2)
-        cpu, srv = rx.cpu() - cpu0, server_cpu(pg) - srv0
+        cpu, srv, brk = rx.cpu() - cpu0, server_cpu(pg) - srv0, rx.broker_cpu() - brk0
         # burst: from the first publish (the batches were encoded before it, all at once)
         lag_from = "created" if config.mode == "paced" else str(int(pub.start * 1000))
         lags = sorted(int(r[0]) for r in rx.rows(f"SELECT received - {lag_from} FROM batches"))
@@ -339,7 +350,8 @@ def run_config(config: Config, servers: Servers, index: int, args: argparse.Name
     window = max(last - pub.start, 1e-3)
     rate = stored / window
     missing = "" if stored >= expected else f"  NOT DRAINED: {expected - stored:,} missing"
-    server = f", server {stored / srv:>8,.0f}/CPU-s" if srv else ""
+    server = f", database {stored / srv:>8,.0f}/CPU-s" if srv else ""
+    server += f", broker {stored / brk:>9,.0f}/CPU-s" if brk else ""
     print(f"{config}: {stored:>9,} readings in {window:5.1f} s = {rate:>8,.0f}/s,"
           f" {rate / config.receivers:>8,.0f}/s per receiver;"
           f" {stored / cpu if cpu else 0:>8,.0f} per receiver CPU-s ({cpu:.1f} s){server};"
