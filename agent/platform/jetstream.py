@@ -33,7 +33,7 @@ from agent.password_file import PasswordFileProblem, read_password_file
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-    from agent.platform.receiver import MessageHandler
+    from agent.platform.handler import MessageHandler
 
 log = structlog.get_logger(__name__)
 
