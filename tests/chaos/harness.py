@@ -26,7 +26,8 @@ Ground truth, and why it is exact. The agent stamps every reading with its poll'
 interval after its slot keeps that slot; one that wakes a whole interval late or more is
 stamped with the slot it is taken in (the slots between are skipped); the slot after a poll is
 the first one after the poll ended. One poll of a device is one burst of Modbus read requests
-after it wakes (two for ``ssc-demo-meter``), so the meters' request logs give the polls
+after it wakes (two for ``ssc-demo-meter``; the harness's devices resend nothing), so the
+meters' request logs give the polls
 (:func:`group_polls`: a poll is its device's requests up to its full count, cut short by an
 interval without one or by an agent's restart; a request in the slot its predecessor ended in
 always belongs to the same poll). A poll whose first request reached the meter at ``r`` may be
@@ -285,6 +286,11 @@ def write_agent_config(
             "name": device.name, "driver": "modbus",
             "endpoint": f"tcp://127.0.0.1:{device.port}", "profile": PROFILE,
             "interval": device.interval,
+            # No resends: a request resent after a timeout (the meters run in the test's own
+            # process, which a loaded machine can stall for a second) would read as a poll of
+            # its own in the meter's request log, one the agent never stamped. Without them a
+            # timed-out poll is a failed poll, stored as bad-quality readings at its slot.
+            "retries": 0,
         }.items()) + "\n"
     path.write_text(text)
     return path

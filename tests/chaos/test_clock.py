@@ -381,7 +381,7 @@ def test_every_slot_is_polled_or_reported_skipped_when_polls_outlast_the_interva
         agent = new_agent(tmp_path, agents, fleet, broker, offset=None)
         # 2 attempts of 700 ms: every poll of the silent meter takes 1.4 s, over its 1-s slot
         agent.config.write_text(agent.config.read_text().replace(
-            'interval = "1000 ms"\n', 'interval = "1000 ms"\ntimeout = "700 ms"\nretries = 1\n'
+            'retries = 0\n', 'timeout = "700 ms"\nretries = 1\n'
         ).replace('"tcp://', '"rtu+tcp://'))
         agent.start()
         agent.wait_started(1)
