@@ -1,6 +1,7 @@
 """``ssc-agent receive`` into PostgreSQL, against real mosquitto and PostgreSQL servers: bad
-settings exit 2 with one line, queued batches go in few transactions, and the database
-stopped mid-stream (then a SIGTERM) loses nothing and stores nothing twice."""
+settings exit 2 with one line, queued batches go in few transactions, the database stopped
+for 30 s mid-stream (then a SIGTERM) and one of two receivers SIGKILLed mid-stream lose
+nothing and store nothing twice."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from tests.waiting import wait_until, wait_until_async
 pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("postgresql")]
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTAGE_SECONDS = 15.0  # how long PostgreSQL stays stopped: the test's input
+OUTAGE_SECONDS = 30.0  # how long PostgreSQL stays stopped: the test's input
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -225,3 +226,70 @@ def test_two_receivers_store_each_batch_once_and_no_false_gap(
         for r in receivers:
             if r.proc.poll() is None:
                 r.proc.kill()
+
+
+def test_one_of_two_receivers_sigkilled_mid_stream_loses_and_duplicates_nothing(
+        pg_server: PgServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Two receivers share the work (``--group``) while two gateways publish; one is SIGKILLed
+    while it stores and comes back under its client id: what it had not committed comes again
+    from its session, and every reading is stored exactly once."""
+    db = pg_server.new_database()
+    url = pg_server.url(db)
+    total = 300
+
+    def receiver(i: int) -> Receiver:
+        started = Receiver(mosquitto, url, tmp_path / f"k{i}.log", f"killed-{i}",
+                           "--group", "pair")
+        assert wait_until(started.subscribed, 30), started.log.read_text()
+        return started
+
+    def stored() -> int:
+        with pg_server.admin(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+    pair = [receiver(1), receiver(2)]
+    killed = 0
+    try:
+        async def publish_while_killing() -> int:
+            async def gateways() -> None:
+                async def slow(gw: str) -> None:
+                    async with aiomqtt.Client("127.0.0.1", mosquitto.port,
+                                              identifier=f"pub-{gw}") as client:
+                        for seq in range(1, total + 1):
+                            await client.publish(f"{PREFIX}/{gw}/batch",
+                                                 encode_batch(_batch(seq, gw)), qos=1)
+                            await asyncio.sleep(0.005)
+
+                await asyncio.gather(slow("gw-1"), slow("gw-2"))
+
+            publishing = asyncio.create_task(gateways())
+            # the input: SIGKILL while both are storing, a third of the way in
+            assert await wait_until_async(lambda: stored() >= total * 3 * 2 // 3, 60)
+            pair[0].proc.kill()
+            pair[0].proc.wait(10)
+            before = stored()
+            await publishing
+            return before
+
+        at_kill = asyncio.run(publish_while_killing())
+        killed = len(pair[0].events("batch_stored"))
+        assert 0 < at_kill < total * 3 * 2, at_kill  # mid-stream, with work done by both
+        pair[0] = receiver(1)  # its session kept what was queued or unacknowledged for it
+        assert wait_until(lambda: stored() == total * 3 * 2, 60), (
+            stored(), pair[0].log.read_text()[-2000:])
+        for r in pair:
+            assert r.terminate() == 0
+    finally:
+        for r in pair:
+            if r.proc.poll() is None:
+                r.proc.kill()
+    assert killed > 0  # the killed one had stored part of the stream
+    with pg_server.admin(db) as conn:
+        rows = conn.execute("SELECT gw, count(*), count(DISTINCT seq), min(seq), max(seq) "
+                            "FROM batches GROUP BY gw ORDER BY gw").fetchall()
+        readings = conn.execute("SELECT count(*), count(DISTINCT (gw, dev, pt, t)) "
+                                "FROM readings").fetchone()
+        gaps = conn.execute("SELECT count(*) FROM seq_gaps").fetchone()[0]
+    assert rows == [("gw-1", total, total, 1, total), ("gw-2", total, total, 1, total)]
+    assert readings == (total * 3 * 2, total * 3 * 2)  # none lost, none twice
+    assert gaps == 0
