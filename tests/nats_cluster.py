@@ -9,6 +9,7 @@ module (it takes a few seconds to form); a node can be SIGKILLed and started aga
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,14 @@ class NatsCluster:
         """Stop every node."""
         for node in self.nodes:
             node.terminate()
+
+
+@contextlib.contextmanager
+def running_cluster(path: Path) -> Iterator[NatsCluster]:
+    """A started 3-node cluster with its files under ``path``, stopped on the way out."""
+    nodes = NatsCluster(path)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()

@@ -30,7 +30,7 @@ from tests.chaos.harness import (
     sleep_to_quiet_point,
     write_agent_config,
 )
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import NatsCluster, running_cluster
 from tests.waiting import wait_until
 
 # one 3-node NATS cluster at a time (module fixture): the NATS modules share a worker
@@ -41,12 +41,8 @@ GROUP = "chaos"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path_factory.mktemp("nats"))
-    try:
-        nodes.start()
+    with running_cluster(tmp_path_factory.mktemp("nats")) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 class SourceReceiver(ReceiverProcess):

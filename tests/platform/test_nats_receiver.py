@@ -17,7 +17,7 @@ from agent.platform.jetstream import STREAM, consumer_subject, parse_source, top
 from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receiver
 from agent.platform.sink import SqliteSink
 from agent.wire import encode_batch
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import NatsCluster, running_cluster
 from tests.platform.test_receiver import PREFIX, _batch
 from tests.waiting import wait_until_async
 
@@ -29,12 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path_factory.mktemp("nats"))
-    try:
-        nodes.start()
+    with running_cluster(tmp_path_factory.mktemp("nats")) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 async def _publish(port: int, gw: str, seqs: range) -> None:
