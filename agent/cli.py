@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("drivers", help="list installed drivers with version and origin")
 
+    sub.add_parser("schema", help="print the config's JSON Schema (editor completion)",
+                   description="Print the JSON Schema (draft-07) of the config file, with "
+                   "the [[devices]] tables of every installed driver. Editors that check TOML "
+                   "against a schema (Taplo, Even Better TOML) then complete keys and show "
+                   "types, ranges, choices and defaults; docs/config.md says how to point them "
+                   "at it. `validate` still checks what spans keys and tables.")
+
     modbus_commands.add_parsers(sub)
 
     p = sub.add_parser("receive",
@@ -179,6 +186,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from agent.tools.sample_config import sample_config
 
     sys.stdout.write(sample_config(args.driver))
+    return EXIT_OK
+
+
+def _cmd_schema(_: argparse.Namespace) -> int:
+    import json
+
+    from agent.tools.config_schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -375,6 +391,7 @@ COMMANDS = {
     "validate": _cmd_validate,
     "sample-config": _cmd_sample,
     "drivers": _cmd_drivers,
+    "schema": _cmd_schema,
     **modbus_commands.COMMANDS,
     "receive": _cmd_receive,
     "fleet": fleet.main,
