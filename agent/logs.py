@@ -1,11 +1,20 @@
-"""structlog set-up: JSON lines when stderr is not a TTY (journald, files), pretty on a TTY."""
+"""structlog set-up: JSON lines when stderr is not a TTY (journald, files), pretty on a TTY.
+
+Plain text (``--no-log-json``) carries colour codes only when stderr is a terminal and
+``NO_COLOR`` is not set: in a file or the journal they would be noise.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
+
+
+def _colours() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -18,7 +27,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if use_json
+        else structlog.dev.ConsoleRenderer(colors=_colours())
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer]
