@@ -280,6 +280,8 @@ def _calls(func: Callable[..., Any]) -> Callable[[Any, ValidationInfo], Any]:
     """``func`` called as ``(value, info)`` whether it takes the info or not."""
     code = getattr(getattr(func, "__func__", func), "__code__", None)
     takes = code.co_argcount if code is not None else 1
+    if hasattr(func, "__self__"):  # a bound method: its first argument is given already
+        takes -= 1
     if takes >= 2:
         return func
     return lambda value, info: func(value)
@@ -290,8 +292,8 @@ def _compile(annotation: Any, c: FieldInfo, owner: type) -> _Type:
     if get_origin(annotation) is not Annotated:
         return _base_type(annotation, c, owner)
     base, *meta = get_args(annotation)
-    befores: list[Callable[[Any, ValidationInfo], Any]] = []
-    afters: list[Callable[[Any, ValidationInfo], Any]] = []
+    befores: list[Hook] = []
+    afters: list[Hook] = []
     parsed: Parsed | None = None
     for item in meta:
         if isinstance(item, FieldInfo):
@@ -303,6 +305,15 @@ def _compile(annotation: Any, c: FieldInfo, owner: type) -> _Type:
         elif isinstance(item, Parsed):
             parsed = item
     inner = _parsed_type(parsed) if parsed is not None else _base_type(base, c, owner)
+    return hooked(inner, befores, afters)
+
+
+Hook = Callable[[Any, ValidationInfo], Any]
+
+
+def hooked(inner: _Type, befores: list[Hook], afters: list[Hook]) -> _Type:
+    """``inner`` with ``befores`` run on the value as written and ``afters`` on the checked
+    value, in order; a ValueError of any of them is the key's problem, reported once."""
     if not befores and not afters:
         return inner
 

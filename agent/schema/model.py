@@ -17,7 +17,7 @@ from typing import (
     get_type_hints,
 )
 
-from agent.schema.checks import _calls, _compile, _Type
+from agent.schema.checks import Hook, _calls, _compile, _Type, hooked
 from agent.schema.fields import (
     _INVALID,
     MISSING,
@@ -33,8 +33,7 @@ from agent.schema.fields import (
 
 class _Key(NamedTuple):
     info: FieldInfo
-    checker: _Type
-    validators: list[Callable[[type, Any, ValidationInfo], Any]]
+    checker: _Type  # the type, its constraints and every validator of the key
 
 
 class _Schema(NamedTuple):
@@ -86,46 +85,21 @@ def _build_schema(cls: type) -> _Schema:
                 if isinstance(item, FieldInfo):
                     info = item.merged(info)
         info.annotation = base
-        validators = [
-            _field_call(hook.method, cls)
-            for _, hook in hooks
-            if hook.kind == "field" and name in hook.names
-        ]
-        befores = [
-            _field_call(hook.method, cls)
-            for _, hook in hooks
-            if hook.kind == "field_before" and name in hook.names
-        ]
-        checker = _compile(hint, info, cls)
-        if befores:
-            checker = _checked_before(checker, befores, cls)
-        keys[name] = _Key(info, checker, validators)
+        def field_hooks(kind: str, name: str = name) -> list[Hook]:
+            return [_field_call(hook.method, cls) for _, hook in hooks
+                    if hook.kind == kind and name in hook.names]
+
+        checker = hooked(_compile(hint, info, cls), field_hooks("field_before"),
+                         field_hooks("field"))
+        keys[name] = _Key(info, checker)
     before = [_bound(hook.method, cls) for _, hook in hooks if hook.kind == "before"]
     after = [_calls(hook.method) for _, hook in hooks if hook.kind == "after"]
     return _Schema(keys, before, after, ", ".join(keys))
 
 
-def _checked_before(
-    inner: _Type, befores: list[Callable[[type, Any, ValidationInfo], Any]], cls: type
-) -> _Type:
-    """``inner`` with the key's ``mode="before"`` validators run on the value as written."""
-
-    def check(value: object, loc: Loc, info: ValidationInfo) -> Any:
-        try:
-            for before in befores:
-                value = before(cls, value, info)
-        except (ValueError, AssertionError) as exc:
-            return info.fail(loc, str(exc), value)
-        return inner.check(value, loc, info)
-
-    return _Type(check, inner.dump)
-
-
-def _field_call(method: Any, cls: type) -> Callable[[type, Any, ValidationInfo], Any]:
-    func = getattr(method, "__func__", method)
-    if func.__code__.co_argcount >= 3:
-        return func  # type: ignore[no-any-return]
-    return lambda owner, value, info: func(owner, value)
+def _field_call(method: Any, cls: type) -> Hook:
+    """A ``field_validator`` classmethod as a hook ``(value, info)`` bound to ``cls``."""
+    return _calls(method.__get__(None, cls))
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(Field,))
@@ -184,11 +158,6 @@ class ConfigModel(metaclass=_ModelMeta):
                 else:
                     info.data[name] = value
                     continue
-            try:
-                for validator in key.validators if value is not _INVALID else ():
-                    value = validator(cls, value, info)
-            except (ValueError, AssertionError) as exc:
-                value = info.fail(where, str(exc), data.get(name))
             if value is not _INVALID:
                 info.data[name] = value
         for name in data:
