@@ -36,6 +36,11 @@ _PARSED_WORDS = {
 }
 
 
+def definition_name(model: type) -> str:
+    """The key of ``model``'s schema under ``definitions`` (its module and name)."""
+    return f"{model.__module__}.{model.__qualname__}"
+
+
 class SchemaWriter:
     """Writes models into one schema, each model once under ``definitions``."""
 
@@ -43,9 +48,9 @@ class SchemaWriter:
         self.definitions: dict[str, dict[str, Any]] = {}
 
     def ref(self, model: type[ConfigModel], *, extra: dict[str, Any] | None = None) -> Any:
-        """A reference to ``model``'s definition (written on first use); ``extra`` keys are
-        added to its properties (e.g. a driver's name as the only ``driver`` value)."""
-        name = f"{model.__module__}.{model.__qualname__}"
+        """A reference to ``model``'s definition (written on first use), with ``extra`` as in
+        :meth:`model`."""
+        name = definition_name(model)
         if name not in self.definitions:
             self.definitions[name] = {}  # a model that holds itself ends here
             self.definitions[name] = self.model(model, extra=extra)
@@ -53,14 +58,18 @@ class SchemaWriter:
 
     def model(self, model: type[ConfigModel], *, extra: dict[str, Any] | None = None,
               skip: tuple[str, ...] = ()) -> dict[str, Any]:
-        """``model`` as an object schema: its keys, which are required, nothing else."""
+        """``model`` as an object schema: its keys, which are required, nothing else.
+
+        ``extra``: schemas that stand for keys' own (e.g. a driver's name as the only
+        ``driver`` value); ``skip``: keys left out."""
         hints = get_type_hints(model, include_extras=True)
         properties: dict[str, Any] = {}
         required: list[str] = []
         for name, info in model.model_fields.items():
             if name in skip:
                 continue
-            prop = self.value(hints[name], info)
+            given = (extra or {}).get(name)
+            prop = dict(given) if given is not None else self.value(hints[name], info)
             if info.description:
                 prop["description"] = info.description
             if info.default is not MISSING and info.default is not None:
@@ -68,7 +77,6 @@ class SchemaWriter:
             properties[name] = prop
             if info.is_required:
                 required.append(name)
-        properties.update(extra or {})
         out: dict[str, Any] = {"type": "object", "properties": properties,
                                "additionalProperties": False}
         if required:

@@ -11,14 +11,13 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.driver import DriverEntry, discover
-from agent.schema.json_schema import DRAFT, SchemaWriter
+from agent.schema.json_schema import DRAFT, SchemaWriter, definition_name
 
 
 def config_schema(entries: Mapping[str, DriverEntry] | None = None) -> dict[str, Any]:
     """The schema of a whole config file; ``[[devices]]`` are one of the drivers' tables,
     told apart by ``driver``."""
     writer = SchemaWriter()
-    top = writer.model(AgentConfig, skip=("source_path", "devices"))
     drivers = entries if entries is not None else discover()
     devices = [
         writer.ref(entry.spec.config_model, extra={"driver": {
@@ -28,19 +27,13 @@ def config_schema(entries: Mapping[str, DriverEntry] | None = None) -> dict[str,
     ]
     for entry in drivers.values():
         if entry.spec is not None:
-            _points_or_profile(writer.definitions[_name(entry.spec.config_model)])
-    properties = dict(top["properties"])
-    top["properties"] = {key: properties[key] for key in properties if key != "kpis"}
-    top["properties"]["devices"] = {"type": "array", "items": {"oneOf": devices},
-                                    "description": "[[devices]]: one table per device"}
-    top["properties"]["kpis"] = properties["kpis"]
+            _points_or_profile(writer.definitions[definition_name(entry.spec.config_model)])
+    top = writer.model(AgentConfig, skip=("source_path",), extra={"devices": {
+        "type": "array", "items": {"oneOf": devices},
+        "description": "[[devices]]: one table per device"}})
     top["required"] = ["gateway", "uplink"]
     return {"$schema": DRAFT, "title": "ssc-edge-agent config", **top,
             "definitions": writer.definitions}
-
-
-def _name(model: type) -> str:
-    return f"{model.__module__}.{model.__qualname__}"
 
 
 def _points_or_profile(device: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from agent.config import AgentConfig, KpiConfig, UplinkConfig, load_config
 from agent.driver import discover
+from agent.schema.json_schema import definition_name
 from agent.tools.config_schema import config_schema
 from agent.tools.sample_config import sample_config
 
@@ -49,12 +50,11 @@ def test_it_names_every_key_of_every_model(schema: dict[str, Any]) -> None:
     definitions = schema["definitions"]
     assert set(schema["properties"]) == set(AgentConfig.model_fields) - {"source_path"}
     for model in (UplinkConfig, KpiConfig):
-        name = f"{model.__module__}.{model.__qualname__}"
-        assert set(definitions[name]["properties"]) == set(model.model_fields)
+        assert set(definitions[definition_name(model)]["properties"]) == set(model.model_fields)
     for name, entry in discover().items():
         assert entry.spec is not None
         device = entry.spec.config_model
-        found = definitions[f"{device.__module__}.{device.__qualname__}"]
+        found = definitions[definition_name(device)]
         assert set(found["properties"]) == set(device.model_fields)
         assert found["properties"]["driver"]["enum"] == [name]
 
