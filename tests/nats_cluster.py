@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _die_with_parent, free_port
+from tests.conftest import _die_with_parent, free_port, stop_process
 
 NATS_SERVER = "nats-server"
 READY_TIMEOUT = 30.0
@@ -100,14 +100,8 @@ class NatsNode:
 
     def terminate(self) -> None:
         """Stop the node: SIGTERM, then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 5)
 
     def jsz(self) -> dict[str, object]:
         """The node's JetStream monitoring page (``/jsz``); {} while it does not answer."""

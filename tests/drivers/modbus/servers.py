@@ -33,6 +33,7 @@ import pytest
 
 from drivers.modbus.config import Table
 from drivers.modbus.simulated_meter import sim_device
+from tests.conftest import stop_process
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -202,13 +203,7 @@ class SocatLine:
 
     def close(self) -> None:
         """Stop socat (the links disappear with it)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 2)
         self._log.close()
 
 
@@ -342,13 +337,7 @@ class LibmodbusSlave:
 
     def close(self) -> None:
         """Stop the slave process."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 2)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
