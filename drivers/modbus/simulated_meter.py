@@ -38,7 +38,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from agent.profiles import Profile
 from agent.schema import ConfigModel, Field, ValidationError
@@ -117,11 +117,19 @@ def _hint(name: str, raw: object) -> Hint:
     model = _HINT_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise ValueError(f"{name}.kind: must be one of {', '.join(_HINT_KINDS)}")
+    return _validated(model, raw, name)
+
+
+_M = TypeVar("_M", bound=ConfigModel)
+
+
+def _validated(model: type[_M], raw: object, where: str) -> _M:
+    """``raw`` as ``model``; else a ValueError naming its first problem's place under ``where``."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(x) for x in (name, *first.loc))
+        loc = ".".join(str(x) for x in (where, *first.loc))
         raise ValueError(f"{loc}: {first.message}") from exc
 
 
@@ -171,11 +179,7 @@ class SimulatedMeter:
         defined = raw_hints.pop(_DEFINED_KEY, {}) if _DEFINED_KEY not in names else {}
         try:
             hints = {name: _hint(str(name), raw) for name, raw in raw_hints.items()}
-            extra = _Defined.model_validate(defined).by_table()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in (_DEFINED_KEY, *first.loc))
-            raise ValueError(f"{where}: [simulate] {loc}: {first.message}") from exc
+            extra = _validated(_Defined, defined, _DEFINED_KEY).by_table()
         except ValueError as exc:
             raise ValueError(f"{where}: [simulate] {exc}") from exc
         unknown = sorted(set(hints) - names)
