@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -27,7 +26,13 @@ from agent.platform.sink import SqliteSink
 from agent.profiles import load_profile
 from drivers.modbus.config import PointType
 from drivers.modbus.simulator import SimulatorServer, serve
-from tests.chaos.harness import last_sealed_seq, polled_slots, request_recorder, store_batches
+from tests.chaos.harness import (
+    last_sealed_seq,
+    pending_rows,
+    polled_slots,
+    request_recorder,
+    store_batches,
+)
 from tests.conftest import Mosquitto, free_port
 from tests.waiting import wait_until_async
 
@@ -77,15 +82,6 @@ async def receiving(broker: Mosquitto, sink: Path) -> AsyncIterator[ReceiverStat
     finally:
         stop.set()
         await task
-
-
-def pending_rows(data_dir: Path) -> int:
-    """Rows of the open batch committed in the agent's store (read-only, beside the agent)."""
-    conn = sqlite3.connect(f"file:{data_dir / 'buffer.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(conn.execute("SELECT count(*) FROM pending").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def fed_ms(slots: list[float]) -> set[int]:

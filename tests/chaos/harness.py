@@ -517,12 +517,21 @@ def store_meta(data_dir: Path) -> dict[str, int]:
 
 def store_batches(data_dir: Path) -> int:
     """Batches in the agent's store right now, read from outside the agent (-1: unreadable)."""
+    return _store_rows(data_dir, "batches")
+
+
+def pending_rows(data_dir: Path) -> int:
+    """Flushes committed into the open batch, not sealed yet (-1: unreadable)."""
+    return _store_rows(data_dir, "pending")
+
+
+def _store_rows(data_dir: Path, table: str) -> int:
     try:
         conn = sqlite3.connect(f"file:{data_dir / 'buffer.db'}?mode=ro", uri=True, timeout=1)
     except sqlite3.Error:
         return -1
     try:
-        return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     except sqlite3.Error:
         return -1
     finally:

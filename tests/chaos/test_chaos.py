@@ -40,6 +40,7 @@ from tests.chaos.harness import (
     allowed_loss,
     fill,
     last_sealed_seq,
+    pending_rows,
     sleep_to_quiet_point,
     slot_ms,
     store_batches,
@@ -226,12 +227,14 @@ def test_agent_sigkill_mid_publish_loses_only_the_uncommitted_tail(
         try:
             # a batch sealed during the stall is published and never acknowledged …
             assert wait_until(lambda: store_batches(data) >= 1, 10)
-            # … and 2.4 s after the next seal the open batch holds readings committed more
-            # than a flush interval ago (outside the window a kill may lose), so the kill
-            # tests recovery of committed, unsealed readings too
+            # … and once the open batch holds two committed flushes, the first a flush
+            # interval or more before the kill (outside the window a kill may lose), the kill
+            # tests recovery of committed, unsealed readings too. Waited for, not slept: a
+            # fixed 2.4 s after a seal could land after the next seal on a loaded machine,
+            # with nothing committed left to recover.
             sealed = store_batches(data)
             assert wait_until(lambda: store_batches(data) > sealed, 10)
-            time.sleep(2.4)  # the kill's place in the open batch's life is the input
+            assert wait_until(lambda: pending_rows(data) >= 2, 10, step=0.01)
             in_store = store_batches(data)
             killed_at = agent.kill()
         finally:
