@@ -22,7 +22,7 @@ from agent import __version__
 from agent.console import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err
 from agent.errors import AgentError, ConfigError, StorageError
 from agent.platform import fleet
-from agent.tools import modbus_commands
+from agent.tools import device_test, modbus_commands
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -31,6 +31,7 @@ EPILOG = """\
 commissioning a site:
   ssc-agent sample-config > /etc/ssc-agent/config.toml   # start from a commented config
   ssc-agent validate --config /etc/ssc-agent/config.toml # every error at once, with where
+  ssc-agent test --config /etc/ssc-agent/config.toml     # poll each device once, show values
   ssc-agent run --config /etc/ssc-agent/config.toml      # under systemd: deploy/ssc-agent.service
 trying it out:
   ssc-agent demo --duration 30                            # the whole chain on this machine
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                    "types, ranges, choices and defaults; docs/config.md says how to point them "
                    "at it. `validate` still checks what spans keys and tables.")
 
+    device_test.add_parser(sub)
     modbus_commands.add_parsers(sub)
 
     p = sub.add_parser("receive",
@@ -392,6 +394,7 @@ COMMANDS = {
     "sample-config": _cmd_sample,
     "drivers": _cmd_drivers,
     "schema": _cmd_schema,
+    "test": device_test.main,
     **modbus_commands.COMMANDS,
     "receive": _cmd_receive,
     "fleet": fleet.main,

@@ -353,6 +353,35 @@ async def test_the_agent_runs_the_example_and_its_readings_reach_the_receiver(
     assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
 
 
+async def test_ssc_agent_test_polls_the_example_once_and_shows_what_it_served(
+    example_site: Path, example_modules: ModuleType, tmp_path: Path
+) -> None:
+    sensor = example_modules.SensorSimulator()
+    await sensor.start()
+    config = tmp_path / "commission.toml"  # no [uplink]: `test` does not need one
+    config.write_text(f'[gateway]\nid = "{GW}"\ndata_dir = "{tmp_path / "data"}"\n\n'
+                      + device_table("weather-1", sensor.port), encoding="utf-8")
+    try:
+        command = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "test", "--config", str(config), "--json",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env_with(example_site))
+        async with asyncio.timeout(120):
+            out, errors = await command.communicate()
+    finally:
+        await sensor.stop()
+    assert command.returncode == 0, out.decode() + errors.decode()
+    [device] = json.loads(out)["devices"]
+    assert device["name"] == "weather-1" and device["driver"] == "ascii_tcp", device
+    [answer] = sensor.served  # polled once
+    shown = {p["point"]: (p["value"], p["unit"], p["quality"]) for p in device["points"]}
+    assert shown == {
+        "air_temperature": (answer["t"], "°C", "good"),
+        "relative_humidity": (answer["rh"], "%", "good"),
+        "air_pressure": (pytest.approx(answer["p"] * 0.1, abs=1e-9), "hPa", "good"),
+        "count": (answer["n"], None, "good"),
+    }, device
+
+
 # --------------------------------------------------------------------------------------------
 # A broken third-party package
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,14 +38,15 @@ METRICS_REFRESH_SECONDS = 5.0
 
 
 def create_drivers(
-    config: AgentConfig, context: DriverContext
+    config: AgentConfig, context: DriverContext, names: Collection[str] | None = None
 ) -> list[tuple[DeviceConfig, Driver]]:
-    """One driver per enabled device, each from its installed driver spec."""
+    """One driver per enabled device, each from its installed driver spec; with ``names``, one
+    per device of those names instead, enabled or not (``ssc-agent test --device``)."""
     installed = discover()
     out: list[tuple[DeviceConfig, Driver]] = []
     problems: list[str] = []
     for i, device in enumerate(config.devices):
-        if not device.enabled:
+        if not (device.enabled if names is None else device.name in names):
             continue
         entry = installed.get(device.driver)
         where = f"devices[{i}] (name={device.name}, driver={device.driver})"
