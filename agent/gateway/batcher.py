@@ -52,6 +52,7 @@ class BatcherStats:
     lost_aggregates: int = 0  # KPI windows dropped likewise
     lost_events: int = 0  # events dropped likewise
     unencodable: int = 0  # items no batch could carry (over the receivers' limits)
+    rounds: int = 0  # flush-loop rounds run (the systemd watchdog watches it move)
 
 
 # While the store cannot be written (disk full), readings wait in memory up to this many
@@ -514,3 +515,4 @@ class Batcher:
             await asyncio.sleep(flush_interval)
             self._watch.check()
             self.flush()
+            self.stats.rounds += 1

@@ -60,6 +60,7 @@ class DeviceStats:
     skipped_slots: int = 0  # slots not polled because of overruns
     readings: int = 0  # readings handed to the batcher
     down: bool = False  # failing now (logged once down, once back)
+    slots: int = 0  # slots gone through, polled or not (the systemd watchdog watches it move)
 
 
 def hang_guard(interval: float, max_poll_seconds: float | None) -> float:
@@ -117,6 +118,10 @@ class DevicePoller:
         self._overrunning = 0  # slots skipped in the current overrun episode (0: on time)
         self.stats = DeviceStats()
         self._log = log.bind(device=name)
+
+    @property
+    def interval(self) -> float:
+        return self._interval
 
     @property
     def guard(self) -> float:
@@ -179,6 +184,7 @@ class DevicePoller:
                     self._log.info("poll_on_time", skipped_slots=self._overrunning)
                     self._overrunning = 0
                 slot = following
+                self.stats.slots += 1
         finally:
             await self._close_driver()
 

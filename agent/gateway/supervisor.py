@@ -27,6 +27,7 @@ from agent.gateway.batcher import Batcher
 from agent.gateway.clock import ClockWatch, elapsed_clock, kernel_clock_synced
 from agent.gateway.scheduler import DevicePoller
 from agent.gateway.store import BatchStore, DataDirLock, StoreBounds
+from agent.gateway.watchdog import ServiceWatch
 
 if TYPE_CHECKING:
     from agent.gateway.uplink import Uplink
@@ -119,6 +120,9 @@ class _Gateway:
     lock: DataDirLock
     runtime: AgentRuntime
     uplink: Uplink
+    # systemd's READY/STATUS/watchdog (a no-op outside systemd); a reload calls its
+    # reloading() when it starts and reloaded() when it is done
+    service: ServiceWatch = field(default_factory=ServiceWatch.from_environment)
 
 
 @dataclass
@@ -156,6 +160,7 @@ async def run_agent(
                 tasks = _start_tasks(tg, gateway)
                 await stop.wait()
                 log.info("agent_stopping")
+                gateway.service.stopping()
                 await _wind_down(gateway, tasks)
         finally:
             await gateway.context.close()
@@ -314,6 +319,9 @@ def _start_tasks(tg: asyncio.TaskGroup, gateway: _Gateway) -> _Tasks:
     extras = []
     if config.metrics.port is not None:
         extras.append(tg.create_task(_serve_metrics(config, runtime, uplink), name="metrics"))
+    if gateway.service.enabled:  # last: READY=1 once the tasks above run
+        extras.append(tg.create_task(gateway.service.run(
+            runtime, lambda: uplink.stats.connected, flush_every), name="systemd"))
     return _Tasks(polls, flusher, sender, extras)
 
 
@@ -341,5 +349,6 @@ def _release(gateway: _Gateway) -> None:
     left = store.stats()
     store.close()
     gateway.lock.release()
+    gateway.service.close()
     log.info("agent_stopped", gw=gateway.config.gateway.id, boot=gateway.runtime.boot,
              unsent_batches=left.batches, unsent_readings=left.readings)
