@@ -57,6 +57,7 @@ IEC_POINTS = {  # point → (OBIS code the simulator serves, scale, unit)
     "meter_number": ("0.0.0", 1.0, None),
 }
 SDS = {"pm2_5": 14.0, "pm10": 14.8}
+SILENT_UNIT = 4  # a meter on the RS-485 line that never answers
 GOOD_DEVICES = ("meter-tcp", "meter-rtu-2", "meter-rtu-3", "house-meter", "dust-1", "air-1")
 
 
@@ -122,8 +123,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         tcp_port = free_port()
         servers.append(loops.run(serve({1: unit_profile(tmp, 1)}, "127.0.0.1", tcp_port,
                                        update_interval=3600)))
-        servers.append(loops.run(serve_serial({2: unit_profile(tmp, 2), 3: unit_profile(tmp, 3)},
-                                              pairs["rtu"].a, update_interval=3600)))
+        servers.append(loops.run(serve_serial(
+            {unit: unit_profile(tmp, unit) for unit in (2, 3, SILENT_UNIT)}, pairs["rtu"].a,
+            update_interval=3600, silent_units={SILENT_UNIT})))
         stack.callback(lambda: [loops.run(s.stop()) for s in servers])
         simulators = (Iec62056Simulator(pairs["iec"].a, readings=dict(READINGS), reaction=0.01),
                       Pms5003Simulator(pairs["pms"].a, values=PMS_VALUES, period=0.05),
@@ -153,6 +155,14 @@ name = "meter-tcp"
 driver = "modbus"
 endpoint = "tcp://127.0.0.1:{tcp_port}"
 unit = 1
+{MODBUS_POINTS}
+[[devices]]
+name = "meter-rtu-silent"
+driver = "modbus"
+bus = "rs485-1"
+unit = {SILENT_UNIT}
+retries = 3
+enabled = false
 {MODBUS_POINTS}
 [[devices]]
 name = "meter-rtu-2"
@@ -189,6 +199,14 @@ name = "air-1"
 driver = "sds011"
 port = "{pairs['sds'].b}"
 mode = "query"
+
+[[devices]]
+name = "meter-bad-map"
+driver = "modbus"
+endpoint = "tcp://127.0.0.1:{tcp_port}"
+unit = 1
+enabled = false
+points = [{{ name = "nothing_here", address = 500, type = "u16" }}]
 
 [[devices]]
 name = "dead-1"
@@ -302,22 +320,37 @@ def test_device_filter_and_json(site: Site) -> None:
             assert p["quality"] == "good", p
 
 
-def test_a_dead_and_a_hung_device_fail_within_their_bound(site: Site) -> None:
-    # hung-1 is disabled: named, it is polled all the same; its driver would wait 30 s
-    done = ssc_test(site.config, "--json", "--device", "dead-1", "hung-1", "--timeout", "1")
+def test_failed_devices_each_with_its_error_and_within_the_bound(site: Site) -> None:
+    # All disabled but dead-1: named, they are polled all the same. With the bound at 1 s,
+    # hung-1 (its driver would wait 30 s) and meter-rtu-silent (4 attempts of 500 ms) run out
+    # of time; meter-rtu-2, on the same line after meter-rtu-silent, is polled once the line
+    # is free, so its own bound is not spent waiting for it.
+    done = ssc_test(site.config, "--json", "--timeout", "1", "--device", "dead-1", "hung-1",
+                    "meter-bad-map", "meter-rtu-2", "meter-rtu-silent")
     assert done.returncode == 1, done.stdout + done.stderr
     doc = json.loads(done.stdout)
-    assert doc["ok"] is False and doc["failed"] == ["dead-1", "hung-1"], doc
-    dead, hung = doc["devices"]
-    assert dead["error"]["kind"] == "unavailable", dead
-    assert "connection refused" in dead["error"]["message"], dead
-    assert hung["error"] == {"kind": "timeout", "code": None,
-                             "message": "hung-1: no result within 1 s (the poll's bound: the "
-                             "hang guard, or --timeout)"}, hung
-    for device in (dead, hung):
+    failed = ["meter-rtu-silent", "meter-bad-map", "dead-1", "hung-1"]
+    assert doc["ok"] is False and doc["failed"] == failed, doc
+    devices = {device["name"]: device for device in doc["devices"]}
+    assert list(devices) == ["meter-rtu-silent", "meter-rtu-2", *failed[1:]], doc
+    good = devices.pop("meter-rtu-2")
+    assert good["ok"] is True and good["error"] is None, good
+    assert {p["point"]: p["value"] for p in good["points"]} == expected_values(2), good
+    errors = {name: device["error"] for name, device in devices.items()}
+    assert errors["dead-1"]["kind"] == "unavailable", errors
+    assert errors["dead-1"]["message"].startswith(
+        f"dead-1 ({site.ports['dead-1']}): connection refused"), errors
+    assert errors["meter-bad-map"]["kind"] == "protocol", errors
+    assert errors["meter-bad-map"]["code"] == 2, errors
+    assert "exception 2 (illegal data address)" in errors["meter-bad-map"]["message"], errors
+    for name in ("hung-1", "meter-rtu-silent"):
+        assert errors[name] == {"kind": "timeout", "code": None,
+                                "message": f"{name}: no result within 1 s (the poll's bound: "
+                                "the hang guard, or --timeout)"}, errors
+    for device in devices.values():
         assert device["bound_seconds"] == 1 and device["points"] == [], device
         assert device["seconds"] <= device["bound_seconds"] + 0.5, device
-    assert "dead-1, hung-1" in done.stderr, done.stderr
+    assert ", ".join(failed) in done.stderr, done.stderr
 
 
 def test_an_unknown_device_lists_the_known_ones(site: Site) -> None:
@@ -326,8 +359,8 @@ def test_an_unknown_device_lists_the_known_ones(site: Site) -> None:
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         f"ssc-agent: --device 'nope': no such device in {site.config}; known devices: "
-        "meter-tcp, meter-rtu-2, meter-rtu-3, house-meter, dust-1, air-1, dead-1, busy-1, "
-        "hung-1"]
+        "meter-tcp, meter-rtu-silent, meter-rtu-2, meter-rtu-3, house-meter, dust-1, air-1, "
+        "meter-bad-map, dead-1, busy-1, hung-1"]
 
 
 def test_an_invalid_config_lists_every_error(site: Site, tmp_path: Path) -> None:
