@@ -3,8 +3,10 @@
 A 10 s poll fires at :00, :10, … (not drift from start-up). Readings carry the *scheduled*
 time. A device that fails gets readings with a bad quality code for every slot it misses, is
 retried with exponential backoff on the same slot grid, and is logged once when it goes down
-and once when it is back. A poll that overruns its interval is counted and the missed slots
-are skipped, never queued up, and reported (a ``slots_skipped`` event naming them).
+and once when it is back (a device that flaps is reported by :mod:`agent.gateway.damper`
+instead: one ``device_flapping`` line, then a summary per period, until it is stable). A poll
+that overruns its interval is counted and the missed slots are skipped, never queued up, and
+reported (a ``slots_skipped`` event naming them).
 
 The grid is wall-clock time, but waiting is done on the monotonic clock: the poller keeps the
 wall time of a monotonic instant (``wall − monotonic``, from the shared
@@ -27,6 +29,7 @@ import structlog
 from agent.driver import Driver, PointInfo, max_poll_seconds
 from agent.errors import DeviceProtocolError, DeviceUnavailable
 from agent.gateway.clock import ClockWatch
+from agent.gateway.damper import Damper, log_notices
 from agent.readings import Event, PointValue, Quality, Reading
 
 log = structlog.get_logger(__name__)
@@ -118,6 +121,7 @@ class DevicePoller:
         self._overrunning = 0  # slots skipped in the current overrun episode (0: on time)
         self.stats = DeviceStats()
         self._log = log.bind(device=name)
+        self._damper = Damper(watch.monotonic)
 
     @property
     def interval(self) -> float:
@@ -174,6 +178,7 @@ class DevicePoller:
                 else:
                     # Backing off: no I/O, but the slot is recorded as a communication error.
                     self._emit_bad(t_ms, Quality.COMM_ERROR)
+                log_notices(self._log, "device", self._damper.tick())
                 following = slot + interval
                 now = self._wall(offset)
                 if now >= following:
@@ -242,8 +247,10 @@ class DevicePoller:
         self._emit_values(t_ms, values)
         t_ms = self._now_frame(t_ms)
         if self._down_since is not None:
-            self._log.info("device_available", down_seconds=(t_ms - self._down_since) / 1000,
-                           failed_polls=self._failures)
+            down_seconds = (t_ms - self._down_since) / 1000
+            failed_polls = self._failures
+            log_notices(self._log, "device", self._damper.change(True), lambda: self._log.info(
+                "device_available", down_seconds=down_seconds, failed_polls=failed_polls))
             self._event(Event(t_ms, "device_up", self.name, "device answers again"))
             self._down_since = None
         self._failures = 0
@@ -263,7 +270,10 @@ class DevicePoller:
         if self._down_since is None:
             self._down_since = t_ms
             self.stats.down = True
-            self._log.warning("device_unavailable", error=str(exc), error_type=type(exc).__name__)
+            log_notices(self._log, "device", self._damper.change(False),
+                        lambda: self._log.warning("device_unavailable", error=str(exc),
+                                                  error_type=type(exc).__name__),
+                        error=str(exc)[:200])
             self._event(Event(t_ms, "device_down", self.name, str(exc)))
         if isinstance(exc, DeviceUnavailable):
             self._connected = False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence, Set
@@ -30,6 +31,7 @@ import structlog
 from agent import __version__
 from agent.endpoints import BrokerAddress
 from agent.errors import BufferFull, UplinkError
+from agent.gateway.damper import Damper, log_notices
 from agent.gateway.store import OutgoingBatch, StoreStats
 from agent.mqtt import (
     RECONNECT_MAX,
@@ -45,7 +47,7 @@ from agent.wire import BufferHealth, Status, encode_status
 
 log = structlog.get_logger(__name__)
 
-
+_FLAPPING_TICK_SECONDS = 10.0
 
 async def _watch(client: aiomqtt.Client) -> None:
     """Iterate messages so a disconnect is noticed at once (raises MqttError)."""
@@ -169,6 +171,8 @@ class Uplink:
         self._transport = TransportErrors()
         self.stats = UplinkStats()
         self._down_since: float | None = None
+        # a broker that drops us every few seconds: bounded lines (agent.gateway.damper)
+        self._damper = Damper(monotonic)
         self._idle = asyncio.Event()
         self._client: aiomqtt.Client | None = None
 
@@ -213,8 +217,10 @@ class Uplink:
                     self.stats.connected = True
                     if self._down_since is not None:
                         down = round(self._monotonic() - self._down_since, 1)
-                        log.info("uplink_restored", broker=self._settings.address.url,
-                                 down_seconds=down)
+                        broker = self._settings.address.url
+                        log_notices(log, "uplink", self._damper.change(True), functools.partial(
+                            log.info, "uplink_restored", broker=broker, down_seconds=down),
+                            broker=broker)
                         self._emit("uplink_up", f"connected again after {down} s")
                         self._down_since = None
                     else:
@@ -228,12 +234,14 @@ class Uplink:
                         tg.create_task(_watch(client), name="uplink-watch")
                         tg.create_task(self._status_updates(client), name="uplink-status")
                         tg.create_task(self._send(client), name="uplink-send")
+                        tg.create_task(self._flapping_ticks(), name="uplink-flapping")
             except* (aiomqtt.MqttError, UplinkError, OSError) as group:
                 self._note_down(group.exceptions[0])
             finally:
                 self._client = None
                 self.stats.connected = False
                 self._store.forget_in_flight()
+            log_notices(log, "uplink", self._damper.tick(), broker=self._settings.address.url)
             index = (index + 1) % len(self._brokers)
             tried += 1
             if tried < len(self._brokers):
@@ -249,11 +257,19 @@ class Uplink:
         if self._down_since is None:
             self._down_since = self._monotonic()
             error = describe_mqtt_error(exc, self._settings, self._transport.last)
-            log.warning("uplink_down", broker=self._settings.address.url, error=error)
+            broker = self._settings.address.url
+            log_notices(log, "uplink", self._damper.change(False), lambda: log.warning(
+                "uplink_down", broker=broker, error=error), broker=broker, error=error)
             self._emit("uplink_down", error)
         else:
             log.debug("uplink_retry_failed", broker=self._settings.address.url,
                       error=describe_mqtt_error(exc, self._settings, self._transport.last))
+
+    async def _flapping_ticks(self) -> None:
+        """While connected after flapping: the summaries, and the line that it is stable."""
+        while self._damper.flapping:
+            await asyncio.sleep(_FLAPPING_TICK_SECONDS)
+            log_notices(log, "uplink", self._damper.tick(), broker=self._settings.address.url)
 
     def _retry_deletes(self) -> None:
         for seq in sorted(self._undeleted):
@@ -273,7 +289,7 @@ class Uplink:
         # sealed since are live: with live_first they go out at once, between backlog ones.
         mark = self._store.last_seq()
         pacer = ReplayPacer(self._replay_rate, time.monotonic)
-        if mark:
+        if mark and not self._damper.flapping:  # not a line per reconnect of a flapping link
             backlog = self._store.stats()
             log.info("uplink_backlog", batches=backlog.batches, readings=backlog.readings,
                      order=self._replay_order, rate_per_second=self._replay_rate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from typing import cast
 
@@ -11,6 +12,7 @@ from structlog.testing import capture_logs
 
 from agent.driver import DEFAULT_MAX_POLL_SECONDS, Driver, PointInfo, max_poll_seconds
 from agent.errors import DeviceUnavailable
+from agent.gateway.damper import FLAP_PERIOD_SECONDS, max_lines
 from agent.gateway.scheduler import DevicePoller, backoff_slots, hang_guard, next_slot
 from agent.readings import Event, PointValue, Quality, Reading
 
@@ -445,3 +447,36 @@ async def test_a_poll_that_wakes_intervals_late_is_stamped_with_the_slot_it_is_t
     skipped = [e for e in events if e.kind == "slots_skipped"]
     assert [(e.t, e.message.split()[0]) for e in skipped] == [(3000, "slots=2")], skipped
     assert poller.stats.skipped_slots == 2
+
+
+async def test_a_device_flapping_for_a_day_logs_a_bounded_number_of_lines() -> None:
+    """Down at one poll, back at the next, for a simulated day at 10 s: before, two lines per
+    cycle (8,640); now the damper's few single changes, one device_flapping and a summary per
+    period. The platform still gets every device_down/device_up event."""
+    day = 86_400.0
+    clock = FakeClock(0.5)
+    driver = ScriptedDriver(clock, [False, True] * int(day / 20))
+    events: list[Event] = []
+    poller = DevicePoller("m1", driver, 10.0, emit=lambda r: None, event=events.append,
+                          clock=clock, sleep=clock.sleep)
+    with capture_logs() as logs:
+        await run_for(poller, clock, day)
+    kinds = Counter(str(line["event"]) for line in logs)
+    assert kinds == {"device_unavailable": 2, "device_available": 2, "device_flapping": 1,
+                     "device_flapping_summary": int(day / FLAP_PERIOD_SECONDS) - 1}, kinds
+    assert sum(kinds.values()) <= max_lines(day)
+    flapping = next(line for line in logs if line["event"] == "device_flapping")
+    assert flapping["state"] == "down" and flapping["error"] == "dev: no answer"
+    summary = next(line for line in logs if line["event"] == "device_flapping_summary")
+    assert summary["downs"] + summary["ups"] >= 88 and summary["device"] == "m1"
+    changes = Counter(e.kind for e in events)
+    assert changes["device_down"] >= day / 20 - 2 and changes["device_up"] >= day / 20 - 2
+
+    # steady again for a period: one device_flapping_ended, then a single outage is logged
+    driver._script.extend([True] * 100 + [False] + [True] * 10)
+    with capture_logs() as logs:
+        await run_for(poller, clock, day + 1100.0)
+    names = [line["event"] for line in logs]
+    assert names[-3:] == ["device_flapping_ended", "device_unavailable", "device_available"]
+    assert set(names[:-3]) <= {"device_flapping_summary"}, names  # the period's tail
+    assert logs[-3]["state"] == "up"
