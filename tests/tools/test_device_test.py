@@ -40,6 +40,9 @@ from tests.drivers.modbus.conftest import PtyPair
 from tests.drivers.modbus.test_rtu import expected_values, unit_profile
 from tests.drivers.pms5003.conftest import VALUES as PMS_VALUES
 
+# the module's simulators and ptys are set up once, on one worker
+pytestmark = pytest.mark.xdist_group("device-test")
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
