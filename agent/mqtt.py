@@ -14,6 +14,7 @@ This module and ``agent/gateway/uplink.py`` are the only ones that import aiomqt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -271,3 +272,45 @@ async def _settle_acks(client: aiomqtt.Client) -> None:
 
 def _payload_bytes(payload: Any) -> bytes:
     return payload if isinstance(payload, bytes) else str(payload).encode()
+
+
+async def publish_once(settings: MqttSettings, topic: str, payload: bytes, *,
+                       retain: bool) -> None:
+    """Connect, publish one QoS 1 message, wait for its PUBACK, disconnect; UplinkError with
+    one line (:func:`describe_mqtt_error`) when the broker cannot be reached or refuses."""
+    errors = TransportErrors()
+    try:
+        async with new_client(settings, clean_session=True, errors=errors) as client:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=settings.timeout)
+    except (aiomqtt.MqttError, OSError) as exc:
+        raise UplinkError(describe_mqtt_error(exc, settings, errors.last)) from None
+
+
+async def read_retained(settings: MqttSettings, topic_filter: str, *, quiet: float,
+                        limit: float) -> list[tuple[str, bytes]]:
+    """The retained messages of ``topic_filter``: what arrives after subscribing until none
+    came for ``quiet`` seconds, at most ``limit`` seconds in all (a broker sends retained
+    messages right after the SUBACK). Empty payloads (cleared topics) are left out.
+    UplinkError as :func:`publish_once`."""
+    out: dict[str, bytes] = {}
+    errors = TransportErrors()
+    try:
+        async with new_client(settings, clean_session=True, errors=errors) as client:
+            await client.subscribe(topic_filter, qos=1)
+            messages = aiter(client.messages)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    while True:
+                        try:
+                            async with asyncio.timeout(quiet):
+                                message = await anext(messages)
+                        except TimeoutError:
+                            break
+                        payload = _payload_bytes(message.payload)
+                        if payload:
+                            out[str(message.topic)] = payload
+                        else:
+                            out.pop(str(message.topic), None)
+    except (aiomqtt.MqttError, OSError) as exc:
+        raise UplinkError(describe_mqtt_error(exc, settings, errors.last)) from None
+    return sorted(out.items())

@@ -24,6 +24,7 @@ from agent.config.models import (
     GatewayConfig,
     KpiConfig,
     MetricsConfig,
+    RemoteConfigSection,
     UplinkConfig,
 )
 from agent.config.rules import (
@@ -96,9 +97,13 @@ def config_from_dict(
     driver_models: Mapping[str, type[DeviceConfig]] | None = None,
     require_uplink: bool = True,
     check_sources: bool = True,
+    check_files: bool = True,
 ) -> AgentConfig:
-    """Validate a parsed config table; relative paths resolve against ``base_dir``."""
+    """Validate a parsed config table; relative paths resolve against ``base_dir``. Without
+    ``check_files``, the files ``[uplink]`` names are not looked at (a config checked on the
+    platform for a gateway that holds them: ``ssc-agent fleet push-config``)."""
     loader = _Loader(data, base_dir, _DriverTable.of(driver_models), check_sources=check_sources)
+    loader.check_files = check_files
     return loader.run(source_path, require_uplink=require_uplink)
 
 
@@ -140,6 +145,7 @@ class _Loader:
         self.base_dir = base_dir
         self.drivers = drivers
         self.check_sources = check_sources
+        self.check_files = True
         self.items: list[_Item] = []
         self.context: dict[str, Any] = {"base_dir": base_dir, _DEFER_KPI_RULES: True}
         # Device tables after profile merging, by name: KPI sources are checked against them.
@@ -166,6 +172,7 @@ class _Loader:
         buses = self._buses()
         devices = self._devices({bus.name for bus in buses} | self._raw_names("buses"))
         kpis = self._kpis()
+        remote = self._table("remote_config", RemoteConfigSection, required=False)
         self._across_sections(gateway, uplink, buffer, has_kpis=bool(self._peek("kpis")))
         self._batches_fit(uplink, devices)
         lines = [line for item in self.items for line in item.lines]
@@ -180,6 +187,7 @@ class _Loader:
             buses=buses,
             devices=devices,
             kpis=kpis,
+            remote_config=remote or RemoteConfigSection(),
             source_path=source_path,
         )
 
@@ -245,7 +253,7 @@ class _Loader:
             item.add((), f"must be a table ([{section}])")
             return None
         result = item.validate(model, value, self.context)
-        if section == "uplink":
+        if section == "uplink" and self.check_files:
             for key, message in _file_problems(value, self.base_dir):
                 item.add((key,), message)
         return result

@@ -27,6 +27,7 @@ from agent.config.rules import (
 )
 from agent.driver import DeviceConfig
 from agent.endpoints import BrokerAddress, parse_broker_urls, topic_prefix_problem
+from agent.errors import ConfigError
 from agent.kpi.registry import REGISTRY
 from agent.password_file import read_password_file
 from agent.schema import (
@@ -40,7 +41,8 @@ from agent.schema import (
 from agent.unit_fields import DurationField, SizeField, duration_range, not_zero
 from agent.units import Duration, KpiDuration, Size, parse_clock
 
-SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis")
+SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis",
+            "remote_config")
 # The loader passes this in the validation context: it reports KPI rule problems itself,
 # located per key, instead of as one model-level line.
 _DEFER_KPI_RULES = "defer_kpi_rules"
@@ -255,6 +257,36 @@ class MetricsConfig(_Section):
         return value
 
 
+class RemoteConfigSection(_Section):
+    """``[remote_config]``: signed configs pushed by the platform (docs/config.md "Remote
+    configuration"); off by default. Only the gateway's local file may hold it."""
+
+    enabled: bool = False
+    public_key_file: ConfigPath | None = Field(default=None, validate_default=True)
+    rollback_after: Annotated[
+        DurationField,
+        duration_range("1 s", "1 d", "a pushed config must show it works within this time"),
+    ] = Duration.parse("5 min")
+
+    @field_validator("public_key_file")
+    @classmethod
+    def _key_when_enabled(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if not info.data.get("enabled"):
+            return value
+        if value is None:
+            raise ValueError("required when enabled: the platform's Ed25519 public key "
+                             "(`ssc-agent fleet keygen` writes one)")
+        from agent.signing import load_public_key  # cryptography only when enabled
+
+        try:
+            load_public_key(value)
+        except ConfigError as exc:
+            # the path is in the line's place already (and a key file's path is hidden there)
+            raise ValueError(exc.problems[0].removeprefix(f"public_key_file {value}")
+                             .lstrip(": ")) from None
+        return value
+
+
 class BusConfig(_Section):
     """``[[buses]]``: one serial line shared by the devices that name it."""
 
@@ -391,6 +423,7 @@ class AgentConfig(_Section):
     buses: list[BusConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)
+    remote_config: RemoteConfigSection = Field(default_factory=RemoteConfigSection)
     source_path: Path | None = None
 
     @model_validator(mode="before")

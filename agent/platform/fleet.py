@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.platform import config_push
+
 if TYPE_CHECKING:
     from agent.platform.sink.summary import GatewayRow
 
@@ -204,8 +206,8 @@ def add_parser(sub: Any) -> None:
         "has not been migrated by this release's receiver yet; 1 when the database fails "
         "while it is read.",
         epilog=COLUMNS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sink", required=True, metavar="URL",
-                   help="the receiver's --sink: sqlite:///file.db or "
+    p.add_argument("--sink", metavar="URL",
+                   help="required: the receiver's --sink: sqlite:///file.db or "
                    "postgresql://USER@HOST:PORT/DB (no password in it)")
     p.add_argument("--sink-password-file", type=Path, metavar="FILE",
                    help="PostgreSQL password (first line); default: libpq's PGPASSFILE or "
@@ -214,12 +216,19 @@ def add_parser(sub: Any) -> None:
                    help="flag gateways without a batch for longer (default "
                    f"{DEFAULT_SILENT_AFTER!r})")
     p.add_argument("--json", action="store_true", help="one JSON document (stable keys)")
+    config_push.add_parsers(p)  # fleet push-config, config-state, keygen
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``ssc-agent fleet``: 0, 1 (the database failed while read); ConfigError (exit 2)
     for bad flags or a sink that does not exist or cannot be opened."""
     from agent.errors import ConfigError
+
+    if args.fleet_command is not None:
+        return config_push.main(args)
+    if args.sink is None:
+        raise ConfigError("fleet: --sink is required (or a command: push-config, "
+                          "config-state, keygen)")
     from agent.platform.sink import check_sink_url
     from agent.platform.sink.summary import read_fleet
     from agent.platform.sink.url import open_read_only

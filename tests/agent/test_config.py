@@ -130,7 +130,8 @@ BAD: list[tuple[str, str, list[str]]] = [
     (
         "top-level typo",
         BASE + '[[device]]\nname = "m1"\n',
-        ["device: unknown key; known keys: gateway, uplink, buffer, metrics, buses, devices, kpis"],
+        ["device: unknown key; known keys: gateway, uplink, buffer, metrics, buses, devices, kpis, "
+         "remote_config"],
     ),
     (
         "broker scheme",
