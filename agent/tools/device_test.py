@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import struct
 import sys
 import time
@@ -46,7 +47,6 @@ CLOSE_SECONDS = 5.0
 CANCEL_AGAIN_SECONDS = 0.5
 # An unknown --device lists at most this many of the config's device names.
 KNOWN_NAMES_SHOWN = 20
-F32_MAX = 3.4028234663852886e38
 # Qualities of a device that answered well: its values are what it has now.
 ANSWERED = frozenset({"good", "stale"})
 
@@ -168,8 +168,8 @@ async def _within(coroutine: Awaitable[T], seconds: float) -> T:
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_AGAIN_SECONDS)
-    if not task.cancelled() and task.exception() is None:
-        return task.result()  # it ended on its own as it was cancelled
+    if not task.cancelled():
+        return task.result()  # it ended on its own (an answer, or the driver's error) meanwhile
     raise TimeoutError
 
 
@@ -197,7 +197,7 @@ async def _poll(device: DeviceConfig, driver: Driver, bound: float,
             values = await _within(_connect_and_read(driver), bound)
         finally:
             took = clock() - started
-            await _close(driver)
+            await _close(device.name, driver)
     except TimeoutError:
         return result(kind="timeout", error=f"{device.name}: no result within {bound:g} s "
                       "(the poll's bound: the hang guard, or --timeout)")
@@ -212,11 +212,13 @@ async def _poll(device: DeviceConfig, driver: Driver, bound: float,
                                     Quality(v.quality).name.lower()) for v in values))
 
 
-async def _close(driver: Driver) -> None:
+async def _close(name: str, driver: Driver) -> None:
     try:
         await _within(driver.close(), CLOSE_SECONDS)
+    except TimeoutError:
+        err(f"{name}: the driver did not close within {CLOSE_SECONDS:g} s")
     except Exception as exc:  # closing a broken connection may fail too; the result stands
-        err(f"closing a driver failed: {type(exc).__name__}: {exc}")
+        err(f"{name}: closing the driver failed: {type(exc).__name__}: {exc}")
 
 
 def _bound(device: DeviceConfig, driver: Driver, timeout: float | None) -> float:
@@ -283,6 +285,14 @@ async def poll_devices(
 # Output
 
 
+def _f32(value: float) -> float | None:
+    """``value`` as a 32-bit float has it (None: beyond its range)."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:
+        return None
+
+
 def _shown(value: Value) -> str:
     if value is None:
         return "-"
@@ -290,13 +300,13 @@ def _shown(value: Value) -> str:
         return str(value)
     # A 32-bit float (an f32 register) gets the digits it has: 229.1, not 229.10000610351562;
     # any other float loses only a scale's noise (12.34, not 12.340000000000002). --json is exact.
-    single = struct.unpack("<f", struct.pack("<f", value))[0] if abs(value) < F32_MAX else None
-    if single == value:
+    if _f32(value) == value:
         for digits in range(1, 10):
             text = f"{value:.{digits}g}"
-            if struct.unpack("<f", struct.pack("<f", float(text)))[0] == value:
+            if _f32(float(text)) == value:
                 return repr(float(text))
-    return repr(float(f"{value:.15g}"))
+    rounded = float(f"{value:.15g}")
+    return repr(rounded if math.isfinite(rounded) else value)  # near the largest float
 
 
 def _status(result: DeviceResult) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -26,7 +27,10 @@ from typing import Any, TypeVar
 
 import pytest
 import serial
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.tools.device_test import _shown, _within
 from drivers.iec62056.simulator import Iec62056Simulator
 from drivers.modbus.simulator import SimulatorServer, serve, serve_serial
 from drivers.pms5003 import frames as pms_frames
@@ -381,3 +385,57 @@ def test_an_invalid_config_lists_every_error(site: Site, tmp_path: Path) -> None
     assert any("(name=air-1, driver=sds011) → mode" in e for e in errors), errors
     bounded = ssc_test(site.config, "--timeout", "soon")
     assert bounded.returncode == 2 and "--timeout: " in bounded.stderr, bounded.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parts: how a value is shown, how a poll is bounded
+
+
+def single(value: float) -> float | None:
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:
+        return None
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (None, "-"), (7, "7"), (-68, "-68"), (230.0, "230.0"),
+    (single(229.1), "229.1"),  # an f32 register: its digits, not 229.10000610351562
+    (single(12345.012), "12345.012"),
+    (0.1 * 123.4, "12.34"),  # a scale's noise (12.340000000000002) is not shown
+    (1234.567, "1234.567"), (12345678901.5, "12345678901.5"), (1e20, "1e+20"),
+])
+def test_a_value_is_shown_with_the_digits_it_has(value: float | None, shown: str) -> None:
+    assert _shown(value) == shown
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_an_f32_value_shown_reads_back_as_itself(value: float) -> None:
+    assert single(float(_shown(value))) == value
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_any_value_shown_is_within_15_digits_of_itself(value: float) -> None:
+    shown = float(_shown(value))
+    if single(value) == value:  # as an f32 has it: the digits that read back as that f32
+        assert single(shown) == value
+    else:
+        assert shown == pytest.approx(value, rel=1e-14, abs=0)
+
+
+async def test_a_poll_that_swallows_a_cancellation_still_ends_at_its_bound() -> None:
+    # Python 3.11's asyncio.wait_for (pymodbus uses it) can drop a cancellation
+    ended = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60)
+            await asyncio.sleep(60)
+        finally:
+            ended.set()
+
+    with pytest.raises(TimeoutError):
+        await _within(stubborn(), 0.05)
+    assert ended.is_set()
+    assert await _within(asyncio.sleep(0, result="answer"), 0.05) == "answer"
