@@ -146,12 +146,15 @@ def test_unplugged_adapters_are_reopened_by_themselves_and_logged_once(
     bus.start()
     devices = SerialDevices(bus, dust)
     agent = AgentProcess(agent_config(tmp_path, bus, dust), tmp_path / "agent.log")
+
+    def tail() -> str:
+        return agent.log_text()[-4000:]
+
     try:
         devices.start_meter()
         devices.start_sensor()  # waits for its port, which is not there yet
         agent.start()
         agent.wait_started(1)
-        tail = lambda: agent.log_text()[-4000:]  # noqa: E731
         assert wait_until(lambda: devices.meter_requests >= 3, 20), tail()
         # the sensor's port is missing at start: down, once, naming the port
         assert wait_until(lambda: "device_unavailable" in device_lines(agent, DUST), 20), tail()
