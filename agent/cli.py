@@ -176,7 +176,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     configure_logging(args.log_level or config.gateway.log_level, json=args.log_json)
     try:
-        asyncio.run(run_agent(config))
+        # SIGHUP reads the file again, with the same rules as validate
+        asyncio.run(run_agent(config, config_source=lambda: _load(args.config)))
     except StorageError as exc:
         # as a config error: systemd's restarts do not help until someone fixes the place
         err(str(exc))

@@ -490,6 +490,27 @@ class Batcher:
             log.error("readings_lost_at_stop", held=held,
                       dropped_unreported=self._unreported_loss, reason="store_unwritable")
 
+    @property
+    def kpis(self) -> LiveKpis | None:
+        """The live KPI engine, if KPIs are configured."""
+        return self._kpis
+
+    def replace_kpis(self, kpis: LiveKpis | None) -> None:
+        """Run the KPI engine ``kpis`` from now on (a reload). The journal of the old engine
+        cannot be replayed into the new one: the next flush saves a checkpoint instead."""
+        self._kpis = kpis
+        self._batch.steps.clear()
+        self._journal_lost = kpis is not None
+
+    def retune(self, *, max_readings: int, max_age: float, codec: int, level: int,
+               flush_interval: float) -> None:
+        """Take over new batching settings (a reload); the open batch goes on."""
+        self._max_readings = max_readings
+        self._max_age = max_age
+        self._codec = codec
+        self._level = level
+        self._flush_interval = flush_interval
+
     def _clock_stepped(self, step: ClockStep) -> None:
         """The wall clock stepped by ``step``: what is still open was stamped in this boot on
         the clock before it, so it is wrong by exactly the step. Move those readings and events
@@ -512,7 +533,7 @@ class Batcher:
         step is seen even when no device is polled for a while)."""
         self._flush_interval = flush_interval
         while True:
-            await asyncio.sleep(flush_interval)
+            await asyncio.sleep(self._flush_interval)  # a reload may change it
             self._watch.check()
             self.flush()
             self.stats.rounds += 1

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,11 +21,14 @@ import structlog
 
 from agent import __version__
 from agent.config import AgentConfig, UplinkConfig
-from agent.driver import DeviceConfig, Driver, DriverContext, discover
-from agent.errors import ConfigError
+from agent.driver import DriverContext
 from agent.fdlimit import prepare_open_files
 from agent.gateway.batcher import Batcher
 from agent.gateway.clock import ClockWatch, elapsed_clock, kernel_clock_synced
+from agent.gateway.devices import DeviceSet, TrackedResources
+from agent.gateway.devices import create_drivers as create_drivers  # ssc-agent test uses it
+from agent.gateway.devices import cancel_all as _cancel_all
+from agent.gateway.reload import Reloader, ReloadOutcome
 from agent.gateway.scheduler import DevicePoller
 from agent.gateway.store import BatchStore, DataDirLock, StoreBounds
 from agent.gateway.watchdog import ServiceWatch
@@ -36,32 +40,6 @@ log = structlog.get_logger(__name__)
 
 STORE_FILE = "buffer.db"
 METRICS_REFRESH_SECONDS = 5.0
-
-
-def create_drivers(
-    config: AgentConfig, context: DriverContext, names: Collection[str] | None = None
-) -> list[tuple[DeviceConfig, Driver]]:
-    """One driver per enabled device, each from its installed driver spec; with ``names``, one
-    per device of those names instead, enabled or not (``ssc-agent test --device``)."""
-    installed = discover()
-    out: list[tuple[DeviceConfig, Driver]] = []
-    problems: list[str] = []
-    for i, device in enumerate(config.devices):
-        if not (device.enabled if names is None else device.name in names):
-            continue
-        entry = installed.get(device.driver)
-        where = f"devices[{i}] (name={device.name}, driver={device.driver})"
-        if entry is None or entry.spec is None:
-            reason = entry.error if entry is not None else "not installed"
-            problems.append(f"{where} → driver: {reason}")
-            continue
-        try:
-            out.append((device, entry.spec.create(device, context)))
-        except ConfigError as exc:
-            problems.extend(f"{where}: {p}" for p in exc.problems)
-    if problems:
-        raise ConfigError(problems)
-    return out
 
 
 async def _serve_metrics(config: AgentConfig, runtime: AgentRuntime, uplink: Uplink) -> None:
@@ -82,25 +60,6 @@ async def _serve_metrics(config: AgentConfig, runtime: AgentRuntime, uplink: Upl
         collector.refresh()
 
 
-async def _cancel_all(tasks: list[asyncio.Task[None]], every: float = 0.5) -> None:
-    """Cancel ``tasks`` and wait for them, cancelling again those that carry on.
-
-    Python 3.11's ``asyncio.wait_for`` (pymodbus connects and reads with it) drops a
-    cancellation that arrives as its inner future completes: the poller then kept polling,
-    and the agent never stopped after SIGTERM (until systemd killed it).
-    """
-    pending = set(tasks)
-    rounds = 0
-    while pending:
-        if rounds == 1:
-            log.info("pollers_cancelled_again", pollers=len(pending))
-        rounds += 1
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=every)
-    await asyncio.gather(*tasks, return_exceptions=True)  # retrieve what they raised
-
-
 @dataclass
 class AgentRuntime:
     """Live objects of a running agent (tests and the demo look at them)."""
@@ -109,6 +68,15 @@ class AgentRuntime:
     batcher: Batcher
     pollers: list[DevicePoller] = field(default_factory=list)
     boot: int = 0
+    config: AgentConfig | None = None  # the config running now (a reload replaces it)
+    reloader: Reloader | None = None  # set once the tasks run
+
+    async def reload(self, new: AgentConfig) -> ReloadOutcome:
+        """Apply ``new`` to the running agent, or reject it and keep the running config:
+        :meth:`agent.gateway.reload.Reloader.reload`. Callable once the agent runs."""
+        if self.reloader is None:
+            raise RuntimeError("the agent is not running yet: no reload before its tasks run")
+        return await self.reloader.reload(new)
 
 
 @dataclass
@@ -120,6 +88,8 @@ class _Gateway:
     lock: DataDirLock
     runtime: AgentRuntime
     uplink: Uplink
+    devices: DeviceSet
+    make_uplink: Callable[[AgentConfig], Uplink]  # a reload that changes [uplink] builds anew
     # systemd's READY/STATUS/watchdog (a no-op outside systemd); a reload calls its
     # reloading() when it starts and reloaded() when it is done
     service: ServiceWatch = field(default_factory=ServiceWatch.from_environment)
@@ -129,7 +99,6 @@ class _Gateway:
 class _Tasks:
     """The task group's tasks, in the order shutdown stops them."""
 
-    polls: list[asyncio.Task[None]]
     flusher: asyncio.Task[None]
     sender: asyncio.Task[None]
     extras: list[asyncio.Task[None]]
@@ -146,8 +115,13 @@ async def run_agent(
     monotonic: Callable[[], float] = elapsed_clock,
     on_start: Callable[[AgentRuntime], None] | None = None,
     install_signal_handlers: bool = True,
+    config_source: Callable[[], AgentConfig] | None = None,
 ) -> None:
-    """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    """Run the agent until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    With ``config_source`` (e.g. loading the config file again), SIGHUP reloads the config
+    from it (:mod:`agent.gateway.reload`); ``runtime.reload`` applies a config handed in.
+    """
     stop = stop or asyncio.Event()
     # The handlers come first: a SIGTERM while the agent starts (a service stopped during a
     # slow start) is a clean stop once it runs, not the default death of the process.
@@ -158,9 +132,14 @@ async def run_agent(
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = _start_tasks(tg, gateway)
-                await stop.wait()
+                reloader = _reloader(gateway, tasks, tg, clock, monotonic)
+                with (_reload_on_sighup(tg, reloader, config_source)
+                      if install_signal_handlers and config_source is not None
+                      else contextlib.nullcontext()):
+                    await stop.wait()
                 log.info("agent_stopping")
                 gateway.service.stopping()
+                await reloader.close()
                 await _wind_down(gateway, tasks)
         finally:
             await gateway.context.close()
@@ -180,6 +159,48 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def _reloader(gateway: _Gateway, tasks: _Tasks, tg: asyncio.TaskGroup,
+              clock: Callable[[], float], monotonic: Callable[[], float]) -> Reloader:
+    runtime = gateway.runtime
+
+    async def restart_uplink(config: AgentConfig) -> None:
+        await _cancel_all([tasks.sender])  # its in-flight batches stay stored: sent again
+        uplink = gateway.make_uplink(config)
+        runtime.batcher.on_health_change = uplink.status_changed
+        gateway.uplink = uplink
+        tasks.sender = tg.create_task(uplink.run(), name="uplink")
+
+    def follow(_: ReloadOutcome) -> None:
+        gateway.config = runtime.config = reloader.config
+
+    reloader = Reloader(gateway.config, gateway.devices, runtime.batcher, runtime.store,
+                        restart_uplink=restart_uplink, clock=clock, monotonic=monotonic)
+    reloader.on_reload_done.append(follow)
+    reloader.on_reload_start.append(gateway.service.reloading)
+    reloader.on_reload_done.append(lambda _: gateway.service.reloaded())
+    runtime.reloader = reloader
+    return reloader
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(tg: asyncio.TaskGroup, reloader: Reloader,
+                      source: Callable[[], AgentConfig]) -> Iterator[None]:
+    """SIGHUP reloads the config from ``source`` while the block runs."""
+    loop = asyncio.get_running_loop()
+
+    async def reload() -> None:
+        try:
+            await reloader.reload_from(source)
+        except Exception as exc:  # a reload gone wrong must not take the agent down
+            log.exception("config_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: tg.create_task(reload(), name="reload"))
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
 # --------------------------------------------------------------------------------------------
 # Building the runtime
 
@@ -188,8 +209,11 @@ def _build_runtime(
     config: AgentConfig, clock: Callable[[], float], monotonic: Callable[[], float]
 ) -> _Gateway:
     """Drivers, the data_dir's lock and store, batcher, uplink and pollers, wired together."""
-    context = DriverContext(buses=config.buses_by_name)
-    drivers = create_drivers(config, context)
+    context = DriverContext(buses=config.buses_by_name, resources=TrackedResources())
+    devices = DeviceSet(context, lambda device, driver: DevicePoller(
+        device.name, driver, device.interval.seconds,
+        emit=batcher.add, event=batcher.add_event, watch=watch), [])
+    drivers = devices.create(config)
     prepare_open_files(len(drivers))
     data_dir = Path(config.gateway.data_dir)
     # one agent per data_dir: a second one would poll every device again under the same seqs
@@ -204,21 +228,18 @@ def _build_runtime(
     batcher = _build_batcher(config, store, boot=boot, wake=wake, watch=watch, clock=clock)
     recovered = batcher.recover()
     batcher.seal()  # what a crash left pending goes out first, in its own batch
-    uplink = _build_uplink(config, store, batcher, boot=boot, wake=wake, clock=clock,
-                           monotonic=monotonic)
+    make_uplink = functools.partial(_build_uplink, store=store, batcher=batcher, boot=boot,
+                                    wake=wake, clock=clock, monotonic=monotonic)
+    uplink = make_uplink(config)
     batcher.on_health_change = uplink.status_changed
     wake.set()
-    pollers = [
-        DevicePoller(device.name, driver, device.interval.seconds,
-                     emit=batcher.add, event=batcher.add_event, watch=watch)
-        for device, driver in drivers
-    ]
-    runtime = AgentRuntime(store, batcher, pollers, boot=boot)
+    devices.add_pollers(drivers)
+    runtime = AgentRuntime(store, batcher, devices.pollers, boot=boot, config=config)
     watch.synced()  # logs clock_not_synchronised if the kernel says so
     log.info("agent_started", gw=config.gateway.id, boot=boot, version=__version__,
              devices=len(drivers), recovered_readings=recovered, store=str(store.path),
              backlog_batches=store.stats().batches)
-    return _Gateway(config, context, lock, runtime, uplink)
+    return _Gateway(config, context, lock, runtime, uplink, devices, make_uplink)
 
 
 def _open_store(
@@ -313,7 +334,7 @@ def _uplink_config(config: AgentConfig) -> UplinkConfig:
 def _start_tasks(tg: asyncio.TaskGroup, gateway: _Gateway) -> _Tasks:
     runtime, uplink, config = gateway.runtime, gateway.uplink, gateway.config
     flush_every = _uplink_config(config).flush_interval.seconds
-    polls = [tg.create_task(p.run(), name=f"poll-{p.name}") for p in runtime.pollers]
+    gateway.devices.start(tg)
     flusher = tg.create_task(runtime.batcher.run(flush_every), name="batcher")
     sender = tg.create_task(uplink.run(), name="uplink")
     extras = []
@@ -321,8 +342,8 @@ def _start_tasks(tg: asyncio.TaskGroup, gateway: _Gateway) -> _Tasks:
         extras.append(tg.create_task(_serve_metrics(config, runtime, uplink), name="metrics"))
     if gateway.service.enabled:  # last: READY=1 once the tasks above run
         extras.append(tg.create_task(gateway.service.run(
-            runtime, lambda: uplink.stats.connected, flush_every), name="systemd"))
-    return _Tasks(polls, flusher, sender, extras)
+            runtime, lambda: gateway.uplink.stats.connected, flush_every), name="systemd"))
+    return _Tasks(flusher, sender, extras)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +352,7 @@ def _start_tasks(tg: asyncio.TaskGroup, gateway: _Gateway) -> _Tasks:
 
 async def _wind_down(gateway: _Gateway, tasks: _Tasks) -> None:
     """Stop polling, seal the open batch, give the uplink until shutdown_timeout to send it."""
-    await _cancel_all(tasks.polls)
+    await gateway.devices.stop_all()
     tasks.flusher.cancel()
     gateway.runtime.batcher.close()
     with contextlib.suppress(TimeoutError):

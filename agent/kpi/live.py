@@ -19,7 +19,7 @@ and readings stamped before them are counted as late until the clock is back
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -116,6 +116,28 @@ class LiveKpis:
         if snapshot is not None or steps:
             log.info("kpi_resumed", checkpoint=snapshot is not None, journal_steps=steps,
                      kpis=len(engine.configs))
+        return live
+
+    @classmethod
+    def fresh(cls, config: AgentConfig, store: BatchStore, clock: Callable[[], float],
+              lateness_ms: int, checkpoint_seconds: float = 60.0) -> LiveKpis:
+        """An engine with no windows open yet (KPIs added to a running agent by a reload)."""
+        engine = Engine.from_config(config, lateness_ms=lateness_ms,
+                                    max_step_ms=max_step_ms(lateness_ms))
+        return cls(engine, store, clock, checkpoint_seconds)
+
+    def reconfigured(self, config: AgentConfig, restart: Iterable[str], lateness_ms: int,
+                     checkpoint_seconds: float) -> LiveKpis:
+        """The engine for ``config`` (a reload), continued from this one's state: a KPI whose
+        definition is unchanged keeps its open windows; one in ``restart``, a new one, and all
+        of them if the time zone changed, start at the current window; removed ones go."""
+        snapshot = self.engine.snapshot()
+        for name in restart:
+            snapshot["kpis"].pop(name, None)
+        engine = Engine.restore(config, snapshot, lateness_ms=lateness_ms)
+        engine.max_step_ms = max_step_ms(lateness_ms)
+        live = type(self)(engine, self._store, self._clock, checkpoint_seconds)
+        live._last_checkpoint = self._last_checkpoint
         return live
 
     def step(self, readings: Sequence[Reading],

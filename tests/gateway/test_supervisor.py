@@ -10,7 +10,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from agent.gateway.supervisor import _cancel_all
+from agent.gateway.devices import cancel_all as _cancel_all
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
