@@ -26,7 +26,6 @@ from agent.fdlimit import prepare_open_files
 from agent.gateway.batcher import Batcher
 from agent.gateway.clock import ClockWatch, elapsed_clock, kernel_clock_synced
 from agent.gateway.devices import DeviceSet, TrackedResources
-from agent.gateway.devices import create_drivers as create_drivers  # ssc-agent test uses it
 from agent.gateway.devices import cancel_all as _cancel_all
 from agent.gateway.reload import Reloader, ReloadOutcome
 from agent.gateway.scheduler import DevicePoller

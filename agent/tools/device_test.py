@@ -2,7 +2,7 @@
 came back, point by point, with units and quality (a commissioning check, like Telegraf's
 ``--test``).
 
-The drivers are built exactly as ``run`` builds them (:func:`~agent.gateway.supervisor.
+The drivers are built exactly as ``run`` builds them (:func:`~agent.gateway.devices.
 create_drivers`, every installed driver, third-party ones included), and each poll is what the
 scheduler does at a slot: ``connect()`` then ``read()``, bounded by the scheduler's hang guard
 (or ``--timeout``). Nothing else of the agent runs: no store, no data_dir lock, no uplink, and
@@ -259,7 +259,7 @@ async def poll_devices(
     Raises ConfigError for an unknown name, or when a driver refuses its device table."""
     from agent.driver import DriverContext
     from agent.fdlimit import prepare_open_files
-    from agent.gateway.supervisor import create_drivers
+    from agent.gateway.devices import create_drivers
 
     chosen = select(config, names)
     context = DriverContext(buses=config.buses_by_name)
