@@ -20,7 +20,12 @@ Rules, Directive 2008/50/EC unless said (docs/indicators.md cites each):
   whole number (a half up), over the N valid values in ascending order; PM10's 35 days are its
   90.4th percentile of daily means (Annex I A, note a);
 - an exceedance: a valid window strictly above the value (">"), or at or above it for a
-  threshold that starts a band (">=").
+  threshold that starts a band (">=");
+- ozone (Annex VII A.2): its annual mean needs 75 % of the hours of summer (April-September)
+  and of winter, each on its own; its yearly number of exceedances needs five of the six
+  summer months, a month valid with 90 % of its daily maximum 8-hour means (27 of 30 days);
+  the target value's three-year mean may rest on one valid year when three are not
+  available (Annex VII B, note).
 """
 
 from __future__ import annotations
@@ -48,8 +53,11 @@ __all__ = [
     "daily_means",
     "exceedances",
     "mean",
+    "ozone_annual_mean",
+    "ozone_exceedance_days",
     "percentile",
     "percentile_rank",
+    "three_year_mean",
 ]
 
 # Directive 2008/50/EC: Annex XI A / VII A.2 (a day from hours), Annex I A (a year).
@@ -59,7 +67,11 @@ INDICATIVE_MIN_TIME_COVERAGE = 0.14
 
 _HOUR = KpiDuration(1, "h")
 _DAY = KpiDuration(1, "d")
+_MONTH = KpiDuration(1, "mo")
 _YEAR = KpiDuration(1, "y")
+SUMMER_MONTHS = (4, 5, 6, 7, 8, 9)  # Annex VII A.2: April to September
+OZONE_MONTH_MIN_CAPTURE = 0.90  # of a month's daily maximum 8-hour means
+OZONE_SEASON_MIN_CAPTURE = 0.75  # of a season's hours, for the annual mean
 _EPSILON = 1e-9  # as docs/kpis.md §3.3: 0.75 × 24 is 18 even after float rounding
 Window = Literal["1 h", "1 d"]
 
@@ -341,3 +353,81 @@ def annual_exceedances(
     return exceedances(
         inside, threshold, total, ANNUAL_MIN_CAPTURE, comparison=comparison, unit=unit
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Ozone (Directive 2008/50/EC, Annex VII)
+
+_MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August",
+                "September", "October", "November", "December")
+
+
+def _month_bounds(calendar: Calendar, year: int, month: int) -> tuple[int, int]:
+    return calendar.window_at(_MONTH, _ms(datetime(year, month, 15, 12, tzinfo=calendar.tz)))
+
+
+def ozone_annual_mean(hourly: Sequence[Record], zone: ZoneInfo, year: int) -> Stat:
+    """The calendar year's mean of hourly ozone values, valid with 75 % of the summer hours
+    (April-September) and 75 % of the winter hours (January-March, October-December), each
+    season on its own (Annex VII A.2). ``n``/``expected`` count the whole year."""
+    _check_unique(hourly)
+    calendar = Calendar(zone)
+    inside, total, _unit_name = _year(hourly, zone, year, "1 h")
+    summer_start = _month_bounds(calendar, year, SUMMER_MONTHS[0])[0]
+    summer_end = _month_bounds(calendar, year, SUMMER_MONTHS[-1])[1]
+    summer_hours = calendar.count(_HOUR, summer_start, summer_end)
+    in_summer = [r for r in inside if summer_start <= _ms(r.start) < summer_end]
+    summer_n = len(_values(in_summer))
+    values = _values(inside)
+    reasons = []
+    for season, n, expected in (("summer", summer_n, summer_hours),
+                                ("winter", len(values) - summer_n, total - summer_hours)):
+        if n < OZONE_SEASON_MIN_CAPTURE * expected - _EPSILON:
+            reasons.append(
+                f"{season} data capture {_percent(n / expected)} % ({n} of {expected} hours) "
+                f"< required {_percent(OZONE_SEASON_MIN_CAPTURE)} %"
+            )
+    value = math.fsum(values) / len(values) if values else None
+    if reasons or value is None:
+        return Stat(None, False, "; ".join(reasons) or "no valid hours", len(values), total,
+                    partial=value)
+    return Stat(value, True, "", len(values), total)
+
+
+def ozone_exceedance_days(
+    max8h_days: Sequence[Record], zone: ZoneInfo, year: int, threshold: float = 120.0
+) -> Stat:
+    """Days of the calendar year whose maximum daily 8-hour mean (one daily window each, as
+    the ``daily_max_running_mean`` KPI sends) is strictly above ``threshold``. Valid when five
+    of the six summer months hold 90 % of their days each (Annex VII A.2: 27 of 30)."""
+    _check_unique(max8h_days)
+    calendar = Calendar(zone)
+    inside, total, _unit_name = _year(max8h_days, zone, year, "1 d")
+    short: list[str] = []
+    for month in SUMMER_MONTHS:
+        start, end = _month_bounds(calendar, year, month)
+        days = calendar.count(_DAY, start, end)
+        n = len(_values(r for r in inside if start <= _ms(r.start) < end))
+        if n < OZONE_MONTH_MIN_CAPTURE * days - _EPSILON:
+            short.append(f"{_MONTH_NAMES[month - 1]} {n} of {days}")
+    values = _values(inside)
+    count = float(sum(1 for v in values if v > threshold))
+    if len(short) > len(SUMMER_MONTHS) - 5:
+        reason = (
+            f"{len(SUMMER_MONTHS) - len(short)} of the 6 summer months hold 90 % of their "
+            f"days, 5 required ({', '.join(short)} days)"
+        )
+        return Stat(None, False, reason, len(values), total, partial=count)
+    return Stat(count, True, "", len(values), total)
+
+
+def three_year_mean(yearly: Sequence[Stat]) -> Stat:
+    """The mean of the valid yearly figures among the last three years (a target value
+    "averaged over three years"); when not all three are valid, the valid ones, and at least
+    one is needed (Annex VII B, note). ``n`` valid years of ``expected`` (3)."""
+    if len(yearly) > 3:
+        raise ValueError(f"three years at most, not {len(yearly)}")
+    values = [s.value for s in yearly if s.valid and s.value is not None]
+    if not values:
+        return Stat(None, False, "no year with valid data (one is the minimum)", 0, 3)
+    return Stat(math.fsum(values) / len(values), True, "", len(values), 3)

@@ -14,14 +14,18 @@ from hypothesis import strategies as st
 
 from agent.platform.statistics import (
     Record,
+    Stat,
     annual_exceedances,
     annual_mean,
     annual_percentile,
     daily_means,
     exceedances,
     mean,
+    ozone_annual_mean,
+    ozone_exceedance_days,
     percentile,
     percentile_rank,
+    three_year_mean,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -259,6 +263,94 @@ def test_too_few_valid_days_make_the_count_a_lower_bound() -> None:
                               threshold=50.0)
     assert (stat.valid, stat.value, stat.partial) == (False, None, 200.0)
     assert stat.reason == "data capture 54.79 % (200 of 365 days) < required 90 %"
+
+
+# --------------------------------------------------------------------------------------------
+# Ozone (Annex VII A.2 and B)
+
+
+def _hours_of_year(year: int) -> list[Record]:
+    start = datetime(year, 1, 1, tzinfo=BERLIN).astimezone(UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=BERLIN).astimezone(UTC)
+    count = int((end - start) / HOUR)
+    return [Record(start + i * HOUR, start + (i + 1) * HOUR, 60.0) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("missing_summer", "missing_winter", "ok", "reason"),
+    [
+        # 2025 in Berlin: summer (April-September) 183 days of 24 h = 4392 hours; winter 8760 -
+        # 4392 = 4368 hours (the 23-hour 30 March and the 25-hour 26 October are both in it).
+        # 75 % of 4392 = 3294, of 4368 = 3276.
+        (4392 - 3294, 4368 - 3276, True, ""),
+        (0, 4368 - 3275,
+         False, "winter data capture 74.98 % (3275 of 4368 hours) < required 75 %"),
+        (4392 - 3293, 0,
+         False, "summer data capture 74.98 % (3293 of 4392 hours) < required 75 %"),
+    ],
+)
+def test_the_ozone_annual_mean_needs_75_percent_of_summer_and_of_winter_each(
+    missing_summer: int, missing_winter: int, ok: bool, reason: str
+) -> None:
+    hours = _hours_of_year(2025)
+    summer_start = datetime(2025, 4, 1, tzinfo=BERLIN)
+    summer_end = datetime(2025, 10, 1, tzinfo=BERLIN)
+    summer = [r for r in hours if summer_start <= r.start < summer_end]
+    winter = [r for r in hours if not summer_start <= r.start < summer_end]
+    assert (len(summer), len(winter)) == (4392, 4368)
+    gone = {r.start for r in summer[:missing_summer]} | {r.start for r in winter[:missing_winter]}
+    stat = ozone_annual_mean([r for r in hours if r.start not in gone], BERLIN, 2025)
+    assert (stat.valid, stat.reason, stat.expected) == (ok, reason, 8760)
+    assert (stat.value if ok else stat.partial) == 60.0
+
+
+@pytest.mark.parametrize(
+    ("valid_days", "ok", "reason"),
+    [
+        ({}, True, ""),
+        # April has 30 days: 90 % is 27 ("27 available daily values per month").
+        ({4: 27}, True, ""),
+        ({4: 26}, True, ""),  # one short month of six: five remain
+        ({4: 26, 7: 27}, False,  # July has 31 days: 27.9 needed, so 28
+         "4 of the 6 summer months hold 90 % of their days, 5 required (April 26 of 30, "
+         "July 27 of 31 days)"),
+    ],
+)
+def test_ozone_days_over_120_need_five_of_the_six_summer_months(
+    valid_days: dict[int, int], ok: bool, reason: str
+) -> None:
+    records = []
+    for day in days_of(2025):
+        kept = valid_days.get(day.month)
+        if kept is not None and day.day > kept:
+            continue
+        # 130 in the first ten days of June, 100 elsewhere: 10 days over 120.
+        value = 130.0 if day.month == 6 and day.day <= 10 else 100.0
+        records.append(day_record(day, value))
+    stat = ozone_exceedance_days(records, BERLIN, 2025)
+    assert (stat.valid, stat.reason, stat.expected) == (ok, reason, 365)
+    assert (stat.value if ok else stat.partial) == 10.0
+
+
+def _year_stat(value: float | None) -> Stat:
+    return Stat(value, value is not None, "" if value is not None else "short", 365, 365)
+
+
+@pytest.mark.parametrize(
+    ("years", "value", "n", "reason"),
+    [
+        ([30.0, 20.0, 25.0], 25.0, 3, ""),
+        ([30.0, None, 20.0], 25.0, 2, ""),  # the valid years only
+        ([None, None, 18.0], 18.0, 1, ""),  # one valid year is the minimum
+        ([None, None, None], None, 0, "no year with valid data (one is the minimum)"),
+    ],
+)
+def test_the_three_year_mean_of_the_ozone_target_value(
+    years: list[float | None], value: float | None, n: int, reason: str
+) -> None:
+    stat = three_year_mean([_year_stat(v) for v in years])
+    assert (stat.value, stat.n, stat.expected, stat.reason) == (value, n, 3, reason)
+    assert stat.valid == (value is not None)
 
 
 # --------------------------------------------------------------------------------------------
