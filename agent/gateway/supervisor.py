@@ -122,9 +122,13 @@ async def run_agent(
     from it (:mod:`agent.gateway.reload`); ``runtime.reload`` applies a config handed in.
     """
     stop = stop or asyncio.Event()
+    hup = asyncio.Event()  # a SIGHUP came: reload once the agent runs
     # The handlers come first: a SIGTERM while the agent starts (a service stopped during a
-    # slow start) is a clean stop once it runs, not the default death of the process.
-    with _stop_on_signals(stop) if install_signal_handlers else contextlib.nullcontext():
+    # slow start) is a clean stop once it runs, not the default death of the process; a
+    # SIGHUP then (systemctl reload during the start) is a reload once it runs.
+    with (_stop_on_signals(stop) if install_signal_handlers else contextlib.nullcontext(),
+          _hup_sets(hup) if install_signal_handlers and config_source is not None
+          else contextlib.nullcontext()):
         gateway = _build_runtime(config, clock, monotonic)
         if on_start is not None:
             on_start(gateway.runtime)
@@ -132,10 +136,10 @@ async def run_agent(
             async with asyncio.TaskGroup() as tg:
                 tasks = _start_tasks(tg, gateway)
                 reloader = _reloader(gateway, tasks, tg, clock, monotonic)
-                with (_reload_on_sighup(tg, reloader, config_source)
-                      if install_signal_handlers and config_source is not None
-                      else contextlib.nullcontext()):
-                    await stop.wait()
+                if config_source is not None:
+                    tasks.extras.append(tg.create_task(
+                        _reload_on_request(hup, reloader, config_source), name="reload"))
+                await stop.wait()
                 log.info("agent_stopping")
                 gateway.service.stopping()
                 await reloader.close()
@@ -182,22 +186,27 @@ def _reloader(gateway: _Gateway, tasks: _Tasks, tg: asyncio.TaskGroup,
 
 
 @contextlib.contextmanager
-def _reload_on_sighup(tg: asyncio.TaskGroup, reloader: Reloader,
-                      source: Callable[[], AgentConfig]) -> Iterator[None]:
-    """SIGHUP reloads the config from ``source`` while the block runs."""
+def _hup_sets(hup: asyncio.Event) -> Iterator[None]:
+    """SIGHUP sets ``hup`` while the block runs."""
     loop = asyncio.get_running_loop()
-
-    async def reload() -> None:
-        try:
-            await reloader.reload_from(source)
-        except Exception as exc:  # a reload gone wrong must not take the agent down
-            log.exception("config_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
-
-    loop.add_signal_handler(signal.SIGHUP, lambda: tg.create_task(reload(), name="reload"))
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
     try:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def _reload_on_request(hup: asyncio.Event, reloader: Reloader,
+                             source: Callable[[], AgentConfig]) -> None:
+    """Reload from ``source`` each time ``hup`` is set; SIGHUPs during a reload make one
+    more reload after it."""
+    while True:
+        await hup.wait()
+        hup.clear()
+        try:
+            await reloader.reload_from(source)
+        except Exception as exc:  # a reload gone wrong must not take the agent down
+            log.exception("config_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 # --------------------------------------------------------------------------------------------
