@@ -66,6 +66,11 @@ def _slots(sink: Path, device: str) -> list[int]:
     return [int(t) for (t,) in rows]
 
 
+def _wait_reloaded(agent: AgentProcess, count: int) -> dict[str, object]:
+    assert wait_until(lambda: len(agent.events("config_reloaded")) >= count, 30)
+    return agent.events("config_reloaded")[count - 1]
+
+
 def _config(path: Path, workdir: Path, broker: str, devices: list[Device]) -> None:
     write_agent_config(path, gw=GW, data_dir=workdir / "data", broker_url=broker,
                        devices=devices,
@@ -108,9 +113,7 @@ def run(reloads: int, interval_ms: int, workdir: Path) -> None:
                 assert agent.proc is not None
                 sent = time.time()
                 os.kill(agent.proc.pid, signal.SIGHUP)
-                assert wait_until(lambda n=i + 1: len(agent.events("config_reloaded")) >= n,
-                                  30)
-                event = agent.events("config_reloaded")[i]
+                event = _wait_reloaded(agent, i + 1)
                 took.append(_epoch(event) - sent)
                 inside.append(float(str(event["seconds"])))
                 time.sleep(1.5)  # polls between reloads: the quiet time is the input
