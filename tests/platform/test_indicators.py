@@ -25,6 +25,7 @@ from agent.platform.indicators import (
     catalogue_dir,
     load_catalogue,
 )
+from agent.platform.statistics import ANNUAL_MIN_CAPTURE, DAILY_MIN_CAPTURE
 
 REPO = Path(__file__).resolve().parents[2]
 KPI_CONFIGS = REPO / "config" / "kpis"
@@ -151,6 +152,20 @@ def test_key_figures_as_the_sources_give_them(
     assert (limit.value, limit.exceedances_allowed) == (value, allowed)
     assert (limit.percentile.value if limit.percentile else None) == percentile
     assert limit.verified
+
+
+def test_the_catalogues_coverages_are_the_statistics_librarys(shipped: Catalogue) -> None:
+    # The report computes with agent/platform/statistics.py: its rules and the catalogue's
+    # figures must not drift apart.
+    windows, periods = set(), set()
+    for _domain, ind in shipped.indicators:
+        comp = ind.computation
+        if comp.window_min_coverage is not None and comp.window == "1 d" and comp.base == "1 h":
+            windows.add(comp.window_min_coverage.value)
+        if comp.period_min_coverage is not None and ind.period == "1 y" and comp.operator == "mean":
+            periods.add(comp.period_min_coverage.value)
+    assert windows == {DAILY_MIN_CAPTURE}
+    assert periods == {ANNUAL_MIN_CAPTURE, 0.75}  # 0.75: ozone's seasons (ozone_annual_mean)
 
 
 def test_docs_list_every_indicator(shipped: Catalogue) -> None:
