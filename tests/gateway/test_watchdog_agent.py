@@ -204,6 +204,11 @@ def test_ready_after_the_store_opens_pings_while_it_runs_stopping_at_sigterm(
     assert notify.until(lambda: any(
         s.startswith("1/1 devices up") for s in notify.statuses()), 30), notify.statuses()
     assert not agent.events("watchdog_withheld")
+    # systemctl reload: RELOADING=1 while the config is read again, READY=1 when it is done
+    agent.proc.send_signal(signal.SIGHUP)
+    reloading = notify.wait_for("RELOADING=1", 30)
+    assert notify.until(lambda: any("READY=1" in lines for _, lines in notify.got[reloading:]),
+                        30), notify.got[reloading:]
     sent = len(notify.got)
     agent.proc.send_signal(signal.SIGTERM)
     notify.wait_for("STOPPING=1", 30)
