@@ -7,6 +7,7 @@ its own agent (own gateway id and data_dir). What the receiver stored is the gro
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import signal
 import sqlite3
@@ -144,15 +145,19 @@ def test_reload_keeps_unchanged_devices_and_windows_and_loses_nothing(
     data_dir = rig.workdir / gw
     try:
         assert wait_until(lambda: len(rig.slots(gw, rig.a.name)) >= 3, 30)
+        first_a = rig.slots(gw, rig.a.name)[0]
         # Batches pending at the reload: the broker is frozen while two are sealed.
         rig.broker.stop()
         try:
             sealed = last_sealed_seq(data_dir)
             assert wait_until(lambda: last_sealed_seq(data_dir) >= sealed + 2, 20)
-            # Reload in the middle of a KPI window that began after the agent's first poll.
+            # Reload 4-6 s into a KPI window that began at or after A's first poll.
             now = time.time()
-            window_start = (now // WINDOW_S + 1) * WINDOW_S
-            time.sleep(window_start + WINDOW_S / 2 - now)  # the moment of the reload is the input
+            window_start = math.ceil(first_a / 1000 / WINDOW_S) * WINDOW_S
+            while now > window_start + 6:
+                window_start += WINDOW_S
+            hup = max(now, window_start + 4)
+            time.sleep(hup - now)  # the moment of the reload is the input
             assert store_batches(data_dir) >= 2
             b_new = Device(rig.b.name, rig.b.port, 2000)
             write_config(rig, config, gw, [rig.a, b_new, rig.d],
@@ -161,7 +166,7 @@ def test_reload_keeps_unchanged_devices_and_windows_and_loses_nothing(
             reloaded = sighup(agent, "config_reloaded")
         finally:
             rig.broker.cont()
-        hup_ms = round(window_start + WINDOW_S / 2) * 1000
+        hup_ms = round(hup * 1000)
         done_ms = wall_ms(reloaded)
         assert reloaded["status"] == "applied"
         assert reloaded["devices"] == {"kept": [rig.a.name], "restarted": [rig.b.name],
