@@ -49,10 +49,30 @@ log = structlog.get_logger(__name__)
 
 _FLAPPING_TICK_SECONDS = 10.0
 
-async def _watch(client: aiomqtt.Client) -> None:
-    """Iterate messages so a disconnect is noticed at once (raises MqttError)."""
-    async for _ in client.messages:
-        pass
+async def _watch(client: aiomqtt.Client, channel: UplinkChannel | None = None) -> None:
+    """Iterate messages so a disconnect is noticed at once (raises MqttError); those of the
+    channel's topics go to it."""
+    async for message in client.messages:
+        if channel is not None:
+            payload = message.payload
+            channel.received(str(message.topic),
+                             payload if isinstance(payload, bytes) else str(payload).encode())
+
+
+class UplinkChannel(Protocol):
+    """Messages besides batches and the status, on the same connection (remote
+    configuration, :mod:`agent.gateway.remote_config`): ``topics`` are subscribed (QoS 1) at
+    every connect and what arrives on them is handed to ``received``; what ``outgoing`` holds
+    is published retained (QoS 1) when ``due`` is set or at a connect, then ``sent``."""
+
+    topics: tuple[str, ...]
+    due: asyncio.Event
+
+    def received(self, topic: str, payload: bytes) -> None: ...
+
+    def outgoing(self) -> list[tuple[str, bytes]]: ...
+
+    def sent(self, topic: str, payload: bytes) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,10 +164,12 @@ class Uplink:
         monotonic: Callable[[], float] = time.monotonic,
         buffer_health: Callable[[], BufferHealth] | None = None,
         brokers: Sequence[BrokerAddress] = (),
+        channel: UplinkChannel | None = None,
     ) -> None:
         # Brokers to try in turn (``[uplink] broker`` as a list): on a failed connect or a
         # lost connection the next one; the reconnect wait once per full round.
         self._brokers = tuple(brokers) or (settings.address,)
+        self.channel = channel
         if any(b.tls != self._brokers[0].tls for b in self._brokers):
             raise ValueError("the broker URLs must all use TLS (mqtts://) or none (mqtt://)")
         self._settings = replace(settings, address=self._brokers[0])
@@ -197,6 +219,19 @@ class Uplink:
                                  timeout=self._settings.timeout)
             log.debug("status_published", payload=payload.decode()[:300])
 
+    async def _channel_updates(self, client: aiomqtt.Client) -> None:
+        channel = self.channel
+        assert channel is not None
+        for topic in channel.topics:
+            await client.subscribe(topic, qos=1, timeout=self._settings.timeout)
+        while True:
+            channel.due.clear()
+            for topic, payload in channel.outgoing():
+                await client.publish(topic, payload, qos=1, retain=True,
+                                     timeout=self._settings.timeout)
+                channel.sent(topic, payload)
+            await channel.due.wait()
+
     async def run(self) -> None:
         """Connect, send, reconnect with jittered exponential backoff; forever. With several
         brokers, a failed or lost connection moves on to the next one at once; the backoff
@@ -231,7 +266,9 @@ class Uplink:
                     await client.publish(self._status_topic, self._status("online"), qos=1,
                                          retain=True)
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(_watch(client), name="uplink-watch")
+                        tg.create_task(_watch(client, self.channel), name="uplink-watch")
+                        if self.channel is not None:
+                            tg.create_task(self._channel_updates(client), name="uplink-channel")
                         tg.create_task(self._status_updates(client), name="uplink-status")
                         tg.create_task(self._send(client), name="uplink-send")
                         tg.create_task(self._flapping_ticks(), name="uplink-flapping")
