@@ -121,7 +121,8 @@ class _Running:
 @dataclass
 class _Trial:
     deadline: float
-    baseline: dict[int, tuple[Poller, int]]  # id(poller) → (poller, its polls when applied)
+    # id(poller) → (poller, the polls it had answered when the config was applied)
+    baseline: dict[int, tuple[Poller, int]]
 
 
 class RemoteConfig:
@@ -194,6 +195,21 @@ class RemoteConfig:
     def _load(self, text: str) -> AgentConfig:
         return load_pushed(text, local=self._local, base_dir=self._base_dir)
 
+    def reload_source(self, local_source: Callable[[], AgentConfig]
+                      ) -> Callable[[], AgentConfig]:
+        """What SIGHUP reloads: the local file read again (its problems reported as for any
+        reload), and while a pushed config runs, that one, as a restart would run it. A
+        change of ``[remote_config]`` itself takes effect at the next start."""
+        def source() -> AgentConfig:
+            local = local_source()
+            text = None if self.running.meta is None else self._store.text("current")
+            if text is None:
+                self._local = local  # a rollback goes back to the file as it is now
+                return local
+            return load_pushed(text, local=local, base_dir=self._base_dir)
+
+        return source
+
     # ------------------------------------------------------------------ running
 
     async def run(self, apply: Apply, health: Health) -> None:
@@ -217,7 +233,7 @@ class RemoteConfig:
     def _new_trial(self, health: Health) -> _Trial:
         pollers, _ = health()
         return _Trial(self._monotonic() + self._grace.seconds,
-                      {id(p): (p, p.stats.polls) for p in pollers})
+                      {id(p): (p, p.stats.answered) for p in pollers})
 
     async def _handle(self, payload: bytes, apply: Apply, health: Health) -> None:
         if payload == self._last_payload:
@@ -271,7 +287,7 @@ class RemoteConfig:
         assert trial is not None
         pollers, connected = health()
         answered = [p for p in pollers if not p.stats.down
-                    and p.stats.polls > trial.baseline.get(id(p), (p, 0))[1]]
+                    and p.stats.answered > trial.baseline.get(id(p), (p, 0))[1]]
         if (answered or not pollers) and connected:
             self._trial = None
             self._store.promote()

@@ -58,6 +58,7 @@ class DeviceStats:
     """One device's polling since start."""
 
     polls: int = 0  # polls that returned readings
+    answered: int = 0  # polls the device answered (with values)
     failures: int = 0  # polls that failed (no answer, bad frame, exception answer)
     overruns: int = 0  # polls that outlasted the interval
     skipped_slots: int = 0  # slots not polled because of overruns
@@ -255,6 +256,7 @@ class DevicePoller:
             self._down_since = None
         self._failures = 0
         self.stats.down = False
+        self.stats.answered += 1
         return True
 
     async def _close_driver(self) -> None:

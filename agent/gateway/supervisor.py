@@ -33,7 +33,8 @@ from agent.gateway.store import BatchStore, DataDirLock, StoreBounds
 from agent.gateway.watchdog import ServiceWatch
 
 if TYPE_CHECKING:
-    from agent.gateway.uplink import Uplink
+    from agent.gateway.remote_config import RemoteConfig
+    from agent.gateway.uplink import Uplink, UplinkChannel
 
 log = structlog.get_logger(__name__)
 
@@ -123,13 +124,18 @@ async def run_agent(
     """
     stop = stop or asyncio.Event()
     hup = asyncio.Event()  # a SIGHUP came: reload once the agent runs
+    remote = _remote_config(config, clock, monotonic)
+    if remote is not None:  # a config the platform pushed may run instead of the local file
+        config = remote.running.config
+        config_source = config_source and remote.reload_source(config_source)
     # The handlers come first: a SIGTERM while the agent starts (a service stopped during a
     # slow start) is a clean stop once it runs, not the default death of the process; a
     # SIGHUP then (systemctl reload during the start) is a reload once it runs.
     with (_stop_on_signals(stop) if install_signal_handlers else contextlib.nullcontext(),
           _hup_sets(hup) if install_signal_handlers and config_source is not None
           else contextlib.nullcontext()):
-        gateway = _build_runtime(config, clock, monotonic)
+        gateway = _build_runtime(config, clock, monotonic,
+                                 channel=None if remote is None else remote.channel)
         if on_start is not None:
             on_start(gateway.runtime)
         try:
@@ -139,9 +145,12 @@ async def run_agent(
                 if config_source is not None:
                     tasks.extras.append(tg.create_task(
                         _reload_on_request(hup, reloader, config_source), name="reload"))
+                remote_task = _start_remote(tg, gateway, remote)
                 await stop.wait()
                 log.info("agent_stopping")
                 gateway.service.stopping()
+                if remote_task is not None:
+                    remote_task.cancel()
                 await reloader.close()
                 await _wind_down(gateway, tasks)
         finally:
@@ -210,12 +219,34 @@ async def _reload_on_request(hup: asyncio.Event, reloader: Reloader,
             log.exception("config_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
+def _remote_config(config: AgentConfig, clock: Callable[[], float],
+                   monotonic: Callable[[], float]) -> RemoteConfig | None:
+    if not config.remote_config.enabled:
+        return None  # nor is cryptography imported
+    from agent.gateway.remote_config import RemoteConfig
+
+    return RemoteConfig.start(config, clock=clock, monotonic=monotonic)
+
+
+def _start_remote(tg: asyncio.TaskGroup, gateway: _Gateway,
+                  remote: RemoteConfig | None) -> asyncio.Task[None] | None:
+    """Pushed configs go through the reload path; the health a config on trial must show is
+    some device answering and the (current) uplink connected."""
+    if remote is None:
+        return None
+    return tg.create_task(remote.run(
+        gateway.runtime.reload,
+        lambda: (gateway.devices.pollers, gateway.uplink.stats.connected)),
+        name="remote-config")
+
+
 # --------------------------------------------------------------------------------------------
 # Building the runtime
 
 
 def _build_runtime(
-    config: AgentConfig, clock: Callable[[], float], monotonic: Callable[[], float]
+    config: AgentConfig, clock: Callable[[], float], monotonic: Callable[[], float],
+    *, channel: UplinkChannel | None = None,
 ) -> _Gateway:
     """Drivers, the data_dir's lock and store, batcher, uplink and pollers, wired together."""
     context = DriverContext(buses=config.buses_by_name, resources=TrackedResources())
@@ -238,7 +269,8 @@ def _build_runtime(
     recovered = batcher.recover()
     batcher.seal()  # what a crash left pending goes out first, in its own batch
     make_uplink = functools.partial(_build_uplink, store=store, batcher=batcher, boot=boot,
-                                    wake=wake, clock=clock, monotonic=monotonic)
+                                    wake=wake, clock=clock, monotonic=monotonic,
+                                    channel=channel)
     uplink = make_uplink(config)
     batcher.on_health_change = uplink.status_changed
     wake.set()
@@ -309,6 +341,7 @@ def _build_uplink(
     wake: asyncio.Event,
     clock: Callable[[], float],
     monotonic: Callable[[], float],
+    channel: UplinkChannel | None = None,
 ) -> Uplink:
     from agent.gateway.uplink import Uplink  # aiomqtt only when we really connect
     from agent.mqtt import MqttSettings
@@ -332,7 +365,8 @@ def _build_uplink(
                   replay_order=up.replay_order,
                   reconnect_min=up.reconnect_min.seconds,
                   reconnect_max=up.reconnect_max.seconds, monotonic=monotonic,
-                  buffer_health=batcher.health, brokers=up.broker_addresses)
+                  buffer_health=batcher.health, brokers=up.broker_addresses,
+                  channel=channel)
 
 
 def _uplink_config(config: AgentConfig) -> UplinkConfig:

@@ -285,3 +285,22 @@ def test_pushed_config_rules(tmp_path: Path) -> None:
     assert ok.remote_config == local.remote_config
     assert ok.uplink is not None
     assert ok.uplink.broker == "mqtt://127.0.0.1:1884"
+
+
+def test_cryptography_is_loaded_only_with_remote_config(tmp_path: Path) -> None:
+    """A gateway without [remote_config] never imports cryptography (its RSS stays)."""
+    import subprocess
+    import sys
+
+    _, public = write_keypair(tmp_path / "k")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(CONFIG)
+    remote = tmp_path / "remote.toml"
+    remote.write_text(CONFIG + f'[remote_config]\nenabled = true\npublic_key_file = "{public}"\n')
+    probe = ("import sys; from pathlib import Path; from agent.config import load_config; "
+             "import agent.cli, agent.gateway.supervisor, agent.gateway.uplink; "
+             "load_config(Path(sys.argv[1])); print('cryptography' in sys.modules)")
+    for path, loaded in ((plain, "False"), (remote, "True")):
+        out = subprocess.run([sys.executable, "-c", probe, str(path)], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        assert out == loaded, path
