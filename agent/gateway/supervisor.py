@@ -178,7 +178,7 @@ def _reloader(gateway: _Gateway, tasks: _Tasks, tg: asyncio.TaskGroup,
     async def restart_uplink(config: AgentConfig) -> None:
         await _cancel_all([tasks.sender])  # its in-flight batches stay stored: sent again
         uplink = gateway.make_uplink(config)
-        uplink.stats = gateway.uplink.stats  # counters go on (/metrics holds the first uplink)
+        uplink.take_over(gateway.uplink)  # counters go on (/metrics holds the first uplink)
         runtime.batcher.on_health_change = uplink.status_changed
         gateway.uplink = uplink
         tasks.sender = tg.create_task(uplink.run(), name="uplink")

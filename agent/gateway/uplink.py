@@ -205,6 +205,13 @@ class Uplink:
         return encode_status(Status(state, self._gw, self._boot, int(self._clock() * 1000),
                                     __version__, buffer=health))
 
+    def take_over(self, old: Uplink) -> None:
+        """Go on from ``old`` (a reload that changed [uplink] replaces the uplink): its
+        counters, and an outage it saw, which ends with ``uplink_restored`` as usual."""
+        self.stats = old.stats
+        self._down_since = old._down_since
+        self._damper = old._damper
+
     def status_changed(self) -> None:
         """The buffer's health changed: publish the status again (now, or at the next
         connect, which publishes it anyway)."""
