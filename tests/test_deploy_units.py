@@ -23,7 +23,7 @@ from tests.gateway.test_watchdog_agent import Notifications
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-INSTALLED = "/opt/ssc-agent/bin/ssc-agent"  # where deploy/README.md installs it
+INSTALLED = "/opt/ssc-agent/bin/ssc-agent"  # where docs/install.md installs it
 
 
 def _entries(unit: str, key: str) -> list[str]:

@@ -877,3 +877,70 @@ def test_a_store_of_a_newer_version_is_used_as_it_is(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
     conn.close()
+
+
+def test_a_rollback_keeps_a_buffer_a_newer_agent_migrated(tmp_path: Path) -> None:
+    """An upgrade that migrated the buffer, then a rollback to this version (docs/install.md):
+    what a newer version adds the way migrations add things (a table, a column with a default)
+    does not stop this one from sending what is stored, storing more, and leaving the newer
+    schema for the next upgrade."""
+    from agent.gateway.store.schema import SCHEMA_VERSION
+
+    path = tmp_path / "b.db"
+    store = BatchStore.open(path)
+    assert store.seal(payload_of(10), created=1, n_readings=1, pending_upto=0) == 1
+    store.close()
+    with sqlite3.connect(path) as conn:  # what the newer version's migration did
+        conn.execute("CREATE TABLE newer_things (id INTEGER PRIMARY KEY, body BLOB)")
+        conn.execute("ALTER TABLE batches ADD COLUMN newer_flag INTEGER NOT NULL DEFAULT 0")
+        conn.execute("INSERT INTO newer_things VALUES (1, x'01')")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = BatchStore.open(path)
+    assert [b.seq for b in store.next_unsent(10, set())] == [1]  # the backlog goes out
+    store.delete(1)
+    assert store.seal(payload_of(10), created=2, n_readings=1, pending_upto=0) == 2
+    assert store.stats().batches == 1
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+        assert conn.execute("SELECT body FROM newer_things").fetchall() == [(b"\x01",)]
+        assert conn.execute("SELECT seq, newer_flag FROM batches").fetchall() == [(2, 0)]
+    conn.close()
+
+
+def test_a_backup_restored_under_a_raised_seq_file_boot_reuses_no_seq(tmp_path: Path) -> None:
+    """docs/install.md's backup and restore: a backup taken while the agent runs (SQLite's
+    online backup), put back later; raising the boot in ``buffer.db.seq`` by one tells the
+    agent its store is behind, so numbering goes on above every seq reserved since."""
+    import json
+
+    path = tmp_path / "buffer.db"
+    store = BatchStore.open(path)
+    store.start_boot()
+    for created in (1, 2):
+        store.seal(payload_of(10), created=created, n_readings=1, pending_upto=0)
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    live.close()
+    copy.close()
+    for created in (3, 4):  # sealed and delivered after the backup
+        seq = store.seal(payload_of(10), created=created, n_readings=1, pending_upto=0)
+    assert seq == 4
+    for sent in (1, 2, 3, 4):
+        store.delete(sent)
+    store.close()
+    for name in ("buffer.db", "buffer.db-wal", "buffer.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    backup.rename(path)
+    seq_file = tmp_path / "buffer.db.seq"
+    ledger = json.loads(seq_file.read_text())
+    ledger["boot"] += 1
+    seq_file.write_text(json.dumps(ledger))
+    store = BatchStore.open(path)
+    store.start_boot()
+    assert [b.seq for b in store.next_unsent(10, set())] == [1, 2]  # sent again: duplicates
+    after = store.seal(payload_of(10), created=5, n_readings=1, pending_upto=0)
+    assert after is not None and after > 4
+    store.close()
