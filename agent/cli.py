@@ -60,19 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config and report every error at once",
                        description="Check a config without opening a port or the network. "
                        "Exit 0 when valid, 2 with one line per error otherwise.")
-    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML config")
+    checked = p.add_mutually_exclusive_group(required=True)
+    checked.add_argument("--config", type=Path, metavar="FILE", help="TOML config")
+    checked.add_argument("--city", type=Path, metavar="FILE", help="a city config instead: "
+                         "sites and targets on the indicator catalogue (docs/city.md)")
 
     p = sub.add_parser("sample-config", help="print a commented config that validates")
     p.add_argument("--driver", metavar="NAME", help="show the device part of this driver")
 
     sub.add_parser("drivers", help="list installed drivers with version and origin")
 
-    sub.add_parser("schema", help="print the config's JSON Schema (editor completion)",
-                   description="Print the JSON Schema (draft-07) of the config file, with "
-                   "the [[devices]] tables of every installed driver. Editors that check TOML "
-                   "against a schema (Taplo, Even Better TOML) then complete keys and show "
-                   "types, ranges, choices and defaults; docs/config.md says how to point them "
-                   "at it. `validate` still checks what spans keys and tables.")
+    p = sub.add_parser("schema", help="print the config's JSON Schema (editor completion)",
+                       description="Print the JSON Schema (draft-07) of the config file, with "
+                       "the [[devices]] tables of every installed driver. Editors that check "
+                       "TOML against a schema (Taplo, Even Better TOML) then complete keys and "
+                       "show types, ranges, choices and defaults; docs/config.md says how to "
+                       "point them at it. `validate` still checks what spans keys and tables.")
+    p.add_argument("--city", action="store_true", help="the city config's schema instead")
 
     device_test.add_parser(sub)
     modbus_commands.add_parsers(sub)
@@ -163,6 +167,11 @@ def _load(path: Path, *, require_uplink: bool = True, check_sources: bool = True
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.city is not None:
+        from agent.platform.city_checks import describe, load_city
+
+        print(describe(args.city, load_city(args.city)))
+        return EXIT_OK
     config = _load(args.config)
     print(f"{args.config}: valid ({len(config.devices)} devices, {len(config.kpis)} kpis, "
           f"{len(config.buses)} buses)")
@@ -192,12 +201,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_schema(_: argparse.Namespace) -> int:
+def _cmd_schema(args: argparse.Namespace) -> int:
     import json
 
-    from agent.tools.config_schema import config_schema
+    if args.city:
+        from agent.platform.city import city_schema
 
-    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+        schema = city_schema()
+    else:
+        from agent.tools.config_schema import config_schema
+
+        schema = config_schema()
+    print(json.dumps(schema, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 

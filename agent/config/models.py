@@ -23,6 +23,7 @@ from agent.config.rules import (
     KpiWindow,
     Unit,
     _printable,
+    known_zone,
     seconds_between,
 )
 from agent.driver import DeviceConfig
@@ -81,13 +82,7 @@ class GatewayConfig(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
-            raise ValueError(
-                f"{value!r} is not an IANA time zone name: write e.g. 'Europe/Berlin' or 'UTC'"
-            ) from exc
-        return value
+        return known_zone(value)
 
     @property
     def tz(self) -> ZoneInfo:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from agent.endpoints import printable_problem
 from agent.password_file import PasswordFileProblem, read_password_file
@@ -129,6 +130,19 @@ Coverage = Annotated[float, Field(ge=0.0, le=1.0)]
 Unit = Annotated[str, Field(max_length=MAX_UNIT_CHARS)]
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
+def known_zone(value: str) -> str:
+    """``value`` when it names an IANA time zone (a gateway's, a city's); ValueError says how
+    to write one."""
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(
+            f"{value!r} is not an IANA time zone name: write e.g. 'Europe/Berlin' or 'UTC'"
+        ) from exc
+    return value
+
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
