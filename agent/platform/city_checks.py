@@ -351,7 +351,7 @@ class _TargetCheck:
                           f"{self.indicator.id} is never negative")
         elif unit == "%" and value > 100:
             self.item.add(("value",), f"{target.value:g} %: a share is at most 100 %")
-        elif unit in _MOST_PER_YEAR and value > _MOST_PER_YEAR[unit] * target.years_averaged:
+        elif unit in _MOST_PER_YEAR and value > _MOST_PER_YEAR[unit]:
             self.item.add(("value",), f"{target.value:g} {unit}: a year has at most "
                           f"{_MOST_PER_YEAR[unit]:g}")
 

@@ -409,3 +409,14 @@ def test_a_site_knows_the_kpis_it_is_fed() -> None:
     assert config.site("park").station_type == "urban_background"
     with pytest.raises(KeyError):
         config.site("nowhere")
+
+
+def test_docs_name_every_key() -> None:
+    from agent.platform import city
+
+    text = (REPO / "docs" / "city.md").read_text(encoding="utf-8")
+    models = (city.CitySection, city.Location, city.Feed, city.Site, city.Baseline, city.Target,
+              city.IndicatorLimits, city.ReportSection)
+    missing = [f"{model.__name__}.{key}" for model in models for key in model.model_fields
+               if f"`{key}`" not in text and f"{key}," not in text and f".{key}]]`" not in text]
+    assert not missing
