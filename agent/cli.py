@@ -22,7 +22,7 @@ from agent import __version__
 from agent.console import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err
 from agent.errors import AgentError, ConfigError, StorageError
 from agent.platform import fleet
-from agent.tools import device_test, modbus_commands
+from agent.tools import device_test, modbus_commands, status
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     device_test.add_parser(sub)
     modbus_commands.add_parsers(sub)
+    status.add_parser(sub)
 
     p = sub.add_parser("receive",
                        help="the central platform side: store batches in SQLite or PostgreSQL",
@@ -157,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
                    "pure-Python broker even when mosquitto is installed")
     p.add_argument("--data-dir", type=Path, metavar="DIR",
                    help="keep the agent's buffer and the receiver's database here")
+    p.add_argument("--status-page", type=int, metavar="PORT",
+                   help="serve the agent's status page on http://127.0.0.1:PORT/")
     return parser
 
 
@@ -401,6 +404,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         interval=args.interval,
         broker_url=args.broker,
         data_dir=args.data_dir,
+        status_page=args.status_page,
     ))
 
 
@@ -416,6 +420,7 @@ COMMANDS = {
     "fleet": fleet.main,
     "kpi": _cmd_kpi,
     "buffer": _cmd_buffer,
+    "status": status.main,
     "demo": _cmd_demo,
 }
 

@@ -196,6 +196,18 @@ def _require_mosquitto() -> None:
     pytest.skip(reason)
 
 
+def require_chromium() -> str:
+    """The headless browser the status page is checked with (Debian ``chromium``): a test
+    without it is skipped, or fails when SSC_REQUIRE_CHROMIUM is set (CI)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is not None:
+        return path
+    reason = "chromium is not on PATH (apt install chromium)"
+    if os.environ.get("SSC_REQUIRE_CHROMIUM"):
+        pytest.fail(f"{reason}, and SSC_REQUIRE_CHROMIUM is set")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def tcp_port() -> int:
     """A free TCP port on 127.0.0.1."""

@@ -25,6 +25,7 @@ from agent.config.models import (
     KpiConfig,
     MetricsConfig,
     RemoteConfigSection,
+    StatusPageConfig,
     UplinkConfig,
 )
 from agent.config.rules import (
@@ -169,6 +170,7 @@ class _Loader:
         uplink = self._table("uplink", UplinkConfig, required=require_uplink)
         buffer = self._table("buffer", BufferConfig, required=False)
         metrics = self._table("metrics", MetricsConfig, required=False)
+        status_page = self._table("status_page", StatusPageConfig, required=False)
         buses = self._buses()
         devices = self._devices({bus.name for bus in buses} | self._raw_names("buses"))
         kpis = self._kpis()
@@ -184,6 +186,7 @@ class _Loader:
             uplink=uplink,
             buffer=buffer or BufferConfig(),
             metrics=metrics or MetricsConfig(),
+            status_page=status_page or StatusPageConfig(),
             buses=buses,
             devices=devices,
             kpis=kpis,

@@ -43,7 +43,7 @@ from agent.unit_fields import DurationField, SizeField, duration_range, not_zero
 from agent.units import Duration, KpiDuration, Size, parse_clock
 
 SECTIONS = ("gateway", "uplink", "buffer", "metrics", "buses", "devices", "kpis",
-            "remote_config")
+            "remote_config", "status_page")
 # The loader passes this in the validation context: it reports KPI rule problems itself,
 # located per key, instead of as one model-level line.
 _DEFER_KPI_RULES = "defer_kpi_rules"
@@ -282,6 +282,11 @@ class RemoteConfigSection(_Section):
         return value
 
 
+class StatusPageConfig(MetricsConfig):
+    """``[status_page]``: a read-only status page over HTTP, off unless ``port`` is set. On
+    loopback by default: another address shows the page to whoever reaches that network."""
+
+
 class BusConfig(_Section):
     """``[[buses]]``: one serial line shared by the devices that name it."""
 
@@ -415,6 +420,7 @@ class AgentConfig(_Section):
     uplink: UplinkConfig | None = None
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
     buses: list[BusConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)

@@ -22,7 +22,8 @@ from agent.driver import DeviceConfig
 
 # Keys a running agent cannot take over: who it is and where its buffer lives (the store,
 # its lock and the seq lineage hang on them), the store's bounds (the buffer is never touched
-# by a reload), the metrics listener, and the log level (loggers are set up once at start).
+# by a reload), the metrics and status page listeners, and the log level (loggers are set up
+# once at start).
 # A change of any of them refuses the whole reload; a restart applies it.
 FIXED_KEYS: tuple[str, ...] = (
     "gateway.id",
@@ -34,6 +35,8 @@ FIXED_KEYS: tuple[str, ...] = (
     "buffer.sync",
     "metrics.port",
     "metrics.address",
+    "status_page.port",
+    "status_page.address",
 )
 
 # [uplink] keys the batcher uses (it takes them over in place); any other [uplink] key
@@ -131,6 +134,7 @@ def _fixed_key_problems(old: AgentConfig, new: AgentConfig) -> list[str]:
         "gateway": (_dump(old.gateway), _dump(new.gateway)),
         "buffer": (_dump(old.buffer), _dump(new.buffer)),
         "metrics": (_dump(old.metrics), _dump(new.metrics)),
+        "status_page": (_dump(old.status_page), _dump(new.status_page)),
     }
     problems = []
     for dotted in FIXED_KEYS:

@@ -38,6 +38,7 @@ MAX_BACKOFF_SECONDS = 300.0
 # After a step, a slot is taken as current when the new clock is this fraction of an interval
 # short of it (a step by whole intervals lands exactly on a slot, give or take microseconds).
 REANCHOR_TOLERANCE = 0.01
+MAX_ERROR_LEN = 300  # of DeviceStats.last_error (health: status command, page, topic)
 
 
 def next_slot(now: float, interval: float) -> float:
@@ -65,6 +66,12 @@ class DeviceStats:
     readings: int = 0  # readings handed to the batcher
     down: bool = False  # failing now (logged once down, once back)
     slots: int = 0  # slots gone through, polled or not (the systemd watchdog watches it move)
+    failures_in_a_row: int = 0  # failed polls since the last good one
+    # the last good poll: its slot (epoch ms, current clock) and when it ended (monotonic s)
+    last_good_ms: int | None = None
+    last_good_monotonic: float | None = None
+    last_error: str | None = None  # why the last failed poll failed (short)
+    last_error_ms: int | None = None
 
 
 def hang_guard(interval: float, max_poll_seconds: float | None) -> float:
@@ -257,6 +264,9 @@ class DevicePoller:
         self._failures = 0
         self.stats.down = False
         self.stats.answered += 1
+        self.stats.failures_in_a_row = 0
+        self.stats.last_good_ms = t_ms
+        self.stats.last_good_monotonic = self._watch.monotonic()
         return True
 
     async def _close_driver(self) -> None:
@@ -269,6 +279,9 @@ class DevicePoller:
         t_ms = self._now_frame(t_ms)
         self._failures += 1
         self.stats.failures += 1
+        self.stats.failures_in_a_row = self._failures
+        self.stats.last_error = str(exc)[:MAX_ERROR_LEN]
+        self.stats.last_error_ms = t_ms
         if self._down_since is None:
             self._down_since = t_ms
             self.stats.down = True

@@ -93,6 +93,7 @@ class _Gateway:
     # systemd's READY/STATUS/watchdog (a no-op outside systemd); a reload calls its
     # reloading() when it starts and reloaded() when it is done
     service: ServiceWatch = field(default_factory=ServiceWatch.from_environment)
+    monotonic: Callable[[], float] = elapsed_clock  # the clock the pollers' ages are on
 
 
 @dataclass
@@ -280,7 +281,8 @@ def _build_runtime(
     log.info("agent_started", gw=config.gateway.id, boot=boot, version=__version__,
              devices=len(drivers), recovered_readings=recovered, store=str(store.path),
              backlog_batches=store.stats().batches)
-    return _Gateway(config, context, lock, runtime, uplink, devices, make_uplink)
+    return _Gateway(config, context, lock, runtime, uplink, devices, make_uplink,
+                    monotonic=monotonic)
 
 
 def _open_store(
@@ -383,6 +385,9 @@ def _start_tasks(tg: asyncio.TaskGroup, gateway: _Gateway) -> _Tasks:
     extras = []
     if config.metrics.port is not None:
         extras.append(tg.create_task(_serve_metrics(config, runtime, uplink), name="metrics"))
+    from agent.gateway.health import start_health
+
+    extras.extend(start_health(tg, config, runtime, lambda: gateway.uplink, gateway.monotonic))
     if gateway.service.enabled:  # last: READY=1 once the tasks above run
         extras.append(tg.create_task(gateway.service.run(
             runtime, lambda: gateway.uplink.stats.connected, flush_every), name="systemd"))

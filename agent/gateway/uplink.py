@@ -140,6 +140,7 @@ class UplinkStats:
     connects: int = 0  # sessions established
     disconnects: int = 0  # sessions lost or closed
     connected: bool = False  # a session is up now
+    last_ack_monotonic: float | None = None  # when the last PUBACK came (monotonic s)
 
 
 class Uplink:
@@ -386,6 +387,7 @@ class Uplink:
             await client.publish(self._batch_topic, batch.payload, qos=1,
                                  timeout=self._settings.timeout)
             self.stats.acknowledged += 1
+            self.stats.last_ack_monotonic = self._monotonic()
             try:
                 self._store.delete(batch.seq)
             except BufferFull as exc:
@@ -404,6 +406,26 @@ class Uplink:
         self._idle.clear()  # a stale "idle" from before the last seal must not count
         self._wake.set()
         await self._idle.wait()
+
+    @property
+    def broker_url(self) -> str:
+        """The broker connected to now, or tried last."""
+        return self._settings.address.url
+
+    async def publish_retained(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` retained (QoS 1) on the session up now; False when there is
+        none or the publish failed (the caller tries again later; the session's own tasks
+        notice a lost connection)."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=1, retain=True,
+                                 timeout=self._settings.timeout)
+        except aiomqtt.MqttError as exc:
+            log.debug("uplink_retained_publish_failed", topic=topic, error=str(exc))
+            return False
+        return True
 
     async def say_offline(self) -> None:
         """On a clean shutdown, the retained status says offline (the will covers crashes)."""

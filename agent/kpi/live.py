@@ -76,6 +76,8 @@ class LiveKpis:
         self._quiet_steps = 0  # steps without a late reading since the last one
         self._behind_steps = 0  # steps with the clock behind the engine by over a step
         self._calendar = Calendar(engine.tz)
+        # the last window each KPI closed in this run (health shows them; one per KPI)
+        self.latest: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def resume(cls, config: AgentConfig, store: BatchStore, clock: Callable[[], float],
@@ -168,7 +170,10 @@ class LiveKpis:
             self._behind_steps = 0
         events = [self._jump_event(jump, now_ms) for jump in engine.take_jumps()]
         events += self._note_late(now_ms)
-        return [o.as_dict() for o in outputs], {"now": now_ms, "r": fed}, events
+        closed = [o.as_dict() for o in outputs]
+        for window in closed:
+            self.latest[window["kpi"]] = window
+        return closed, {"now": now_ms, "r": fed}, events
 
     def _jump_event(self, jump: TimeJump, now_ms: int) -> Event:
         iso = self._calendar.isoformat

@@ -132,7 +132,8 @@ async def local_broker(workdir: Path, *, embedded: bool = False) -> AsyncIterato
         await broker.shutdown()
 
 
-def _config_text(data_dir: Path, broker: str, ports: list[int], interval: str) -> str:
+def _config_text(data_dir: Path, broker: str, ports: list[int], interval: str,
+                 status_page: int | None = None) -> str:
     devices = "\n".join(
         f'[[devices]]\nname = "meter-{i + 1}"\ndriver = "modbus"\n'
         f'endpoint = "tcp://127.0.0.1:{port}"\nunit = 1\nprofile = "ssc-demo-meter"\n'
@@ -165,7 +166,9 @@ unit = "kWh"
     return (
         f'[gateway]\nid = "gw-demo"\ntimezone = "UTC"\ndata_dir = "{data_dir}"\n'
         f'kpi_lateness = "2 s"\n\n'
-        f'[uplink]\nbroker = "{broker}"\nbatch_max_age = "5 s"\n\n{devices}{kpis}'
+        f'[uplink]\nbroker = "{broker}"\nbatch_max_age = "5 s"\n\n'
+        + ("" if status_page is None else f"[status_page]\nport = {status_page}\n\n")
+        + f"{devices}{kpis}"
     )
 
 
@@ -226,6 +229,7 @@ async def run_demo(
     interval: str,
     broker_url: str | None,
     data_dir: Path | None,
+    status_page: int | None = None,
 ) -> int:
     """Run the demo; returns the exit status."""
     configure_logging("warning")
@@ -248,9 +252,12 @@ async def run_demo(
                 else:
                     broker = broker_url
                 config_path = workdir / "agent.toml"
-                config_path.write_text(_config_text(workdir / "agent", broker, ports, interval))
+                config_path.write_text(_config_text(workdir / "agent", broker, ports, interval,
+                                                    status_page))
                 config = load_config(config_path)
                 print(f"agent:    config {config_path}, buffer {workdir / 'agent'}", flush=True)
+                if status_page is not None:
+                    print(f"status:   http://127.0.0.1:{status_page}/", flush=True)
                 sink = workdir / "received.db"
                 print(f"receiver: sqlite:///{sink}", flush=True)
                 stats = ReceiverStats()

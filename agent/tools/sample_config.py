@@ -113,6 +113,11 @@ sync = "full"                       # full: fsync every commit (a power cut lose
 # port = 9108                       # off unless set
 address = "127.0.0.1"               # keep it on loopback unless the network is trusted
 
+# [status_page]: a read-only page of devices, buffer, uplink and KPI windows (and /health.json).
+[status_page]
+# port = 8081                       # off unless set
+address = "127.0.0.1"               # another address shows it to that whole network
+
 # ---------------------------------------------------------------------------------------------
 # [[buses]]: a serial line shared by the devices that name it (bus = "NAME"): one request at a
 # time on it, with a pause between frames.

@@ -16,11 +16,13 @@ Decisions recorded here and in the spec:
   receiver would refuse.
 
 The package: ``model`` (types, keys, limits, readings <-> series), ``checks`` (the v1 checks),
-``encode``, ``decode`` (bounded), ``status`` (status payload, topic names).
+``encode``, ``decode`` (bounded), ``status`` (status payload, topic names), ``health`` (the
+retained health summary, bounded).
 """
 
 from agent.wire.decode import decode_batch
 from agent.wire.encode import encode_batch, pack_values
+from agent.wire.health import DownDevice, HealthSummary, decode_health, encode_health
 from agent.wire.model import (
     AGGREGATE_KEYS,
     CLOCK_KEYS,
@@ -66,12 +68,16 @@ __all__ = [
     "OPTIONAL_BODY_KEYS",
     "Batch",
     "BufferHealth",
+    "DownDevice",
+    "HealthSummary",
     "Series",
     "Status",
     "build_series",
     "decode_batch",
+    "decode_health",
     "decode_status",
     "encode_batch",
+    "encode_health",
     "encode_status",
     "event_from_map",
     "event_to_map",

@@ -131,7 +131,7 @@ BAD: list[tuple[str, str, list[str]]] = [
         "top-level typo",
         BASE + '[[device]]\nname = "m1"\n',
         ["device: unknown key; known keys: gateway, uplink, buffer, metrics, buses, devices, kpis, "
-         "remote_config"],
+         "remote_config, status_page"],
     ),
     (
         "broker scheme",

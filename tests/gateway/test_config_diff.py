@@ -31,7 +31,8 @@ def config(*, devices: list[dict[str, Any]] | None = None,
            gateway: dict[str, Any] | None = None,
            uplink: dict[str, Any] | None = None,
            buffer: dict[str, Any] | None = None,
-           metrics: dict[str, Any] | None = None) -> AgentConfig:
+           metrics: dict[str, Any] | None = None,
+           status_page: dict[str, Any] | None = None) -> AgentConfig:
     data: dict[str, Any] = {
         "gateway": {"id": "gw-1", "data_dir": "/tmp/ssc-diff", "kpi_lateness": "2 s",
                     **(gateway or {})},
@@ -44,6 +45,8 @@ def config(*, devices: list[dict[str, Any]] | None = None,
         data["buffer"] = buffer
     if metrics:
         data["metrics"] = metrics
+    if status_page:
+        data["status_page"] = status_page
     return config_from_dict(data, driver_models=DRIVERS)
 
 
@@ -145,6 +148,7 @@ def test_uplink(uplink: dict[str, Any], restart: bool, batching: bool) -> None:
     pytest.param(config(buffer={"max_bytes": "1 MiB"}), "buffer.max_bytes", id="buffer"),
     pytest.param(config(buffer={"sync": "normal"}), "buffer.sync", id="sync"),
     pytest.param(config(metrics={"port": 9100}), "metrics.port", id="metrics"),
+    pytest.param(config(status_page={"port": 8081}), "status_page.port", id="status page"),
 ])
 def test_fixed_keys_refuse_the_reload(new: AgentConfig, key: str) -> None:
     plan = plan_reload(BASE, new)
