@@ -15,8 +15,8 @@ each push:
    good config (or the local file) is applied again the same way and ``rolled_back`` reported.
 
 Any refusal is reported ``rejected`` with every problem; the running config goes on. A config
-on trial that the agent was started with twice already without it working is rolled back at
-the next start (the agent crashed or was stopped with it each time). No line logs the config's
+whose trial two restarts of the agent cut short (it crashed or was stopped each time) is
+rolled back at the third start. No line logs the config's
 text; problems quote at most a short excerpt of a bad value (never a secret-looking key's).
 """
 
@@ -164,8 +164,8 @@ class RemoteConfig:
     def _choose_at_start(self) -> None:
         current = self._store.state.current
         if current is not None and current.trial and current.starts >= MAX_TRIAL_STARTS:
-            errors = [f"the agent started {current.starts + 1} times with it on trial and it "
-                      "never worked (the agent stopped or crashed each time)"]
+            errors = [f"the agent restarted {current.starts + 1} times while it was on trial "
+                      "and it never showed it works (the agent crashed or was stopped)"]
             self._store.roll_back()
             self.running = self._from_store("current")
             self._report_push("rolled_back", current.serial, current.sha256, errors,

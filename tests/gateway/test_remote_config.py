@@ -71,10 +71,10 @@ class Site:
                                   devices=devices)
         return path.read_text()
 
-    def start(self, devices: list[Device]) -> None:
+    def start(self, devices: list[Device], grace: str = GRACE) -> None:
         self.local.write_text(self.config_text(devices) + (
             f'[remote_config]\nenabled = true\npublic_key_file = "{self.keys["public"]}"\n'
-            f'rollback_after = "{GRACE}"\n'))
+            f'rollback_after = "{grace}"\n'))
         self.agent.start()
         self.agent.wait_started(1)
 
@@ -149,7 +149,13 @@ def test_signed_push_applies_survives_a_restart_and_refuses_a_replay(
     assert not _polled_since(meters, meter_2.name, started, 1)
 
     pushed = site.config_text([meter_1, meter_2])
-    assert site.push(pushed, serial=1000, capsys=capsys) == 0
+    path = site.root / "pushed.toml"
+    path.write_text(pushed)
+    # --wait: the command itself waits for the gateway's report and says it
+    assert main(["fleet", "push-config", "--gw", site.gw, "--key", str(site.keys["private"]),
+                 "--serial", "1000", "--broker", site.broker.url, "--wait", "20",
+                 str(path)]) == 0
+    assert f"{site.gw}: applied serial 1000" in capsys.readouterr().out
     state = site.wait_state(capsys, "applied", 1000)
     assert state["sha256"] == config_sha256(pushed.encode())
     assert state["running_serial"] == 1000
@@ -233,6 +239,29 @@ def test_a_config_that_leaves_every_device_down_is_rolled_back(
     site.agent.start()
     site.agent.wait_started(2)
     assert site.agent.events("remote_config_enabled")[-1]["running_serial"] is None
+
+
+def test_a_config_whose_trial_restarts_cut_short_is_rolled_back_at_the_third_start(
+        site: Site, meters: MeterFleet, capsys: pytest.CaptureFixture[str]) -> None:
+    meter_1, _ = meters.devices
+    site.start([meter_1], grace="10 min")  # the trial never ends by time here
+    closed = Device(meter_1.name, free_port(), meter_1.interval_ms)
+    assert site.push(site.config_text([closed]), serial=40, capsys=capsys) == 0
+    site.wait_state(capsys, "applied", 40)
+    for run in (2, 3):  # the agent dies during the trial and systemd starts it again
+        site.agent.kill()
+        site.agent.start()
+        site.agent.wait_started(run)
+        enabled = site.agent.events("remote_config_enabled")[-1]
+        assert (enabled["running_serial"], enabled["on_trial"]) == (40, True)
+    site.agent.kill()
+    site.agent.start()
+    site.agent.wait_started(4)
+    assert site.agent.events("remote_config_enabled")[-1]["running_serial"] is None
+    state = site.wait_state(capsys, "rolled_back", 40, contains="restarted 3 times")
+    assert state["running_serial"] is None
+    started = time.time()
+    assert wait_until(lambda: _polled_since(meters, meter_1.name, started), 15)
 
 
 def test_push_config_refuses_an_invalid_config_locally(
