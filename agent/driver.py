@@ -10,7 +10,7 @@ code, never missing. When the device does not answer at all, ``read()`` raises
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final, Protocol, TypeVar
@@ -139,10 +139,13 @@ def _origin(ep: EntryPoint) -> str:
     return f"{dist.metadata['Name']} {dist.version} ({ep.value})"
 
 
-def discover() -> dict[str, DriverEntry]:
-    """Load every installed driver; a broken one is reported, never fatal for the others."""
+def discover(names: Collection[str] | None = None) -> dict[str, DriverEntry]:
+    """Load every installed driver, or only those in ``names`` (a config's drivers: the others
+    cost memory for nothing); a broken one is reported, never fatal for the others."""
     found: dict[str, DriverEntry] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if names is not None and ep.name not in names:
+            continue
         origin = _origin(ep)
         try:
             spec = ep.load()

@@ -5,7 +5,6 @@ problem at once as a :class:`~agent.errors.ConfigError`, one line each.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -103,32 +102,47 @@ def config_from_dict(
     """Validate a parsed config table; relative paths resolve against ``base_dir``. Without
     ``check_files``, the files ``[uplink]`` names are not looked at (a config checked on the
     platform for a gateway that holds them: ``ssc-agent fleet push-config``)."""
-    loader = _Loader(data, base_dir, _DriverTable.of(driver_models), check_sources=check_sources)
+    drivers = _DriverTable.of(driver_models, _driver_names(data))
+    loader = _Loader(data, base_dir, drivers, check_sources=check_sources)
     loader.check_files = check_files
     return loader.run(source_path, require_uplink=require_uplink)
+
+
+def _driver_names(data: Mapping[str, Any]) -> set[str]:
+    """The drivers the device tables name: only these are loaded."""
+    devices = data.get("devices")
+    if not isinstance(devices, list):
+        return set()
+    return {t["driver"] for t in devices
+            if isinstance(t, dict) and isinstance(t.get("driver"), str)}
 
 
 @dataclass(frozen=True)
 class _DriverTable:
     models: Mapping[str, type[DeviceConfig]]
     broken: Mapping[str, str]  # driver name → why it could not be loaded
+    complete: bool = True  # False: only the drivers the config names were loaded
 
     @classmethod
-    def of(cls, driver_models: Mapping[str, type[DeviceConfig]] | None) -> _DriverTable:
+    def of(cls, driver_models: Mapping[str, type[DeviceConfig]] | None,
+           names: set[str] | None = None) -> _DriverTable:
         if driver_models is not None:
             return cls(driver_models, {})
         models: dict[str, type[DeviceConfig]] = {}
         broken: dict[str, str] = {}
-        for name, entry in discover().items():
+        for name, entry in discover(names).items():
             if entry.spec is not None:
                 models[name] = entry.spec.config_model
             else:
                 broken[name] = entry.error or "unknown error"
-        return cls(models, broken)
+        return cls(models, broken, names is None)
 
     @property
     def installed(self) -> str:
-        return "installed drivers: " + (", ".join(sorted(self.models)) or "none")
+        # An error message only: this is where a config naming no installed driver pays for
+        # loading every driver.
+        models = self.models if self.complete else _DriverTable.of(None).models
+        return "installed drivers: " + (", ".join(sorted(models)) or "none")
 
 
 class _Loader:
@@ -499,6 +513,8 @@ class _Loader:
         if isinstance(points, list):
             names = [str(getattr(p, "name", "")) for p in points]
             if point not in names:
+                import difflib  # only for a point no device has: not in every agent
+
                 close = difflib.get_close_matches(point, names, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 return [

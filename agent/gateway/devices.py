@@ -129,12 +129,13 @@ def _create(
     ownership: _Ownership | None,
 ) -> list[tuple[DeviceConfig, Driver]]:
     wanted = None if names is None else set(names)
-    installed = discover()
+    chosen = [(i, device) for i, device in enumerate(config.devices)
+              if (device.enabled if wanted is None else device.name in wanted)]
+    # Only the drivers these devices use are imported: the others cost memory for nothing.
+    installed = discover({device.driver for _, device in chosen})
     out: list[tuple[DeviceConfig, Driver]] = []
     problems: list[str] = []
-    for i, device in enumerate(config.devices):
-        if not (device.enabled if wanted is None else device.name in wanted):
-            continue
+    for i, device in chosen:
         entry = installed.get(device.driver)
         where = f"devices[{i}] (name={device.name}, driver={device.driver})"
         if entry is None or entry.spec is None:

@@ -85,3 +85,41 @@ def test_a_sigterm_as_the_agent_starts_is_a_clean_stop(tmp_path: Path) -> None:
     assert done.returncode == 0, out[-3000:]
     assert "agent_stopping" in out, out[-3000:]
     assert done.stdout.rstrip().endswith("stopped cleanly"), out[-3000:]
+
+
+_DRIVERS_AT_START = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from agent.config import load_config
+from agent.gateway.supervisor import run_agent
+
+def loaded() -> str:
+    names = (m for m in sys.modules if m.startswith("drivers.") and m.endswith(".driver"))
+    return " ".join(sorted(names))
+
+config = load_config(Path(sys.argv[1]))
+print("validated:", loaded())
+
+def started(_: object) -> None:
+    print("running:", loaded(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+asyncio.run(run_agent(config, on_start=started))
+"""
+
+
+def test_only_the_drivers_a_config_names_are_imported(tmp_path: Path) -> None:
+    # Every installed driver costs memory when imported: a Modbus-only agent loads no other.
+    closed = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[gateway]\nid = "gw-drv"\ndata_dir = "{tmp_path / "data"}"\nshutdown_timeout = "1 s"\n\n'
+        f'[uplink]\nbroker = "mqtt://127.0.0.1:{closed}"\n\n'
+        f'[[devices]]\nname = "m1"\ndriver = "modbus"\n'
+        f'endpoint = "tcp://127.0.0.1:{closed}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n')
+    done = subprocess.run([sys.executable, "-c", _DRIVERS_AT_START, str(config)],
+                          check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines()
+             if line.startswith(("validated:", "running:"))]
+    assert lines == ["validated: drivers.modbus.driver", "running: drivers.modbus.driver"], (
+        done.stdout[-3000:] + done.stderr[-3000:])
