@@ -71,7 +71,9 @@ class BatchStore(PendingRows, KpiCheckpoints, DropLedger, Bounds, Salvage, Store
         self.path = path
         self.bounds = bounds
         self._clock = clock
-        self._pack = msgpack.Packer(use_bin_type=True)
+        # KPI snapshots and journals only: it grows to what they need instead of holding
+        # 256 KiB from the start (the stubs describe the pure-Python Packer, without buf_size).
+        self._pack = msgpack.Packer(use_bin_type=True, buf_size=4096)  # type: ignore[call-arg]
         self._zc = zstandard.ZstdCompressor(level=1)
         self._zd = zstandard.ZstdDecompressor()
         self._in_flight = set()  # the uplink's publishes under way (``bounds``)
