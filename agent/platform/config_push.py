@@ -27,8 +27,8 @@ DEFAULT_QUIET = 0.5
 DEFAULT_TIMEOUT = 3.0
 
 
-def add_parsers(fleet_parser: argparse.ArgumentParser) -> None:
-    """The three commands under ``ssc-agent fleet``."""
+def add_parsers(fleet_parser: argparse.ArgumentParser) -> Any:
+    """The three commands under ``ssc-agent fleet``; returns the subparsers (for more)."""
     sub = fleet_parser.add_subparsers(dest="fleet_command", metavar="FLEET_COMMAND")
     p = sub.add_parser(
         "push-config", help="sign a config and publish it to one gateway",
@@ -69,6 +69,7 @@ def add_parsers(fleet_parser: argparse.ArgumentParser) -> None:
         "[remote_config] public_key_file). Never overwrites a file.")
     p.add_argument("--out", required=True, type=Path, metavar="PREFIX",
                    help="e.g. /etc/ssc-platform/config-signing")
+    return sub
 
 
 def _broker_flags(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.platform import config_push
+from agent.platform import config_push, fleet_health
 
 if TYPE_CHECKING:
     from agent.platform.sink.summary import GatewayRow
@@ -216,7 +216,7 @@ def add_parser(sub: Any) -> None:
                    help="flag gateways without a batch for longer (default "
                    f"{DEFAULT_SILENT_AFTER!r})")
     p.add_argument("--json", action="store_true", help="one JSON document (stable keys)")
-    config_push.add_parsers(p)  # fleet push-config, config-state, keygen
+    fleet_health.add_parser(config_push.add_parsers(p))  # push-config, config-state, keygen
 
 
 def main(args: argparse.Namespace) -> int:
@@ -224,6 +224,8 @@ def main(args: argparse.Namespace) -> int:
     for bad flags or a sink that does not exist or cannot be opened."""
     from agent.errors import ConfigError
 
+    if args.fleet_command == "health":
+        return fleet_health.main(args)
     if args.fleet_command is not None:
         return config_push.main(args)
     if args.sink is None:

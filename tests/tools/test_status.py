@@ -351,6 +351,21 @@ async def test_retained_health_reaches_the_broker_and_decodes(site: Site) -> Non
     assert summary.kpis_open == 1 and summary.kpis_closed == 1
     assert summary.buffer_state == "ok"
 
+    # the platform side: `fleet health` reads the same retained summary from the broker
+    fleet = [sys.executable, "-m", "agent.cli", "fleet", "health", "--broker", site.broker.url]
+    done = subprocess.run([*fleet, "--json"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    (shown,) = json.loads(done.stdout)["gateways"]
+    assert shown["gw"] == GW and shown["devices"]["down"] == 3
+    assert {d["name"] for d in shown["down"]} == DOWN
+    done = subprocess.run([*fleet, "--gw", GW], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["GATEWAY", "AT", "UP"] and lines[1].startswith(GW)
+    assert {line.split(":")[1].strip() for line in lines if line.startswith("    down:")} == DOWN
+
 
 def test_status_when_no_agent_runs(site: Site) -> None:
     assert site.agent.terminate() == 0
