@@ -8,6 +8,7 @@ in-memory open batch and the store's pending rows never disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,7 @@ class Batcher:
         self._unwritable_since: int | None = None
         self._health_told: tuple[str, bool] = ("ok", False)
         self.on_health_change: Callable[[], None] | None = None
+        self._retuned = asyncio.Event()  # retune(): the flush loop's wait ends
         self.stats = BatcherStats()
 
     def recover(self) -> int:
@@ -510,6 +512,12 @@ class Batcher:
         self._codec = codec
         self._level = level
         self._flush_interval = flush_interval
+        self._retuned.set()
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between flushes (the loop's, once it runs)."""
+        return self._flush_interval
 
     def _clock_stepped(self, step: ClockStep) -> None:
         """The wall clock stepped by ``step``: what is still open was stamped in this boot on
@@ -533,7 +541,11 @@ class Batcher:
         step is seen even when no device is polled for a while)."""
         self._flush_interval = flush_interval
         while True:
-            await asyncio.sleep(self._flush_interval)  # a reload may change it
+            # a reload may change the interval (retune): the wait in progress ends then
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval):
+                    await self._retuned.wait()
+            self._retuned.clear()
             self._watch.check()
             self.flush()
             self.stats.rounds += 1

@@ -82,7 +82,7 @@ def pipeline_progress(runtime: AgentRuntime, flush_interval: float) -> list[Prog
                     p.interval + p.guard + POLLER_SLACK)
            for p in runtime.pollers]
     out.append(Progress(runtime.batcher, "batcher", runtime.batcher.stats.rounds,
-                        flush_interval + POLLER_SLACK))
+                        max(flush_interval, runtime.batcher.flush_interval) + POLLER_SLACK))
     return out
 
 

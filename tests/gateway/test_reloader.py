@@ -6,6 +6,7 @@ rejects the whole config with nothing stopped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -188,3 +189,24 @@ async def test_reload_restarts_what_changed_and_rejects_whole(
         await agent.context.close()
         agent.batcher.close()
         agent.store.close()
+
+
+async def test_new_batching_settings_end_the_flush_wait_in_progress(tmp_path: Path) -> None:
+    """A reload from flush_interval 60 s to 50 ms must not wait out the minute (the systemd
+    watchdog allows the flush loop the current interval)."""
+    store = BatchStore.open(tmp_path / "buffer.db")
+    batcher = Batcher(store, gw="gw-r", boot=1, max_readings=100, max_age=120.0, codec=1,
+                      level=3, clock=time.time, on_sealed=lambda: None)
+    loop = asyncio.create_task(batcher.run(60.0))
+    try:
+        await asyncio.sleep(0)  # the loop starts its minute
+        assert batcher.flush_interval == 60.0 and batcher.stats.rounds == 0
+        batcher.retune(max_readings=50, max_age=1.0, codec=0, level=1, flush_interval=0.05)
+        assert await wait_until_async(lambda: batcher.stats.rounds >= 3, 10)
+        assert batcher.flush_interval == 0.05
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        batcher.close()
+        store.close()
