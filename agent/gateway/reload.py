@@ -134,6 +134,9 @@ class Reloader:
                         outcome = self._rejected(exc.problems, started, reason="invalid")
                     else:
                         outcome = await self._apply(new, started)
+            except Exception as exc:  # a bug: the caller gets it; the hooks hear it failed
+                outcome = ReloadOutcome("rejected", (f"the reload failed: {exc!r}"[:300],))
+                raise
             finally:
                 for done in self.on_reload_done:
                     done(outcome)
