@@ -50,20 +50,7 @@ def load_config(
     check_sources: bool = True,
 ) -> AgentConfig:
     """Read and validate a TOML config file; ConfigError lists every problem, one line each."""
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from exc
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_toml_error_line(path, text, exc)) from exc
+    data = read_toml_file(path)
     return config_from_dict(
         data,
         base_dir=path.parent,
@@ -72,6 +59,25 @@ def load_config(
         require_uplink=require_uplink,
         check_sources=check_sources,
     )
+
+
+def read_toml_file(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The tables of a TOML file; ConfigError in one line when it cannot be read or parsed
+    (``FILE:LINE:COLUMN: …`` for TOML syntax). ``what`` names the file's kind in the line."""
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from exc
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_toml_error_line(path, text, exc)) from exc
 
 
 _TOML_AT = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")

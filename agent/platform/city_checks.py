@@ -11,12 +11,11 @@ The words and places are the agent config's (:mod:`agent.config.messages`).
 from __future__ import annotations
 
 import difflib
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.config.loader import _toml_error_line
+from agent.config.loader import read_toml_file
 from agent.config.messages import _M, _header, _Item
 from agent.errors import ConfigError, excerpt
 from agent.platform.city import (
@@ -41,20 +40,7 @@ _MOST_PER_YEAR = {"d": 366.0, "h": 8784.0}
 def load_city(path: Path, *, catalogue: Catalogue | None = None) -> CityConfig:
     """Read and validate a city config file against ``catalogue`` (default: the shipped one);
     ConfigError lists every problem, one line each, each starting with the file's path."""
-    if not path.exists():
-        raise ConfigError(f"city config {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"city config {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"city config {path} is not UTF-8 text") from exc
-    except OSError as exc:
-        raise ConfigError(f"city config {path} cannot be read: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_toml_error_line(path, text, exc)) from exc
+    data = read_toml_file(path, "city config")
     return city_from_dict(data, catalogue=catalogue, source_path=path)
 
 
