@@ -217,12 +217,15 @@ class RemoteConfig:
         if self._trial_pending:
             self._trial = self._new_trial(health)
         while True:
-            payload = self.channel.take()
-            if payload is not None:
-                await self._handle(payload, apply, health)
-                continue
-            if self._trial is not None:
-                await self._watch_trial(apply, health)
+            try:
+                payload = self.channel.take()
+                if payload is not None:
+                    await self._handle(payload, apply, health)
+                    continue
+                if self._trial is not None:
+                    await self._watch_trial(apply, health)
+            except Exception as exc:  # a bug or a failed write must not take the agent down
+                log.exception("remote_config_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             timeout = CHECK_EVERY if self._trial is not None else None
             try:
                 async with asyncio.timeout(timeout):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +167,13 @@ def test_signed_push_applies_survives_a_restart_and_refuses_a_replay(
     # meter-1 was unchanged: it polled on through the apply
     assert _polled_since(meters, meter_1.name, applied_at)
 
+    # SIGHUP reads the local file again but keeps the pushed config running
+    reloads = len(site.agent.events("config_reloaded"))
+    assert site.agent.proc is not None
+    site.agent.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: len(site.agent.events("config_reloaded")) > reloads, 15)
+    assert site.agent.events("config_reloaded")[-1]["status"] == "unchanged"
+
     # an older serial, properly signed: a replay
     assert site.push(site.config_text([meter_1]), serial=999, capsys=capsys) == 0
     state = site.wait_state(capsys, "rejected", 999, contains="is not above 1000")
@@ -239,6 +247,26 @@ def test_a_config_that_leaves_every_device_down_is_rolled_back(
     site.agent.start()
     site.agent.wait_started(2)
     assert site.agent.events("remote_config_enabled")[-1]["running_serial"] is None
+
+
+def test_a_config_whose_broker_cannot_be_reached_is_rolled_back(
+        site: Site, meters: MeterFleet, capsys: pytest.CaptureFixture[str]) -> None:
+    meter_1, meter_2 = meters.devices
+    site.start([meter_1])
+    nowhere = site.config_text([meter_1, meter_2]).replace(
+        site.broker.url, f"mqtt://127.0.0.1:{free_port()}")
+    assert site.push(nowhere, serial=50, capsys=capsys) == 0
+    # its uplink never connects: the report of the apply and of the rollback both go out
+    # once the restored uplink is connected again, the rollback's last (retained)
+    state = site.wait_state(capsys, "rolled_back", 50, seconds=30,
+                            contains=f"the uplink did not connect to the broker within {GRACE}")
+    assert not any("no device answered" in e for e in state["errors"])  # meter-2 answered
+    assert state["running_serial"] is None
+    events = [e["event"] for e in site.agent.events()
+              if e["event"] in ("remote_config_applied", "remote_config_rolled_back",
+                                "uplink_connected", "uplink_restored")]
+    assert events[:2] == ["uplink_connected", "remote_config_applied"], events
+    assert "remote_config_rolled_back" in events
 
 
 def test_a_config_whose_trial_restarts_cut_short_is_rolled_back_at_the_third_start(
