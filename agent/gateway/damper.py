@@ -15,6 +15,9 @@ So over any stretch of ``D`` seconds at most :func:`max_lines` (``D``) lines are
 whatever the changes (e.g. 679 a day with the defaults; a steady flap gives about one line per
 ``period``). Pure: time comes from the ``clock`` given (monotonic seconds), and the
 :class:`Notice` values say what to log; the caller writes the lines.
+
+:class:`Repeats` damps a condition that recurs rather than flaps (the buffer dropping a batch
+at every seal while the uplink is dead): one line, then one summary per ``period`` at most.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["FLAP_LIMIT", "FLAP_PERIOD_SECONDS", "Damper", "Notice", "log_notices", "max_lines"]
+__all__ = ["FLAP_LIMIT", "FLAP_PERIOD_SECONDS", "Damper", "Notice", "Repeats", "Tally",
+           "log_notices", "max_lines"]
 
 FLAP_LIMIT = 4
 """State changes logged one by one per ``FLAP_PERIOD_SECONDS``: two outages and their ends."""
@@ -171,3 +175,48 @@ def log_notices(logger: Any, subject: str, notices: list[Notice],
             continue
         level = logger.warning if notice.kind == "flapping" else logger.info
         level(notice.event(subject), **notice.fields(), **context)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Occurrences of a repeated condition not logged one by one, and what they added up to,
+    over ``seconds`` since the previous line."""
+
+    occurrences: int
+    totals: dict[str, int]
+    seconds: float
+
+
+class Repeats:
+    """A condition that may recur at every flush or seal: an occurrence is logged on its own
+    when the previous line about it is at least ``period`` old; the others are added up into a
+    :class:`Tally`, logged once that line is ``period`` old (at the next occurrence or tick).
+    So at most one line per ``period``, plus one."""
+
+    def __init__(self, clock: Callable[[], float], *,
+                 period: float = FLAP_PERIOD_SECONDS) -> None:
+        self._clock = clock
+        self._period = period
+        self._last_line = -math.inf
+        self._occurrences = 0
+        self._totals: dict[str, int] = {}
+
+    def occurred(self, **counts: int) -> Literal["log"] | Tally | None:
+        """It happened again, adding ``counts``: ``"log"`` (log this one), a :class:`Tally`
+        to log instead (this one included), or None (added up, nothing to log now)."""
+        if self._clock() - self._last_line >= self._period and not self._occurrences:
+            self._last_line = self._clock()
+            return "log"
+        self._occurrences += 1
+        for key, n in counts.items():
+            self._totals[key] = self._totals.get(key, 0) + n
+        return self.tick()
+
+    def tick(self) -> Tally | None:
+        """Call now and then: the tally, once the last line is ``period`` old."""
+        now = self._clock()
+        if not self._occurrences or now - self._last_line < self._period:
+            return None
+        tally = Tally(self._occurrences, self._totals, now - self._last_line)
+        self._occurrences, self._totals, self._last_line = 0, {}, now
+        return tally

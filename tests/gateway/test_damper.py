@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.gateway.damper import FLAP_LIMIT, FLAP_PERIOD_SECONDS, Damper, Notice, max_lines
+from agent.gateway.damper import (
+    FLAP_LIMIT,
+    FLAP_PERIOD_SECONDS,
+    Damper,
+    Notice,
+    Repeats,
+    Tally,
+    max_lines,
+)
 
 DAY = 86_400.0
 
@@ -161,3 +171,48 @@ def test_individual_changes_never_exceed_the_limit_in_a_period(flips: list[float
             logged.append(clock.now)
     for i, t in enumerate(logged):
         assert len([u for u in logged[i:] if u - t < FLAP_PERIOD_SECONDS]) <= FLAP_LIMIT
+
+
+def test_repeats_log_the_first_then_a_tally_per_period() -> None:
+    clock = Clock()
+    repeats = Repeats(clock, period=900.0)
+    seen: list[tuple[float, object]] = []
+    for t in range(0, 2000, 60):  # a drop at every seal, once a minute
+        clock.now = float(t)
+        seen.append((t, repeats.occurred(batches=1, readings=6)))
+    logged = [(t, r) for t, r in seen if r is not None]
+    assert logged == [
+        (0, "log"),
+        (900, Tally(15, {"batches": 15, "readings": 90}, 900.0)),
+        (1800, Tally(15, {"batches": 15, "readings": 90}, 900.0)),
+    ]
+    clock.now = 2600.0
+    assert repeats.tick() is None  # 800 s since the last line
+    clock.now = 2700.0
+    assert repeats.tick() == Tally(3, {"batches": 3, "readings": 18}, 900.0)
+    assert repeats.tick() is None
+    clock.now = 3700.0
+    assert repeats.occurred(batches=1) == "log"  # quiet for a period: on its own again
+
+
+@settings(max_examples=100, deadline=None)
+@given(gaps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1000.0), st.booleans()),
+                     max_size=300))
+def test_repeats_write_at_most_one_line_per_period(gaps: list[tuple[float, bool]]) -> None:
+    clock = Clock()
+    repeats = Repeats(clock, period=900.0)
+    start, lines = clock.now, []
+    occurred = logged = 0
+    for gap, tick in gaps:
+        clock.now += gap
+        result = repeats.tick() if tick else repeats.occurred(n=1)
+        occurred += 0 if tick else 1
+        if result is not None:
+            lines.append(clock.now)
+            logged += 1 if result == "log" else result.totals["n"]
+    assert all(b - a >= 900.0 for a, b in itertools.pairwise(lines))
+    assert len(lines) <= math.floor((clock.now - start) / 900.0) + 1
+    clock.now += 900.0
+    final = repeats.tick()
+    logged += 0 if final is None else final.totals["n"]
+    assert logged == occurred  # every occurrence is in a line or a tally, once

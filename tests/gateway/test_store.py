@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from agent.errors import StorageError
 from agent.gateway.store import BatchStore, DataDirLock, StoreBounds
@@ -944,3 +945,24 @@ def test_a_backup_restored_under_a_raised_seq_file_boot_reuses_no_seq(tmp_path: 
     after = store.seal(payload_of(10), created=5, n_readings=1, pending_upto=0)
     assert after is not None and after > 4
     store.close()
+
+
+def test_a_drop_at_every_seal_of_a_long_outage_logs_a_line_per_period(tmp_path: Path) -> None:
+    """A dead uplink for 3 hours, a batch a minute, max_age 1 min: a batch dropped at every
+    seal. Before, a buffer_drop line each (180); now one, then a buffer_drop_summary per 15
+    minutes adding them up. The ledger still holds every drop, reported to the platform."""
+    clocks = Clocks()
+    store = aged_store(tmp_path / "buffer.db", clocks)
+    with capture_logs() as logs:
+        for _ in range(180):
+            store.seal(payload_of(100), created=1, n_readings=3, pending_upto=0)
+            clocks.advance(61.0)
+            store.expire()
+    lines = [e for e in logs if e["event"].startswith("buffer_drop")]
+    assert [e["event"] for e in lines] == ["buffer_drop"] + ["buffer_drop_summary"] * 11
+    assert all(e["period_seconds"] >= 900 for e in lines[1:])
+    dropped = len(store.drop_events())
+    assert dropped >= 178
+    assert lines[0]["batches"] + sum(e["batches"] for e in lines[1:]) <= dropped
+    assert lines[0]["batches"] + sum(e["batches"] for e in lines[1:]) >= dropped - 15
+    assert sum(e["readings"] for e in lines[1:]) == 3 * sum(e["batches"] for e in lines[1:])

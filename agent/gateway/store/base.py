@@ -14,6 +14,7 @@ import zstandard
 from agent.errors import BufferFull
 
 if TYPE_CHECKING:
+    from agent.gateway.damper import Repeats
     from agent.gateway.store.bounds import StoreBounds
     from agent.gateway.store.elapsed import ElapsedClock
     from agent.gateway.store.place import DataDirLock
@@ -43,6 +44,7 @@ class StoreBase:
     _sync_full: bool
     _seq: SeqLedger
     _elapsed: ElapsedClock
+    _drop_lines: Repeats  # buffer_drop lines: one, then a tally per period (a long outage)
     # why the store cannot be written right now (``watch``), and since when
     unavailable: str | None
     _unavailable_since: float

@@ -15,6 +15,7 @@ import zstandard
 
 from agent.errors import BufferFull, StorageError
 from agent.gateway.clock import kernel_clock_synced
+from agent.gateway.damper import Repeats
 from agent.gateway.store import connection, drops, schema
 from agent.gateway.store.bounds import Bounds, StoreBounds
 from agent.gateway.store.connection import PAGE_SIZE, RUN_BUSY_MS
@@ -81,6 +82,7 @@ class BatchStore(PendingRows, KpiCheckpoints, DropLedger, Bounds, Salvage, Store
         self._sync_full = sync_full
         self._seq = SeqLedger(path, sync_full=sync_full)
         self._elapsed = ElapsedClock(clock)
+        self._drop_lines = Repeats(lambda: self._elapsed.now_ms() / 1000)
         self._inode = inode(path)  # the file this connection has open (watch compares)
         self.unavailable = None
         self._unavailable_since = 0.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.gateway.store.base import StoreBase
-from agent.gateway.store.drops import StoredCounts, record_drop
+from agent.gateway.store.drops import StoredCounts, log_drop_tally, record_drop
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,11 @@ class Bounds(StoreBase):
         return frozenset(self._in_flight)
 
     def expire(self) -> None:
-        """Apply ``max_age`` now (the batcher calls it every flush, sealed or not)."""
+        """Apply ``max_age`` now (the batcher calls it every flush, sealed or not), and log the
+        tally of drops not logged one by one once it is due."""
+        tally = self._drop_lines.tick()
+        if tally is not None:
+            log_drop_tally(tally)
         if self.bounds.max_age_ms is None:
             return
         with self._txn():
@@ -66,7 +70,8 @@ class Bounds(StoreBase):
                 (self._elapsed.opened, cutoff))
                 if s not in self._in_flight and s != keep]
             if old:
-                record_drop(self._conn, self._now_ms(), b, "max_age", old)
+                record_drop(self._conn, self._now_ms(), b, "max_age", old,
+                            lines=self._drop_lines)
         if b.max_bytes is None or b.when_full != "drop_oldest":
             return
         excess = self._stored_bytes() - b.max_bytes
@@ -83,4 +88,5 @@ class Bounds(StoreBase):
             victims.append(StoredCounts(s, n, e, a))
             excess -= size
         if victims:
-            record_drop(self._conn, self._now_ms(), b, "max_bytes", victims)
+            record_drop(self._conn, self._now_ms(), b, "max_bytes", victims,
+                        lines=self._drop_lines)

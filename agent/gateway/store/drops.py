@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 
+from agent.gateway.damper import Repeats
 from agent.gateway.store.base import StoreBase
 
 if TYPE_CHECKING:
+    from agent.gateway.damper import Tally
     from agent.gateway.store.bounds import StoreBounds
 
 log = structlog.get_logger(__name__)
@@ -81,8 +83,9 @@ def set_aside(conn: sqlite3.Connection, t: int, what: str, row_id: int, reason: 
 
 
 def record_drop(conn: sqlite3.Connection, t: int, bounds: StoreBounds, reason: str,
-                victims: list[StoredCounts]) -> None:
-    """Delete ``victims``, count and queue a report of them."""
+                victims: list[StoredCounts], *, lines: Repeats) -> None:
+    """Delete ``victims``, count and queue a report of them; log it as ``lines`` lets
+    through (a drop at every seal of a long outage: one line, then a tally per period)."""
     seqs = [v.seq for v in victims]
     readings = sum(v.readings for v in victims)
     events = sum(v.events for v in victims)
@@ -98,9 +101,21 @@ def record_drop(conn: sqlite3.Connection, t: int, bounds: StoreBounds, reason: s
                f"reason={reason} {limit} policy={bounds.when_full}")
     report(conn, t, "buffer_drop", message, reason=reason, batches=len(seqs), readings=readings)
     count(conn, batches=len(seqs), readings=readings, events=events, aggregates=aggregates)
-    log.warning("buffer_drop", batches=len(seqs), readings=readings, events=events,
-                aggregates=aggregates, first_seq=seqs[0], last_seq=seqs[-1],
-                reason=reason, policy=bounds.when_full)
+    said = lines.occurred(batches=len(seqs), readings=readings, events=events,
+                          aggregates=aggregates)
+    if said == "log":
+        log.warning("buffer_drop", batches=len(seqs), readings=readings, events=events,
+                    aggregates=aggregates, first_seq=seqs[0], last_seq=seqs[-1],
+                    reason=reason, policy=bounds.when_full)
+    elif said is not None:
+        log_drop_tally(said)
+
+
+def log_drop_tally(tally: Tally) -> None:
+    """The drops since the last ``buffer_drop`` line, added up (every one of them is in the
+    ledger and reported to the platform on its own)."""
+    log.warning("buffer_drop_summary", drops=tally.occurrences, **tally.totals,
+                period_seconds=round(tally.seconds))
 
 
 def unencodable(conn: sqlite3.Connection, t: int, *, n_readings: int, n_events: int,
@@ -156,4 +171,5 @@ class DropLedger(StoreBase):
         set_aside(self._conn, self._now_ms(), what, row_id, reason)
 
     def _record_drop(self, reason: str, victims: list[StoredCounts]) -> None:
-        record_drop(self._conn, self._now_ms(), self.bounds, reason, victims)
+        record_drop(self._conn, self._now_ms(), self.bounds, reason, victims,
+                    lines=self._drop_lines)
