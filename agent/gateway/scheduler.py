@@ -6,7 +6,8 @@ retried with exponential backoff on the same slot grid, and is logged once when 
 and once when it is back (a device that flaps is reported by :mod:`agent.gateway.damper`
 instead: one ``device_flapping`` line, then a summary per period, until it is stable). A poll
 that overruns its interval is counted and the missed slots are skipped, never queued up, and
-reported (a ``slots_skipped`` event naming them).
+reported (a ``slots_skipped`` event naming them); overrun episodes are logged when they start
+and end, damped the same way (``poll_overrun_flapping``).
 
 The grid is wall-clock time, but waiting is done on the monotonic clock: the poller keeps the
 wall time of a monotonic instant (``wall − monotonic``, from the shared
@@ -20,6 +21,7 @@ moved by that step when it is handed over, so every reading is on the current cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -130,6 +132,7 @@ class DevicePoller:
         self.stats = DeviceStats()
         self._log = log.bind(device=name)
         self._damper = Damper(watch.monotonic)
+        self._overrun_damper = Damper(watch.monotonic)  # overrun episodes may flap too
 
     @property
     def interval(self) -> float:
@@ -187,6 +190,7 @@ class DevicePoller:
                     # Backing off: no I/O, but the slot is recorded as a communication error.
                     self._emit_bad(t_ms, Quality.COMM_ERROR)
                 log_notices(self._log, "device", self._damper.tick())
+                log_notices(self._log, "poll_overrun", self._overrun_damper.tick())
                 following = slot + interval
                 now = self._wall(offset)
                 if now >= following:
@@ -194,7 +198,9 @@ class DevicePoller:
                     self._skipped(slot, following)
                 elif self._overrunning and polled:
                     # (a slot skipped by backoff does no I/O: it ends no overrun episode)
-                    self._log.info("poll_on_time", skipped_slots=self._overrunning)
+                    log_notices(self._log, "poll_overrun", self._overrun_damper.change(True),
+                                functools.partial(self._log.info, "poll_on_time",
+                                                  skipped_slots=self._overrunning))
                     self._overrunning = 0
                 slot = following
                 self.stats.slots += 1
@@ -211,8 +217,9 @@ class DevicePoller:
         self.stats.overruns += 1
         self.stats.skipped_slots += skipped
         if not self._overrunning:
-            self._log.warning("poll_overrun", skipped_slots=skipped,
-                              interval_seconds=interval)
+            log_notices(self._log, "poll_overrun", self._overrun_damper.change(False),
+                        functools.partial(self._log.warning, "poll_overrun",
+                                          skipped_slots=skipped, interval_seconds=interval))
         self._overrunning += skipped
         first = round((slot + interval) * 1000)
         self._event(Event(self._now_frame(first), "slots_skipped", self.name,

@@ -480,3 +480,27 @@ async def test_a_device_flapping_for_a_day_logs_a_bounded_number_of_lines() -> N
     assert names[-3:] == ["device_flapping_ended", "device_unavailable", "device_available"]
     assert set(names[:-3]) <= {"device_flapping_summary"}, names  # the period's tail
     assert logs[-3]["state"] == "up"
+
+
+class AlternatelySlowDriver(ScriptedDriver):
+    """Answers always, but every other read outlasts the interval."""
+
+    async def read(self) -> Sequence[PointValue]:
+        self._clock.now += 1.5 if self.reads % 2 == 0 else 0.1
+        self.reads += 1
+        return [PointValue("p", 1.5), PointValue("q", 7)]
+
+
+async def test_overrun_episodes_that_flap_are_damped_too() -> None:
+    clock = FakeClock(0.5)
+    driver = AlternatelySlowDriver(clock, [])
+    poller = DevicePoller("m1", driver, 1.0, emit=lambda r: None, event=lambda e: None,
+                          clock=clock, sleep=clock.sleep)
+    with capture_logs() as logs:
+        await run_for(poller, clock, 7200.0)
+    kinds = Counter(str(line["event"]) for line in logs)
+    assert poller.stats.overruns >= 2000  # the input: an episode every few seconds
+    assert kinds["poll_overrun"] + kinds["poll_on_time"] == 4, kinds
+    assert kinds["poll_overrun_flapping"] == 1, kinds
+    assert kinds["poll_overrun_flapping_summary"] == 7, kinds
+    assert sum(kinds.values()) <= max_lines(7200.0)
