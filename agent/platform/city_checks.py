@@ -33,6 +33,12 @@ from agent.platform.indicators import STATISTICS, UNITS, Catalogue, Indicator, l
 
 __all__ = ["city_from_dict", "describe", "load_city"]
 
+# The statistics that compare each window with a value, which a target names (`threshold`):
+# what they do with it, in the words of an error.
+THRESHOLD_STATISTICS = {
+    "exceedances": "counts the windows strictly over",
+    "population_share": "counts the population at sites at or over",
+}
 # The most a count of days or hours over a value can be in one year.
 _MOST_PER_YEAR = {"d": 366.0, "h": 8784.0}
 
@@ -371,17 +377,17 @@ class _TargetCheck:
 
     def _threshold(self) -> None:
         target, indicator = self.target, self.indicator
-        counts = indicator.computation.statistic == "exceedances"
-        if not counts:
+        statistic = indicator.computation.statistic
+        if statistic not in THRESHOLD_STATISTICS:
             for key in ("threshold", "threshold_unit"):
                 if getattr(target, key) is not None:
-                    self.item.add((key,), f"indicator {indicator.id} counts no exceedances "
-                                  f"(it is computed as {indicator.computation.statistic!r})")
+                    self.item.add((key,), f"indicator {indicator.id} compares no window with "
+                                  f"a value (it is computed as {statistic!r})")
             return
         if target.threshold is None:
-            self.item.add(("threshold",), f"required: {indicator.id} counts the windows over "
-                          "a value; name it (e.g. the limit's, "
-                          f"{_limit_values(indicator)})")
+            counts = THRESHOLD_STATISTICS[statistic]
+            self.item.add(("threshold",), f"required: {indicator.id} {counts} a value; name it "
+                          f"(e.g. a limit's: {_limit_values(indicator)})")
             return
         windows_unit = next((limit.unit for limit in indicator.limits), None)
         if windows_unit is not None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.errors import ConfigError
 from agent.platform.city import (
@@ -239,12 +241,14 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
     ("negative figure", _target(0, value=-1.0),
      T0 + "value: -1 µg/m³: a figure of pm25_annual_mean is never negative"),
     ("exceedances without threshold", _drop("targets", 1, "threshold"),
-     T1 + "threshold: required: o3_days_over counts the windows over a value;"),
+     T1 + "threshold: required: o3_days_over counts the windows strictly over a value; name "
+     "it (e.g. a limit's: 100 µg/m³, 120 µg/m³, 160 µg/m³)"),
     ("threshold in days", _target(1, threshold_unit="d"),
      T1 + "threshold_unit: 'd' does not convert to 'µg/m³', the unit of the windows of "
      "o3_days_over"),
     ("threshold on a mean", _target(0, threshold=5.0),
-     T0 + "threshold: indicator pm25_annual_mean counts no exceedances"),
+     T0 + "threshold: indicator pm25_annual_mean compares no window with a value (it is "
+     "computed as 'mean')"),
     ("comparison", _target(0, comparison="=<"),
      T0 + "comparison: must be one of <=, <, >=, >"),
     ("unknown site", _target(0, scope="sites", sites=["parc"]),
@@ -307,6 +311,54 @@ def test_each_problem_is_one_line_naming_its_place(
     found = problems(changed(change), catalogue)
     assert len(found) == 1, found
     assert found[0].startswith(expected), found
+
+
+# Cases of different tables (or different targets) that do not touch each other: made at once,
+# they must be reported as the lines of each alone, in file order.
+_BY_NAME = {name: (change, expected) for name, change, expected in CASES}
+_SLOTS = [
+    ["bad zone", "no zone"],
+    ["city population 0"],
+    ["statistic not the indicator's", "unit that does not convert", "unknown unit", "no value",
+     "year far off", "negative figure", "comparison", "threshold on a mean", "unknown site",
+     "share without share"],
+    ["more days than a year has", "exceedances without threshold", "threshold in days"],
+    ["both forms", "relative without baseline", "baseline after the year", "change of -100 %"],
+    ["report limit", "report limit of an indicator"],
+]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.tuples(*(st.sampled_from([None, *slot]) for slot in _SLOTS)))
+def test_several_problems_at_once_are_each_reported(
+    catalogue: Catalogue, chosen: tuple[str | None, ...]
+) -> None:
+    names = [name for name in chosen if name is not None]
+    data = copy.deepcopy(BASE)
+    for name in names:
+        _BY_NAME[name][0](data)
+    found = problems(data, catalogue)
+    assert len(found) == len(names), found
+    for line, name in zip(found, names, strict=True):
+        assert line.startswith(_BY_NAME[name][1]), (name, found)
+
+
+def test_an_exposure_share_needs_its_threshold(catalogue: Catalogue, tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    path = tmp_path / "city.toml"
+    path.write_text(text.replace('threshold = 55.0\nthreshold_unit = "dB(A)"\n', ""),
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_city(path, catalogue=catalogue)
+    assert caught.value.problems == [
+        f"{path}: targets[5] (id=noise_exposure, indicator=noise_exposure_share) → threshold: "
+        "required: noise_exposure_share counts the population at sites at or over a value; "
+        "name it (e.g. a limit's: 53 dB(A), 55 dB(A))"]
+    path.write_text(text.replace('threshold_unit = "dB(A)"', 'threshold_unit = "%"'),
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"threshold_unit: '%' does not convert to 'dB\(A\)'"):
+        load_city(path, catalogue=catalogue)
 
 
 def test_every_problem_is_reported_at_once_with_the_file(
