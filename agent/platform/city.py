@@ -13,13 +13,14 @@ each, naming the file, the table and the key. Nothing here touches a gateway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from agent.config.rules import NAME_PATTERN, known_zone
 from agent.platform.indicators import Indicator, Limit
-from agent.schema import AfterValidator, ConfigModel, Field
+from agent.schema import AfterValidator, BeforeValidator, ConfigModel, Field
 from agent.schema.json_schema import DRAFT, SchemaWriter
 
 __all__ = [
@@ -63,7 +64,21 @@ CONVERSIONS: Mapping[tuple[str, str], float] = {
 FIRST_YEAR, LAST_YEAR = 1990, 2100
 
 _KPI_NAME = r"^[a-z0-9_]+$"  # as [[kpis]] name them
-_Year = Annotated[int, Field(ge=FIRST_YEAR, le=LAST_YEAR)]
+
+
+def _whole_year(value: object) -> object:
+    """A year as TOML writes a number; a date or a string gets words saying how to write it
+    (a ValueError, as every validator refuses)."""
+    if isinstance(value, date):
+        raise ValueError(  # noqa: TRY004
+            f"write the year alone ({value.year}): a target is judged on a whole calendar "
+            "year, local time")
+    if isinstance(value, str):
+        raise ValueError("must be a year written as a number, e.g. 2030")  # noqa: TRY004
+    return value
+
+
+_Year = Annotated[int, BeforeValidator(_whole_year), Field(ge=FIRST_YEAR, le=LAST_YEAR)]
 
 
 def convert(value: float, unit: str, to: str) -> float:

@@ -5,6 +5,7 @@ checked, and ``ssc-agent validate --city`` exits 0 or 2 as ``validate --config``
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import subprocess
 import sys
@@ -236,6 +237,10 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
      T2 + "change_percent: must be greater than -100"),
     ("year far off", _target(0, by=2300), T0 + "by: must be at most 2100"),
     ("year missing", _drop("targets", 0, "by"), T0 + "by: required"),
+    ("a date for a year", _target(0, by=datetime.date(2030, 12, 31)),
+     T0 + "by: write the year alone (2030): a target is judged on a whole calendar year"),
+    ("a year in quotes", _target(2, baseline={"year": "2025"}),
+     T2 + "baseline.year: must be a year written as a number, e.g. 2030"),
     ("more days than a year has", _target(1, value=400),
      T1 + "value: 400 d: a year has at most 366"),
     ("negative figure", _target(0, value=-1.0),
