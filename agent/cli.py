@@ -182,8 +182,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.gateway.allocator import tune_allocator
     from agent.gateway.supervisor import run_agent
     from agent.logs import configure_logging
+
+    tune_allocator()
 
     config = _load(args.config)
     configure_logging(args.log_level or config.gateway.log_level, json=args.log_json)
