@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from agent.errors import AgentError
 from agent.sdnotify import Notifier, watchdog_seconds
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class ServiceWatch:
         self._gate = ProgressGate(watchdog or STATUS_EVERY)
         self._withheld: list[str] = []
         self._status = ""
+        self._stopping = False  # pollers stop first at shutdown: that is no stall
         self._runtime: AgentRuntime | None = None
         self._connected: Callable[[], bool] = lambda: False
 
@@ -133,6 +136,8 @@ class ServiceWatch:
 
     def look(self, progress: Iterable[Progress]) -> bool:
         """One round: ping the watchdog if the pipeline moves, refresh STATUS if it changed."""
+        if self._stopping:
+            return False
         stalled = self._gate.stalled(self._monotonic(), progress)
         if stalled and stalled != self._withheld:
             log.error("watchdog_withheld", stalled=stalled,
@@ -153,7 +158,10 @@ class ServiceWatch:
         runtime = self._runtime
         if runtime is None:
             return "starting"
-        backlog = runtime.store.stats()
+        try:
+            backlog = runtime.store.stats()
+        except (sqlite3.Error, OSError, AgentError):  # the buffer's own checks report it
+            return self._status
         return status_line(up=sum(not p.stats.down for p in runtime.pollers),
                            devices=len(runtime.pollers), connected=self._connected(),
                            backlog_batches=backlog.batches, backlog_readings=backlog.readings,
@@ -169,6 +177,7 @@ class ServiceWatch:
         self.notifier.ready(self._status)
 
     def stopping(self) -> None:
+        self._stopping = True
         self.notifier.stopping()
 
     def close(self) -> None:

@@ -173,3 +173,7 @@ def test_the_watch_pings_only_while_everything_moves(
     assert not look(6, 6, 2)
     # it runs again: pings again
     assert look(7, 7, 3) and _received(sock) == ["WATCHDOG=1"]
+    # at shutdown the pollers stop first: no verdict, no ping, no watchdog_withheld
+    watch.stopping()
+    assert _received(sock)[0] == "STOPPING=1"
+    assert not look(20, 7, 3)
