@@ -250,13 +250,12 @@ class _CityLoader:
         if "population" in computation.needs:
             # Per capita city-wide may divide by the city's population; a share of the
             # population exposed needs each site's population all the same.
-            city_wide = (target.scope == "city" and city is not None and city.population
-                         and computation.statistic != "population_share")
+            per_city = target.scope == "city" and computation.statistic != "population_share"
             unpopulated = [site.id for site in judged if site.population is None]
-            if unpopulated and not city_wide:
-                hint = " or [city] population" if target.scope == "city" else ""
-                item.add(key, f"indicator {indicator.id} divides by the population served: "
-                         f"give population{hint} for {', '.join(unpopulated)}")
+            if unpopulated and not (per_city and city is not None and city.population):
+                hint = " or [city] population" if per_city else ""
+                item.add(key, f"indicator {indicator.id} needs the population each site "
+                         f"serves: give population{hint} for {', '.join(unpopulated)}")
 
     # ----------------------------------------------------------------------------------------
     # Report

@@ -274,8 +274,18 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
      T0 + "scope: sites without station_type: park; an air quality figure is read by its "
      "station's type"),
     ("per capita without population", lambda d: d["sites"][2].pop("population"),
-     T2 + "scope: indicator electricity_consumption_per_capita divides by the population "
-     "served: give population or [city] population for district"),
+     T2 + "scope: indicator electricity_consumption_per_capita needs the population each "
+     "site serves: give population or [city] population for district"),
+    ("exposure share without the sites' population", lambda d: (
+        d["city"].update(population=50000),
+        d["sites"].append({"id": "ring", "name": "Ring", "location": {"lat": 50.0, "lon": 8.0},
+                           "feeds": [{"gateway": "gw-ring", "kpis": ["lden_year"]}]}),
+        d["targets"].__setitem__(0, {
+            "id": "pm25", "indicator": "noise_exposure_share", "comparison": "<", "value": 15.0,
+            "unit": "%", "threshold": 55.0, "threshold_unit": "dB(A)", "scope": "city",
+            "by": 2032})),
+     "targets[0] (id=pm25, indicator=noise_exposure_share) → scope: indicator "
+     "noise_exposure_share needs the population each site serves: give population for ring"),
     ("share without share", _target(0, scope="share_of_sites"),
      T0 + "share_percent: required with scope share_of_sites"),
     ("share with another scope", _target(0, share_percent=50.0),
