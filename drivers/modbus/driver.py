@@ -20,7 +20,9 @@ drivers``, config validation) loads ``SPEC`` and should not pay for pymodbus.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ import structlog
 import agent
 from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
 from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.gateway.damper import Damper, log_notices
 from agent.readings import PointValue, Quality
 from drivers.modbus.bus import (
     LineUnavailable,
@@ -143,6 +146,8 @@ class ModbusDriver:
             forbidden=config.forbidden_ranges,
         )
         self._codes: dict[tuple[Table, int, int], int] = {}
+        # a request whose exception comes and goes (busy every other poll): bounded lines
+        self._code_dampers: dict[str, Damper] = {}  # by request, as _describe words it
         self._holding = False
         self.stats = DriverStats()
         self._log = log.bind(device=config.name, line=line.name, unit=config.unit)
@@ -238,17 +243,24 @@ class ModbusDriver:
         return wrong
 
     def _note_code(self, request: ReadRequest, code: int | None) -> None:
-        """Log an exception code when it changes for a request, not at every poll."""
+        """Log an exception code when it changes for a request, not at every poll; one that
+        comes and goes is damped (``modbus_exception_flapping``, agent.gateway.damper)."""
         key = (request.table, request.address, request.count)
         before = self._codes.get(key)
         if code == before:
             return
+        described = _describe(request)
+        damper = self._code_dampers.setdefault(described, Damper(time.monotonic))
         if code is None:
             del self._codes[key]
-            self._log.info("modbus_exception_cleared", request=_describe(request), code=before)
+            log_notices(self._log, "modbus_exception", damper.change(True), functools.partial(
+                self._log.info, "modbus_exception_cleared", request=described, code=before),
+                request=described)
             return
         self._codes[key] = code
-        self._log.warning("modbus_exception_answer", request=_describe(request), code=code)
+        log_notices(self._log, "modbus_exception", damper.change(False), functools.partial(
+            self._log.warning, "modbus_exception_answer", request=described, code=code),
+            request=described, code=code)
 
     def _mark(self, request: ReadRequest, cycle: _Cycle, quality: Quality) -> None:
         for index, _ in request.points:
@@ -394,6 +406,9 @@ class ModbusDriver:
             raise self._failed_cycle(cycle)
         for request, code in cycle.codes:
             self._note_code(request, code)
+        for described, damper in self._code_dampers.items():
+            if damper.flapping:
+                log_notices(self._log, "modbus_exception", damper.tick(), request=described)
         return [
             value if value is not None else PointValue(p.name, None, Quality.COMM_ERROR)
             for value, p in zip(cycle.results, self._config.points, strict=True)

@@ -17,6 +17,7 @@ from pymodbus.constants import ExcCodes
 from structlog.testing import capture_logs
 
 from agent.errors import DeviceProtocolError
+from agent.gateway.damper import FLAP_LIMIT
 from agent.profiles import Profile
 from agent.readings import Quality
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint
@@ -299,3 +300,36 @@ def test_split_never_loses_a_readable_point(
                     assert len({request.address + off for _, off in request.points}) == 1
 
     asyncio.run(scenario())
+
+
+async def test_an_exception_that_comes_and_goes_is_logged_as_flapping(tmp_path: Path) -> None:
+    """Busy at every other poll: before, a modbus_exception_answer and a
+    modbus_exception_cleared line per poll; now the first changes, then one line."""
+    asked = [0]
+
+    async def sometimes_busy(
+        fc: int, start: int, address: int, count: int, registers: list[int], set_values: Any
+    ) -> ExcCodes | None:
+        if set_values is not None or address != 0:
+            return None
+        asked[0] += 1
+        return ExcCodes.DEVICE_BUSY if asked[0] % 2 else None
+
+    port = free_port()
+    server = await serve({1: register_profile(tmp_path, [0, 1, 9])}, "127.0.0.1", port,
+                         update_interval=3600, action=sometimes_busy)
+    driver = ModbusDriver(config(port, u16(0, 1, 9), max_gap=0))
+    try:
+        with capture_logs() as logs:
+            for _ in range(20):
+                await driver.read()
+        assert asked[0] >= 20  # the input: busy, then not, at every other poll
+        events = [e["event"] for e in logs]
+        assert events.count("modbus_exception_answer") + events.count(
+            "modbus_exception_cleared") == FLAP_LIMIT, events
+        flapping = [e for e in logs if e["event"] == "modbus_exception_flapping"]
+        assert len(flapping) == 1 and flapping[0]["request"] == "holding[0..1]", logs
+        assert len([e for e in logs if e["log_level"] != "debug"]) == FLAP_LIMIT + 1, events
+    finally:
+        await driver.close()
+        await server.stop()
