@@ -12,7 +12,10 @@ functions ``scan(buffer) -> (consumed, frame | None)`` (see :meth:`SerialLink.re
 the resync logic of each protocol lives in its ``frames.py`` and is fuzzed there.
 
 The link reopens itself: after the port vanished (``PortGone``) the next :meth:`open` opens the
-path again, and fails with ``DeviceUnavailable`` naming the port while it is missing.
+path again, and fails with ``DeviceUnavailable`` naming the port while it is missing. The path is
+looked up at every open, never resolved once, and an open link whose path now names another
+device (an adapter unplugged and plugged back between two polls, its ``/dev/serial/by-id`` link
+pointing to a new tty) counts as closed, so it is reopened before it is used.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "ReadTimeout",
     "SerialLink",
     "SerialSettings",
+    "device_identity",
     "parse_framing",
     "serve_port",
     "strip_bit7",
@@ -96,6 +100,18 @@ class SerialSettings:
     def label(self) -> str:
         """The port and its framing, e.g. ``/dev/ttyUSB0 9600 8N1``."""
         return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+
+def device_identity(settings: SerialSettings) -> tuple[int, int] | None:
+    """The device file a port's path names now, through any symlink (None for a URL, or
+    when it is missing): another value than at open means the adapter was replugged."""
+    if settings.is_url:
+        return None
+    try:
+        found = os.stat(settings.port)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 class PortGone(DeviceUnavailable):
@@ -166,6 +182,7 @@ class SerialLink:
         self._filter = receive_filter
         self._transport: BaseTransport | None = None
         self._receiver: _Receiver | None = None
+        self._device: tuple[int, int] | None = None  # what the path named when opened
         self._baudrate = settings.baudrate
         self.opens = 0
         self._log = log.bind(port=settings.port)
@@ -185,7 +202,11 @@ class SerialLink:
             and self._receiver is not None
             and self._receiver.lost is None
             and not self._transport.is_closing()
+            and self._device == self._identity()
         )
+
+    def _identity(self) -> tuple[int, int] | None:
+        return device_identity(self.settings)
 
     @property
     def baudrate(self) -> int:
@@ -218,6 +239,7 @@ class SerialLink:
             raise DeviceUnavailable(f"{self.name}: {self._open_failure(exc)}") from exc
         self._transport = transport
         self._receiver = receiver
+        self._device = self._identity()
         self._baudrate = self.settings.baudrate
         self.opens += 1
         self._log.debug("serial_port_opened", framing=self.settings.label)

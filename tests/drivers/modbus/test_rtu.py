@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -269,6 +270,41 @@ async def test_unplugged_port_is_unavailable_and_comes_back_by_itself(
         assert {v.point: v.value for v in values} == pytest.approx(expected_values(1))
         assert all(v.quality is Quality.GOOD for v in values)
     finally:
+        await driver.close()
+        await context.close()
+        await server.stop()
+
+
+async def test_replugged_between_two_polls_the_next_poll_reads(
+    pty_pair: PtyPair, tmp_path: Path
+) -> None:
+    """Unplugged and plugged back between two polls, another pty behind the same link: the
+    next poll reads through a fresh client on the new port, without a failed poll (pymodbus
+    notices the old port's hang-up and drops the connection by itself)."""
+    profiles = {1: unit_profile(tmp_path, 1)}
+    bus = BusConfig(name="rs485-1", port=pty_pair.b, timeout=LINE_TIMEOUT)
+    context = DriverContext(buses={bus.name: bus})
+    driver = SPEC.create(bus_device(1), context)
+    server = await serve_serial(profiles, pty_pair.a, update_interval=3600)
+    (tmp_path / "placeholder").mkdir()
+    placeholder = PtyPair(tmp_path / "placeholder")
+    try:
+        assert {v.point: v.value for v in await driver.read()} == pytest.approx(
+            expected_values(1))
+        before = os.path.realpath(pty_pair.b)
+        pty_pair.kill()
+        await server.stop()
+        placeholder.start()  # holds the freed pty: the replugged line gets another one
+        pty_pair.start()
+        assert os.path.realpath(pty_pair.b) != before  # the input
+        server = await serve_serial(profiles, pty_pair.a, update_interval=3600)
+        values = await driver.read()
+        assert {v.point: v.value for v in values} == pytest.approx(expected_values(1))
+        assert all(v.quality is Quality.GOOD for v in values)
+        assert isinstance(driver, ModbusDriver)
+        assert driver.line.stats.connects == 2
+    finally:
+        placeholder.kill()
         await driver.close()
         await context.close()
         await server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,28 @@ async def test_unplugged_and_plugged_back(
     assert values(await driver.read()) == GOOD
     assert sim.commands[commands:] == [MODE, READ]  # passive mode set again
     assert sim.passive
+
+
+async def test_replugged_between_two_polls_the_next_poll_reads(
+    line: PtyPair, sim: Pms5003Simulator, driver_factory: Any, tmp_path: Path
+) -> None:
+    """Unplugged and plugged back between two polls, another pty behind the same link: the
+    next poll reopens the port first instead of failing once on the stale one."""
+    driver = driver_factory(config(line.b))
+    assert values(await driver.read()) == GOOD
+    before = os.path.realpath(line.b)
+    placeholder = PtyPair(tmp_path / "placeholder")
+    (tmp_path / "placeholder").mkdir()
+    line.kill()
+    placeholder.start()  # holds the freed pty: the replugged line gets another one
+    try:
+        line.start()
+        assert os.path.realpath(line.b) != before  # the input
+        await wait_open(sim)
+        assert values(await driver.read()) == GOOD
+        assert driver.link.opens == 2
+    finally:
+        placeholder.kill()
 
 
 async def test_spec_simulate_serves_a_sensor(line: PtyPair) -> None:
