@@ -1,14 +1,21 @@
 """Ed25519 keys and signatures of remote configs (docs/platform.md "Remote configuration").
 
 Keys are PEM files as ``openssl genpkey -algorithm ed25519`` writes them: the private key
-PKCS#8, the public key SubjectPublicKeyInfo. ``cryptography`` is imported only when a key is
-loaded, so a gateway without ``[remote_config]`` never loads it (its RSS stays as it was).
+PKCS#8, the public key SubjectPublicKeyInfo. ``cryptography`` (about 9 MiB of RSS) is
+imported only to sign, to make keys and to verify: a gateway reads its public key without it
+and verifies a push in a short-lived child process (:meth:`PublicKey.verifies_apart`), so
+the agent's own process never loads it.
 Errors name the file and what is wrong, never a key's bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,29 +23,42 @@ from typing import TYPE_CHECKING
 from agent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAX_KEY_FILE_BYTES = 16 * 1024
+_BAD_SIGNATURE = 3  # the child's exit status for "does not verify"
 
 
 @dataclass(frozen=True)
 class PublicKey:
-    """A gateway's trust anchor: verifies config signatures."""
+    """A gateway's trust anchor: verifies config signatures. Holds the raw 32-byte key;
+    ``cryptography`` is imported at the first verification, i.e. the first push."""
 
-    key: Ed25519PublicKey
+    raw: bytes
     path: Path
 
     def verifies(self, signature: bytes, data: bytes) -> bool:
         from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         try:
-            self.key.verify(signature, data)
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except InvalidSignature:
             return False
         return True
+
+    async def verifies_apart(self, signature: bytes, data: bytes) -> bool:
+        """:meth:`verifies` in a short-lived child process (``python -m agent.signing``), so
+        that the agent never holds ``cryptography`` (about 9 MiB of RSS) for a push it gets
+        once in a while. OSError when the child cannot run or fails."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.signing", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate(self.raw + signature + data)
+        if proc.returncode not in (0, _BAD_SIGNATURE):
+            raise OSError(f"signature check exited with {proc.returncode}: "
+                          f"{err.decode(errors='replace').strip()[-200:]}")
+        return proc.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,11 @@ class PrivateKey:
         return self.key.sign(data)
 
     def public(self) -> PublicKey:
-        return PublicKey(self.key.public_key(), self.path)
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self.key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                 serialization.PublicFormat.Raw)
+        return PublicKey(raw, self.path)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -68,20 +92,27 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
 
 
-def load_public_key(path: Path, what: str = "public_key_file") -> PublicKey:
-    """An Ed25519 public key from a PEM file; ConfigError names the file and the problem."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+# DER of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID 1.3.101.112 },
+# BIT STRING { 0 unused bits, the 32-byte key } }; every Ed25519 public key starts so.
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+_PEM_PUBLIC = re.compile(
+    rb"-----BEGIN PUBLIC KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END PUBLIC KEY-----")
 
-    data = _read(path, what)
+
+def load_public_key(path: Path, what: str = "public_key_file") -> PublicKey:
+    """An Ed25519 public key from a PEM file (read without ``cryptography``, so a gateway
+    loads it only when a push comes); ConfigError names the file and the problem."""
+    match = _PEM_PUBLIC.search(_read(path, what))
     try:
-        key = load_pem_public_key(data)
-    except (ValueError, TypeError):
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True) if match else b""
+    except (binascii.Error, ValueError):
+        der = b""
+    if not der:
         raise ConfigError(f"{what} {path}: not a PEM public key (make one with "
-                          "`ssc-agent fleet keygen`)") from None
-    if not isinstance(key, Ed25519PublicKey):
+                          "`ssc-agent fleet keygen`)")
+    if len(der) != len(_ED25519_SPKI_PREFIX) + 32 or not der.startswith(_ED25519_SPKI_PREFIX):
         raise ConfigError(f"{what} {path}: not an Ed25519 key")
-    return PublicKey(key, path)
+    return PublicKey(der[len(_ED25519_SPKI_PREFIX):], path)
 
 
 def load_private_key(path: Path, what: str = "--key") -> PrivateKey:
@@ -134,3 +165,15 @@ def write_keypair(prefix: Path) -> tuple[Path, Path]:
     except OSError as exc:
         raise ConfigError(f"--out: cannot write {public_path}: {exc.strerror}") from None
     return private_path, public_path
+
+
+def _verify_stdin() -> int:
+    """``python -m agent.signing``: stdin holds a raw Ed25519 public key (32 bytes), a
+    signature (64) and the signed bytes; exit 0 when it verifies, 3 when it does not."""
+    data = sys.stdin.buffer.read()
+    key = PublicKey(data[:32], Path("-"))
+    return 0 if len(data) >= 96 and key.verifies(data[32:96], data[96:]) else _BAD_SIGNATURE
+
+
+if __name__ == "__main__":
+    sys.exit(_verify_stdin())

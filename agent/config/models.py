@@ -271,7 +271,7 @@ class RemoteConfigSection(_Section):
         if value is None:
             raise ValueError("required when enabled: the platform's Ed25519 public key "
                              "(`ssc-agent fleet keygen` writes one)")
-        from agent.signing import load_public_key  # cryptography only when enabled
+        from agent.signing import load_public_key  # reads PEM itself: no cryptography
 
         try:
             load_public_key(value)

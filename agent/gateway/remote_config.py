@@ -251,7 +251,13 @@ class RemoteConfig:
             self._reject(push, [f"config/set.gw: signed for gateway {push.gw!r}, this is "
                                 f"{self._gw!r}"])
             return
-        if not self._key.verifies(push.sig, push.signed()):
+        try:
+            verified = await self._key.verifies_apart(push.sig, push.signed())
+        except OSError as exc:  # the check could not run (no memory, no process): try later
+            self._last_payload = None  # the retained push, delivered again, is checked again
+            self._reject(push, [f"config/set.sig: could not be checked: {exc}"])
+            return
+        if not verified:
             self._reject(push, ["config/set.sig: does not verify with public_key_file "
                                 f"{self._key.path} (signed with another key, or altered)"])
             return

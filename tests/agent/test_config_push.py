@@ -287,20 +287,54 @@ def test_pushed_config_rules(tmp_path: Path) -> None:
     assert ok.uplink.broker == "mqtt://127.0.0.1:1884"
 
 
-def test_cryptography_is_loaded_only_with_remote_config(tmp_path: Path) -> None:
-    """A gateway without [remote_config] never imports cryptography (its RSS stays)."""
+def test_cryptography_is_loaded_only_to_verify_a_push(tmp_path: Path) -> None:
+    """A gateway never imports cryptography (about 10 MiB of RSS) to load its config, with
+    [remote_config] or without: only to verify a push."""
     import subprocess
     import sys
 
-    _, public = write_keypair(tmp_path / "k")
+    private, public = write_keypair(tmp_path / "k")
     plain = tmp_path / "plain.toml"
     plain.write_text(CONFIG)
     remote = tmp_path / "remote.toml"
     remote.write_text(CONFIG + f'[remote_config]\nenabled = true\npublic_key_file = "{public}"\n')
+    message = ConfigSet("gw-1", 7, 1, CONFIG, bytes(64))
+    sig = load_private_key(private).sign(message.signed()).hex()
     probe = ("import sys; from pathlib import Path; from agent.config import load_config; "
-             "import agent.cli, agent.gateway.supervisor, agent.gateway.uplink; "
-             "load_config(Path(sys.argv[1])); print('cryptography' in sys.modules)")
-    for path, loaded in ((plain, "False"), (remote, "True")):
-        out = subprocess.run([sys.executable, "-c", probe, str(path)], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        assert out == loaded, path
+             "import agent.cli, agent.gateway.supervisor, agent.gateway.uplink, "
+             "agent.gateway.remote_config; from agent.signing import load_public_key; "
+             "c = load_config(Path(sys.argv[1])); k = c.remote_config.public_key_file; "
+             "key = k and load_public_key(k); before = 'cryptography' in sys.modules; "
+             "ok = key and key.verifies(bytes.fromhex(sys.argv[2]), sys.argv[3].encode()); "
+             "print(before, ok, 'cryptography' in sys.modules)")
+    for path, printed in ((plain, "False None False"), (remote, "False True True")):
+        out = subprocess.run([sys.executable, "-c", probe, str(path), sig,
+                              message.signed().decode()], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        assert out == printed, path
+
+
+def test_public_keys_of_other_kinds_are_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    path = tmp_path / "ec.pub"
+    path.write_bytes(other)
+    with pytest.raises(ConfigError, match="not an Ed25519 key"):
+        load_public_key(path)
+    path.write_bytes(b"-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ConfigError, match="not a PEM public key"):
+        load_public_key(path)
+
+
+async def test_a_child_process_verifies_for_the_gateway(tmp_path: Path) -> None:
+    """The gateway verifies in a short-lived child (cryptography never loaded in the agent)."""
+    private_path, public_path = write_keypair(tmp_path / "k")
+    public = load_public_key(public_path)
+    message = ConfigSet("gw-1", 7, 1, CONFIG, bytes(64))
+    sig = load_private_key(private_path).sign(message.signed())
+    assert await public.verifies_apart(sig, message.signed())
+    assert not await public.verifies_apart(sig, message.signed() + b" ")
+    assert not await public.verifies_apart(bytes(64), message.signed())
