@@ -125,11 +125,11 @@ def agent_config(tmp_path: Path, bus: PtyPair, dust: PtyPair) -> Path:
         'shutdown_timeout = "5 s"\n\n'
         f'[uplink]\nbroker = "mqtt://127.0.0.1:{free_port()}"\n\n'
         f'[[buses]]\nname = "rs485-1"\nport = "{bus.b}"\nbaudrate = 9600\n'
-        'timeout = "200 ms"\n\n'
+        'timeout = "500 ms"\n\n'
         f'[[devices]]\nname = "{METER}"\ndriver = "modbus"\nbus = "rs485-1"\nunit = 1\n'
         f'profile = "{PROFILE}"\ninterval = "1 s"\nretries = 0\n\n'
         f'[[devices]]\nname = "{DUST}"\ndriver = "pms5003"\nport = "{dust.b}"\n'
-        'interval = "1 s"\ntimeout = "300 ms"\n'
+        'interval = "1 s"\ntimeout = "500 ms"\n'
     )
     return path
 

@@ -153,7 +153,7 @@ def test_any_sequence_stays_within_the_bound(
     duration = clock.now - start
     assert len(times) <= max_lines(duration, limit=limit, period=period, quiet=quiet)
     for i, t in enumerate(times):  # every stretch that starts at a line
-        span = [u for u in times[i:] if u - t < period]
+        span = [u for u in times[i:] if u - t < period - 1e-6]
         assert len(span) <= max_lines(period, limit=limit, period=period, quiet=quiet)
 
 
@@ -170,7 +170,7 @@ def test_individual_changes_never_exceed_the_limit_in_a_period(flips: list[float
         if any(n.kind == "change" for n in damper.change(up)):
             logged.append(clock.now)
     for i, t in enumerate(logged):
-        assert len([u for u in logged[i:] if u - t < FLAP_PERIOD_SECONDS]) <= FLAP_LIMIT
+        assert len([u for u in logged[i:] if u - t < FLAP_PERIOD_SECONDS - 1e-6]) <= FLAP_LIMIT
 
 
 def test_repeats_log_the_first_then_a_tally_per_period() -> None:
