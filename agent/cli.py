@@ -22,6 +22,7 @@ from agent import __version__
 from agent.console import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err
 from agent.errors import AgentError, ConfigError, StorageError
 from agent.platform import fleet
+from agent.platform.report import command as report_command
 from agent.tools import device_test, modbus_commands, status
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", type=Path, metavar="FILE", help="its private key (PEM)")
 
     fleet.add_parser(sub)
+    report_command.add_parser(sub)
     p = sub.add_parser("kpi", help="KPI tools: replay recorded readings through the engine")
     kpi_sub = p.add_subparsers(dest="kpi_command", metavar="KPI_COMMAND", required=True)
     r = kpi_sub.add_parser(
@@ -421,6 +423,7 @@ COMMANDS = {
     **modbus_commands.COMMANDS,
     "receive": _cmd_receive,
     "fleet": fleet.main,
+    "report": report_command.main,
     "kpi": _cmd_kpi,
     "buffer": _cmd_buffer,
     "status": status.main,

@@ -30,6 +30,7 @@ Rules, Directive 2008/50/EC unless said (docs/indicators.md cites each):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,13 @@ class Daily:
     def record(self) -> Record:
         """As a window of its own, for the annual statistics of daily means."""
         return Record(self.start, self.end, self.stat.value, self.stat.valid)
+
+
+@functools.lru_cache(maxsize=16)
+def _calendar(zone: ZoneInfo) -> Calendar:
+    """One calendar per zone: it caches the zone's days and window counts, which a report's
+    hundreds of yearly figures would otherwise work out again each time."""
+    return Calendar(zone)
 
 
 def _ms(moment: datetime) -> int:
@@ -283,7 +291,7 @@ def daily_means(
     for record in hourly:
         if _ms(record.end) - _ms(record.start) != 3_600_000:
             raise ValueError(f"the window starting at {record.start.isoformat()} is not 1 h")
-    calendar = Calendar(zone)
+    calendar = _calendar(zone)
     by_day: dict[date, list[Record]] = {}
     for record in hourly:
         by_day.setdefault(record.start.astimezone(zone).date(), []).append(record)
@@ -303,7 +311,7 @@ def _year(records: Sequence[Record], zone: ZoneInfo, year: int, window: Window
           ) -> tuple[list[Record], int, str]:
     """The records that start in the local calendar year, how many windows it holds, and
     what they are called."""
-    calendar = Calendar(zone)
+    calendar = _calendar(zone)
     start_ms, end_ms = calendar.window_at(_YEAR, _ms(datetime(year, 7, 1, tzinfo=zone)))
     inside = [r for r in records if start_ms <= _ms(r.start) < end_ms]
     step = _HOUR if window == "1 h" else _DAY
@@ -371,7 +379,7 @@ def ozone_annual_mean(hourly: Sequence[Record], zone: ZoneInfo, year: int) -> St
     (April-September) and 75 % of the winter hours (January-March, October-December), each
     season on its own (Annex VII A.2). ``n``/``expected`` count the whole year."""
     _check_unique(hourly)
-    calendar = Calendar(zone)
+    calendar = _calendar(zone)
     inside, total, _unit_name = _year(hourly, zone, year, "1 h")
     summer_start = _month_bounds(calendar, year, SUMMER_MONTHS[0])[0]
     summer_end = _month_bounds(calendar, year, SUMMER_MONTHS[-1])[1]
@@ -401,7 +409,7 @@ def ozone_exceedance_days(
     the ``daily_max_running_mean`` KPI sends) is strictly above ``threshold``. Valid when five
     of the six summer months hold 90 % of their days each (Annex VII A.2: 27 of 30)."""
     _check_unique(max8h_days)
-    calendar = Calendar(zone)
+    calendar = _calendar(zone)
     inside, total, _unit_name = _year(max8h_days, zone, year, "1 d")
     short: list[str] = []
     for month in SUMMER_MONTHS:

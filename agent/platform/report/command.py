@@ -1,0 +1,102 @@
+"""The ``ssc-agent report`` command: options, opening the sink read-only, and writing the
+report in the format asked for (docs/reports.md §1)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "main"]
+
+FORMATS = ("html", "json", "csv")
+
+
+def add_parser(sub: Any) -> None:
+    """``ssc-agent report`` on the command line's subparsers."""
+    p = sub.add_parser(
+        "report", help="the city's indicators and progress toward its targets (HTML/JSON/CSV)",
+        description="Compute the indicators of the catalogue that the city's sites feed, "
+        "from the KPI windows the receiver stored, for the local dates --from to --to (the "
+        "city's time zone): yearly figures by the directives' rules, each with its validity, "
+        "the share of stations meeting each limit, progress toward each target with its trend "
+        "and projection, and data capture per station (docs/reports.md). Only reads: a "
+        "read-only database role will do. Exit 0; 2 for bad options, a bad city config or a "
+        "sink that cannot be opened; 1 when the database fails while it is read.")
+    p.add_argument("--sink", required=True, metavar="URL",
+                   help="the receiver's --sink: sqlite:///file.db or "
+                   "postgresql://USER@HOST:PORT/DB (no password in it)")
+    p.add_argument("--sink-password-file", type=Path, metavar="FILE",
+                   help="PostgreSQL password (first line); default: libpq's PGPASSFILE")
+    p.add_argument("--city", required=True, type=Path, metavar="FILE",
+                   help="the city config (docs/city.md)")
+    p.add_argument("--from", dest="first", required=True, metavar="DATE",
+                   help="first local date of the period, YYYY-MM-DD")
+    p.add_argument("--to", dest="last", required=True, metavar="DATE",
+                   help="last local date of the period (included), YYYY-MM-DD")
+    p.add_argument("--format", choices=FORMATS, default="html",
+                   help="html (default): one self-contained page; json; csv: one row a figure")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write here (default: stdout)")
+
+
+def _date(text: str, flag: str) -> dt.date:
+    from agent.errors import ConfigError
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text[:40]!r}: write a date as YYYY-MM-DD") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``ssc-agent report``: 0, or 1 when the database fails while it is read;
+    ConfigError (exit 2) for bad options, city config or sink."""
+    from agent.errors import ConfigError
+    from agent.platform.city import selected_limits
+    from agent.platform.city_checks import load_city
+    from agent.platform.indicators import load_catalogue
+    from agent.platform.report.compute import build_report
+    from agent.platform.report.export import render_csv, render_json
+    from agent.platform.report.html import render_html
+    from agent.platform.report.reader import SinkReadError, WindowReader
+    from agent.platform.sink import check_sink_url
+    from agent.platform.sink.url import open_read_only
+
+    first, last = _date(args.first, "--from"), _date(args.last, "--to")
+    if last < first:
+        raise ConfigError(f"--to {last} is before --from {first}")
+    if last.year - first.year > 30:
+        raise ConfigError("--from/--to: a report covers 31 years at most")
+    catalogue = load_catalogue()
+    city = load_city(args.city, catalogue=catalogue)
+    try:
+        check_sink_url(args.sink, args.sink_password_file)
+    except ConfigError as exc:
+        raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    with contextlib.ExitStack() as stack:
+        try:
+            select = stack.enter_context(
+                open_read_only(args.sink, password_file=args.sink_password_file))
+        except ConfigError as exc:
+            raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+        try:
+            report = build_report(city, catalogue, WindowReader(select), first, last,
+                                  generated=generated,
+                                  limits_for=lambda indicator: selected_limits(city, indicator))
+        except SinkReadError as exc:  # the database failed while read
+            print(f"ssc-agent: --sink: {exc}", file=sys.stderr)
+            return 1
+    render = {"html": render_html, "json": render_json, "csv": render_csv}[args.format]
+    text = render(report)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: cannot write: {exc.strerror}") from None
+    return 0
