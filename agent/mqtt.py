@@ -217,6 +217,7 @@ async def subscribe_groups(
     when the consumer asks for the next list, so it can store them in one transaction."""
     failures = 0
     errors = TransportErrors()
+    down = False  # logged once per outage: the retries go to debug until subscribed again
     while True:
         try:
             client = new_client(settings, clean_session=clean_session, errors=errors)
@@ -226,6 +227,7 @@ async def subscribe_groups(
                     await client.subscribe(topic, qos=1)
                 log.info("mqtt_subscribed", broker=settings.address.url, topics=list(topics))
                 failures = 0
+                down = False
                 waiting = client.messages
                 try:
                     async for first in waiting:
@@ -240,9 +242,14 @@ async def subscribe_groups(
                     raise
         except aiomqtt.MqttError as exc:
             delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
-            log.warning("mqtt_disconnected", broker=settings.address.url,
-                        error=describe_mqtt_error(exc, settings, errors.last),
-                        retry_in=round(delay, 1))
+            error = describe_mqtt_error(exc, settings, errors.last)
+            if down:
+                log.debug("mqtt_retry_failed", broker=settings.address.url, error=error,
+                          retry_in=round(delay, 1))
+            else:
+                log.warning("mqtt_disconnected", broker=settings.address.url, error=error,
+                            retry_in=round(delay, 1))
+            down = True
         except UplinkError as exc:
             delay = reconnect_delay(failures, reconnect_min, reconnect_max, random.random())
             log.error("mqtt_settings_invalid", error=str(exc))
