@@ -46,6 +46,7 @@ from agent.wire.config_push import (
 
 if TYPE_CHECKING:
     from agent.gateway.scheduler import DeviceStats
+    from agent.gateway.store import DataDirLock
     from agent.signing import PublicKey
 
 log = structlog.get_logger(__name__)
@@ -145,21 +146,37 @@ class RemoteConfig:
         self._trial_pending = False  # started on trial: watched from run()
         self._trial: _Trial | None = None
         self._last_payload: bytes | None = None
+        self._lock: DataDirLock | None = None
 
     @classmethod
     def start(cls, local: AgentConfig, *, clock: Callable[[], float],
               monotonic: Callable[[], float]) -> RemoteConfig:
         """Read ``data_dir/remote/`` and choose the config to start with: the pushed one that
         ran last, else the local file (:attr:`running`)."""
+        from agent.gateway.store import DataDirLock
         from agent.signing import load_public_key
 
         assert local.remote_config.public_key_file is not None  # checked by validate
         key = load_public_key(local.remote_config.public_key_file)
         store = RemoteStore(Path(local.gateway.data_dir))
+        # Its own lock, before anything is written there: the agent's data_dir lock is taken
+        # later, and a second agent on this data_dir must not count or roll back our trial.
+        lock = DataDirLock.acquire(store.dir)
         store.load()
         remote = cls(local, store, key, clock=clock, monotonic=monotonic)
-        remote._choose_at_start()
+        remote._lock = lock
+        try:
+            remote._choose_at_start()
+        except BaseException:
+            lock.release()
+            raise
         return remote
+
+    def close(self) -> None:
+        """Free ``data_dir/remote/`` (the agent stops)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _choose_at_start(self) -> None:
         current = self._store.state.current

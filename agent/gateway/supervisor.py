@@ -157,6 +157,8 @@ async def run_agent(
         finally:
             await gateway.context.close()
             _release(gateway)
+            if remote is not None:
+                remote.close()
 
 
 @contextlib.contextmanager

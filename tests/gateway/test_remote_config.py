@@ -276,6 +276,14 @@ def test_a_config_whose_trial_restarts_cut_short_is_rolled_back_at_the_third_sta
     closed = Device(meter_1.name, free_port(), meter_1.interval_ms)
     assert site.push(site.config_text([closed]), serial=40, capsys=capsys) == 0
     site.wait_state(capsys, "applied", 40)
+    # a second agent on the same data_dir changes nothing of the trial before it gives up
+    before = (site.data_dir / "remote" / "state.json").read_bytes()
+    second = AgentProcess(site.local, site.root / "second.log")
+    second.start()
+    assert second.proc is not None
+    assert second.proc.wait(30) == 2
+    assert "is in use by another agent" in second.log_text()
+    assert (site.data_dir / "remote" / "state.json").read_bytes() == before
     for run in (2, 3):  # the agent dies during the trial and systemd starts it again
         site.agent.kill()
         site.agent.start()
