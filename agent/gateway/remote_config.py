@@ -222,6 +222,7 @@ class RemoteConfig:
             text = None if self.running.meta is None else self._store.text("current")
             if text is None:
                 self._local = local  # a rollback goes back to the file as it is now
+                self._local_sha = _file_sha(local.source_path)
                 return local
             return load_pushed(text, local=local, base_dir=self._base_dir)
 

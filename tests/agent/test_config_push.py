@@ -338,3 +338,27 @@ async def test_a_child_process_verifies_for_the_gateway(tmp_path: Path) -> None:
     assert await public.verifies_apart(sig, message.signed())
     assert not await public.verifies_apart(sig, message.signed() + b" ")
     assert not await public.verifies_apart(bytes(64), message.signed())
+
+
+def test_config_state_as_printed() -> None:
+    from agent.platform.config_push import render, to_json
+
+    states = [
+        ConfigState("gw-1", "applied", 1_765_100_000_000, serial=9, sha256="a" * 64,
+                    running_serial=9, running_sha256="a" * 64),
+        ConfigState("gw-2", "rolled_back", 1_765_100_000_000, serial=4, sha256="b" * 64,
+                    errors=("no device answered a poll within 5 min: m1",),
+                    running_sha256="c" * 64, restored_sha256="c" * 64),
+    ]
+    assert render(states).splitlines() == [
+        "gw-1: applied serial 9 sha256 aaaaaaaaaaaa at 2025-12-07T09:33:20Z; runs serial 9 "
+        "sha256 aaaaaaaaaaaa",
+        "gw-2: rolled_back serial 4 sha256 bbbbbbbbbbbb at 2025-12-07T09:33:20Z; runs local "
+        "config file",
+        "  restored local config file sha256 cccccccccccc",
+        "  error: no device answered a poll within 5 min: m1",
+    ]
+    assert render([]) == "no config/state found"
+    doc = json.loads(to_json(states))
+    assert [g["gw"] for g in doc["gateways"]] == ["gw-1", "gw-2"]
+    assert doc["gateways"][1]["restored_sha256"] == "c" * 64
