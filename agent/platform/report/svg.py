@@ -61,8 +61,10 @@ def time_series(title: str, unit: str, first: date, last: date, *,
                     f'y2="{_n(y(tick))}" stroke="#eee"/><text x="{left - 4}" '
                     f'y="{_n(y(tick) + 4)}" text-anchor="end" font-size="11">{_n(tick)}</text>')
     month = date(first.year, first.month, 1)
+    # over more than a year, January and July only: twelve labels a year would overlap
+    shown_months = range(1, 13) if days <= 400 else (1, 7)
     while month <= last:
-        if month >= first:
+        if month >= first and month.month in shown_months:
             body.append(f'<text x="{_n(x(month))}" y="{height - 10}" font-size="10">'
                         f"{month:%b %Y}</text>" if month.month == 1 or month == first else
                         f'<text x="{_n(x(month))}" y="{height - 10}" font-size="10">'
@@ -89,11 +91,14 @@ def time_series(title: str, unit: str, first: date, last: date, *,
     if len(lines) > 12:
         body.append(f'<text x="{left + plot_w + 8}" y="{top + 12 + 13 * 12}" font-size="11">'
                     f"and {len(lines) - 12} more</text>")
-    for label, value in limits:
+    for index, (label, value) in enumerate(limits):
+        # labels side by side along the line: two close limits must not print on each other
         body.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{_n(y(value))}" '
                     f'y2="{_n(y(value))}" stroke="{LIMIT_COLOUR}" stroke-dasharray="6 3"/>'
-                    f'<text x="{left + 4}" y="{_n(y(value) - 3)}" font-size="10" '
-                    f'fill="{LIMIT_COLOUR}">{escape(label)}</text>')
+                    f'<text x="{left + 4 + index * plot_w // max(len(limits), 1)}" '
+                    f'y="{_n(y(value) - 3)}" font-size="10" fill="{LIMIT_COLOUR}" '
+                    f'stroke="#fff" stroke-width="3" paint-order="stroke">'
+                    f"{escape(label)}</text>")
     return _svg(width, height, title, body)
 
 
@@ -110,6 +115,7 @@ def calendar(title: str, year: int, days: Sequence[tuple[str, int | None]],
     for row, name in enumerate(("Mon", "", "Wed", "", "Fri", "", "Sun")):
         if name:
             body.append(f'<text x="0" y="{top + row * cell + 9}" font-size="9">{name}</text>')
+    cells: dict[str, list[str]] = {}  # colour → the squares' path: one path a colour is small
     day = start
     while day.year == year:
         column = ((day - start).days + start.weekday()) // 7
@@ -127,10 +133,11 @@ def calendar(title: str, year: int, days: Sequence[tuple[str, int | None]],
             else:
                 shade = min(1.0, 0.45 + 0.1 * value) if hourly else 1.0
                 colour = f"rgb({int(120 + 135 * shade)},{int(60 * (1 - shade))},40)"
-            # a title per day would double the size of a city's calendars: the colour says it
-            body.append(f'<rect x="{left + column * cell}" y="{top + row * cell}" '
-                        f'width="{cell - 1}" height="{cell - 1}" fill="{colour}"/>')
+            cells.setdefault(colour, []).append(
+                f"M{left + column * cell} {top + row * cell}h{cell - 1}v{cell - 1}h-{cell - 1}z")
         day += timedelta(days=1)
+    body += [f'<path fill="{colour}" d="{"".join(squares)}"/>'
+             for colour, squares in cells.items()]
     return _svg(left + weeks * cell, top + 7 * cell + 2, title, body)
 
 

@@ -111,7 +111,7 @@ def _statement(target: TargetLike, indicator: Indicator, goal: Figure, unit: str
     else:
         where = {"every_site": "at every site", "city": "city-wide",
                  "sites": "at " + ", ".join(target.sites)}.get(target.scope, target.scope)
-    value = f"{goal.value:.4g} {unit}" if goal.value is not None else "(no value)"
+    value = f"{goal.value:g} {unit}" if goal.value is not None else "(no value)"
     text = f"{indicator.name} {_WORDS.get(target.comparison, target.comparison)} {value}"
     if target.change_percent is not None and target.baseline is not None:
         text += f" ({target.change_percent:+g} % from {target.baseline.year})"
@@ -132,7 +132,7 @@ def _status(years: tuple[TargetYear, ...], projection: Figure, on_track: bool | 
             f"not met in {latest.year}" if latest else "no valid figure in the period")
     if on_track is None:
         return f"{head}; cannot tell whether it will be met by {target.by}: {projection.reason}"
-    shown = f"{projection.value:.4g}" if projection.value is not None else "?"
+    shown = f"{projection.value:.1f}" if projection.value is not None else "?"
     return (f"{head}; {'on track' if on_track else 'off track'}: the trend gives {shown} in "
             f"{target.by}")
 
