@@ -13,6 +13,7 @@ from agent.platform import statistics as st
 from agent.platform.indicators import load_catalogue
 from agent.platform.report.compute import Builder
 from agent.platform.report.figures import limit_checks, primary_checks
+from agent.platform.report.inputs import TargetLike
 from agent.platform.report.reader import WindowReader
 from agent.platform.report.trend import Figure
 from agent.platform.sink import open_sink
@@ -106,7 +107,8 @@ class _Section:
 
 class _City:
     def __init__(self, site: _Site) -> None:
-        self.city, self.sites, self.targets = _Section(), [site], []
+        self.city, self.sites = _Section(), [site]
+        self.targets: list[TargetLike] = []
 
 
 def _window(src: str, day: int, value: float) -> dict[str, object]:
