@@ -137,19 +137,26 @@ def city_toml(gateways: tuple[str, ...], *, kpis: tuple[str, ...] = tuple(KPIS),
             f'station_type = "{kinds[index % 3]}"', "", "[[sites.feeds]]", f'gateway = "{gw}"',
             "kpis = [" + ", ".join(f'"{k}"' for k in kpis) + "]", "",
         ]
-    lines += [
-        "[[targets]]", 'id = "pm25_every_station"', 'name = "PM2.5 at 10 µg/m³ everywhere"',
-        'indicator = "pm25_annual_mean"', 'comparison = "<="', "value = 10.0",
-        'unit = "µg/m³"', 'scope = "every_site"', f"by = {by}", "",
-        "[[targets]]", 'id = "no2_share"', 'name = "NO2 at 20 µg/m³ at four stations in five"',
-        'indicator = "no2_annual_mean"', 'comparison = "<="', "value = 20.0",
-        'unit = "µg/m³"', 'scope = "share_of_sites"', "share_percent = 80.0", f"by = {by}", "",
-        "[[targets]]", 'id = "o3_days"', 'name = "Ozone: at most 18 days over 120 µg/m³"',
-        'indicator = "o3_days_over"', 'comparison = "<="', "value = 18", 'unit = "d"',
-        "threshold = 120.0", 'threshold_unit = "µg/m³"', "years_averaged = 3",
-        f"by = {by}", "",
-        "[report]", 'limits = ["eu_2008_50", "eu_2024_2881", "who_aqg_2021/guideline_level"]',
-    ]
+    targets = {  # each only when its KPI is fed: a target must have sites to be judged on
+        "pm25_day": [
+            "[[targets]]", 'id = "pm25_every_station"', 'name = "PM2.5 at 10 µg/m³ everywhere"',
+            'indicator = "pm25_annual_mean"', 'comparison = "<="', "value = 10.0",
+            'unit = "µg/m³"', 'scope = "every_site"', f"by = {by}", ""],
+        "no2_1h": [
+            "[[targets]]", 'id = "no2_share"', 'name = "NO2 at 20 µg/m³ at four stations in five"',
+            'indicator = "no2_annual_mean"', 'comparison = "<="', "value = 20.0",
+            'unit = "µg/m³"', 'scope = "share_of_sites"', "share_percent = 80.0", f"by = {by}",
+            ""],
+        "o3_max8h_day": [
+            "[[targets]]", 'id = "o3_days"', 'name = "Ozone: at most 18 days over 120 µg/m³"',
+            'indicator = "o3_days_over"', 'comparison = "<="', "value = 18", 'unit = "d"',
+            "threshold = 120.0", 'threshold_unit = "µg/m³"', "years_averaged = 3",
+            f"by = {by}", ""],
+    }
+    for kpi in kpis:
+        lines += targets.get(kpi, [])
+    lines += ["[report]",
+              'limits = ["eu_2008_50", "eu_2024_2881", "who_aqg_2021/guideline_level"]']
     return "\n".join(lines) + "\n"
 
 

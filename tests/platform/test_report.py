@@ -11,10 +11,12 @@ import io
 import json
 import math
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
-from datetime import date, datetime
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.tools.city_data import city_toml, generate
+from agent.wire import Batch, encode_batch
+from tests.chaos.harness import read_events
+from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -322,3 +328,101 @@ def test_postgresql_sink_gives_the_same_figures(
     from_pg.pop("generated")
     from_sqlite.pop("generated")
     assert from_pg == from_sqlite
+
+
+# ---------------------------------------------------------------- kpi replay → receiver → report
+
+REPLAY_CONFIG = Path(__file__).resolve().parents[2] / "config" / "kpis" / "air-quality-eu2008.toml"
+
+
+def _minutes(first: date, days: int) -> Iterator[tuple[datetime, float]]:
+    """A PM10 sensor's minute readings over ``days`` local days from ``first``; hour 5 of
+    2024-04-02 has only 40 minutes (an hour short of 45 is not valid)."""
+    start = datetime(first.year, first.month, first.day, tzinfo=ZONE).astimezone(UTC)
+    end = datetime.combine(first + timedelta(days=days), datetime.min.time(), tzinfo=ZONE)
+    moment, index = start, 0
+    while moment < end:
+        local = moment.astimezone(ZONE)
+        if not (local.date() == date(2024, 4, 2) and local.hour == 5 and local.minute >= 40):
+            yield moment, round(18 + 0.25 * (index % 101) + 3 * local.hour / 23, 3)
+        moment += timedelta(minutes=1)
+        index += 1
+
+
+def test_windows_from_kpi_replay_through_the_receiver(mosquitto: Mosquitto,
+                                                      tmp_path: Path) -> None:
+    """Minute readings → ``kpi replay`` (the gateway's engine) → wire batches → mosquitto →
+    ``ssc-agent receive`` → ``ssc-agent report``: each day's value is the mean of its hourly
+    means worked out here from the readings, the DST day (2024-03-31) on its 23 hours."""
+    first, days = date(2024, 3, 29), 6
+    readings = list(_minutes(first, days))
+    (tmp_path / "readings.csv").write_text(
+        "time,device,point,value\n"
+        + "".join(f"{t.isoformat()},aq-1,pm10,{v}\n" for t, v in readings), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "kpi", "replay", "--config",
+                           str(REPLAY_CONFIG), "--input", str(tmp_path / "readings.csv"),
+                           "--output", str(tmp_path / "windows.jsonl")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    windows = []
+    for line in (tmp_path / "windows.jsonl").read_text().splitlines():
+        window = json.loads(line)
+        if window["kpi"] == "pm10_day":
+            for key in ("start", "end"):
+                window[key] = int(datetime.fromisoformat(window[key]).timestamp() * 1000)
+            windows.append(window)
+    assert len(windows) == days
+    sink = tmp_path / "received.db"
+    log = tmp_path / "receiver.log"
+    with log.open("ab") as err:
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "--log-json", "receive", "--broker",
+             mosquitto.url, "--sink", f"sqlite:///{sink}", "--client-id", "report-test"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_until(lambda: any(e.get("event") == "mqtt_subscribed"
+                                      for e in read_events(log)), 30), log.read_text()
+        for seq, window in enumerate(windows, start=1):
+            payload = tmp_path / f"batch-{seq}.bin"
+            payload.write_bytes(encode_batch(Batch("gw-aq-001", 1, seq, window["end"], (),
+                                                   (window,))))
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port),
+                            "-t", "ssc/v1/gw-aq-001/batch", "-q", "1", "-f", str(payload)],
+                           check=True, timeout=30)
+
+        def stored() -> int:
+            with sqlite3.connect(sink) as conn:
+                return int(conn.execute("SELECT count(*) FROM aggregates").fetchone()[0])
+
+        assert wait_until(lambda: sink.exists() and stored() == days, 30)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(30)
+    city_file = tmp_path / "city.toml"
+    city_file.write_text(city_toml(("gw-aq-001",), kpis=("pm10_day",)), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "report", "--sink", f"sqlite:///{sink}", "--city",
+         str(city_file), "--from", first.isoformat(),
+         "--to", (first + timedelta(days=days - 1)).isoformat(), "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    station = _station(json.loads(done.stdout), "pm10_annual_mean", "station_001")
+    # worked out from the readings: hourly means (45 of 60 minutes), then the day's mean
+    hours: dict[tuple[date, datetime], list[float]] = {}
+    for moment, value in readings:
+        local = moment.astimezone(ZONE)
+        hours.setdefault((local.date(), moment.replace(minute=0)), []).append(value)
+    by_day: dict[date, list[float]] = {}
+    for (day, _), values in hours.items():
+        if len(values) >= 45:
+            by_day.setdefault(day, []).append(sum(values) / len(values))
+    assert len(by_day[date(2024, 3, 31)]) == 23  # the clocks went forward
+    assert len(by_day[date(2024, 4, 2)]) == 23  # its hour 5 had 40 minutes
+    daily = dict(station["daily"])
+    assert sorted(daily) == [(first + timedelta(days=i)).isoformat() for i in range(days)]
+    for day, means in by_day.items():
+        assert daily[day.isoformat()] == pytest.approx(sum(means) / len(means), rel=1e-9)
+    year = station["years"][0]["figure"]
+    assert not year["valid"] and year["reason"] == (
+        f"data capture 1.64 % ({days} of 366 days) < required 90 %")
+    assert year["partial"] == pytest.approx(sum(daily.values()) / days)
