@@ -9,6 +9,9 @@ two figures:
 The last step loads and validates a 50-device Modbus config (``agent.config.load_config``).
 A second table gives the config's share: every other import of the runtime first, then the
 config's models (:mod:`agent.schema`, which replaced pydantic: that cost ~14 MiB) and a load.
+Then asyncio with and without ssl (which asyncio, aiomqtt, paho and pymodbus all import), and
+the runtime by phase: standard library, third-party packages, the agent's own modules, a
+loaded config (docs/architecture.md "Footprint").
 
 Run it with the python of the install to measure. The figures that matter are those of a base
 install (no test/dev extras: ``rich``, which the ``demo`` extra brings, makes structlog ~17 MiB
@@ -74,6 +77,27 @@ CONFIG_STEPS: list[tuple[str, str]] = [
 ]
 
 
+# The runtime in phases, one interpreter taking them in turn: what the standard library, the
+# third-party packages, the agent's own modules and a loaded config each add.
+PHASES: list[tuple[str, str]] = [
+    ("standard library (asyncio, ssl, sqlite3, …)",
+     "import asyncio, ssl, sqlite3, ctypes, tomllib, argparse, json, zoneinfo, "
+     "importlib.metadata"),
+    ("third-party (structlog, paho/aiomqtt, pymodbus, …)",
+     "import structlog, zstandard, msgpack, aiomqtt, pymodbus.client"),
+    ("the agent's run path (cli, supervisor, uplink, modbus)",
+     "import agent.cli, agent.gateway.supervisor, agent.gateway.uplink, agent.gateway.allocator, "
+     "drivers.modbus.driver"),
+    ("a config loaded ({devices} devices)",
+     "import agent.config\n"
+     "_config = agent.config.load_config(__import__('pathlib').Path({config!r}))"),
+]
+
+# asyncio imports ssl (asyncio.base_events, sslproto), and so do aiomqtt, paho and pymodbus's
+# transport: here, what asyncio costs with ssl made unimportable (a measurement only).
+WITHOUT_SSL = "import sys\nsys.modules['ssl'] = None"
+
+
 def config_text(devices: int) -> str:
     """An agent config of ``devices`` Modbus TCP meters (the footprint benchmark's shape)."""
     table = "".join(
@@ -128,6 +152,12 @@ def main() -> None:
         config_start, config_totals = cumulative(
             [("", code.replace("{config!r}", where)) for _, code in CONFIG_STEPS]
         )
+        phase_start, phase_totals = cumulative(
+            [("", code.replace("{config!r}", where)) for _, code in PHASES]
+        )
+        asyncio_alone = alone("", "import asyncio")
+        asyncio_without_ssl = alone(WITHOUT_SSL, "import asyncio")
+        ssl_alone = alone("", "import ssl")
         has_rich = _run("import importlib.util\n"
                         "print(int(importlib.util.find_spec('rich') is not None))")[0]
     print(f"python {sys.version.split()[0]} at {sys.executable}")
@@ -148,6 +178,17 @@ def main() -> None:
         previous = total
     share = config_totals[-1] - config_totals[0]
     print(f"{'the config and what is built with it':<36} {share / mib:+8.1f} MiB")
+    print(f"\nasyncio: {asyncio_alone / mib:+.1f} MiB alone; with ssl unimportable "
+          f"{asyncio_without_ssl / mib:+.1f} MiB, so ssl (libssl, libcrypto) is "
+          f"{(asyncio_alone - asyncio_without_ssl) / mib:+.1f} MiB of it (ssl alone "
+          f"{ssl_alone / mib:+.1f} MiB). asyncio, aiomqtt, paho and pymodbus all import ssl.")
+    print(f"\nby phase (one interpreter, from {phase_start / mib:.1f} MiB bare):")
+    previous = phase_start
+    for (label, _), total in zip(PHASES, phase_totals, strict=True):
+        print(f"{label.format(devices=args.devices):<56} {total / mib:8.1f} MiB "
+              f"{(total - previous) / mib:+6.1f} MiB")
+        previous = total
+    print("then, running at 1,000 readings/s: benchmarks/footprint.py (start-up and peak)")
     print("\nalone: what the step adds to a fresh interpreter that took only its setup (a config"
           "\nloaded: agent.config imported); cumulative:"
           "\nVmRSS after the step, every step above taken first; adds: the difference.")
