@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.console import EXIT_FAILURE, EXIT_OK
+from agent.errors import StorageError
 
 EXIT_NOT_RUNNING = 3
 
@@ -101,6 +102,10 @@ def gather(data_dir: Path, *, now: float) -> dict[str, Any]:
     """Everything ``status`` shows, as the ``--json`` document."""
     from agent.gateway.health import HEALTH_FILE, STALE_AFTER_SECONDS, problems
 
+    if data_dir.exists() and not os.access(data_dir, os.R_OK | os.X_OK):
+        # else every file in it would look absent: "not running" would be a wrong answer
+        raise StorageError(f"data_dir {data_dir}: not readable by this user; run status as "
+                           "root or as the agent's user")
     health_path = data_dir / HEALTH_FILE
     health = read_health(health_path)
     running = lock_held(data_dir / "agent.lock")
