@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 MAX_KEY_FILE_BYTES = 16 * 1024
 _BAD_SIGNATURE = 3  # the child's exit status for "does not verify"
+VERIFY_TIMEOUT = 60.0  # a Pi starts Python and loads cryptography in a second or two
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,13 @@ class PublicKey:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "agent.signing", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate(self.raw + signature + data)
+        try:
+            async with asyncio.timeout(VERIFY_TIMEOUT):
+                _, err = await proc.communicate(self.raw + signature + data)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise OSError(f"signature check took longer than {VERIFY_TIMEOUT:g} s") from None
         if proc.returncode not in (0, _BAD_SIGNATURE):
             raise OSError(f"signature check exited with {proc.returncode}: "
                           f"{err.decode(errors='replace').strip()[-200:]}")
