@@ -212,6 +212,14 @@ class Repeats:
             self._totals[key] = self._totals.get(key, 0) + n
         return self.tick()
 
+    def flush(self) -> Tally | None:
+        """The tally of what was added up since the last line, due or not (at shutdown)."""
+        if not self._occurrences:
+            return None
+        tally = Tally(self._occurrences, self._totals, self._clock() - self._last_line)
+        self._occurrences, self._totals, self._last_line = 0, {}, self._clock()
+        return tally
+
     def tick(self) -> Tally | None:
         """Call now and then: the tally, once the last line is ``period`` old."""
         now = self._clock()

@@ -195,6 +195,21 @@ def test_repeats_log_the_first_then_a_tally_per_period() -> None:
     assert repeats.occurred(batches=1) == "log"  # quiet for a period: on its own again
 
 
+def test_repeats_flush_gives_what_was_added_up_before_it_is_due() -> None:
+    clock = Clock()
+    repeats = Repeats(clock, period=900.0)
+    assert repeats.flush() is None  # nothing happened
+    assert repeats.occurred(batches=1) == "log"
+    assert repeats.flush() is None  # the one occurrence had its own line
+    start = clock.now
+    clock.now = start + 60.0
+    assert repeats.occurred(batches=2) is None
+    clock.now = start + 120.0
+    assert repeats.occurred(batches=3) is None
+    assert repeats.flush() == Tally(2, {"batches": 5}, 120.0)  # at shutdown, not due yet
+    assert repeats.flush() is None and repeats.tick() is None  # said once
+
+
 @settings(max_examples=100, deadline=None)
 @given(gaps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1000.0), st.booleans()),
                      max_size=300))

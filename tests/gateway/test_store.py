@@ -966,3 +966,11 @@ def test_a_drop_at_every_seal_of_a_long_outage_logs_a_line_per_period(tmp_path: 
     assert lines[0]["batches"] + sum(e["batches"] for e in lines[1:]) <= dropped
     assert lines[0]["batches"] + sum(e["batches"] for e in lines[1:]) >= dropped - 15
     assert sum(e["readings"] for e in lines[1:]) == 3 * sum(e["batches"] for e in lines[1:])
+    # closing says what was added up since the last line: the lines then sum to the ledger
+    with capture_logs() as logs:
+        store.close()
+    last = [e for e in logs if e["event"].startswith("buffer_drop")]
+    assert [e["event"] for e in last] == ["buffer_drop_summary"], last
+    said = lines + last
+    assert sum(e["batches"] for e in said) == dropped
+    assert sum(e["readings"] for e in said) == 3 * dropped

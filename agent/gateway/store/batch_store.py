@@ -159,6 +159,9 @@ class BatchStore(PendingRows, KpiCheckpoints, DropLedger, Bounds, Salvage, Store
         self._elapsed.save(self._conn)
 
     def close(self) -> None:
+        tally = self._drop_lines.flush()  # drops added up since their last line: said now
+        if tally is not None:
+            drops.log_drop_tally(tally)
         if self._elapsed.saved:  # a store this run wrote to: keep the elapsed clock's last value
             with contextlib.suppress(BufferFull, sqlite3.Error), self._txn():
                 self._save_elapsed()
