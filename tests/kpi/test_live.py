@@ -73,11 +73,13 @@ async def test_windows_survive_a_sigkill_and_match_the_readings(
     try:
         async with receiving(mosquitto, sink) as stats:
             agent = start_agent(config, log)
-            # kill in the middle of a window, after a checkpoint and some journal steps
+            # kill in the middle of a window, after a checkpoint and some journal steps: the
+            # first window that starts once the agent runs (a slow start on a loaded machine
+            # must not leave the window's first half unpolled)
+            assert await wait_until_async(
+                lambda: any(e["event"] == "agent_started" for e in log_events(log)), 30)
             now = time.time() * 1000
-            window_end = (now // WINDOW_MS + 1) * WINDOW_MS
-            if window_end - now < 14_000:
-                window_end += WINDOW_MS
+            window_end = (now // WINDOW_MS + 2) * WINDOW_MS
             kill_at = (window_end - WINDOW_MS / 2) / 1000
             await wait_until_async(lambda: time.time() >= kill_at, 60)
             os.kill(agent.pid, signal.SIGKILL)
