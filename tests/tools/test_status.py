@@ -353,6 +353,12 @@ async def test_retained_health_reaches_the_broker_and_decodes(site: Site) -> Non
     assert summary.kpis_open == 1 and summary.kpis_closed == 1
     assert summary.buffer_state == "ok"
 
+    # status now sees the uplink up: only the down devices are left as problems
+    report = json.loads(status(site, "--json").stdout)
+    assert report["health"]["uplink"]["connected"] is True
+    assert report["health"]["uplink"]["broker"] == site.broker.url
+    assert sorted(report["problems"]) == sorted(f"device {n} is down" for n in DOWN)
+
     # the platform side: `fleet health` reads the same retained summary from the broker
     fleet = [sys.executable, "-m", "agent.cli", "fleet", "health", "--broker", site.broker.url]
     done = subprocess.run([*fleet, "--json"], capture_output=True, text=True, cwd=ROOT,
