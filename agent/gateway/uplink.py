@@ -231,7 +231,11 @@ class Uplink:
         channel = self.channel
         assert channel is not None
         for topic in channel.topics:
-            await client.subscribe(topic, qos=1, timeout=self._settings.timeout)
+            granted = await client.subscribe(topic, qos=1, timeout=self._settings.timeout)
+            # a broker ACL that denies it answers 0x80 (MQTT 3.1.1) or a failure reason code
+            if any(getattr(g, "is_failure", g == 0x80) for g in granted or ()):
+                log.warning("uplink_subscribe_refused", topic=topic,
+                            hint="the broker's ACL must let this gateway read it")
         while True:
             channel.due.clear()
             for topic, payload in channel.outgoing():
