@@ -27,7 +27,8 @@ from tests.waiting import wait_until_async
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("mosquitto_factory")]
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORDS = {"gw-a": "pw-a-3f9", "gw-b": "pw-b-77c", "ssc.receiver": "pw-rx-1d2"}
+PASSWORDS = {"gw-a": "pw-a-3f9", "gw-b": "pw-b-77c", "ssc.receiver": "pw-rx-1d2",
+             "ssc.platform": "pw-pf-5e1"}
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -78,13 +79,14 @@ class Client:
             self.args += ["-u", user, "-P", PASSWORDS[user]]
         self.d = d
 
-    async def publish(self, topic: str, payload: bytes, *, v5: bool = False) -> str:
+    async def publish(self, topic: str, payload: bytes, *, v5: bool = False,
+                      retain: bool = False) -> str:
         """Publish at QoS 1 with mosquitto_pub; returns what it printed."""
         path = self.d / "payload.bin"
         path.write_bytes(payload)
         proc = await asyncio.create_subprocess_exec(
             "mosquitto_pub", *self.args, "-t", topic, "-q", "1", "-f", str(path),
-            *(["-V", "mqttv5"] if v5 else []),
+            *(["-V", "mqttv5"] if v5 else []), *(["-r"] if retain else []),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         assert proc.returncode == 0, out
@@ -149,6 +151,19 @@ async def test_a_gateway_can_write_only_its_own_topics_and_read_nothing(tmp_path
                 created = conn.execute(
                     "SELECT seq, created FROM batches WHERE gw = 'gw-a' ORDER BY seq").fetchall()
             assert created == [(1, 1_000), (2, 4_000)]  # A's own, not B's forgery
+            # Remote configuration: only the platform account pushes configs, only the gateway
+            # they are for reads them (B's '#' below stays empty), each writes its own report.
+            pf = Client(d, port, "ssc.platform")
+            assert await pf.publish("ssc/v1/gw-a/config/set", b"signed", retain=True) == ""
+            for forger in (a, b):
+                assert "Not authorized" in await forger.publish(
+                    "ssc/v1/gw-a/config/set", b"forged", v5=True, retain=True)
+            got = subprocess.run(["mosquitto_sub", *a.args, "-t", "ssc/v1/gw-a/config/set",
+                                  "-C", "1", "-W", "5"], capture_output=True, check=False)
+            assert got.stdout == b"signed\n"
+            assert await a.publish("ssc/v1/gw-a/config/state", b"{}", v5=True) == ""
+            assert "Not authorized" in await b.publish("ssc/v1/gw-a/config/state", b"{}",
+                                                       v5=True)
         finally:
             stop.set()
             async with asyncio.timeout(10):
