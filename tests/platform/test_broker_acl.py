@@ -162,6 +162,8 @@ async def test_a_gateway_can_write_only_its_own_topics_and_read_nothing(tmp_path
                                   "-C", "1", "-W", "5"], capture_output=True, check=False)
             assert got.stdout == b"signed\n"
             assert await a.publish("ssc/v1/gw-a/config/state", b"{}", v5=True) == ""
+            assert await a.publish("ssc/v1/gw-a/health", b"{}", v5=True) == ""
+            assert "Not authorized" in await b.publish("ssc/v1/gw-a/health", b"{}", v5=True)
             assert "Not authorized" in await b.publish("ssc/v1/gw-a/config/state", b"{}",
                                                        v5=True)
         finally:
