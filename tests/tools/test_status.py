@@ -8,8 +8,10 @@ what the page shows can be bracketed by two reads of the store), then with the b
 
 Its devices: ``meter-1`` answers; ``wrong-unit`` is asked for a unit its simulator does not
 serve (exception 4 to every request); ``no-such-register`` asks for a register its simulator
-lacks (exception 2); ``serial-1`` is on a bus whose port does not exist, named with a
-``<script>`` element, which must reach the page as text.
+lacks (exception 2); ``behind-gateway`` is answered exception 11 to every request, as a Modbus
+TCP gateway answers for a unit behind it that is silent (a wrong unit id there); ``serial-1`` is
+on a bus whose port does not exist, named with a ``<script>`` element, which must reach the
+page as text.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from pymodbus.constants import ExcCodes
 
 from agent.gateway.health import HEALTH_FILE, figure
 from agent.gateway.store import BatchStore, StoreStats
 from agent.wire import decode_batch, decode_health
-from tests.chaos.harness import AgentProcess, MeterFleet
+from drivers.modbus.simulator import serve
+from tests.chaos.harness import AgentProcess, MeterFleet, request_recorder
 from tests.conftest import Mosquitto, _require_mosquitto, free_port, require_chromium
 from tests.waiting import wait_until, wait_until_async
 
@@ -41,12 +45,29 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("health-agent")]
 ROOT = Path(__file__).resolve().parents[2]
 GW = "gw-health"
 HOSTILE_PORT = "/nonexistent/<script>alert(1)</script>"
-DOWN = {"wrong-unit", "no-such-register", "serial-1"}
+DOWN = {"wrong-unit", "no-such-register", "behind-gateway", "serial-1"}
+
+
+async def _gateway_silent(fc: int, start: int, address: int, count: int, registers: list[int],
+                          set_values: Any) -> ExcCodes | None:
+    # reads only: the simulator's own register updates (set_values) go through
+    return ExcCodes.GATEWAY_NO_RESPONSE if set_values is None else None
+
+
+class Meters(MeterFleet):
+    """The harness's meters; the last one answers as a Modbus gateway whose unit is silent."""
+
+    async def _start(self) -> None:
+        for i, device in enumerate(self.devices):
+            action = _gateway_silent if i == len(self.devices) - 1 else None
+            self._servers.append(await serve(
+                {1: self._profile}, "127.0.0.1", device.port, seed=device.name,
+                trace_pdu=request_recorder(self._requests[device.name]), action=action))
 
 
 @dataclass
 class Site:
-    fleet: MeterFleet
+    fleet: Meters
     agent: AgentProcess
     broker: Mosquitto
     config: Path
@@ -55,7 +76,7 @@ class Site:
 
 
 def _config(tmp: Path, fleet: MeterFleet, broker_port: int, page_port: int) -> Path:
-    meter, other, third = (d.port for d in fleet.devices)
+    meter, other, third, gateway = (d.port for d in fleet.devices)
     # a long timeout: a meter stalled by a loaded machine must not turn meter-1 down
     device = 'driver = "modbus"\ninterval = "1 s"\nretries = 0\ntimeout = "5 s"\n'
     text = f"""[gateway]
@@ -101,6 +122,11 @@ table = "holding"
 type = "u16"
 
 [[devices]]
+name = "behind-gateway"
+endpoint = "tcp://127.0.0.1:{gateway}"
+profile = "ssc-demo-meter"
+{device}
+[[devices]]
 name = "serial-1"
 bus = "rs485"
 profile = "ssc-demo-meter"
@@ -125,7 +151,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (tmp / "broker").mkdir()
     broker = Mosquitto(tmp / "broker", free_port())  # started by the topic's test
     page_port = free_port()
-    with MeterFleet([1000, 1000, 1000]) as fleet:
+    with Meters([1000, 1000, 1000, 1000]) as fleet:
         config = _config(tmp, fleet, broker.port, page_port)
         agent = AgentProcess(config, tmp / "agent.log")
         agent.start()
@@ -204,6 +230,7 @@ def test_status_shows_devices_up_and_down_and_the_buffer(site: Site) -> None:
     # every request answered with an exception: down, never a good poll, with the code
     assert "exception 4" in devices["wrong-unit"]["last_error"]
     assert "exception 2" in devices["no-such-register"]["last_error"]
+    assert "exception 11" in devices["behind-gateway"]["last_error"]
     assert HOSTILE_PORT in devices["serial-1"]["last_error"]
     for name in DOWN:
         d = devices[name]
@@ -345,7 +372,7 @@ async def test_retained_health_reaches_the_broker_and_decodes(site: Site) -> Non
     summary = decode_health(retained.payload)
     snapshot = health(site)
     assert summary.gw == GW and summary.boot == snapshot["boot"]
-    assert (summary.devices_up, summary.devices_down, summary.devices_pending) == (1, 3, 0)
+    assert (summary.devices_up, summary.devices_down, summary.devices_pending) == (1, 4, 0)
     assert {d.name for d in summary.down} == DOWN
     errors = {d.name: d.error or "" for d in summary.down}
     assert "exception 4" in errors["wrong-unit"] and "exception 2" in errors["no-such-register"]
@@ -365,7 +392,7 @@ async def test_retained_health_reaches_the_broker_and_decodes(site: Site) -> Non
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     (shown,) = json.loads(done.stdout)["gateways"]
-    assert shown["gw"] == GW and shown["devices"]["down"] == 3
+    assert shown["gw"] == GW and shown["devices"]["down"] == 4
     assert {d["name"] for d in shown["down"]} == DOWN
     done = subprocess.run([*fleet, "--gw", GW], capture_output=True, text=True, cwd=ROOT,
                           timeout=60, check=False)
