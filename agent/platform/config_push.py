@@ -55,12 +55,7 @@ def add_parsers(fleet_parser: argparse.ArgumentParser) -> Any:
         description="Read the retained {prefix}/{gw}/config/state of one or every gateway "
         "and print it: applied, rejected (with the errors) or rolled_back, the config hash "
         "and serial, when, and what the gateway runs now.")
-    p.add_argument("--gw", metavar="ID", help="only this gateway (default: every one)")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help=f"read retained states for at most this long (default "
-                   f"{DEFAULT_TIMEOUT:g})")
-    _broker_flags(p)
+    reader_flags(p, "states")
 
     p = sub.add_parser(
         "keygen", help="make the platform's Ed25519 key pair for signing configs",
@@ -70,6 +65,17 @@ def add_parsers(fleet_parser: argparse.ArgumentParser) -> Any:
     p.add_argument("--out", required=True, type=Path, metavar="PREFIX",
                    help="e.g. /etc/ssc-platform/config-signing")
     return sub
+
+
+def reader_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """The flags of a command that reads the gateways' retained ``what``: ``--gw``,
+    ``--json``, ``--timeout`` and the broker's."""
+    p.add_argument("--gw", metavar="ID", help="only this gateway (default: every one)")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"read retained {what} for at most this long (default "
+                   f"{DEFAULT_TIMEOUT:g})")
+    _broker_flags(p)
 
 
 def _broker_flags(p: argparse.ArgumentParser) -> None:

@@ -22,24 +22,19 @@ from agent.platform import config_push
 if TYPE_CHECKING:
     from agent.wire import HealthSummary
 
-DEFAULT_TIMEOUT = 5.0
 QUIET_SECONDS = 1.0  # no retained message for this long: the broker has sent them all
+DESCRIPTION = (
+    "Read the retained {prefix}/{gw}/health of one or every gateway (sent by the gateway when "
+    "it connects and every minute) and print, per gateway, devices up/down/pending, the "
+    "buffer, the last PUBACK's age, KPI windows and the down devices. Exit 0; 1 when the "
+    "broker cannot be reached; 2 for bad flags.")
 
 
 def add_parser(sub: Any) -> None:
     """``fleet health`` on ``ssc-agent fleet``'s subparsers."""
-    p = sub.add_parser(
-        "health", help="each gateway's health summary (devices, buffer, uplink, KPIs)",
-        description="Read the retained {prefix}/{gw}/health of one or every gateway (sent "
-        "by the gateway when it connects and every minute) and print, per gateway, devices "
-        "up/down/pending, the buffer, the last PUBACK's age, KPI windows and the down "
-        "devices. Exit 0; 1 when the broker cannot be reached; 2 for bad flags.")
-    p.add_argument("--gw", metavar="ID", help="only this gateway (default: every one)")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help=f"read retained summaries for at most this long (default "
-                   f"{DEFAULT_TIMEOUT:g})")
-    config_push._broker_flags(p)
+    p = sub.add_parser("health", description=DESCRIPTION,
+                       help="each gateway's health summary (devices, buffer, uplink, KPIs)")
+    config_push.reader_flags(p, "summaries")
 
 
 async def read_health(settings: Any, prefix: str, gw: str | None, *,
