@@ -4,6 +4,7 @@ its projection to the target year."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from agent.platform.city import convert
@@ -148,6 +149,9 @@ def _one(builder: Builder, target: TargetLike) -> TargetReport:
     if target.scope == "city":
         info = (_limit_info(indicator.limits[0], builder.catalogue)
                 if indicator.limits else None)
+        if info is not None and target.threshold is not None:
+            # the population at sites at or over the target's own threshold
+            info = dataclasses.replace(info, value=target.threshold, comparison=">=")
         for year in builder.years:
             figure = builder.city_figure(indicator, sites, year, info)
             meets = (compare(figure.value, comparison, goal.value)
