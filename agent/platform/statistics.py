@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -86,6 +86,24 @@ class Record:
     end: datetime
     value: float | None
     valid: bool = True
+    # the instants as epoch ms, worked out once: a report's yearly figures filter and check
+    # the same windows many times
+    _start_ms: int | None = field(default=None, init=False, repr=False, compare=False)
+    _end_ms: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def start_ms(self) -> int:
+        if self._start_ms is None:
+            object.__setattr__(self, "_start_ms", _ms(self.start))
+        assert self._start_ms is not None
+        return self._start_ms
+
+    @property
+    def end_ms(self) -> int:
+        if self._end_ms is None:
+            object.__setattr__(self, "_end_ms", _ms(self.end))
+        assert self._end_ms is not None
+        return self._end_ms
 
     @property
     def usable(self) -> bool:
@@ -162,7 +180,7 @@ def _judged(
 
 
 def _unit(records: Sequence[Record]) -> str:
-    spans = {_ms(r.end) - _ms(r.start) for r in records}
+    spans = {r.end_ms - r.start_ms for r in records}
     if spans and max(spans) <= 3_600_000:
         return "hours"
     return "days" if spans else "windows"
@@ -175,10 +193,10 @@ def _values(records: Iterable[Record]) -> list[float]:
 def _check_unique(records: Sequence[Record]) -> None:
     starts: set[int] = set()
     for record in records:
-        start = _ms(record.start)
+        start = record.start_ms
         if start in starts:
             raise ValueError(f"two windows start at {record.start.isoformat()}")
-        if _ms(record.end) <= start:
+        if record.end_ms <= start:
             raise ValueError(f"the window starting at {record.start.isoformat()} is empty")
         starts.add(start)
 
@@ -289,7 +307,7 @@ def daily_means(
     A window belongs to the date its start falls on; windows outside the dates are not used."""
     _check_unique(hourly)
     for record in hourly:
-        if _ms(record.end) - _ms(record.start) != 3_600_000:
+        if record.end_ms - record.start_ms != 3_600_000:
             raise ValueError(f"the window starting at {record.start.isoformat()} is not 1 h")
     calendar = _calendar(zone)
     by_day: dict[date, list[Record]] = {}
@@ -313,7 +331,7 @@ def _year(records: Sequence[Record], zone: ZoneInfo, year: int, window: Window
     what they are called."""
     calendar = _calendar(zone)
     start_ms, end_ms = calendar.window_at(_YEAR, _ms(datetime(year, 7, 1, tzinfo=zone)))
-    inside = [r for r in records if start_ms <= _ms(r.start) < end_ms]
+    inside = [r for r in records if start_ms <= r.start_ms < end_ms]
     step = _HOUR if window == "1 h" else _DAY
     return inside, calendar.count(step, start_ms, end_ms), "hours" if window == "1 h" else "days"
 
@@ -384,7 +402,7 @@ def ozone_annual_mean(hourly: Sequence[Record], zone: ZoneInfo, year: int) -> St
     summer_start = _month_bounds(calendar, year, SUMMER_MONTHS[0])[0]
     summer_end = _month_bounds(calendar, year, SUMMER_MONTHS[-1])[1]
     summer_hours = calendar.count(_HOUR, summer_start, summer_end)
-    in_summer = [r for r in inside if summer_start <= _ms(r.start) < summer_end]
+    in_summer = [r for r in inside if summer_start <= r.start_ms < summer_end]
     summer_n = len(_values(in_summer))
     values = _values(inside)
     reasons = []
@@ -415,7 +433,7 @@ def ozone_exceedance_days(
     for month in SUMMER_MONTHS:
         start, end = _month_bounds(calendar, year, month)
         days = calendar.count(_DAY, start, end)
-        n = len(_values(r for r in inside if start <= _ms(r.start) < end))
+        n = len(_values(r for r in inside if start <= r.start_ms < end))
         if n < OZONE_MONTH_MIN_CAPTURE * days - _EPSILON:
             short.append(f"{_MONTH_NAMES[month - 1]} {n} of {days}")
     values = _values(inside)

@@ -93,6 +93,7 @@ class Builder:
         self.years = tuple(range(first.year, last.year + 1))
         self.limits_for: LimitsFor = limits_for or (lambda indicator: indicator.limits)
         self._series: dict[tuple[str, str, str | None], SiteSeries] = {}
+        self._daily: dict[tuple[str, str, str | None], tuple[tuple[str, float | None], ...]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -228,35 +229,44 @@ class Builder:
         years = tuple(
             StationYear(y, what, annual[y] if statistic != "exceedances" else None,
                         tuple(c for c in checks if c.year == y)) for y in self.years)
-        daily, calendar = self._days(indicator, series.records, calendar_limit)
-        return station(years, daily, calendar)
+        key = (site.id, kpi, indicator.computation.extra)
+        if key not in self._daily:  # an annual-mean and an exceedance indicator share them
+            self._daily[key] = self._daily_values(indicator, series.records)
+        daily = self._daily[key]
+        return station(years, daily, self._calendar(indicator, series.records, daily,
+                                                    calendar_limit))
 
-    def _days(self, indicator: Indicator, records: Sequence[st.Record], limit: Limit | None
-              ) -> tuple[tuple[tuple[str, float | None], ...], tuple[tuple[str, int | None], ...]]:
-        """Each local day's value (for the time series) and its windows over ``limit``."""
+    def _daily_values(self, indicator: Indicator, records: Sequence[st.Record]
+                      ) -> tuple[tuple[str, float | None], ...]:
+        """Each local day's value, for the time series: a daily window's, or the mean of the
+        day's hourly windows (valid with 75 % of its hours)."""
         window = indicator.computation.window
         if window == "1 d":
             days: dict[str, float | None] = {}
             for record in records:
                 days[fg.local_day(record.start, self.zone)] = (
                     record.value if record.usable else None)
-            daily = tuple(days.items())
-            if limit is None:
-                return daily, ()
-            return daily, tuple((day, None if v is None else int(fg.exceeds(v, limit)))
-                                for day, v in daily)
+            return tuple(days.items())
         if window != "1 h":
-            return (), ()
+            return ()
         means = st.daily_means(records, self.zone, self.first, self.last)
-        daily = tuple((d.day.isoformat(), d.stat.value) for d in means)
+        return tuple((d.day.isoformat(), d.stat.value) for d in means)
+
+    def _calendar(self, indicator: Indicator, records: Sequence[st.Record],
+                  daily: Sequence[tuple[str, float | None]], limit: Limit | None
+                  ) -> tuple[tuple[str, int | None], ...]:
+        """Each local day's windows over ``limit`` (None: the day has no valid value)."""
         if limit is None:
-            return daily, ()
+            return ()
+        if indicator.computation.window == "1 d":
+            return tuple((day, None if v is None else int(fg.exceeds(v, limit)))
+                         for day, v in daily)
         over: dict[str, int] = {}
         for record in records:
             if record.usable and record.value is not None and fg.exceeds(record.value, limit):
                 day = fg.local_day(record.start, self.zone)
                 over[day] = over.get(day, 0) + 1
-        return daily, tuple((day, None if v is None else over.get(day, 0)) for day, v in daily)
+        return tuple((day, None if v is None else over.get(day, 0)) for day, v in daily)
 
     def _city_limits(self, stations: Sequence[Station], infos: Sequence[LimitInfo]
                      ) -> tuple[CityLimit, ...]:
