@@ -199,7 +199,7 @@ class Builder:
              and computation.window in ("1 d", "1 h")), None)
         stations = tuple(self._station(indicator, site, limits, calendar_limit)
                          for site in sites)
-        city_limits = self._city_limits(stations, infos)
+        city_limits = self._city_limits(indicator, stations, infos)
         city_figures = self._city_figures(indicator, sites, infos)
         return section(stations, city_limits, city_figures,
                        fg.limit_key(calendar_limit) if calendar_limit else None)
@@ -268,21 +268,20 @@ class Builder:
                 over[day] = over.get(day, 0) + 1
         return tuple((day, None if v is None else over.get(day, 0)) for day, v in daily)
 
-    def _city_limits(self, stations: Sequence[Station], infos: Sequence[LimitInfo]
-                     ) -> tuple[CityLimit, ...]:
+    def _city_limits(self, indicator: Indicator, stations: Sequence[Station],
+                     infos: Sequence[LimitInfo]) -> tuple[CityLimit, ...]:
         result = []
         chosen = {s.id: fg.primary_checks([c for y in s.years for c in y.checks])
                   for s in stations}
+        counts = indicator.computation.statistic == "exceedances"
         for info in infos:
+            if counts and info.allowed is None and info.percentile is None:
+                continue  # counted, not judged: no share to give
             for year in self.years:
                 verdicts = []
                 for s in stations:
                     check = chosen[s.id].get((info.key, year))
                     verdicts.append((s.id, check.meets if check else None))
-                if all(meets is None for _, meets in verdicts) and all(
-                        chosen[s.id].get((info.key, year)) is not None
-                        and chosen[s.id][(info.key, year)].figure.valid for s in stations):
-                    continue  # counted, not judged: no share to give
                 result.append(CityLimit(info.key, year, share_meeting(verdicts)))
         return tuple(result)
 
