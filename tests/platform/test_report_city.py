@@ -62,6 +62,31 @@ location = { lat = 53.0, lon = 9.0 }
 population = 300
 feeds = [{ gateway = "gw-e", kpis = ["energy_day"] }]
 
+[[sites]]
+id = "w"
+name = "Water district"
+location = { lat = 53.0, lon = 9.0 }
+population = 500
+feeds = [{ gateway = "gw-w", kpis = ["water_day"] }]
+
+[[targets]]
+id = "loss"
+indicator = "water_supply_loss"
+comparison = "<="
+value = 10.0
+unit = "%"
+scope = "city"
+by = 2030
+
+[[targets]]
+id = "meters"
+indicator = "smart_electricity_meters"
+comparison = ">="
+value = 90.0
+unit = "%"
+scope = "city"
+by = 2030
+
 [[targets]]
 id = "noise"
 indicator = "noise_exposure_share"
@@ -175,3 +200,21 @@ def test_city_targets_progress(report: Report) -> None:
     slope = 27 * 366 / 400 - baseline
     assert electricity.projection.value == pytest.approx(27 * 366 / 400 + 11 * slope)
     assert electricity.status.startswith("not met in 2024; on track: the trend gives")
+
+
+def test_what_cannot_be_computed_says_why(report: Report) -> None:
+    loss = _section(report, "water_supply_loss")
+    assert loss.not_computed.startswith("not computed: it needs the volume billed")
+    assert loss.stations == ()
+    targets = {t.id: t for t in report.targets}
+    assert targets["loss"].status == loss.not_computed
+    assert targets["meters"].status.startswith("not computed: this release does not read")
+    assert not targets["meters"].target.valid and targets["meters"].years == ()
+    # a site whose gateway never sent its KPI: every figure says so
+    water = _section(report, "water_consumption_per_capita")
+    (station,) = water.stations
+    assert station.problem == "no water_day window of gateway gw-w is stored for the period"
+    assert all(y.figure is not None and not y.figure.valid
+               and y.figure.reason == station.problem for y in station.years)
+    city = {c.year: c.figure for c in water.city_figures}
+    assert not city[2023].valid and city[2023].reason == "no valid figure at w"

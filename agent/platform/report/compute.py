@@ -31,10 +31,21 @@ from agent.platform.report.reader import WindowReader
 from agent.platform.report.trend import Figure, capture, share_meeting
 from agent.units import KpiDuration, parse_kpi_duration
 
-__all__ = ["Builder", "LimitsFor", "SiteSeries", "build_report", "period_bounds"]
+__all__ = ["Builder", "LimitsFor", "SiteSeries", "build_report", "not_computed",
+           "period_bounds"]
 
 LimitsFor = Callable[[Indicator], Sequence[Limit]]
 _DAY = KpiDuration(1, "d")
+
+
+def not_computed(indicator: Indicator) -> str:
+    """Why this release gives no figure of ``indicator`` at all, or ''."""
+    if indicator.computation.input == "inventory":
+        return "not computed: this release does not read the fleet's meter inventory"
+    if indicator.computation.statistic == "loss_share":
+        return ("not computed: it needs the volume billed by the utility, which the city "
+                "config does not give")
+    return ""
 
 
 def period_bounds(zone: ZoneInfo, first: date, last: date) -> tuple[int, int]:
@@ -62,7 +73,7 @@ def _record(start_ms: int, end_ms: int, value: float | None, valid: bool) -> st.
                      datetime.fromtimestamp(end_ms / 1000, UTC), value, valid)
 
 
-def _limit_info(limit: Limit, catalogue: Catalogue) -> LimitInfo:
+def limit_info(limit: Limit, catalogue: Catalogue) -> LimitInfo:
     source = catalogue.sources.get(limit.source)
     # "Directive 2008/50/EC", "WHO global air quality guidelines": the title's head
     title = source.title.split(" of the ")[0].split(":")[0] if source else limit.source
@@ -174,7 +185,7 @@ class Builder:
         """The indicator's section; None when no site feeds it."""
         computation = indicator.computation
         limits = list(self.limits_for(indicator))
-        infos = tuple(_limit_info(limit, self.catalogue) for limit in limits)
+        infos = tuple(limit_info(limit, self.catalogue) for limit in limits)
         u4ssc = indicator.u4ssc.code if indicator.u4ssc else ""
         sdgs = tuple(f"{s.id} {s.name}" for s in indicator.sdg)
 
@@ -191,9 +202,8 @@ class Builder:
         sites = self.sites_of(computation.kpi)
         if not sites:
             return None
-        if computation.statistic == "loss_share":
-            return section(not_computed="needs the volume billed by the utility, which the "
-                           "city config does not give: not computed")
+        if not_computed(indicator):
+            return section(not_computed=not_computed(indicator))
         calendar_limit = next(
             (limit for limit in limits if computation.statistic == "exceedances"
              and computation.window in ("1 d", "1 h")), None)

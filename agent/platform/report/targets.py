@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from agent.platform.city import convert
 from agent.platform.indicators import Indicator
-from agent.platform.report.compute import _limit_info
+from agent.platform.report.compute import limit_info, not_computed
 from agent.platform.report.inputs import SiteLike, TargetLike
 from agent.platform.report.model import TargetReport, TargetYear
 from agent.platform.report.trend import Figure, compare, fit_trend, share_meeting
@@ -147,7 +147,7 @@ def _one(builder: Builder, target: TargetLike) -> TargetReport:
     per_site: list[tuple[str, tuple[TargetYear, ...]]] = []
     years: list[TargetYear] = []
     if target.scope == "city":
-        info = (_limit_info(indicator.limits[0], builder.catalogue)
+        info = (limit_info(indicator.limits[0], builder.catalogue)
                 if indicator.limits else None)
         if info is not None and target.threshold is not None:
             # the population at sites at or over the target's own threshold
@@ -193,8 +193,8 @@ def target_reports(builder: Builder) -> tuple[TargetReport, ...]:
     result = []
     for target in builder.city.targets:
         indicator = builder.catalogue.by_id(target.indicator)
-        if indicator.computation.input == "inventory":
-            why = "not computed: this release does not read the fleet's meter inventory"
+        why = not_computed(indicator)
+        if why:
             result.append(TargetReport(
                 target.id, target.name or target.id, indicator.id,
                 f"{indicator.name} {_WORDS.get(target.comparison, target.comparison)} "
