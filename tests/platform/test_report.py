@@ -158,6 +158,7 @@ def test_json_figures_match_the_database(city: tuple[Path, Path],
     doc = json.loads(outputs["json"])
     assert doc["city"] == HOSTILE_NAME
     assert doc["years"] == [2022, 2023, 2024]
+    assert doc["notes"] == []  # whole years
     for i in range(1, STATIONS + 1):
         gw, site = f"gw-aq-{i:03d}", f"station_{i:03d}"
         values = _values(db, gw, "pm25_day", 2023)
@@ -422,6 +423,9 @@ def test_windows_from_kpi_replay_through_the_receiver(mosquitto: Mosquitto,
     assert sorted(daily) == [(first + timedelta(days=i)).isoformat() for i in range(days)]
     for day, means in by_day.items():
         assert daily[day.isoformat()] == pytest.approx(sum(means) / len(means), rel=1e-9)
+    assert json.loads(done.stdout)["notes"] == [
+        "The period covers only part of 2024: that year's figures rest on the days read, and "
+        "a yearly figure needs 90 % of its year, so they are not valid."]
     year = station["years"][0]["figure"]
     assert not year["valid"] and year["reason"] == (
         f"data capture 1.64 % ({days} of 366 days) < required 90 %")

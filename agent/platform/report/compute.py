@@ -401,6 +401,13 @@ def build_report(city: CityLike, catalogue: Catalogue, reader: WindowReader, fir
     sources = tuple(SourceDoc(name, doc.title, doc.identifier, doc.url)
                     for name, doc in catalogue.sources.items() if name in cited)
     notes = []
+    partial = [str(year) for year in builder.years
+               if (first > date(year, 1, 1)) or (last < date(year, 12, 31))]
+    if partial:
+        whose = "that year's" if len(partial) == 1 else "those years'"
+        notes.append(f"The period covers only part of {' and '.join(partial)}: {whose} "
+                     "figures rest on the days read, and a yearly figure needs 90 % of its "
+                     "year, so they are not valid.")
     if reader.duplicates:
         notes.append(f"{reader.duplicates} KPI windows were stored twice; each is counted once")
     return Report(city.city.name, city.city.timezone, first, last, generated, builder.years,
