@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 from agent.tools.city_data import city_toml, generate
 from agent.wire import Batch, encode_batch
 from tests.chaos.harness import read_events
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, require_chromium
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -272,12 +271,12 @@ def test_html_shows_the_database_figures(city: tuple[Path, Path],
     assert outputs["html"].count("<svg") >= 3 + 1 + STATIONS * 3  # progress, capture, calendars
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
 def test_chromium_renders_the_figures(city: tuple[Path, Path], outputs: dict[str, str]) -> None:
+    chromium = require_chromium()
     db, _ = city
     page = db.parent / "report.html"
     done = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
          page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = _shown(done.stdout)
