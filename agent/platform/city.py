@@ -22,6 +22,8 @@ from agent.config.rules import NAME_PATTERN, known_zone
 from agent.platform.indicators import Indicator, Limit
 from agent.schema import AfterValidator, BeforeValidator, ConfigModel, Field
 from agent.schema.json_schema import DRAFT, SchemaWriter
+from agent.unit_fields import DurationField, duration_range
+from agent.units import Duration
 
 __all__ = [
     "CONVERSIONS",
@@ -31,7 +33,9 @@ __all__ = [
     "CitySection",
     "Feed",
     "IndicatorLimits",
+    "InventorySection",
     "Location",
+    "MeterGroup",
     "ReportSection",
     "Site",
     "Target",
@@ -42,7 +46,7 @@ __all__ = [
     "selected_limits",
 ]
 
-SECTIONS = ("city", "sites", "targets", "report")
+SECTIONS = ("city", "sites", "targets", "report", "inventory")
 
 # The sampling-point classes of the air quality directives (2008/50/EC Annex III; (EU)
 # 2024/2881 keeps them): a station's figures are read and compared by its class.
@@ -51,6 +55,10 @@ StationType = Literal[
 ]
 Comparison = Literal["<=", "<", ">=", ">"]
 Scope = Literal["every_site", "city", "sites", "share_of_sites"]
+# What a gateway's device measures, for the fleet's meter inventory (docs/city.md §2.5); the
+# first four are meters a utility counts a stock of (``[inventory] <kind>_meters``).
+MeterKind = Literal["electricity", "water", "heat", "gas", "air", "noise"]
+STOCK_KINDS: tuple[MeterKind, ...] = ("electricity", "water", "heat", "gas")
 
 # A target may be written in a unit other than its indicator's when one converts exactly into
 # the other: (written, indicator's) → factor. Counts (d, h), levels (dB) and shares do not.
@@ -211,6 +219,40 @@ class ReportSection(ConfigModel):
     indicators: list[IndicatorLimits] = Field(default_factory=list)
 
 
+class MeterGroup(ConfigModel):
+    """``[[inventory.meters]]``: devices of one gateway that are meters of one kind."""
+
+    gateway: str = Field(pattern=NAME_PATTERN, max_length=64,
+                         description="the gateway's [gateway] id")
+    kind: MeterKind = Field(description="what its devices meter")
+    devices: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, description="the devices' names (their [[devices]] name); "
+        "empty: every device of the gateway that sent a reading")
+
+
+class InventorySection(ConfigModel):
+    """``[inventory]``: the meter stock the utilities report, and which gateway devices are
+    meters of which kind (the fleet's smart meters)."""
+
+    electricity_meters: int | None = Field(default=None, gt=0, description="electricity "
+                                           "meters installed in the city, smart or not")
+    water_meters: int | None = Field(default=None, gt=0, description="water meters installed "
+                                     "in the city, smart or not")
+    heat_meters: int | None = Field(default=None, gt=0, description="heat meters installed "
+                                    "in the city, smart or not")
+    gas_meters: int | None = Field(default=None, gt=0, description="gas meters installed in "
+                                   "the city, smart or not")
+    reporting_window: Annotated[
+        DurationField, duration_range("1 h", "366 d", "a smart meter reports within it")
+    ] = Duration.parse("24 h")
+    meters: list[MeterGroup] = Field(default_factory=list)
+
+    def stock(self, kind: str) -> int | None:
+        """The stock stated for ``kind`` (None: not stated, or not a kind with a stock)."""
+        value = getattr(self, f"{kind}_meters", None) if kind in STOCK_KINDS else None
+        return value if isinstance(value, int) else None
+
+
 class CityConfig(ConfigModel):
     """The validated city config. Build it with :func:`load_city`."""
 
@@ -218,6 +260,7 @@ class CityConfig(ConfigModel):
     sites: list[Site] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
     report: ReportSection = Field(default_factory=ReportSection)
+    inventory: InventorySection = Field(default_factory=InventorySection)
     source_path: Path | None = None
 
     def site(self, site_id: str) -> Site:

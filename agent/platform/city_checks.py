@@ -22,6 +22,7 @@ from agent.platform.city import (
     SECTIONS,
     CityConfig,
     CitySection,
+    InventorySection,
     ReportSection,
     Site,
     Target,
@@ -102,13 +103,17 @@ class _CityLoader:
         report = self._table("report", ReportSection, required=False)
         if report is not None:
             self._report(report)
+        inventory = self._table("inventory", InventorySection, required=False)
+        if inventory is not None:
+            self._inventory(inventory)
         lines = [line for item in self.items for line in item.lines]
         if lines:
             prefix = f"{source_path}: " if source_path is not None else ""
             raise ConfigError([prefix + line for line in lines])
         assert city is not None  # a missing [city] is a line above
         return CityConfig(city=city, sites=list(sites.values()), targets=targets,
-                          report=report or ReportSection(), source_path=source_path)
+                          report=report or ReportSection(),
+                          inventory=inventory or InventorySection(), source_path=source_path)
 
     def _table(self, section: str, model: type[_M], *, required: bool) -> _M | None:
         value = self.data.get(section)
@@ -283,6 +288,34 @@ class _CityLoader:
                 if ref not in refs:
                     item.add((*loc, "limits", k),
                              _unknown(f"limit of {entry.id}", ref, refs))
+
+    def _inventory(self, inventory: InventorySection) -> None:
+        """A device is a meter of one kind: listed once, by name or by its gateway's 'every
+        device' (an empty ``devices``)."""
+        item = self.item("inventory", listed=False)
+        whole: dict[str, int] = {}  # gateway → the group that takes every device of it
+        named: dict[tuple[str, str], int] = {}  # (gateway, device) → the group naming it
+        for i, group in enumerate(inventory.meters):
+            loc: tuple[str | int, ...] = ("meters", i)
+            if not group.devices:
+                other = whole.get(group.gateway, next(
+                    (g for (gw, _), g in named.items() if gw == group.gateway), None))
+                if other is not None:
+                    item.add((*loc, "devices"), f"empty: every device of gateway "
+                             f"{group.gateway!r}, which inventory.meters[{other}] lists too: "
+                             "name the devices of each kind")
+                whole.setdefault(group.gateway, i)
+                continue
+            for k, device in enumerate(group.devices):
+                key = (group.gateway, device)
+                other = named.get(key, whole.get(group.gateway))
+                if other is not None:
+                    where = "this entry" if other == i else f"inventory.meters[{other}]"
+                    item.add((*loc, "devices", k), f"device {excerpt(device)!r} of gateway "
+                             f"{group.gateway!r} is listed by {where} already: a meter has "
+                             "one kind")
+                    continue
+                named[key] = i
 
 
 class _TargetCheck:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.platform import config_push, fleet_health
+from agent.platform import config_push, fleet_health, fleet_inventory
 
 if TYPE_CHECKING:
     from agent.platform.sink.summary import GatewayRow
@@ -216,7 +216,9 @@ def add_parser(sub: Any) -> None:
                    help="flag gateways without a batch for longer (default "
                    f"{DEFAULT_SILENT_AFTER!r})")
     p.add_argument("--json", action="store_true", help="one JSON document (stable keys)")
-    fleet_health.add_parser(config_push.add_parsers(p))  # push-config, config-state, keygen
+    commands = config_push.add_parsers(p)  # push-config, config-state, keygen
+    fleet_health.add_parser(commands)
+    fleet_inventory.add_parser(commands)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -226,6 +228,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.fleet_command == "health":
         return fleet_health.main(args)
+    if args.fleet_command == "inventory":
+        return fleet_inventory.main(args)
     if args.fleet_command is not None:
         return config_push.main(args)
     if args.sink is None:

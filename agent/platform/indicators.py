@@ -157,6 +157,8 @@ class Computation(_Strict):
     needs: list[Literal["population", "billed_volume", "meter_inventory"]] = Field(
         default_factory=list
     )
+    # inventory: the kind of meter counted (a kind of the city config's [[inventory.meters]])
+    meter: Literal["electricity", "water", "heat", "gas"] | None = None
 
 
 class U4ssc(_Strict):
@@ -383,7 +385,12 @@ def _check_computation(computation: Computation, where: str, problems: _Problems
         for key in keys:
             if getattr(computation, key) is not None:
                 problems.add(where, ("computation", key), "an inventory indicator reads no KPI")
+        if computation.meter is None:
+            problems.add(where, ("computation", "meter"), "an inventory indicator names the "
+                         "kind of meter it counts")
         return
+    if computation.meter is not None:
+        problems.add(where, ("computation", "meter"), "only an inventory indicator counts meters")
     if computation.operator is None or computation.window is None:
         problems.add(where, ("computation",), "needs operator and window (the KPI windows read)")
         return

@@ -350,5 +350,6 @@ def store_batch(conn: sqlite3.Connection, batch: Batch, received: int) -> StoreO
             event_rows(batch, shift_ms),
         )
         outcome = finish_batch(cur, batch, outcome)
-        record_gateways(cur, [StoredBatch(batch, outcome.jump is not None, received)])
+        record_gateways(cur, [StoredBatch(batch, outcome.jump is not None, received,
+                                          shift_ms)])
         return outcome

@@ -311,7 +311,8 @@ class PgSink(SinkBase):
             if any(e["kind"] == "clock_step" for e in batch.events):
                 rows.flush(cur.raw)  # the step moves rows stored so far, these included
             outcomes[i] = finish_batch(cur, batch, outcome)
-            stored.append(StoredBatch(batch, outcome.jump is not None, received))
+            stored.append(StoredBatch(batch, outcome.jump is not None, received,
+                                      outcome.clock_shift_ms))
         rows.flush(cur.raw)
         record_gateways(cur, stored)
         return [outcomes[i] for i in range(len(batches))]

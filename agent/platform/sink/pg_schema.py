@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from agent.errors import ConfigError, excerpt
 from agent.password_file import PasswordFileProblem, read_password_file
+from agent.platform.sink.devices import backfill_devices
 from agent.platform.sink.summary import backfill_gateways
 
 if TYPE_CHECKING:
@@ -277,15 +278,31 @@ CREATE TABLE gateways (
     dropped_readings bigint NOT NULL
 )"""
 
+# the meter inventory's devices (agent.platform.sink.devices); the data step fills it
+_V4 = """
+CREATE TABLE devices (
+    gw text NOT NULL,
+    dev text NOT NULL,
+    first_seen bigint NOT NULL,
+    last_seen bigint NOT NULL,
+    last_t bigint,
+    last_good_t bigint,
+    readings bigint NOT NULL,
+    good_readings bigint NOT NULL,
+    PRIMARY KEY (gw, dev)
+)"""
+
 # Append only: a database records each version it applied in ``schema_version``, and the
 # receiver applies the ones above it at start, in one transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "the sink's tables; readings partitioned by day", _V1),
     (2, "set-aside messages: rejected, rejected_totals", _V2),
     (3, "fleet view: gateways, batches.lag_ms", _V3),
+    (4, "meter inventory: devices", _V4),
 )
 # Steps that move data, run in the same transaction right after their version's SQL.
-DATA_STEPS: dict[int, Callable[[SqlCursor], None]] = {3: backfill_gateways}
+DATA_STEPS: dict[int, Callable[[SqlCursor], None]] = {3: backfill_gateways,
+                                                       4: backfill_devices}
 # one receiver migrates at a time (an arbitrary constant: 'ssc' 'mig')
 MIGRATION_LOCK = 0x5353_4D49_47
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 from agent.errors import ConfigError
+from agent.platform.sink.devices import backfill_devices
 from agent.platform.sink.summary import backfill_gateways
 
 SCHEME = "sqlite:///"
@@ -105,6 +106,17 @@ CREATE TABLE IF NOT EXISTS gateways (
     dropped_batches INTEGER NOT NULL,
     dropped_readings INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS devices (
+    gw TEXT NOT NULL,
+    dev TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    last_t INTEGER,
+    last_good_t INTEGER,
+    readings INTEGER NOT NULL,
+    good_readings INTEGER NOT NULL,
+    PRIMARY KEY (gw, dev)
+);
 """
 # after _migrate: an older file's tables gain their columns first
 INDEXES = """
@@ -198,6 +210,7 @@ def sink_path(url_or_path: str | Path) -> Path:
 # transaction, and the file records the last one it ran in ``PRAGMA user_version``.
 VERSIONED_STEPS: tuple[tuple[int, Callable[[SqlCursor], None]], ...] = (
     (1, backfill_gateways),
+    (2, backfill_devices),
 )
 
 

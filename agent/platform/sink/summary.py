@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agent.platform.sink.devices import record_devices
 from agent.wire import Batch
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class StoredBatch:
     batch: Batch
     jump: bool
     received: int
+    # what the clock steps of its boot stored before it moved its readings by
+    shift_ms: int = 0
 
 
 def _gateway_row(item: StoredBatch) -> tuple[Any, ...]:
@@ -102,9 +105,11 @@ def _gateway_row(item: StoredBatch) -> tuple[Any, ...]:
 def record_gateways(cur: SqlCursor, stored: Iterable[StoredBatch]) -> None:
     """Count stored batches into their gateways' rows, at the end of the transaction that
     stored them, in gateway order (receivers sharing a database lock the rows in one order)."""
+    stored = list(stored)
     rows = sorted((_gateway_row(item) for item in stored), key=lambda row: str(row[0]))
     if rows:
         cur.executemany(UPSERT_GATEWAY, rows)
+    record_devices(cur, stored)  # the meter inventory's rows (agent.platform.sink.devices)
 
 
 # ------------------------------------------------------------------------- migration
