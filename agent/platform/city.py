@@ -55,8 +55,8 @@ StationType = Literal[
 ]
 Comparison = Literal["<=", "<", ">=", ">"]
 Scope = Literal["every_site", "city", "sites", "share_of_sites"]
-# What a gateway's device measures, for the fleet's meter inventory (docs/city.md §2.5); the
-# first four are meters a utility counts a stock of (``[inventory] <kind>_meters``).
+# What a gateway's device measures, for the fleet's meter inventory (docs/city.md
+# `[inventory]`); the first four are meters a utility counts a stock of (`<kind>_meters`).
 MeterKind = Literal["electricity", "water", "heat", "gas", "air", "noise"]
 STOCK_KINDS: tuple[MeterKind, ...] = ("electricity", "water", "heat", "gas")
 
