@@ -55,6 +55,11 @@ class DeviceUnavailable(AgentError):
     """The device did not answer (timeout, refused, unplugged): retry with backoff."""
 
 
+class PortMissing(DeviceUnavailable):
+    """The device's serial port is not there (USB adapter unplugged, or not plugged in yet):
+    retried at every slot, since opening a missing path costs nothing on the wire."""
+
+
 class DeviceProtocolError(AgentError):
     """The device answered, but wrongly (bad CRC, exception code, malformed frame)."""
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from agent.errors import DeviceUnavailable
+from agent.errors import DeviceUnavailable, PortMissing
 
 if TYPE_CHECKING:
     from asyncio import BaseTransport
@@ -43,6 +43,7 @@ __all__ = [
     "SerialSettings",
     "device_identity",
     "parse_framing",
+    "port_missing",
     "serve_port",
     "strip_bit7",
 ]
@@ -112,6 +113,11 @@ def device_identity(settings: SerialSettings) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def port_missing(settings: SerialSettings) -> bool:
+    """True when the port's path names nothing (an adapter unplugged or not plugged in yet)."""
+    return not settings.is_url and not os.path.exists(settings.port)
 
 
 class PortGone(DeviceUnavailable):
@@ -236,7 +242,8 @@ class SerialLink:
                 loop, lambda: receiver, self.settings.port, **options
             )
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceUnavailable(f"{self.name}: {self._open_failure(exc)}") from exc
+            error = PortMissing if port_missing(self.settings) else DeviceUnavailable
+            raise error(f"{self.name}: {self._open_failure(exc)}") from exc
         self._transport = transport
         self._receiver = receiver
         self._device = self._identity()

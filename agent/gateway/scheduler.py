@@ -2,7 +2,8 @@
 
 A 10 s poll fires at :00, :10, … (not drift from start-up). Readings carry the *scheduled*
 time. A device that fails gets readings with a bad quality code for every slot it misses, is
-retried with exponential backoff on the same slot grid, and is logged once when it goes down
+retried with exponential backoff on the same slot grid (at every slot while its serial port
+is missing: a replugged adapter is picked up at the next slot), and is logged once when it goes down
 and once when it is back (a device that flaps is reported by :mod:`agent.gateway.damper`
 instead: one ``device_flapping`` line, then a summary per period, until it is stable). A poll
 that overruns its interval is counted and the missed slots are skipped, never queued up, and
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.driver import Driver, PointInfo, max_poll_seconds
-from agent.errors import DeviceProtocolError, DeviceUnavailable
+from agent.errors import DeviceProtocolError, DeviceUnavailable, PortMissing
 from agent.gateway.clock import ClockWatch
 from agent.gateway.damper import Damper, log_notices
 from agent.readings import Event, PointValue, Quality, Reading
@@ -126,6 +127,7 @@ class DevicePoller:
         self._guard = hang_guard(interval, max_poll_seconds(driver))
         self._connected = False
         self._failures = 0
+        self._port_missing = False  # the last failure: its port is not there (no backoff)
         self._down_since: int | None = None
         self._frame = watch.total_ms  # the watch's step total when the current slot was stamped
         self._overrunning = 0  # slots skipped in the current overrun episode (0: on time)
@@ -184,7 +186,8 @@ class DevicePoller:
                 if polled:
                     ok = await self._poll(t_ms)
                     retry_at = slot + (
-                        interval if ok else interval * backoff_slots(self._failures, interval)
+                        interval if ok or self._port_missing
+                        else interval * backoff_slots(self._failures, interval)
                     )
                 else:
                     # Backing off: no I/O, but the slot is recorded as a communication error.
@@ -285,6 +288,7 @@ class DevicePoller:
     def _failed(self, t_ms: int, exc: Exception) -> None:
         t_ms = self._now_frame(t_ms)
         self._failures += 1
+        self._port_missing = isinstance(exc, PortMissing)
         self.stats.failures += 1
         self.stats.failures_in_a_row = self._failures
         self.stats.last_error = str(exc)[:MAX_ERROR_LEN]

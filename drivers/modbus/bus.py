@@ -33,7 +33,7 @@ from agent.driver import DriverContext
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.fdlimit import fds_exhausted, report_fds_exhausted
 from drivers.modbus.config import ModbusDeviceConfig, Transport
-from drivers.serialio import SerialSettings
+from drivers.serialio import SerialSettings, port_missing
 
 if TYPE_CHECKING:
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -119,11 +119,13 @@ def describe_wrong_bytes(data: bytes, *, rtu: bool, unit: int, tid: int) -> str:
 class LineUnavailable(DeviceUnavailable):
     """The line cannot be opened (serial port missing or busy, TCP refused or unanswered).
 
-    ``reason`` is the cause without the line's name, for callers that name the device.
+    ``reason`` is the cause without the line's name, for callers that name the device;
+    ``missing`` says the serial port is not there at all (see :class:`PortMissing`).
     """
 
-    def __init__(self, where: str, reason: str) -> None:
+    def __init__(self, where: str, reason: str, *, missing: bool = False) -> None:
         self.reason = reason
+        self.missing = missing
         super().__init__(f"{where}: {reason}")
 
 
@@ -287,7 +289,9 @@ class ModbusLine:
         self.stats.connect_failures += 1
         self._client.close()
         self._client = None
-        raise LineUnavailable(self.name, self._connect_failure(self._clock() - started))
+        missing = self.serial is not None and port_missing(self.serial)
+        raise LineUnavailable(self.name, self._connect_failure(self._clock() - started),
+                              missing=missing)
 
     def _connect_failure(self, elapsed: float) -> str:
         # pymodbus logs the OSError and returns False: an EMFILE would read as "refused".

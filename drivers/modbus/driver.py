@@ -32,7 +32,7 @@ import structlog
 
 import agent
 from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
-from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable, PortMissing
 from agent.gateway.damper import Damper, log_notices
 from agent.readings import PointValue, Quality
 from drivers.modbus.bus import (
@@ -183,7 +183,11 @@ class ModbusDriver:
         try:
             await self._line.connect()
         except LineUnavailable as exc:
-            raise DeviceUnavailable(f"{self._where}: {exc.reason}") from exc
+            raise self._line_error(exc) from exc
+
+    def _line_error(self, exc: LineUnavailable) -> DeviceUnavailable:
+        error = PortMissing if exc.missing else DeviceUnavailable
+        return error(f"{self._where}: {exc.reason}")
 
     async def close(self) -> None:
         """Let go of the line: it closes when no device uses it any more. Idempotent."""
@@ -391,7 +395,7 @@ class ModbusDriver:
                 raise self._unavailable(cycle) from None
             except LineUnavailable as exc:
                 if cycle.answered == 0:
-                    raise DeviceUnavailable(f"{self._where}: {exc.reason}") from exc
+                    raise self._line_error(exc) from exc
                 # The connection went away mid-cycle: the rest of the plan waits for the next.
                 for rest in requests[i:]:
                     self._mark(rest, cycle, Quality.COMM_ERROR)

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.driver import DEFAULT_MAX_POLL_SECONDS, Driver, PointInfo, max_poll_seconds
-from agent.errors import DeviceUnavailable
+from agent.errors import DeviceUnavailable, PortMissing
 from agent.gateway.damper import FLAP_PERIOD_SECONDS, max_lines
 from agent.gateway.scheduler import DevicePoller, backoff_slots, hang_guard, next_slot
 from agent.readings import Event, PointValue, Quality, Reading
@@ -504,3 +504,31 @@ async def test_overrun_episodes_that_flap_are_damped_too() -> None:
     assert kinds["poll_overrun_flapping"] == 1, kinds
     assert kinds["poll_overrun_flapping_summary"] == 7, kinds
     assert sum(kinds.values()) <= max_lines(7200.0)
+
+
+class UnpluggedDriver(ScriptedDriver):
+    """Its port is missing (PortMissing) for the scripted failures, like an unplugged
+    USB adapter, then it answers."""
+
+    async def connect(self) -> None:
+        self.connects += 1
+        if self.reads < len(self._script) and not self._script[self.reads]:
+            self.reads += 1
+            raise PortMissing("dev: serial port /dev/ttyUSB0 does not exist")
+
+
+async def test_a_missing_port_is_tried_at_every_slot_and_logged_once() -> None:
+    """Opening a missing port costs nothing on the wire: no backoff, so the adapter is picked
+    up at the first slot after it is plugged back, and the outage is still logged once."""
+    clock = FakeClock(0.5)
+    driver = UnpluggedDriver(clock, [False] * 20 + [True] * 20)
+    got: list[Reading] = []
+    poller = DevicePoller("m1", driver, 1.0, emit=got.extend, event=lambda e: None,
+                          clock=clock, sleep=clock.sleep)
+    with capture_logs() as logs:
+        await run_for(poller, clock, 30.0)
+    good = sorted(r.t for r in got if r.point == "p" and r.quality is Quality.GOOD)
+    assert good[0] == 21_000  # 20 slots missing, tried at each: back at the 21st
+    assert driver.connects == 21
+    assert [e["event"] for e in logs] == ["device_unavailable", "device_available"]
+    assert logs[0]["error_type"] == "PortMissing" and logs[1]["failed_polls"] == 20
