@@ -88,6 +88,16 @@ scope = "city"
 by = 2030
 
 [[targets]]
+id = "electricity_abs"
+indicator = "electricity_consumption_per_capita"
+comparison = "<="
+value = 20.0
+unit = "kWh/yr/capita"
+baseline = { year = 2020, value = 30.0, unit = "kWh/yr/capita" }
+scope = "city"
+by = 2030
+
+[[targets]]
 id = "noise"
 indicator = "noise_exposure_share"
 comparison = "<"
@@ -218,3 +228,19 @@ def test_what_cannot_be_computed_says_why(report: Report) -> None:
                and y.figure.reason == station.problem for y in station.years)
     city = {c.year: c.figure for c in water.city_figures}
     assert not city[2023].valid and city[2023].reason == "no valid figure at w"
+
+
+def test_a_baseline_before_the_period_starts_the_progress_line(report: Report) -> None:
+    target = next(t for t in report.targets if t.id == "electricity_abs")
+    assert target.baseline is not None
+    assert (target.baseline.year, target.baseline.figure.value) == (2020, 30.0)
+    points = [(2020, 30.0), (2023, (3650 + 7300) / 400), (2024, 27 * 366 / 400)]
+    mean_x = sum(x for x, _ in points) / 3
+    mean_y = sum(y for _, y in points) / 3
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in points)
+             / sum((x - mean_x) ** 2 for x, _ in points))
+    assert target.slope.value == pytest.approx(slope)
+    assert target.slope.n == 3
+    assert target.projection.value == pytest.approx(mean_y + slope * (2030 - mean_x))
+    # the years judged are the period's own: the baseline is where the line starts
+    assert [ty.year for ty in target.years] == [2023, 2024]

@@ -44,6 +44,10 @@ def csv_rows(report: Report) -> Iterator[dict[str, Any]]:
     for t in report.targets:
         yield _row(f"target/{t.id}/value", ("target", t.indicator, "", t.by, "target value"),
                    t.target, t.unit)
+        if t.baseline is not None:
+            yield _row(f"target/{t.id}/baseline",
+                       ("target", t.indicator, "", t.baseline.year, "baseline (city config)"),
+                       t.baseline.figure, t.unit)
         for ty in t.years:
             yield _row(f"target/{t.id}/{ty.year}",
                        ("target", t.indicator, "", ty.year, t.statement), ty.figure, t.unit,

@@ -198,11 +198,16 @@ def _target(target: TargetReport) -> str:
     projection = (f"{_fmt(target.projection.value)} {escape(target.unit)}"
                   if target.projection.value is not None else
                   f"not valid: {escape(target.projection.reason)}")
+    baseline = ""
+    if target.baseline is not None and target.baseline.figure.value is not None:
+        baseline = (f"<tr><th>Baseline {target.baseline.year} (city config)</th>"
+                    f'<td data-fig="target/{escape(target.id)}/baseline">'
+                    f"{_fmt(target.baseline.figure.value)} {escape(target.unit)}</td></tr>")
     return (f'<h3 id="target-{escape(target.id)}">{escape(target.name)}</h3>'
             f"<p>{escape(target.statement)}.</p>"
             f'<p><b data-fig="target/{escape(target.id)}/status">{escape(target.status)}</b></p>'
             f"<table><tr><th>Target value</th><td data-fig=\"target/{escape(target.id)}/value\">"
-            f"{goal}</td></tr><tr><th>Trend (least squares)</th>"
+            f"{goal}</td></tr>{baseline}<tr><th>Trend (least squares)</th>"
             f"<td data-fig=\"target/{escape(target.id)}/slope\">{slope}</td></tr>"
             f"<tr><th>Projection to {target.by}</th>"
             f"<td data-fig=\"target/{escape(target.id)}/projection\">{projection}</td></tr>"

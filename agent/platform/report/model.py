@@ -167,6 +167,9 @@ class TargetReport:
     projection: Figure  # the trend's value in ``by``
     on_track: bool | None
     status: str  # plain words: met in YEAR / on track / off track / cannot tell, and why
+    # the figure the city config gives for its baseline year, when that year is not in the
+    # period: the progress line starts there (docs/city.md), and the trend counts it
+    baseline: TargetYear | None = None
 
 
 @dataclass(frozen=True, slots=True)

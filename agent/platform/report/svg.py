@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from html import escape
 
-from agent.platform.report.model import Capture, TargetReport
+from agent.platform.report.model import Capture, TargetReport, TargetYear
 
 __all__ = ["calendar", "capture_bars", "progress", "time_series"]
 
@@ -146,9 +146,11 @@ def progress(target: TargetReport, width: int = 640, height: int = 240) -> str:
     and its projection to the target year (dotted)."""
     left, right, top, bottom = 56, 20, 14, 28
     plot_w, plot_h = width - left - right, height - top - bottom
-    points = [(ty.year, ty.figure.value) for ty in target.years
+    judged: list[TargetYear] = [target.baseline] if target.baseline else []
+    judged += target.years
+    points = [(ty.year, ty.figure.value) for ty in judged
               if ty.figure.valid and ty.figure.value is not None]
-    years = [ty.year for ty in target.years] or [target.by]
+    years = [ty.year for ty in judged] or [target.by]
     first, last = min(years), max(*years, target.by)
     numbers = [v for _, v in points]
     goal = target.target.value
@@ -189,6 +191,11 @@ def progress(target: TargetReport, width: int = 640, height: int = 240) -> str:
                     f'<circle cx="{_n(x(target.by))}" cy="{_n(y(a + b * target.by))}" r="4" '
                     'fill="none" stroke="#333"><title>projection</title></circle>')
     for year, value in points:
+        if target.baseline is not None and year == target.baseline.year:  # given, not measured
+            body.append(f'<rect x="{_n(x(year) - 4)}" y="{_n(y(value) - 4)}" width="8" '
+                        'height="8" fill="none" stroke="#1f77b4" stroke-width="2">'
+                        f"<title>baseline {year}: {_n(value)}</title></rect>")
+            continue
         body.append(f'<circle cx="{_n(x(year))}" cy="{_n(y(value))}" r="4" fill="#1f77b4">'
                     f"<title>{year}: {_n(value)}</title></circle>")
     return _svg(width, height, f"progress toward {target.name}", body)

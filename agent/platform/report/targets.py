@@ -174,7 +174,14 @@ def _one(builder: Builder, target: TargetLike) -> TargetReport:
         goal, unit, comparison = Figure(target.share_percent or 100.0, True), "% of sites", ">="
     else:
         statement = _statement(target, indicator, goal, unit)
-    trend = fit_trend([(ty.year, ty.figure) for ty in years])
+    baseline: TargetYear | None = None
+    given = target.baseline
+    if (given is not None and given.value is not None and target.scope != "share_of_sites"
+            and given.year not in builder.years):
+        baseline = TargetYear(given.year, Figure(_convert(given.value, given.unit,
+                                                          indicator.unit), True), None)
+    trend = fit_trend(([(baseline.year, baseline.figure)] if baseline else [])
+                      + [(ty.year, ty.figure) for ty in years])
     projection = trend.at(target.by)
     on_track = (compare(projection.value, comparison, goal.value)
                 if projection.valid and projection.value is not None and goal.value is not None
@@ -185,7 +192,7 @@ def _one(builder: Builder, target: TargetLike) -> TargetReport:
     return TargetReport(
         target.id, target.name or target.id, indicator.id, statement, comparison, goal, unit,
         target.by, target.scope, tuple(years), tuple(per_site), trend.slope, trend.intercept,
-        projection, on_track, _status(tuple(years), projection, on_track, target))
+        projection, on_track, _status(tuple(years), projection, on_track, target), baseline)
 
 
 def target_reports(builder: Builder) -> tuple[TargetReport, ...]:
