@@ -370,3 +370,60 @@ def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conn.close()
     status, _, err = _inventory_cli(capsys, "--sink", str(db), "--city", str(good))
     assert status == 2 and "start the receiver of this release once" in err
+
+
+# --------------------------------------------------------------------------- the report
+
+def test_the_report_shows_the_smart_meter_indicators(
+        sink_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The catalogue's inventory indicators in the report (JSON, CSV, HTML) and a target on
+    one judged on it; a period that ended before the inventory's window says why not."""
+    import datetime as dt
+    import time
+    from zoneinfo import ZoneInfo
+
+    now = int(time.time() * 1000)
+    with open_sink(sink_url) as sink:
+        sink.store(Batch(gw="gw-a", boot=1, seq=1, created=now, series=(
+            _series("em-1", now - H, (0,)), _series("em-2", now - H, (2,)),
+            _series("em-3", now - 2 * H, (0, 0)))))
+    city = _city_file(tmp_path, {"electricity_meters": 8,
+                                 "meters": [{"gateway": "gw-a", "kind": "electricity"}]})
+    text = city.read_text().replace("[inventory]", (
+        '[[targets]]\nid = "smart"\nindicator = "smart_electricity_meters"\n'
+        'comparison = ">="\nvalue = 90.0\nunit = "%"\nscope = "city"\nby = 2030\n\n'
+        "[inventory]"))
+    city.write_text(text)
+    today = dt.datetime.now(ZoneInfo("Europe/Berlin")).date()  # the city's
+
+    def report(first: str, last: str, form: str) -> str:
+        capsys.readouterr()
+        status = cli_main(["report", "--sink", sink_url, "--city", str(city), "--from", first,
+                           "--to", last, "--format", form])
+        out, err = capsys.readouterr()
+        assert (status, err) == (0, ""), err
+        return out
+
+    doc = json.loads(report(f"{today.year}-01-01", today.isoformat(), "json"))
+    sections = {s["id"]: s for s in doc["indicators"]}
+    (electricity,) = sections["smart_electricity_meters"]["city_figures"]
+    assert electricity["year"] == today.year
+    assert electricity["figure"] == {"value": 25.0, "valid": True, "reason": "", "n": 2,
+                                     "expected": 8, "partial": None}  # em-1, em-3 of 8
+    (water,) = sections["smart_water_meters"]["city_figures"]
+    assert not water["figure"]["valid"] and "no [inventory] water_meters" in water["figure"][
+        "reason"]
+    (target,) = doc["targets"]
+    assert [(y["year"], y["figure"]["value"], y["meets"]) for y in target["years"]][-1] == (
+        today.year, 25.0, False)
+    csv_text = report(f"{today.year}-01-01", today.isoformat(), "csv")
+    assert f"smart_electricity_meters/city/{today.year}/smart meters reporting" in csv_text
+    html = report(f"{today.year}-01-01", today.isoformat(), "html")
+    assert f'data-fig="smart_electricity_meters/city/{today.year}/smart meters reporting' in html
+
+    past = today.year - 1
+    doc = json.loads(report(f"{past}-01-01", f"{past}-12-31", "json"))
+    (electricity,) = {s["id"]: s for s in doc["indicators"]}["smart_electricity_meters"][
+        "city_figures"]
+    assert electricity["figure"]["valid"] is False
+    assert "not its history" in electricity["figure"]["reason"]

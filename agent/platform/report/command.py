@@ -8,7 +8,12 @@ import contextlib
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.platform.city import CityConfig
+    from agent.platform.indicators import Catalogue
+    from agent.platform.inventory import Inventory
 
 __all__ = ["add_parser", "main"]
 
@@ -51,6 +56,24 @@ def _date(text: str, flag: str) -> dt.date:
         raise ConfigError(f"{flag} {text[:40]!r}: write a date as YYYY-MM-DD") from None
 
 
+def meter_inventory(city: CityConfig, catalogue: Catalogue, select: Any) -> Inventory:
+    """The fleet's meter inventory as of now (docs/platform.md §5.1); SinkReadError when the
+    database fails while read."""
+    import time
+
+    from agent.platform.inventory import compute_inventory
+    from agent.platform.report.reader import SinkReadError
+    from agent.platform.sink.devices import read_devices
+
+    try:
+        devices = read_devices(select)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SinkReadError(first) from exc
+    return compute_inventory(city.inventory, devices, at_ms=int(time.time() * 1000),
+                             indicators=[i for _, i in catalogue.indicators])
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``ssc-agent report``: 0, or 1 when the database fails while it is read;
     ConfigError (exit 2) for bad options, city config or sink."""
@@ -84,9 +107,11 @@ def main(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
         try:
+            inventory = meter_inventory(city, catalogue, select)
             report = build_report(city, catalogue, WindowReader(select), first, last,
                                   generated=generated,
-                                  limits_for=lambda indicator: selected_limits(city, indicator))
+                                  limits_for=lambda indicator: selected_limits(city, indicator),
+                                  inventory=inventory)
         except SinkReadError as exc:  # the database failed while read
             print(f"ssc-agent: --sink: {exc}", file=sys.stderr)
             return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from agent.kpi.calendar import Calendar
@@ -31,11 +32,15 @@ from agent.platform.report.reader import WindowReader
 from agent.platform.report.trend import Figure, capture, share_meeting
 from agent.units import KpiDuration, parse_kpi_duration
 
+if TYPE_CHECKING:
+    from agent.platform.inventory import Inventory
+
 __all__ = ["Builder", "LimitsFor", "SiteSeries", "build_report", "not_computed",
            "period_bounds"]
 
 LimitsFor = Callable[[Indicator], Sequence[Limit]]
 _DAY = KpiDuration(1, "d")
+INVENTORY_WHAT = "smart meters reporting, % of the meters installed"
 
 
 def not_computed(indicator: Indicator) -> str:
@@ -101,7 +106,8 @@ class Builder:
     """Reads each site's windows once and computes what the report shows."""
 
     def __init__(self, city: CityLike, catalogue: Catalogue, reader: WindowReader,
-                 first: date, last: date, *, limits_for: LimitsFor | None = None) -> None:
+                 first: date, last: date, *, limits_for: LimitsFor | None = None,
+                 inventory: Inventory | None = None) -> None:
         if last < first:
             raise ValueError(f"the period ends ({last}) before it starts ({first})")
         self.city = city
@@ -112,6 +118,7 @@ class Builder:
         self.start_ms, self.end_ms = period_bounds(self.zone, first, last)
         self.years = tuple(range(first.year, last.year + 1))
         self.limits_for: LimitsFor = limits_for or (lambda indicator: indicator.limits)
+        self.inventory = inventory  # the fleet's meter inventory (None: not read)
         self._series: dict[tuple[str, str, str | None], SiteSeries] = {}
         self._daily: dict[tuple[str, str, str | None], tuple[tuple[str, float | None], ...]] = {}
 
@@ -208,8 +215,11 @@ class Builder:
                 computation.statistic, computation.kpi, computation.window, u4ssc, sdgs, infos,
                 stations, city_limits, city_figures, calendar, not_computed)
 
-        if computation.input == "inventory":
-            return None  # the fleet inventory indicators are not read from KPI windows
+        if computation.input == "inventory":  # read from the fleet's inventory, city-wide
+            if self.inventory is None:
+                return None
+            return section(city_figures=(CityFigure(
+                self.last.year, INVENTORY_WHAT, self.inventory_figure(indicator, self.last.year)),))
         sites = self.sites_of(computation.kpi)
         if not sites:
             return None
@@ -335,6 +345,8 @@ class Builder:
     def city_figure(self, indicator: Indicator, sites: Sequence[SiteLike], year: int,
                     info: LimitInfo | None = None) -> Figure:
         """The city-wide figure of ``sites`` in ``year`` (a target's ``city`` scope)."""
+        if indicator.computation.input == "inventory":
+            return self.inventory_figure(indicator, year)
         statistic = indicator.computation.statistic
         if statistic == "sum_per_capita":
             return self._city_per_capita(indicator, sites, year)
@@ -349,6 +361,26 @@ class Builder:
                                   n=len(figures) - len(bad), expected=len(figures))
         values = [f.value or 0.0 for _, f in figures]
         return Figure(sum(values) / len(values), True, n=len(values), expected=len(values))
+
+    def inventory_figure(self, indicator: Indicator, year: int) -> Figure:
+        """A smart meter share (docs/platform.md §5.1): a figure of when the report is made,
+        so of the period's last year, and only when the period reaches that time."""
+        inv = self.inventory
+        found = None if inv is None else next(
+            (f for f in inv.indicators if f.indicator.id == indicator.id), None)
+        if inv is None or found is None:
+            return Figure.invalid(not_computed(indicator))
+        history = "the sink keeps each meter's newest good reading, not its history"
+        if year != self.last.year:
+            return Figure.invalid(f"the inventory is a figure of {self.last.year} only: "
+                                  f"{history}")
+        if self.end_ms <= inv.at_ms - inv.window_ms:
+            return Figure.invalid(f"not computed: the period ended before the last "
+                                  f"{inv.window_ms // 3_600_000} h the inventory is of: {history}")
+        k = found.figures
+        if k.share is None:
+            return Figure.invalid(k.why, n=k.reporting, expected=k.stock)
+        return Figure(k.share, True, n=k.reporting, expected=k.stock)
 
     def _population_share(self, indicator: Indicator, sites: Sequence[SiteLike], year: int,
                           info: LimitInfo) -> Figure:
@@ -397,11 +429,14 @@ class Builder:
 
 
 def build_report(city: CityLike, catalogue: Catalogue, reader: WindowReader, first: date,
-                 last: date, *, generated: str, limits_for: LimitsFor | None = None) -> Report:
-    """The whole report of ``city`` over the local dates ``first`` … ``last``."""
+                 last: date, *, generated: str, limits_for: LimitsFor | None = None,
+                 inventory: Inventory | None = None) -> Report:
+    """The whole report of ``city`` over the local dates ``first`` … ``last``; the smart meter
+    indicators from ``inventory`` when given."""
     from agent.platform.report.targets import target_reports
 
-    builder = Builder(city, catalogue, reader, first, last, limits_for=limits_for)
+    builder = Builder(city, catalogue, reader, first, last, limits_for=limits_for,
+                      inventory=inventory)
     sections = []
     for domain, indicator in catalogue.indicators:
         section = builder.indicator(domain, indicator)

@@ -180,8 +180,9 @@ def _indicator(section: IndicatorReport, report: Report) -> str:
         parts.append(f'<p class="invalid" data-fig="{escape(section.id)}">'
                      f"{escape(section.not_computed)}</p>")
         return "".join(parts)
-    parts += [_limits_table(section), "<h3>Stations</h3>", _stations_table(section),
-              _city_table(section), *_charts(section, report)]
+    stations = ["<h3>Stations</h3>", _stations_table(section)] if section.stations else []
+    parts += [_limits_table(section), *stations, _city_table(section),
+              *_charts(section, report)]
     return "".join(parts)
 
 

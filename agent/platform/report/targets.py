@@ -201,6 +201,8 @@ def target_reports(builder: Builder) -> tuple[TargetReport, ...]:
     for target in builder.city.targets:
         indicator = builder.catalogue.by_id(target.indicator)
         why = not_computed(indicator)
+        if indicator.computation.input == "inventory" and builder.inventory is not None:
+            why = ""  # Builder.inventory_figure
         if why:
             result.append(TargetReport(
                 target.id, target.name or target.id, indicator.id,
