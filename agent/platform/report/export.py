@@ -52,6 +52,11 @@ def csv_rows(report: Report) -> Iterator[dict[str, Any]]:
             yield _row(f"target/{t.id}/{ty.year}",
                        ("target", t.indicator, "", ty.year, t.statement), ty.figure, t.unit,
                        meets=ty.meets)
+        for site, site_years in t.sites:
+            for ty in site_years:
+                yield _row(f"target/{t.id}/{site}/{ty.year}",
+                           ("target", t.indicator, site, ty.year, "the site's figure"),
+                           ty.figure, t.site_unit, meets=ty.meets)
         yield _row(f"target/{t.id}/slope", ("target", t.indicator, "", "", "trend per year"),
                    t.slope, f"{t.unit}/yr")
         yield _row(f"target/{t.id}/projection",

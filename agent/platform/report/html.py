@@ -215,7 +215,25 @@ def _target(target: TargetReport) -> str:
             "</table>"
             + (f"<table><tr><th>Year</th><th>Figure</th><th></th></tr>{rows}</table>"
                if rows else "")
+            + _target_sites(target)
             + (svg.progress(target) if target.years else ""))
+
+
+def _target_sites(target: TargetReport) -> str:
+    """Each site's figure in each year, folded: which site holds the city back."""
+    if not target.sites:
+        return ""
+    years = [ty.year for ty in target.years]
+    head = "".join(f"<th>{year}</th>" for year in years)
+    rows = "".join(
+        f"<tr><td>{escape(site)}</td>"
+        + "".join(_figure(ty.figure, target.site_unit,
+                          f"target/{target.id}/{site}/{ty.year}").replace(
+                              "</td>", f" {_verdict(ty.meets, '', ('met', 'not met'))}</td>", 1)
+                  for ty in site_years)
+        + "</tr>" for site, site_years in target.sites)
+    return (f"<details><summary>Each site ({len(target.sites)})</summary><table><tr>"
+            f"<th>Site</th>{head}</tr>{rows}</table></details>")
 
 
 def render_html(report: Report) -> str:

@@ -170,6 +170,7 @@ class TargetReport:
     # the figure the city config gives for its baseline year, when that year is not in the
     # period: the progress line starts there (docs/city.md), and the trend counts it
     baseline: TargetYear | None = None
+    site_unit: str = ""  # the unit of ``sites``' figures (the indicator's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,7 +192,8 @@ def _one(builder: Builder, target: TargetLike) -> TargetReport:
     return TargetReport(
         target.id, target.name or target.id, indicator.id, statement, comparison, goal, unit,
         target.by, target.scope, tuple(years), tuple(per_site), trend.slope, trend.intercept,
-        projection, on_track, _status(tuple(years), projection, on_track, target), baseline)
+        projection, on_track, _status(tuple(years), projection, on_track, target), baseline,
+        indicator.unit)
 
 
 def target_reports(builder: Builder) -> tuple[TargetReport, ...]:
