@@ -5,6 +5,7 @@ its projection to the target year."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 from agent.platform.city import convert
@@ -183,6 +184,11 @@ def _one(builder: Builder, target: TargetLike) -> TargetReport:
     trend = fit_trend(([(baseline.year, baseline.figure)] if baseline else [])
                       + [(ty.year, ty.figure) for ty in years])
     projection = trend.at(target.by)
+    if projection.value is not None:
+        # a line runs on past what the figure can be: no share beyond 0…100 %, no negative
+        # concentration, count or consumption
+        high = 100.0 if unit in ("%", "% of sites") else math.inf
+        projection = dataclasses.replace(projection, value=min(max(projection.value, 0.0), high))
     on_track = (compare(projection.value, comparison, goal.value)
                 if projection.valid and projection.value is not None and goal.value is not None
                 else None)
