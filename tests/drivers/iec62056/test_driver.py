@@ -43,7 +43,7 @@ GOOD = [
 
 def config(port: str, **extra: Any) -> Iec62056Config:
     table = {"name": "meter-1", "driver": "iec62056", "port": port, "framing": "8N1",
-             "timeout": "400 ms", "readout_timeout": "400 ms", "points": POINTS} | extra
+             "timeout": "800 ms", "readout_timeout": "800 ms", "points": POINTS} | extra
     return Iec62056Config.model_validate(table)
 
 
@@ -147,7 +147,7 @@ async def test_7e1_over_socket_url(tcp_port: int) -> None:
         # The block: 17 + 23 + 23 + 3 bytes of text, and ETX.
         (Fault.BAD_BCC, frames.Iec62056FrameError,
          "BCC 18, but the XOR of its 67 bytes after STX up to and including ETX is 19"),
-        (Fault.SILENCE, DeviceUnavailable, "no answer to the sign-on within 0.4 s"),
+        (Fault.SILENCE, DeviceUnavailable, "no answer to the sign-on within 0.8 s"),
         (Fault.GARBLED_ID, frames.Iec62056FrameError, "not an IEC 62056-21 identification"),
     ],
 )
