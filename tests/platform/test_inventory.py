@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.cli import main as cli_main
@@ -130,6 +132,31 @@ def test_device_rows_sum_a_transaction_per_device() -> None:
         Series("m", "p", None, 900, (0,), (1,), (0,)),))
     rows = device_rows([StoredBatch(b1, False, 50, shift_ms=100), StoredBatch(b2, False, 40)])
     assert rows == [("gw", "m", 40, 50, 1120, 1110, 5, 3), ("gw", "n", 50, 50, 600, None, 1, 0)]
+
+
+_SERIES = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 4)), min_size=1, max_size=8)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["m", "n"]), st.integers(0, 10**9), _SERIES),
+                min_size=1, max_size=6), st.integers(-10**6, 10**6))
+def test_device_rows_are_the_readings_one_by_one(
+        series: list[tuple[str, int, list[tuple[int, int]]]], shift: int) -> None:
+    batch = Batch(gw="gw", boot=1, seq=1, created=0, series=tuple(
+        Series(dev, "p", None, t0, (0, *(d for d, _ in items[1:])),
+               (1,) * len(items), tuple(q for _, q in items)) for dev, t0, items in series))
+    expected: dict[str, list[Any]] = {}
+    for s in batch.series:
+        row = expected.setdefault(s.dev, [None, None, 0, 0])
+        t = s.t0 + shift
+        for delta, q in zip(s.dt, s.q, strict=True):
+            t += delta
+            row[0] = t if row[0] is None else max(row[0], t)
+            row[2] += 1
+            if q == 0:
+                row[1] = t if row[1] is None else max(row[1], t)
+                row[3] += 1
+    got = device_rows([StoredBatch(batch, False, 7, shift_ms=shift)])
+    assert got == [("gw", dev, 7, 7, *row) for dev, row in sorted(expected.items())]
 
 
 # --------------------------------------------------------------------------- city config

@@ -59,14 +59,17 @@ def device_rows(stored: Iterable[StoredBatch]) -> list[tuple[Any, ...]]:
                                    0, 0]
             row[2] = min(row[2], item.received)
             row[3] = max(row[3], item.received)
-            t = s.t0 + item.shift_ms
-            for delta, quality in zip(s.dt, s.q, strict=True):
-                t += delta
-                row[4] = t if row[4] is None else max(row[4], t)
-                row[6] += 1
-                if quality == _GOOD:
-                    row[5] = t if row[5] is None else max(row[5], t)
-                    row[7] += 1
+            # dt >= 0 (wire format §4): the last reading is the newest; sums and counts in C,
+            # not a Python step per reading (this runs for every reading the receiver stores)
+            last = s.t0 + item.shift_ms + sum(s.dt)
+            row[4] = last if row[4] is None else max(row[4], last)
+            row[6] += len(s.q)
+            good = s.q.count(_GOOD)
+            if good:
+                newest = len(s.q) - 1 - s.q[::-1].index(_GOOD)
+                t = last - sum(s.dt[newest + 1:])
+                row[5] = t if row[5] is None else max(row[5], t)
+                row[7] += good
     return [tuple(rows[key]) for key in sorted(rows)]
 
 
