@@ -375,11 +375,12 @@ class Builder:
             return Figure.invalid(f"the inventory is a figure of {self.last.year} only: "
                                   f"{history}")
         if self.end_ms <= inv.at_ms - inv.window_ms:
-            return Figure.invalid(f"not computed: the period ended before the last "
+            return Figure.invalid(f"the period ended before the last "
                                   f"{inv.window_ms // 3_600_000} h the inventory is of: {history}")
         k = found.figures
-        if k.share is None:
-            return Figure.invalid(k.why, n=k.reporting, expected=k.stock)
+        if k.share is None:  # the page says "not valid:" itself
+            why = k.why.removeprefix("not computed: ").removeprefix("not valid: ")
+            return Figure.invalid(why, n=k.reporting, expected=k.stock)
         return Figure(k.share, True, n=k.reporting, expected=k.stock)
 
     def _population_share(self, indicator: Indicator, sites: Sequence[SiteLike], year: int,
