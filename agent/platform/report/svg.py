@@ -5,7 +5,7 @@ and projection, and data capture per station. Every label is escaped."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from html import escape
 
@@ -39,6 +39,27 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
             if first + i * step <= high + 1e-9]
 
 
+def _scale(top: float, height: float, low: float, high: float) -> Callable[[float], float]:
+    """Where a value goes on a plot's y axis (SVG's y grows downwards)."""
+    def y(value: float) -> float:
+        return top + height * (1 - (value - low) / (high - low))
+    return y
+
+
+def _frame(left: int, top: int, width: int, height: int, *,
+           ticks: Sequence[tuple[float, float]], grid: bool) -> list[str]:
+    """A plot's area and its y axis labels (``(value, y)``), with grid lines or without."""
+    body = [f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="#fff" '
+            'stroke="#999"/>']
+    for value, y in ticks:
+        if grid:
+            body.append(f'<line x1="{left}" x2="{left + width}" y1="{_n(y)}" y2="{_n(y)}" '
+                        'stroke="#eee"/>')
+        body.append(f'<text x="{left - 4}" y="{_n(y + 4)}" text-anchor="end" '
+                    f'font-size="11">{_n(value)}</text>')
+    return body
+
+
 def time_series(title: str, unit: str, first: date, last: date, *,
                 lines: Sequence[tuple[str, Sequence[tuple[str, float | None]]]],
                 limits: Sequence[tuple[str, float]], width: int = 900, height: int = 260) -> str:
@@ -52,14 +73,9 @@ def time_series(title: str, unit: str, first: date, last: date, *,
     days = max((last - first).days, 1)
     def x(day: date) -> float:
         return left + plot_w * (day - first).days / days
-    def y(v: float) -> float:
-        return top + plot_h * (1 - (v - low) / (high - low))
-    body = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" '
-            'stroke="#999"/>']
-    for tick in _ticks(low, high):
-        body.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{_n(y(tick))}" '
-                    f'y2="{_n(y(tick))}" stroke="#eee"/><text x="{left - 4}" '
-                    f'y="{_n(y(tick) + 4)}" text-anchor="end" font-size="11">{_n(tick)}</text>')
+    y = _scale(top, plot_h, low, high)
+    body = _frame(left, top, plot_w, plot_h, ticks=[(t, y(t)) for t in _ticks(low, high)],
+                  grid=True)
     month = date(first.year, first.month, 1)
     # over more than a year, January and July only: twelve labels a year would overlap
     shown_months = range(1, 13) if days <= 400 else (1, 7)
@@ -98,7 +114,7 @@ def time_series(title: str, unit: str, first: date, last: date, *,
                     f'<text x="{left + 4 + index * plot_w // max(len(limits), 1)}" '
                     f'y="{_n(y(value) - 3)}" font-size="10" fill="{LIMIT_COLOUR}" '
                     f'stroke="#fff" stroke-width="3" paint-order="stroke">'
-                    f"{escape(label)}</text>")
+                    f"{escape(label[:max(12, plot_w // max(len(limits), 1) // 6)])}</text>")
     return _svg(width, height, title, body)
 
 
@@ -163,13 +179,9 @@ def progress(target: TargetReport, width: int = 640, height: int = 240) -> str:
     span = max(last - first, 1)
     def x(year: float) -> float:
         return left + plot_w * (year - first) / span
-    def y(v: float) -> float:
-        return top + plot_h * (1 - (v - low) / (high - low))
-    body = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" '
-            'stroke="#999"/>']
-    for tick in _ticks(low, high):
-        body.append(f'<text x="{left - 4}" y="{_n(y(tick) + 4)}" text-anchor="end" '
-                    f'font-size="11">{_n(tick)}</text>')
+    y = _scale(top, plot_h, low, high)
+    body = _frame(left, top, plot_w, plot_h, ticks=[(t, y(t)) for t in _ticks(low, high)],
+                  grid=False)
     step = max(1, span // 10)
     for year in range(first, last + 1, step):
         body.append(f'<text x="{_n(x(year))}" y="{height - 10}" font-size="10" '
