@@ -4,7 +4,7 @@ A 10 s poll fires at :00, :10, … (not drift from start-up). Readings carry the
 time. A device that fails gets readings with a bad quality code for every slot it misses, is
 retried with exponential backoff on the same slot grid (at every slot while its serial port
 is missing: a replugged adapter is picked up at the next slot), and is logged once when it goes down
-and once when it is back (a device that flaps is reported by :mod:`agent.gateway.damper`
+and once when it is back (a device that flaps is reported by :mod:`agent.damper`
 instead: one ``device_flapping`` line, then a summary per period, until it is stable). A poll
 that overruns its interval is counted and the missed slots are skipped, never queued up, and
 reported (a ``slots_skipped`` event naming them); overrun episodes are logged when they start
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.damper import Damper, log_notices
 from agent.driver import Driver, PointInfo, max_poll_seconds
 from agent.errors import DeviceProtocolError, DeviceUnavailable, PortMissing
 from agent.gateway.clock import ClockWatch
-from agent.gateway.damper import Damper, log_notices
 from agent.readings import Event, PointValue, Quality, Reading
 
 log = structlog.get_logger(__name__)

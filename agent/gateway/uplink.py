@@ -29,9 +29,9 @@ import aiomqtt
 import structlog
 
 from agent import __version__
+from agent.damper import Damper, log_notices
 from agent.endpoints import BrokerAddress
 from agent.errors import BufferFull, UplinkError
-from agent.gateway.damper import Damper, log_notices
 from agent.gateway.store import OutgoingBatch, StoreStats
 from agent.mqtt import (
     RECONNECT_MAX,
@@ -194,7 +194,7 @@ class Uplink:
         self._transport = TransportErrors()
         self.stats = UplinkStats()
         self._down_since: float | None = None
-        # a broker that drops us every few seconds: bounded lines (agent.gateway.damper)
+        # a broker that drops us every few seconds: bounded lines (agent.damper)
         self._damper = Damper(monotonic)
         self._idle = asyncio.Event()
         self._client: aiomqtt.Client | None = None

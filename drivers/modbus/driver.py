@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 import agent
+from agent.damper import Damper, log_notices
 from agent.driver import DeviceConfig, DriverContext, DriverSpec, PointInfo, expect_config
 from agent.errors import ConfigError, DeviceProtocolError, DeviceUnavailable, PortMissing
-from agent.gateway.damper import Damper, log_notices
 from agent.readings import PointValue, Quality
 from drivers.modbus.bus import (
     LineUnavailable,
@@ -248,7 +248,7 @@ class ModbusDriver:
 
     def _note_code(self, request: ReadRequest, code: int | None) -> None:
         """Log an exception code when it changes for a request, not at every poll; one that
-        comes and goes is damped (``modbus_exception_flapping``, agent.gateway.damper)."""
+        comes and goes is damped (``modbus_exception_flapping``, agent.damper)."""
         key = (request.table, request.address, request.count)
         before = self._codes.get(key)
         if code == before:

@@ -6,7 +6,7 @@ every 10 s (one request per poll), so it goes down and up at every poll, the wor
 can flap. No broker listens: the uplink is down the whole time, retrying every 1-30 s, and the
 buffer, bounded by ``max_age = "2 min"``, drops a batch at every seal. The test counts the
 lines the agent wrote per event and checks them against the bound the damper promises
-(``agent.gateway.damper.max_lines`` for the device's down/up and for its overrun episodes,
+(``agent.damper.max_lines`` for the device's down/up and for its overrun episodes,
 one line per 15 minutes for the buffer's drops, one ``uplink_down`` and one-offs for the
 rest); it prints the lines per simulated hour. Measured: 397 lines per simulated hour before
 the damping (a line per change, 169 downs, 169 ups, 54 buffer_drop), 19 after.
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from agent.gateway.damper import FLAP_PERIOD_SECONDS, max_lines
+from agent.damper import FLAP_PERIOD_SECONDS, max_lines
 from agent.profiles import load_profile
 from drivers.modbus.simulator import SimulatorServer, serve
 from tests.chaos.harness import ROOT, AgentProcess

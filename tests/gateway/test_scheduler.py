@@ -10,9 +10,9 @@ from typing import cast
 import pytest
 from structlog.testing import capture_logs
 
+from agent.damper import FLAP_PERIOD_SECONDS, max_lines
 from agent.driver import DEFAULT_MAX_POLL_SECONDS, Driver, PointInfo, max_poll_seconds
 from agent.errors import DeviceUnavailable, PortMissing
-from agent.gateway.damper import FLAP_PERIOD_SECONDS, max_lines
 from agent.gateway.scheduler import DevicePoller, backoff_slots, hang_guard, next_slot
 from agent.readings import Event, PointValue, Quality, Reading
 

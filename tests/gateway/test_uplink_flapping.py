@@ -1,5 +1,5 @@
 """A broker link that drops every fraction of a second: the uplink logs a few changes, then one
-uplink_flapping line, not a pair of lines per reconnect (agent.gateway.damper)."""
+uplink_flapping line, not a pair of lines per reconnect (agent.damper)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from agent.damper import FLAP_LIMIT
 from agent.endpoints import parse_broker_url
-from agent.gateway.damper import FLAP_LIMIT
 from agent.gateway.store import BatchStore
 from agent.gateway.uplink import Uplink
 from agent.mqtt import MqttSettings

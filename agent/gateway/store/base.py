@@ -14,7 +14,7 @@ import zstandard
 from agent.errors import BufferFull
 
 if TYPE_CHECKING:
-    from agent.gateway.damper import Repeats
+    from agent.damper import Repeats
     from agent.gateway.store.bounds import StoreBounds
     from agent.gateway.store.elapsed import ElapsedClock
     from agent.gateway.store.place import DataDirLock

@@ -13,9 +13,9 @@ from pathlib import Path
 import msgpack
 import zstandard
 
+from agent.damper import Repeats
 from agent.errors import BufferFull, StorageError
 from agent.gateway.clock import kernel_clock_synced
-from agent.gateway.damper import Repeats
 from agent.gateway.store import connection, drops, schema
 from agent.gateway.store.bounds import Bounds, StoreBounds
 from agent.gateway.store.connection import PAGE_SIZE, RUN_BUSY_MS

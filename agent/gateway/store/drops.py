@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 
-from agent.gateway.damper import Repeats
+from agent.damper import Repeats
 from agent.gateway.store.base import StoreBase
 
 if TYPE_CHECKING:
-    from agent.gateway.damper import Tally
+    from agent.damper import Tally
     from agent.gateway.store.bounds import StoreBounds
 
 log = structlog.get_logger(__name__)

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from pymodbus.constants import ExcCodes
 from structlog.testing import capture_logs
 
+from agent.damper import FLAP_LIMIT
 from agent.errors import DeviceProtocolError
-from agent.gateway.damper import FLAP_LIMIT
 from agent.profiles import Profile
 from agent.readings import Quality
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.gateway.damper import (
+from agent.damper import (
     FLAP_LIMIT,
     FLAP_PERIOD_SECONDS,
     Damper,
