@@ -100,37 +100,35 @@ class Source(_Strict):
     read_at: list[str] = Field(default_factory=list)
 
 
-class Figure(_Strict):
-    """A number with the place it comes from."""
+class _Cited(_Strict):
+    """What every figure and code carries: where it comes from, and whether it was checked
+    there (``verified = false`` always says why in ``note``)."""
 
-    value: float
     source: str = Field(pattern=_ID)
     ref: str = Field(min_length=1)  # annex, table, article or page in the source
     verified: bool = True
     note: str = ""
 
 
-class Percentile(_Strict):
+class Figure(_Cited):
+    """A number with the place it comes from."""
+
+    value: float
+
+
+class Percentile(_Cited):
     """The percentile of the windows equivalent to an allowed number of exceedances."""
 
     value: float = Field(gt=0, lt=100)
-    source: str = Field(pattern=_ID)
-    ref: str = Field(min_length=1)
-    verified: bool = True
-    note: str = ""
 
 
-class Limit(_Strict):
+class Limit(_Cited):
     """One limit value, target value, guideline level or threshold for an indicator."""
 
     kind: Kind
     value: float = Field(ge=0)
     unit: str
     averaging: str  # a [[kpis]] duration: "1 h", "8 h", "1 d", "1 y"
-    source: str = Field(pattern=_ID)
-    ref: str = Field(min_length=1)
-    verified: bool = True
-    note: str = ""
     # ">": a value strictly above exceeds (limit values); ">=": the band starts at the value.
     comparison: Literal[">", ">="] = ">"
     exceedances_allowed: int | None = Field(default=None, ge=0)
@@ -161,26 +159,18 @@ class Computation(_Strict):
     meter: Literal["electricity", "water", "heat", "gas"] | None = None
 
 
-class U4ssc(_Strict):
+class U4ssc(_Cited):
     """The U4SSC key performance indicator the indicator reports to."""
 
     code: str = Field(pattern=r"^(EC|EN|SC): ?[A-Z]+: ?[A-Z]+: ?\d+[CA]$")
     name: str = Field(min_length=1)
-    source: str = Field(pattern=_ID)
-    ref: str = Field(min_length=1)
-    verified: bool = True
-    note: str = ""
 
 
-class Sdg(_Strict):
+class Sdg(_Cited):
     """An SDG indicator (``11.6.2``) or target (``7.3``) the indicator reports to."""
 
     id: str = Field(pattern=r"^\d{1,2}\.[0-9a-z]{1,2}(\.\d{1,2})?$")
     name: str = Field(min_length=1)
-    source: str = Field(pattern=_ID)
-    ref: str = Field(min_length=1)
-    verified: bool = True
-    note: str = ""
 
 
 class Indicator(_Strict):
