@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from agent.platform.indicators import load_catalogue
     from agent.platform.inventory import compute_inventory, render_inventory, to_json
     from agent.platform.sink import check_sink_url
-    from agent.platform.sink.devices import read_devices
+    from agent.platform.sink.devices import read_devices, read_health
     from agent.platform.sink.url import open_read_only
 
     catalogue = load_catalogue()
@@ -58,11 +58,12 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
         try:
             devices = read_devices(select)
+            health = read_health(select)
         except Exception as exc:  # the database failed while read: not the flags' fault
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             print(f"ssc-agent: --sink: {first}", file=sys.stderr)
             return 1
     inventory = compute_inventory(city.inventory, devices, at_ms=now_ms,
-                                  indicators=[i for _, i in catalogue.indicators])
+                                  indicators=[i for _, i in catalogue.indicators], health=health)
     print(to_json(inventory) if args.json else render_inventory(inventory))
     return 0

@@ -44,6 +44,7 @@ class ReceiverStats:
     gaps_filled: int = 0  # gaps a late batch closed
     jumps: int = 0  # seq jumps seen (a gap opens only once a next batch confirms one)
     statuses: int = 0  # status messages recorded
+    health_summaries: int = 0  # health summaries recorded (the newest of each gateway kept)
 
 
 # SQLite primary result codes that blame the sink (disk full, locked, I/O error, a broken or
@@ -182,6 +183,9 @@ class MessageHandler:
         if kind == "status":
             await self._status(gw, topic, payload)
             return None
+        if kind == "health":
+            await self._health(gw, topic, payload)
+            return None
         try:
             batch = decode_batch(payload)
         except WireFormatError as exc:
@@ -202,6 +206,18 @@ class MessageHandler:
                 self._on_batch(batch, outcome)
             except Exception as exc:  # a caller's hook must not stop the receiver
                 log.exception("on_batch_failed", gw=batch.gw, seq=batch.seq, error=str(exc))
+
+    async def _health(self, gw: str, topic: str, payload: bytes) -> None:
+        """A retained health summary (every minute per gateway: stored, not logged)."""
+        if not payload:
+            return  # someone removed the retained message
+        try:
+            await self._with_sink(gw, lambda: self._sink.store_health(gw, payload))
+        except Exception as exc:
+            await self._set_aside(gw, topic, "bad_health", str(exc), payload)
+            return
+        self._good(gw)
+        self.stats.health_summaries += 1
 
     async def _status(self, gw: str, topic: str, payload: bytes) -> None:
         if not payload:

@@ -12,12 +12,16 @@ reading is less than ``reporting_window`` before ``at``. Pure: ``at`` is given, 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.platform.city import STOCK_KINDS, InventorySection
 from agent.platform.indicators import Indicator
 from agent.platform.sink.devices import DeviceRow
+
+if TYPE_CHECKING:
+    from agent.wire import HealthSummary
 
 MAX_LISTED = 20  # meters not reporting listed by name in the table, per kind
 
@@ -32,6 +36,8 @@ class Meter:
     seen: bool  # the sink holds readings of it
     last_good_t: int | None  # its newest good reading (gateway clock, epoch ms)
     reporting: bool
+    # down in its gateway's newest health summary: (summary's time, failed polls, error)
+    down: tuple[int, int, str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,8 @@ class Inventory:
 
 
 def _meters(inventory: InventorySection, devices: Sequence[DeviceRow], *, at_ms: int,
-            window_ms: int) -> tuple[list[Meter], list[DeviceRow]]:
+            window_ms: int, health: Mapping[str, HealthSummary]
+            ) -> tuple[list[Meter], list[DeviceRow]]:
     by_key = {(d.gw, d.dev): d for d in devices}
     by_gateway: dict[str, list[DeviceRow]] = {}
     for d in devices:
@@ -88,8 +95,11 @@ def _meters(inventory: InventorySection, devices: Sequence[DeviceRow], *, at_ms:
         listed.add((gw, dev))
         row = by_key.get((gw, dev))
         good = None if row is None else row.last_good_t
+        summary = health.get(gw)
+        down = None if summary is None else next(
+            ((summary.t, d.failures, d.error) for d in summary.down if d.name == dev), None)
         meters.append(Meter(gw, dev, kind, row is not None, good,
-                            good is not None and good > at_ms - window_ms))
+                            good is not None and good > at_ms - window_ms, down))
 
     for group in inventory.meters:
         if group.devices:
@@ -121,11 +131,15 @@ def _figures(kind: str, stock: int | None, meters: list[Meter]) -> KindFigures:
 
 
 def compute_inventory(inventory: InventorySection, devices: Sequence[DeviceRow], *,
-                      at_ms: int, indicators: Sequence[Indicator] = ()) -> Inventory:
+                      at_ms: int, indicators: Sequence[Indicator] = (),
+                      health: Mapping[str, HealthSummary] | None = None) -> Inventory:
     """The inventory at ``at_ms``: a figure for every kind with a stock, a listed meter or an
-    indicator (of ``indicators``, those read from the inventory), in a fixed kind order."""
+    indicator (of ``indicators``, those read from the inventory), in a fixed kind order. A
+    meter its gateway's health summary (of ``health``, by gateway) lists down is marked so;
+    whether it reports is still its readings' say."""
     window_ms = round(inventory.reporting_window.seconds * 1000)
-    meters, unlisted = _meters(inventory, devices, at_ms=at_ms, window_ms=window_ms)
+    meters, unlisted = _meters(inventory, devices, at_ms=at_ms, window_ms=window_ms,
+                               health=health or {})
     wanted = {m.kind for m in meters} | {k for k in STOCK_KINDS if inventory.stock(k)}
     counted = [i for i in indicators if i.computation.input == "inventory"]
     wanted |= {i.computation.meter for i in counted if i.computation.meter is not None}
@@ -161,13 +175,17 @@ def render_inventory(inv: Inventory) -> str:
         if n == 0:
             continue
         k = inv.kinds[n - 1]
-        silent = [m for m in k.meters if not m.reporting]
+        silent = [m for m in k.meters if not m.reporting or m.down is not None]
         for m in silent[:MAX_LISTED]:
             when = ("never sent a reading" if not m.seen else "no good reading ever"
                     if m.last_good_t is None else f"last good reading {iso(m.last_good_t)}")
-            lines.append(f"    not reporting: {m.gw}/{m.dev}: {when}")
+            if m.down is not None:
+                when += (f"; down in its gateway's health at {iso(m.down[0])}: {m.down[1]} "
+                         f"failed polls, {m.down[2] or '-'}")
+            head = "not reporting" if not m.reporting else "reporting"
+            lines.append(f"    {head}: {m.gw}/{m.dev}: {when}")
         if len(silent) > MAX_LISTED:
-            lines.append(f"    and {len(silent) - MAX_LISTED} more not reporting")
+            lines.append(f"    and {len(silent) - MAX_LISTED} more not reporting or down")
         if k.why:
             lines.append(f"    {k.why}")
     for f in inv.indicators:
@@ -187,7 +205,10 @@ def inventory_json(inv: Inventory) -> dict[str, object]:
         return {"kind": k.kind, "stock": k.stock, "smart": k.known, "reporting": k.reporting,
                 "share_percent": k.share, "valid": k.valid, "why": k.why or None,
                 "meters": [{"gw": m.gw, "dev": m.dev, "seen": m.seen,
-                            "last_good_ms": m.last_good_t, "reporting": m.reporting}
+                            "last_good_ms": m.last_good_t, "reporting": m.reporting,
+                            "down": None if m.down is None else {
+                                "health_at_ms": m.down[0], "failures": m.down[1],
+                                "error": m.down[2]}}
                            for m in k.meters]}
 
     return {

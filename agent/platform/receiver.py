@@ -113,7 +113,7 @@ class ReceiverSettings:
 def subscription_topics(prefix: str, shared_group: str | None = None) -> list[str]:
     """The receiver's topic filters, as shared subscriptions when a group is given."""
     prefix = prefix.rstrip("/")
-    topics = [f"{prefix}/+/batch", f"{prefix}/+/status"]
+    topics = [f"{prefix}/+/batch", f"{prefix}/+/status", f"{prefix}/+/health"]
     if shared_group is None:
         return topics
     if not shared_group or any(c in shared_group for c in "/+#"):

@@ -57,12 +57,12 @@ STATUS_STATES: Final = ("online", "offline")
 # The status's optional ``buffer`` map (§8): the states the reference agent sends.
 BUFFER_STATES: Final = ("ok", "unwritable")
 MAX_BUFFER_REASON_LEN: Final = 200
-TOPIC_KINDS: Final = ("batch", "status")
+TOPIC_KINDS: Final = ("batch", "status", "health")  # health: §8.2
 
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]+")
 _QUALITY_CODES: Final = frozenset(int(q) for q in Quality)
 
-TopicKind = Literal["batch", "status"]
+TopicKind = Literal["batch", "status", "health"]
 
 
 @dataclass(frozen=True, slots=True)

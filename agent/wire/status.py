@@ -94,9 +94,9 @@ def _check_buffer(obj: object, path: str) -> BufferHealth:
 
 
 def topic_for(prefix: str, gw: str, kind: TopicKind) -> str:
-    """``{prefix}/{gw}/batch`` or ``{prefix}/{gw}/status``."""
+    """``{prefix}/{gw}/batch``, ``…/status`` or ``…/health``."""
     if kind not in TOPIC_KINDS:
-        raise ValueError(f"topic kind must be 'batch' or 'status', got {kind!r}")
+        raise ValueError(f"topic kind must be one of {', '.join(TOPIC_KINDS)}, got {kind!r}")
     if not _GATEWAY_ID.fullmatch(gw):
         raise ValueError(f"{gw!r} is not a gateway id ([A-Za-z0-9_-]+)")
     return f"{prefix.rstrip('/')}/{gw}/{kind}"
@@ -107,6 +107,7 @@ def parse_topic(prefix: str, topic: str) -> tuple[str, TopicKind]:
     head = prefix.rstrip("/") + "/"
     parts = topic[len(head) :].split("/") if topic.startswith(head) else []
     if len(parts) != 2 or not _GATEWAY_ID.fullmatch(parts[0]) or parts[1] not in TOPIC_KINDS:
-        raise WireFormatError(f"topic {topic!r} is not {head}GATEWAY/batch or {head}GATEWAY/status")
-    kind: TopicKind = "batch" if parts[1] == "batch" else "status"
+        raise WireFormatError(f"topic {topic!r} is not {head}GATEWAY/batch, …/status or …/health")
+    kind: TopicKind = "batch" if parts[1] == "batch" else (
+        "health" if parts[1] == "health" else "status")
     return parts[0], kind

@@ -876,6 +876,7 @@ def test_status_buffer_round_trip_property(state: str, since: int | None, reason
         ("ssc/v1", "gw-017", "batch", "ssc/v1/gw-017/batch"),
         ("ssc/v1/", "gw-017", "status", "ssc/v1/gw-017/status"),
         ("city", "A_b-9", "batch", "city/A_b-9/batch"),
+        ("ssc/v1", "gw-017", "health", "ssc/v1/gw-017/health"),
     ],
 )
 def test_topics(prefix: str, gw: str, kind: Any, topic: str) -> None:

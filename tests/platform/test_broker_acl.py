@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from agent.endpoints import parse_broker_url
 from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receiver
 from agent.platform.sink import SqliteSink
-from agent.wire import Batch, Series, encode_batch
+from agent.wire import Batch, HealthSummary, Series, encode_batch, encode_health
 from tests.conftest import Mosquitto, free_port
 from tests.waiting import wait_until_async
 
@@ -162,7 +162,14 @@ async def test_a_gateway_can_write_only_its_own_topics_and_read_nothing(tmp_path
                                   "-C", "1", "-W", "5"], capture_output=True, check=False)
             assert got.stdout == b"signed\n"
             assert await a.publish("ssc/v1/gw-a/config/state", b"{}", v5=True) == ""
-            assert await a.publish("ssc/v1/gw-a/health", b"{}", v5=True) == ""
+            # A's health summary reaches the receiver (it may read every gateway's), stored
+            health = encode_health(HealthSummary(
+                gw="gw-a", boot=1, t=5_000, version="0.9", devices_up=1, devices_down=0,
+                devices_pending=0, buffer_state="ok", buffer_batches=0, buffer_readings=0,
+                buffer_bytes=0, buffer_oldest_age_s=None, buffer_dropped_readings=0,
+                uplink_in_flight=0, uplink_last_ack_age_s=None, kpis_open=0, kpis_closed=0))
+            assert await a.publish("ssc/v1/gw-a/health", health, v5=True) == ""
+            assert await wait_until_async(lambda: stats.health_summaries == 1, 20)
             assert "Not authorized" in await b.publish("ssc/v1/gw-a/health", b"{}", v5=True)
             assert "Not authorized" in await b.publish("ssc/v1/gw-a/config/state", b"{}",
                                                        v5=True)

@@ -263,9 +263,10 @@ def test_summaries_kept_at_ingest_many_batches_a_transaction(sink_url: str) -> N
 
 _DOWNGRADE = {
     # a database of the release before the summaries
-    "sqlite": ["DROP TABLE devices", "DROP TABLE gateways", "DROP INDEX batches_by_received",
-               "ALTER TABLE batches DROP COLUMN lag_ms", "PRAGMA user_version = 0"],
-    "postgresql": ["DROP TABLE devices", "DROP TABLE gateways",
+    "sqlite": ["DROP TABLE health", "DROP TABLE devices", "DROP TABLE gateways",
+               "DROP INDEX batches_by_received", "ALTER TABLE batches DROP COLUMN lag_ms",
+               "PRAGMA user_version = 0"],
+    "postgresql": ["DROP TABLE health", "DROP TABLE devices", "DROP TABLE gateways",
                    "DROP INDEX batches_by_received", "ALTER TABLE batches DROP COLUMN lag_ms",
                    "DELETE FROM schema_version WHERE version >= 3"],
 }

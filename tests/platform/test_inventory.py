@@ -29,7 +29,7 @@ from agent.platform.receiver import ReceiverSettings, ReceiverStats, run_receive
 from agent.platform.sink import open_sink
 from agent.platform.sink.devices import DeviceRow, device_rows, read_devices
 from agent.platform.sink.summary import StoredBatch
-from agent.wire import Batch, Series
+from agent.wire import Batch, DownDevice, HealthSummary, Series, encode_health
 from tests.conftest import Mosquitto
 from tests.platform.test_receiver import PREFIX, Running
 
@@ -242,6 +242,15 @@ def _series(dev: str, t0: int, qualities: tuple[int, ...]) -> Series:
     return Series(dev, "energy", "kWh", t0, (0,) + (60_000,) * (n - 1), (1.5,) * n, qualities)
 
 
+def _health(gw: str, t: int, *down: str) -> bytes:
+    return encode_health(HealthSummary(
+        gw=gw, boot=1, t=t, version="0.9", devices_up=3, devices_down=len(down),
+        devices_pending=0, buffer_state="ok", buffer_batches=0, buffer_readings=0,
+        buffer_bytes=0, buffer_oldest_age_s=None, buffer_dropped_readings=0,
+        uplink_in_flight=0, uplink_last_ack_age_s=1.0, kpis_open=0, kpis_closed=0,
+        down=tuple(DownDevice(name, 7, None, "timeout after 2 s") for name in down)))
+
+
 def _city_file(tmp_path: Path, inventory: dict[str, Any]) -> Path:
     lines = ['[city]', 'name = "Testtown"', 'timezone = "Europe/Berlin"', '',
              '[[sites]]', 'id = "district"', 'name = "District"',
@@ -289,7 +298,11 @@ async def test_the_inventory_of_what_the_gateways_sent(
             await r.subscribed()
             for batch in (*sent, sent[0]):
                 await r.publish_batch(batch)
-            await r.wait_for(lambda: stats.batches + stats.duplicates >= 3)
+            # gw-a's retained health summary says em-2 is down; gw-b's topic carries gw-a's
+            await r.publish(f"{PREFIX}/gw-a/health", _health("gw-a", now, "em-2"), retain=True)
+            await r.publish(f"{PREFIX}/gw-b/health", _health("gw-a", now), retain=True)
+            await r.wait_for(lambda: stats.batches + stats.duplicates >= 3
+                             and stats.health_summaries == 1 and stats.rejected == 1)
         finally:
             stop.set()
             async with asyncio.timeout(10):
@@ -319,6 +332,8 @@ async def test_the_inventory_of_what_the_gateways_sent(
     assert {m["dev"]: (m["seen"], m["reporting"]) for m in e["meters"]} == {
         "em-1": (True, True), "em-2": (True, False), "em-3": (True, False),
         "em-4": (False, False)}
+    assert {m["dev"]: m["down"] for m in e["meters"] if m["down"]} == {
+        "em-2": {"health_at_ms": now, "failures": 7, "error": "timeout after 2 s"}}
     assert (w["smart"], w["reporting"], w["share_percent"]) == (2, 1, 12.5)
     assert doc["reporting_window_ms"] == 24 * H and doc["unlisted"] == []
     assert {i["id"]: (i["u4ssc"], i["value"]) for i in doc["indicators"]} == {
@@ -329,6 +344,15 @@ async def test_the_inventory_of_what_the_gateways_sent(
     assert status == 0
     assert out.splitlines()[1].split() == ["electricity", "20", "4", "1", "5.0", "%"]
     assert "not reporting: gw-a/em-4: never sent a reading" in out
+    assert "gw-a/em-2: no good reading ever; down in its gateway's health at" in out
+    with open_sink(sink_url) as sink:
+        (rejected,) = sink.rejected()
+        assert (rejected.gw, rejected.kind) == ("gw-b", "bad_health")
+        # an older summary (a retained one sent again after a newer) does not replace it
+        sink.store_health("gw-a", _health("gw-a", now - 60_000))
+        assert sink.select("SELECT t FROM health") == [(now,)]
+        sink.store_health("gw-a", _health("gw-a", now + 60_000))
+        assert sink.select("SELECT t FROM health") == [(now + 60_000,)]
 
 
 # --------------------------------------------------------------------------- migration
@@ -353,13 +377,15 @@ def test_a_database_stored_before_the_devices_table_is_migrated(
     # the database as the release before the inventory left it
     if sink_url.startswith("sqlite"):
         with sqlite3.connect(sink_url.removeprefix("sqlite:///")) as conn:
+            conn.execute("DROP TABLE health")
             conn.execute("DROP TABLE devices")
             conn.execute("PRAGMA user_version = 1")
         conn.close()
     else:
         with request.getfixturevalue("pg_server").admin(sink_url.rsplit("/", 1)[1]) as conn:
+            conn.execute("DROP TABLE health")
             conn.execute("DROP TABLE devices")
-            conn.execute("DELETE FROM schema_version WHERE version = 4")
+            conn.execute("DELETE FROM schema_version WHERE version >= 4")
     with open_sink(sink_url) as sink:
         assert read_devices(sink.select) == before  # the backfill gives what ingest kept
         sink.store(Batch(gw="gw-b", boot=1, seq=8, created=0,

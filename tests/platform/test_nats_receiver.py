@@ -172,3 +172,38 @@ def test_sources_and_subjects() -> None:
     assert parse_source("nats://a:4222, nats://b:4223") == ("nats://a:4222", "nats://b:4223")
     assert consumer_subject("ssc/v1") == "$MQTT.msgs.ssc.v1.>"
     assert topic_of("$MQTT.msgs.ssc.v1.gw-1.batch") == "ssc/v1/gw-1/batch"
+
+
+async def test_health_summaries_through_jetstream_are_stored(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The consumer takes every topic under the prefix: a gateway's retained health summary
+    (QoS 1) reaches the receiver and is stored, not set aside as a bad topic."""
+    from agent.wire import HealthSummary, encode_health
+
+    async with aiomqtt.Client("127.0.0.1", cluster.nodes[0].mqtt_port, identifier="first-h"):
+        pass
+    done = _create_consumer(cluster, "rx-health")
+    assert done.returncode == 0, done.stderr
+    health = encode_health(HealthSummary(
+        gw="gw-h", boot=1, t=7_000, version="0.9", devices_up=0, devices_down=0,
+        devices_pending=0, buffer_state="ok", buffer_batches=0, buffer_readings=0,
+        buffer_bytes=0, buffer_oldest_age_s=None, buffer_dropped_readings=0,
+        uplink_in_flight=0, uplink_last_ack_age_s=None, kpis_open=0, kpis_closed=0))
+    async with aiomqtt.Client("127.0.0.1", cluster.nodes[1].mqtt_port, identifier="gw-h") as c:
+        await c.publish(f"{PREFIX}/gw-h/health", health, qos=1, retain=True)
+    stop = asyncio.Event()
+    stats = ReceiverStats()
+    sink = tmp_path / "h.db"
+    task = asyncio.create_task(run_receiver(ReceiverSettings(
+        broker=None, nats_servers=tuple(cluster.urls.split(",")), sink_url=f"sqlite:///{sink}",
+        topic_prefix=PREFIX, shared_group="rx-health"), stop=stop, stats=stats))
+    try:
+        assert await wait_until_async(lambda: stats.health_summaries == 1, 30)
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await task
+    assert stats.rejected == 0
+    with SqliteSink.open(f"sqlite:///{sink}") as db:
+        assert db.select("SELECT gw, t FROM health") == [("gw-h", 7_000)]

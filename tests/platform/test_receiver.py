@@ -246,14 +246,16 @@ async def test_shared_subscription(mosquitto: Mosquitto, tmp_path: Path) -> None
     assert subscribed["topics"] == [
         f"$share/sinks/{PREFIX}/+/batch",
         f"$share/sinks/{PREFIX}/+/status",
+        f"$share/sinks/{PREFIX}/+/health",
     ]
 
 
 @pytest.mark.parametrize(
     ("group", "topics"),
     [
-        (None, ["ssc/v1/+/batch", "ssc/v1/+/status"]),
-        ("g1", ["$share/g1/ssc/v1/+/batch", "$share/g1/ssc/v1/+/status"]),
+        (None, ["ssc/v1/+/batch", "ssc/v1/+/status", "ssc/v1/+/health"]),
+        ("g1", ["$share/g1/ssc/v1/+/batch", "$share/g1/ssc/v1/+/status",
+                "$share/g1/ssc/v1/+/health"]),
     ],
 )
 def test_subscription_topics(group: str | None, topics: list[str]) -> None:

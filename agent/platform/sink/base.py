@@ -18,7 +18,15 @@ from agent.platform.sink.ingest import ClockStep, StoreOutcome
 from agent.platform.sink.rejected import RejectedMessage, record_set_aside
 from agent.platform.sink.schema import SqlCursor
 from agent.readings import Quality, Reading
-from agent.wire import AGGREGATE_KEYS, Batch, BufferHealth, Status, decode_status
+from agent.wire import (
+    AGGREGATE_KEYS,
+    Batch,
+    BufferHealth,
+    HealthSummary,
+    Status,
+    decode_health,
+    decode_status,
+)
 
 
 class SinkUnavailable(Exception):
@@ -132,6 +140,22 @@ class SinkBase:
                     (b.state, b.since, b.reason, b.held_readings, b.dropped_readings, status.gw),
                 )
         return status
+
+    def store_health(self, gw: str, payload: bytes | str) -> HealthSummary:
+        """Store a gateway's retained health summary (wire format §8.2; decoded within its
+        bounds, kept as sent) unless the one stored is newer; returns it parsed."""
+        health = decode_health(payload)
+        if health.gw != gw:
+            raise WireFormatError(f"health: topic names gateway {gw!r}, the payload {health.gw!r}")
+        text = payload.decode() if isinstance(payload, bytes) else payload
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO health (gw, t, received, summary) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (gw) DO UPDATE SET t = excluded.t, received = excluded.received,"
+                " summary = excluded.summary WHERE excluded.t >= health.t",
+                (gw, health.t, self._now_ms(), text),
+            )
+        return health
 
     # ----------------------------------------------------------------------- set aside
 

@@ -21,6 +21,7 @@ from agent.readings import Quality
 if TYPE_CHECKING:
     from agent.platform.sink.schema import SqlCursor
     from agent.platform.sink.summary import StoredBatch
+    from agent.wire import HealthSummary
 
 _GOOD = int(Quality.GOOD)
 
@@ -119,6 +120,21 @@ class DeviceRow:
 
 def _opt(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def read_health(select: Any) -> dict[str, HealthSummary]:
+    """The newest health summary stored of each gateway (the receiver stores what it
+    subscribes to on ``{prefix}/+/health``, wire format §8.2), by gateway. A stored summary
+    that no longer decodes (a future version's) is left out."""
+    from agent.wire import decode_health
+
+    out: dict[str, HealthSummary] = {}
+    for gw, summary in select("SELECT gw, summary FROM health ORDER BY gw"):
+        try:
+            out[str(gw)] = decode_health(str(summary))
+        except Exception:  # noqa: S112 - the inventory is whole without it
+            continue
+    return out
 
 
 def read_devices(select: Any) -> list[DeviceRow]:

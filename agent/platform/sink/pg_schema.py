@@ -292,6 +292,15 @@ CREATE TABLE devices (
     PRIMARY KEY (gw, dev)
 )"""
 
+# the gateways' retained health summaries, the newest of each (agent.platform.sink.base)
+_V5 = """
+CREATE TABLE health (
+    gw text PRIMARY KEY,
+    t bigint NOT NULL,
+    received bigint NOT NULL,
+    summary text NOT NULL
+)"""
+
 # Append only: a database records each version it applied in ``schema_version``, and the
 # receiver applies the ones above it at start, in one transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -299,6 +308,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (2, "set-aside messages: rejected, rejected_totals", _V2),
     (3, "fleet view: gateways, batches.lag_ms", _V3),
     (4, "meter inventory: devices", _V4),
+    (5, "health summaries: health", _V5),
 )
 # Steps that move data, run in the same transaction right after their version's SQL.
 DATA_STEPS: dict[int, Callable[[SqlCursor], None]] = {3: backfill_gateways,

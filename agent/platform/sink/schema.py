@@ -117,6 +117,12 @@ CREATE TABLE IF NOT EXISTS devices (
     good_readings INTEGER NOT NULL,
     PRIMARY KEY (gw, dev)
 );
+CREATE TABLE IF NOT EXISTS health (
+    gw TEXT PRIMARY KEY,
+    t INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    summary TEXT NOT NULL
+);
 """
 # after _migrate: an older file's tables gain their columns first
 INDEXES = """
@@ -211,6 +217,7 @@ def sink_path(url_or_path: str | Path) -> Path:
 VERSIONED_STEPS: tuple[tuple[int, Callable[[SqlCursor], None]], ...] = (
     (1, backfill_gateways),
     (2, backfill_devices),
+    (3, lambda cur: None),  # the health table: nothing to fill, the version says it is there
 )
 
 
