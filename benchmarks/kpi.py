@@ -17,7 +17,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from agent.config import AgentConfig, config_from_dict
-from agent.kpi import Engine, replay, to_epoch_ms
+from agent.kpi.calendar import to_epoch_ms
+from agent.kpi.engine import Engine
+from agent.kpi.replay import replay
 
 ZONE = "Europe/Berlin"
 MINUTE_MS = 60_000

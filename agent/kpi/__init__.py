@@ -1,19 +1,6 @@
-"""City KPIs at the edge (docs/kpis.md): calendar windows, operators, streaming engine, replay."""
+"""City KPIs at the edge (docs/kpis.md): calendar windows, operators, streaming engine, replay.
 
-from __future__ import annotations
-
-from agent.kpi.calendar import Calendar, to_epoch_ms
-from agent.kpi.engine import TIME_EXTRAS, Engine, KpiOutput
-from agent.kpi.replay import ReplayInputError, format_output, replay, replay_paths
-
-__all__ = [
-    "TIME_EXTRAS",
-    "Calendar",
-    "Engine",
-    "KpiOutput",
-    "ReplayInputError",
-    "format_output",
-    "replay",
-    "replay_paths",
-    "to_epoch_ms",
-]
+Import from the modules themselves (``agent.kpi.engine``, ``agent.kpi.replay``, …): config
+validation imports this package, and an agent without ``[[kpis]]`` should not pay for the
+engine (docs/architecture.md "Footprint").
+"""

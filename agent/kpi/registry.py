@@ -5,8 +5,9 @@ wall times, whether it slides, and the runner the engine builds for it. Config v
 (:mod:`agent.kpi.engine`) both look an operator up here: adding an operator means adding one
 entry to :data:`REGISTRY` (and its section to docs/kpis.md).
 
-Importing this module loads the engine's pure parts (no I/O, no config): the config package
-imports it to validate ``[[kpis]]``.
+The config package imports this module for the operators' names and rules; the runners and
+accumulators an entry builds are imported when the engine first builds one, so that an agent
+without ``[[kpis]]`` does not load them (docs/architecture.md "Footprint").
 """
 
 from __future__ import annotations
@@ -17,29 +18,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
-from agent.kpi.accumulators import (
-    Accumulator,
-    AqiDailyAcc,
-    CountAcc,
-    EnergyAcc,
-    ExceedAcc,
-    ExtremeAcc,
-    LdenAcc,
-    MeanAcc,
-    NightAcc,
-    PercentileAcc,
-)
-from agent.kpi.calendar import clock_seconds
-from agent.kpi.context import KpiContext
-from agent.kpi.counter_runners import CounterRunner, DemandRunner
-from agent.kpi.runner import Runner
-from agent.kpi.sliding_runners import DailyMaxRunner, SlidingRunner
-from agent.kpi.window_runners import SimpleRunner, TimeWeightedRunner
-from agent.kpi.windows import BaseKind
 from agent.units import KpiDuration, nests_in
 
 if TYPE_CHECKING:
     from agent.config import KpiConfig
+    from agent.kpi.accumulators import Accumulator
+    from agent.kpi.context import KpiContext
+    from agent.kpi.runner import Runner
+    from agent.kpi.windows import BaseKind
+
+    # Builds one KPI's runner; the second argument is the step of its kpi: source, if any.
+    RunnerFactory = Callable[[KpiContext, KpiDuration | None], Runner]
 
 __all__ = [
     "MAX_PERCENTILE_VALUES",
@@ -54,9 +43,6 @@ __all__ = [
 # a day of 1-s samples (86,400) is fine; a year of 1-min samples (525,600: ~5 MB in memory and
 # in each checkpoint, every minute) is not, on a gateway with an SD card.
 MAX_PERCENTILE_VALUES = 200_000
-
-# Builds one KPI's runner; the second argument is the step of its kpi: source, if any.
-RunnerFactory = Callable[[KpiContext, KpiDuration | None], Runner]
 
 
 class ValueProblems:
@@ -141,6 +127,8 @@ def windowed(
     kind ``base_kind``."""
 
     def build(kpi: KpiContext, source_step: KpiDuration | None) -> Runner:
+        from agent.kpi.window_runners import SimpleRunner
+
         return SimpleRunner(kpi, source_step, accumulator(kpi), base_kind)
 
     return build
@@ -152,44 +140,63 @@ def _own(runner: Callable[[KpiContext], Runner]) -> RunnerFactory:
 
 
 # --------------------------------------------------------------------------------------------
-# Accumulators of one KPI
+# Accumulators and runners of one KPI (their modules imported when the first is built)
 
 
 def _mean(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import MeanAcc
+
     return lambda: MeanAcc(is_sum=False)
 
 
 def _sum(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import MeanAcc
+
     return lambda: MeanAcc(is_sum=True)
 
 
 def _min(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import ExtremeAcc
+
     return lambda: ExtremeAcc(is_max=False)
 
 
 def _max(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import ExtremeAcc
+
     return lambda: ExtremeAcc(is_max=True)
 
 
 def _count(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import CountAcc
+
     return CountAcc
 
 
 def _percentile(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import PercentileAcc
+
     q = kpi.config.q if kpi.config.q is not None else 50.0
     return lambda: PercentileAcc(q)
 
 
 def _energetic_mean(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import EnergyAcc
+
     return EnergyAcc
 
 
 def _exceedance_count(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import ExceedAcc
+
     threshold = kpi.config.threshold if kpi.config.threshold is not None else math.inf
     return lambda: ExceedAcc(threshold)
 
 
 def _min_night_flow(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import NightAcc
+    from agent.kpi.calendar import clock_seconds
+
     config, calendar = kpi.config, kpi.calendar
     low = clock_seconds(config.clock("night_start"))
     high = clock_seconds(config.clock("night_end"))
@@ -197,6 +204,9 @@ def _min_night_flow(kpi: KpiContext) -> Callable[[], Accumulator]:
 
 
 def _lden(kpi: KpiContext) -> Callable[[], Accumulator]:
+    from agent.kpi.accumulators import LdenAcc
+    from agent.kpi.calendar import clock_seconds
+
     config, calendar = kpi.config, kpi.calendar
     day = clock_seconds(config.clock("day_start"))
     evening = clock_seconds(config.clock("evening_start"))
@@ -204,10 +214,43 @@ def _lden(kpi: KpiContext) -> Callable[[], Accumulator]:
     return lambda: LdenAcc(calendar, day, evening, night)
 
 
+def _time_weighted_mean(kpi: KpiContext) -> Runner:
+    from agent.kpi.window_runners import TimeWeightedRunner
+
+    return TimeWeightedRunner(kpi)
+
+
+def _counter_delta(kpi: KpiContext) -> Runner:
+    from agent.kpi.counter_runners import CounterRunner
+
+    return CounterRunner(kpi)
+
+
+def _demand(kpi: KpiContext) -> Runner:
+    from agent.kpi.counter_runners import DemandRunner
+
+    return DemandRunner(kpi)
+
+
+def _running_mean(kpi: KpiContext) -> Runner:
+    from agent.kpi.sliding_runners import SlidingRunner
+
+    return SlidingRunner(kpi)
+
+
+def _daily_max_running_mean(kpi: KpiContext) -> Runner:
+    from agent.kpi.sliding_runners import DailyMaxRunner
+
+    return DailyMaxRunner(kpi)
+
+
 def _aqi_runner(kpi: KpiContext, source_step: KpiDuration | None) -> Runner:
     """NowCast slides over the last 12 hourly means; daily averaging is a window operator."""
     if kpi.config.is_sliding:
-        return SlidingRunner(kpi)
+        return _running_mean(kpi)
+    from agent.kpi.accumulators import AqiDailyAcc
+    from agent.kpi.window_runners import SimpleRunner
+
     return SimpleRunner(kpi, source_step, AqiDailyAcc, "mean")
 
 
@@ -296,17 +339,17 @@ REGISTRY: Mapping[str, OperatorSpec] = {
         OperatorSpec("energetic_mean", windowed(_energetic_mean, "energy")),
         OperatorSpec(
             "time_weighted_mean",
-            _own(TimeWeightedRunner),
+            _own(_time_weighted_mean),
             keys=frozenset({"max_hold"}),
             base="no",
             kpi_source="no",
         ),
         OperatorSpec(
-            "counter_delta", _own(CounterRunner), keys=_COUNTER_KEYS, base="no", kpi_source="no"
+            "counter_delta", _own(_counter_delta), keys=_COUNTER_KEYS, base="no", kpi_source="no"
         ),
         OperatorSpec(
             "demand",
-            _own(DemandRunner),
+            _own(_demand),
             keys=_COUNTER_KEYS,
             base="required",
             kpi_source="no",
@@ -322,7 +365,7 @@ REGISTRY: Mapping[str, OperatorSpec] = {
         ),
         OperatorSpec(
             "running_mean",
-            _own(SlidingRunner),
+            _own(_running_mean),
             base="required",
             kpi_source="no",
             check_values=_check_running_mean,
@@ -330,7 +373,7 @@ REGISTRY: Mapping[str, OperatorSpec] = {
         ),
         OperatorSpec(
             "daily_max_running_mean",
-            _own(DailyMaxRunner),
+            _own(_daily_max_running_mean),
             keys=frozenset({"running_window", "running_min_coverage"}),
             required=frozenset({"running_window"}),
             base="required",

@@ -11,7 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.config import AgentConfig, load_config
-from agent.kpi import replay, to_epoch_ms
+from agent.kpi.calendar import to_epoch_ms
+from agent.kpi.replay import replay
 
 Row = tuple[str, str, str, str]
 

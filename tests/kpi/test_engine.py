@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import AgentConfig, config_from_dict
-from agent.kpi import Engine, KpiOutput
+from agent.kpi.engine import Engine, KpiOutput
 from agent.readings import Quality, Reading
 from tests.kpi.support import by_kpi, hourly, make_config, ms, rows_of, run_replay
 

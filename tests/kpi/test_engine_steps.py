@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.kpi import Engine, KpiOutput
+from agent.kpi.engine import Engine, KpiOutput
 from tests.kpi.support import hourly, make_config, ms, rows_of, run_replay
 from tests.kpi.test_engine import BERLIN, PROPERTY_KPIS, agent_config
 

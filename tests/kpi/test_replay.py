@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.kpi import replay, replay_paths
+from agent.kpi.replay import replay, replay_paths
 from tests.kpi.support import by_kpi, csv_text, make_config, run_replay
 
 BERLIN = "Europe/Berlin"

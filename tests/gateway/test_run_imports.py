@@ -1,0 +1,82 @@
+"""What ``ssc-agent run`` imports for a config that does not use a part: nothing of that part
+(docs/architecture.md "Footprint"). A fresh interpreter runs the command line's ``run`` until
+the runtime is built and prints its modules; the test process has imported everything long ago.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The console script's path: agent.cli.main(["run", ...]); run_agent gets an on_start hook that
+# prints the modules once the runtime is built and stops the agent.
+_RUN = """
+import functools, json, os, signal, sys
+import agent.cli, agent.gateway.supervisor as supervisor
+
+def started(_: object) -> None:
+    print("MODULES " + json.dumps(sorted(m for m, v in sys.modules.items() if v is not None)),
+          flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+supervisor.run_agent = functools.partial(supervisor.run_agent, on_start=started)
+sys.exit(agent.cli.main(["--log-level", "error", "run", "--config", sys.argv[1]]))
+"""
+
+_KPIS = """
+[[kpis]]
+name = "energy_hourly"
+source = "m1.energy_import"
+operator = "counter_delta"
+window = "1 h"
+sample_interval = "1 s"
+"""
+
+
+def _modules_at_start(tmp_path: Path, extra: str = "") -> set[str]:
+    closed = free_port()  # nothing listens: the device is down, the broker unreachable
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[gateway]\nid = "gw-imp"\ndata_dir = "{tmp_path / "data"}"\nshutdown_timeout = "1 s"\n\n'
+        f'[uplink]\nbroker = "mqtt://127.0.0.1:{closed}"\n\n'
+        f'[[devices]]\nname = "m1"\ndriver = "modbus"\n'
+        f'endpoint = "tcp://127.0.0.1:{closed}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n'
+        + extra)
+    done = subprocess.run([sys.executable, "-c", _RUN, str(config)], check=False,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("MODULES ")]
+    assert done.returncode == 0 and len(lines) == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    return set(json.loads(lines[0].removeprefix("MODULES ")))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The modules of an agent with one Modbus meter and nothing else configured."""
+    return _modules_at_start(tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def with_kpis(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    return _modules_at_start(tmp_path_factory.mktemp("kpis"), _KPIS)
+
+
+KPI_ENGINE = ["agent.kpi.engine", "agent.kpi.live", "agent.kpi.accumulators",
+              "agent.kpi.counter_runners", "agent.kpi.window_runners",
+              "agent.kpi.sliding_runners", "agent.kpi.replay"]
+
+
+def test_without_kpis_the_engine_is_not_imported(plain: set[str]) -> None:
+    assert "agent.kpi.registry" in plain  # the operators' names and rules: the config's model
+    assert sorted(plain & set(KPI_ENGINE)) == []
+
+
+def test_with_kpis_the_engine_runs(with_kpis: set[str]) -> None:
+    assert {"agent.kpi.engine", "agent.kpi.live", "agent.kpi.counter_runners"} <= with_kpis
