@@ -19,6 +19,7 @@ import structlog
 from agent.errors import WireFormatError
 from agent.platform.sink import SinkBase, SinkUnavailable, StoreOutcome
 from agent.wire import Batch, decode_batch, parse_topic
+from agent.wire.config_push import is_config_topic
 
 log = structlog.get_logger("agent.platform.receiver")
 
@@ -45,6 +46,7 @@ class ReceiverStats:
     jumps: int = 0  # seq jumps seen (a gap opens only once a next batch confirms one)
     statuses: int = 0  # status messages recorded
     health_summaries: int = 0  # health summaries recorded (the newest of each gateway kept)
+    config_messages: int = 0  # remote-configuration messages passed over (config/set, state)
 
 
 # SQLite primary result codes that blame the sink (disk full, locked, I/O error, a broken or
@@ -178,6 +180,9 @@ class MessageHandler:
         try:
             gw, kind = parse_topic(self._prefix, topic)
         except WireFormatError as exc:
+            if is_config_topic(self._prefix, topic):
+                self.stats.config_messages += 1  # not data: acknowledged and passed over
+                return None
             await self._set_aside(None, topic, "bad_topic", str(exc), payload)
             return None
         if kind == "status":

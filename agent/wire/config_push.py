@@ -295,3 +295,13 @@ def config_state_gateway(prefix: str, topic: str) -> str | None:
         return None
     gw = topic[len(head): -len("/config/state")]
     return gw if len(gw) <= 64 and _GATEWAY_ID.fullmatch(gw) else None
+
+
+def is_config_topic(prefix: str, topic: str) -> bool:
+    """``{prefix}/{gw}/config/set`` or ``…/config/state``: the platform's and a gateway's
+    remote-configuration traffic, which a receiver taking every topic under the prefix (the
+    JetStream consumer) passes over rather than setting aside as data it cannot read."""
+    head = prefix.rstrip("/") + "/"
+    parts = topic[len(head):].split("/") if topic.startswith(head) else []
+    return (len(parts) == 3 and parts[1] == "config" and parts[2] in CONFIG_TOPIC_KINDS
+            and len(parts[0]) <= 64 and _GATEWAY_ID.fullmatch(parts[0]) is not None)

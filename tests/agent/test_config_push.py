@@ -33,6 +33,7 @@ from agent.wire.config_push import (
     decode_config_state,
     encode_config_set,
     encode_config_state,
+    is_config_topic,
     signed_bytes,
 )
 
@@ -362,3 +363,18 @@ def test_config_state_as_printed() -> None:
     doc = json.loads(to_json(states))
     assert [g["gw"] for g in doc["gateways"]] == ["gw-1", "gw-2"]
     assert doc["gateways"][1]["restored_sha256"] == "c" * 64
+
+
+@pytest.mark.parametrize(("topic", "expected"), [
+    ("ssc/v1/gw-1/config/set", True),
+    ("ssc/v1/gw-1/config/state", True),
+    ("ssc/v1/gw-1/config", False),
+    ("ssc/v1/gw-1/config/other", False),
+    ("ssc/v1/gw.1/config/set", False),  # not a gateway id
+    ("ssc/v1/gw-1/batch", False),
+    ("other/gw-1/config/set", False),
+    ("ssc/v1/a/b/config/set", False),
+    ("ssc/v1/" + "g" * 65 + "/config/set", False),
+])
+def test_config_topics_are_told_from_the_rest(topic: str, expected: bool) -> None:
+    assert is_config_topic("ssc/v1", topic) is expected

@@ -191,6 +191,9 @@ async def test_health_summaries_through_jetstream_are_stored(
         buffer_bytes=0, buffer_oldest_age_s=None, buffer_dropped_readings=0,
         uplink_in_flight=0, uplink_last_ack_age_s=None, kpis_open=0, kpis_closed=0))
     async with aiomqtt.Client("127.0.0.1", cluster.nodes[1].mqtt_port, identifier="gw-h") as c:
+        # remote configuration under the same prefix: passed over, not set aside as bad topics
+        await c.publish(f"{PREFIX}/gw-h/config/set", b'{"v":1}', qos=1, retain=True)
+        await c.publish(f"{PREFIX}/gw-h/config/state", b'{"state":"applied"}', qos=1)
         await c.publish(f"{PREFIX}/gw-h/health", health, qos=1, retain=True)
     stop = asyncio.Event()
     stats = ReceiverStats()
@@ -199,7 +202,8 @@ async def test_health_summaries_through_jetstream_are_stored(
         broker=None, nats_servers=tuple(cluster.urls.split(",")), sink_url=f"sqlite:///{sink}",
         topic_prefix=PREFIX, shared_group="rx-health"), stop=stop, stats=stats))
     try:
-        assert await wait_until_async(lambda: stats.health_summaries == 1, 30)
+        assert await wait_until_async(
+            lambda: stats.health_summaries == 1 and stats.config_messages == 2, 30), stats
     finally:
         stop.set()
         async with asyncio.timeout(20):
