@@ -83,3 +83,9 @@ class UplinkError(AgentError):
 
 class WireFormatError(AgentError):
     """A payload is not a valid wire format v1 batch."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line, at most 300 characters (a database's message can be a page)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

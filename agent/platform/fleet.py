@@ -9,16 +9,15 @@ around them opens the sink. Nothing heavy is imported until the command runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.platform import config_push, fleet_health, fleet_inventory
+from agent.platform.flags import add_sink_flags
 
 if TYPE_CHECKING:
     from agent.platform.sink.summary import GatewayRow
@@ -206,12 +205,7 @@ def add_parser(sub: Any) -> None:
         "has not been migrated by this release's receiver yet; 1 when the database fails "
         "while it is read.",
         epilog=COLUMNS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sink", metavar="URL",
-                   help="required: the receiver's --sink: sqlite:///file.db or "
-                   "postgresql://USER@HOST:PORT/DB (no password in it)")
-    p.add_argument("--sink-password-file", type=Path, metavar="FILE",
-                   help="PostgreSQL password (first line); default: libpq's PGPASSFILE or "
-                   "~/.pgpass")
+    add_sink_flags(p, required=False)
     p.add_argument("--silent-after", default=DEFAULT_SILENT_AFTER, metavar="DURATION",
                    help="flag gateways without a batch for longer (default "
                    f"{DEFAULT_SILENT_AFTER!r})")
@@ -235,31 +229,21 @@ def main(args: argparse.Namespace) -> int:
     if args.sink is None:
         raise ConfigError("fleet: --sink is required (or a command: push-config, "
                           "config-state, keygen)")
-    from agent.platform.sink import check_sink_url
+    from agent.errors import first_line
     from agent.platform.sink.summary import read_fleet
-    from agent.platform.sink.url import open_read_only
+    from agent.platform.sink.url import read_only_sink
     from agent.units import parse_duration
 
     try:
         silent_after_ms = int(parse_duration(args.silent_after) * 1000)
     except ValueError as exc:
         raise ConfigError(f"--silent-after: {exc}") from None
-    try:
-        check_sink_url(args.sink, args.sink_password_file)
-    except ConfigError as exc:
-        raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
     now_ms = int(time.time() * 1000)
-    with contextlib.ExitStack() as stack:
-        try:
-            select = stack.enter_context(
-                open_read_only(args.sink, password_file=args.sink_password_file))
-        except ConfigError as exc:
-            raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+    with read_only_sink(args.sink, args.sink_password_file) as select:
         try:
             rows = read_fleet(select, now_ms - WINDOW_MS)
         except Exception as exc:  # the database failed while read: not the flags' fault
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            print(f"ssc-agent: --sink: {first}", file=sys.stderr)
+            print(f"ssc-agent: --sink: {first_line(exc)}", file=sys.stderr)
             return 1
     views = [gateway_view(r, now_ms=now_ms, silent_after_ms=silent_after_ms) for r in rows]
     render = to_json if args.json else render_table

@@ -5,11 +5,12 @@ the sink's ``devices`` table and the city config's ``[inventory]``."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from agent.platform.flags import add_sink_flags
 
 
 def add_parser(sub: Any) -> None:
@@ -22,12 +23,7 @@ def add_parser(sub: Any) -> None:
         "<kind>_meters): the catalogue's smart meter indicators (docs/platform.md). Only "
         "reads: a read-only database role will do. Exit 0; 2 for a bad city config or a sink "
         "that cannot be opened or is not migrated yet; 1 when the database fails while read.")
-    p.add_argument("--sink", metavar="URL", required=True,
-                   help="the receiver's --sink: sqlite:///file.db or "
-                   "postgresql://USER@HOST:PORT/DB (no password in it)")
-    p.add_argument("--sink-password-file", type=Path, metavar="FILE",
-                   help="PostgreSQL password (first line); default: libpq's PGPASSFILE or "
-                   "~/.pgpass")
+    add_sink_flags(p)
     p.add_argument("--city", required=True, type=Path, metavar="FILE",
                    help="the city config (docs/city.md)")
     p.add_argument("--json", action="store_true", help="one JSON document (stable keys)")
@@ -35,33 +31,22 @@ def add_parser(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``fleet inventory``: 0, 1 (the database failed while read); ConfigError (exit 2)."""
-    from agent.errors import ConfigError
+    from agent.errors import first_line
     from agent.platform.city_checks import load_city
     from agent.platform.indicators import load_catalogue
     from agent.platform.inventory import compute_inventory, render_inventory, to_json
-    from agent.platform.sink import check_sink_url
     from agent.platform.sink.devices import read_devices, read_health
-    from agent.platform.sink.url import open_read_only
+    from agent.platform.sink.url import read_only_sink
 
     catalogue = load_catalogue()
     city = load_city(args.city, catalogue=catalogue)
-    try:
-        check_sink_url(args.sink, args.sink_password_file)
-    except ConfigError as exc:
-        raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
     now_ms = int(time.time() * 1000)
-    with contextlib.ExitStack() as stack:
-        try:
-            select = stack.enter_context(
-                open_read_only(args.sink, password_file=args.sink_password_file))
-        except ConfigError as exc:
-            raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+    with read_only_sink(args.sink, args.sink_password_file) as select:
         try:
             devices = read_devices(select)
             health = read_health(select)
         except Exception as exc:  # the database failed while read: not the flags' fault
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            print(f"ssc-agent: --sink: {first}", file=sys.stderr)
+            print(f"ssc-agent: --sink: {first_line(exc)}", file=sys.stderr)
             return 1
     inventory = compute_inventory(city.inventory, devices, at_ms=now_ms,
                                   indicators=[i for _, i in catalogue.indicators], health=health)

@@ -4,11 +4,12 @@ report in the format asked for (docs/reports.md §1)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from agent.platform.flags import add_sink_flags
 
 if TYPE_CHECKING:
     from agent.platform.city import CityConfig
@@ -31,11 +32,7 @@ def add_parser(sub: Any) -> None:
         "and projection, and data capture per station (docs/reports.md). Only reads: a "
         "read-only database role will do. Exit 0; 2 for bad options, a bad city config or a "
         "sink that cannot be opened; 1 when the database fails while it is read.")
-    p.add_argument("--sink", required=True, metavar="URL",
-                   help="the receiver's --sink: sqlite:///file.db or "
-                   "postgresql://USER@HOST:PORT/DB (no password in it)")
-    p.add_argument("--sink-password-file", type=Path, metavar="FILE",
-                   help="PostgreSQL password (first line); default: libpq's PGPASSFILE")
+    add_sink_flags(p)
     p.add_argument("--city", required=True, type=Path, metavar="FILE",
                    help="the city config (docs/city.md)")
     p.add_argument("--from", dest="first", required=True, metavar="DATE",
@@ -61,6 +58,7 @@ def meter_inventory(city: CityConfig, catalogue: Catalogue, select: Any) -> Inve
     database fails while read."""
     import time
 
+    from agent.errors import first_line
     from agent.platform.inventory import compute_inventory
     from agent.platform.report.reader import SinkReadError
     from agent.platform.sink.devices import read_devices
@@ -68,8 +66,7 @@ def meter_inventory(city: CityConfig, catalogue: Catalogue, select: Any) -> Inve
     try:
         devices = read_devices(select)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise SinkReadError(first) from exc
+        raise SinkReadError(first_line(exc)) from exc
     return compute_inventory(city.inventory, devices, at_ms=int(time.time() * 1000),
                              indicators=[i for _, i in catalogue.indicators])
 
@@ -85,8 +82,7 @@ def main(args: argparse.Namespace) -> int:
     from agent.platform.report.export import render_csv, render_json
     from agent.platform.report.html import render_html
     from agent.platform.report.reader import SinkReadError, WindowReader
-    from agent.platform.sink import check_sink_url
-    from agent.platform.sink.url import open_read_only
+    from agent.platform.sink.url import read_only_sink
 
     first, last = _date(args.first, "--from"), _date(args.last, "--to")
     if last < first:
@@ -95,17 +91,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--from/--to: a report covers 31 years at most")
     catalogue = load_catalogue()
     city = load_city(args.city, catalogue=catalogue)
-    try:
-        check_sink_url(args.sink, args.sink_password_file)
-    except ConfigError as exc:
-        raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with contextlib.ExitStack() as stack:
-        try:
-            select = stack.enter_context(
-                open_read_only(args.sink, password_file=args.sink_password_file))
-        except ConfigError as exc:
-            raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+    with read_only_sink(args.sink, args.sink_password_file) as select:
         try:
             inventory = meter_inventory(city, catalogue, select)
             report = build_report(city, catalogue, WindowReader(select), first, last,

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.errors import first_line
+
 __all__ = ["Select", "SinkReadError", "StoredWindow", "WindowReader"]
 
 Select = Callable[[str, Any], list[tuple[Any, ...]]]
@@ -53,8 +55,7 @@ class WindowReader:
                 'WHERE gw = ? AND kpi = ? AND "start" >= ? AND "start" < ? ORDER BY "start"',
                 (gateway, kpi, start_ms, end_ms))
         except Exception as exc:  # sqlite3.Error or psycopg.Error: whichever sink it is
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise SinkReadError(text) from exc
+            raise SinkReadError(first_line(exc)) from exc
         prefixes = tuple(f"{device}." for device in devices)
         by_source: dict[str, list[StoredWindow]] = {}
         last_start: dict[str, int] = {}

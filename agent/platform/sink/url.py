@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, first_line
 from agent.platform.sink.base import SinkBase
 from agent.platform.sink.pg_schema import MIGRATIONS, is_pg_url, parse_pg_url, pg_sql
 from agent.platform.sink.schema import VERSIONED_STEPS, sink_path
@@ -56,13 +56,13 @@ def open_read_only(url: str, *, password_file: Path | None = None) -> Iterator[S
         try:
             conn = connect(target)
         except Exception as exc:
-            raise ConfigError(f"sink {target.url}: cannot connect: {_line(exc)}") from None
+            raise ConfigError(f"sink {target.url}: cannot connect: {first_line(exc)}") from None
         try:
             conn.read_only = True
             try:
                 have = schema_version(conn)
             except Exception as exc:
-                raise ConfigError(f"sink {target.url}: cannot read: {_line(exc)}") from None
+                raise ConfigError(f"sink {target.url}: cannot read: {first_line(exc)}") from None
             _check_version(target.url, have, MIGRATIONS[-1][0])
 
             def select_pg(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
@@ -94,9 +94,21 @@ def open_read_only(url: str, *, password_file: Path | None = None) -> Iterator[S
         db.close()
 
 
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+@contextlib.contextmanager
+def read_only_sink(url: str, password_file: Path | None) -> Iterator[Select]:
+    """:func:`open_read_only` for a command's ``--sink`` flags: the URL checked first, and
+    each problem of opening it named as the flag's (ConfigError, exit 2)."""
+    from agent.platform.sink import check_sink_url
+
+    stack = contextlib.ExitStack()
+    try:
+        check_sink_url(url, password_file)
+        select = stack.enter_context(open_read_only(url, password_file=password_file))
+    except ConfigError as exc:
+        stack.close()
+        raise ConfigError([f"--sink: {p}" for p in exc.problems]) from None
+    with stack:
+        yield select
 
 
 def _check_version(shown: str, have: int, needed: int) -> None:
