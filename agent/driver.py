@@ -10,10 +10,11 @@ code, never missing. When the device does not answer at all, ``read()`` raises
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from agent.errors import ConfigError
 from agent.readings import PointValue
@@ -21,7 +22,22 @@ from agent.schema import ConfigModel, Field
 from agent.unit_fields import DeviceDurationField
 from agent.units import Duration
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 ENTRY_POINT_GROUP = "ssc_agent.drivers"
+
+# The drivers this package ships, as pyproject.toml registers them (tests/test_driver_folders.py
+# checks both agree): a config naming only these loads them without reading the installed
+# packages' entry points, whose reader (importlib.metadata, with zipfile and email) costs the
+# agent ~0.7 MiB (docs/architecture.md "Footprint"). A built-in name is always this driver.
+BUILTIN_DRIVERS: Final[Mapping[str, str]] = {
+    "modbus": "drivers.modbus.driver:SPEC",
+    "sds011": "drivers.sds011.driver:SPEC",
+    "pms5003": "drivers.pms5003.driver:SPEC",
+    "iec62056": "drivers.iec62056.driver:SPEC",
+}
+_DISTRIBUTION = "ssc-edge-agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,30 +155,43 @@ def _origin(ep: EntryPoint) -> str:
     return f"{dist.metadata['Name']} {dist.version} ({ep.value})"
 
 
+def _load_builtin(value: str) -> object:
+    module, _, attr = value.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def discover(names: Collection[str] | None = None) -> dict[str, DriverEntry]:
     """Load every installed driver, or only those in ``names`` (a config's drivers: the others
     cost memory for nothing); a broken one is reported, never fatal for the others."""
+    if names is not None and set(names) <= BUILTIN_DRIVERS.keys():
+        from agent import __version__
+
+        return {name: _entry(name, f"{_DISTRIBUTION} {__version__} ({value})",
+                             functools.partial(_load_builtin, value))
+                for name, value in BUILTIN_DRIVERS.items() if name in names}
+    from importlib.metadata import entry_points
+
     found: dict[str, DriverEntry] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if names is not None and ep.name not in names:
             continue
-        origin = _origin(ep)
-        try:
-            spec = ep.load()
-        except Exception as exc:  # a third-party import error must not stop the agent
-            found[ep.name] = DriverEntry(ep.name, origin, None, f"import failed: {exc!r}")
-            continue
-        if not isinstance(spec, DriverSpec):
-            found[ep.name] = DriverEntry(
-                ep.name, origin, None, f"entry point is a {type(spec).__name__}, not a DriverSpec"
-            )
-            continue
-        problem = spec_problem(spec)
-        if problem is not None:
-            found[ep.name] = DriverEntry(ep.name, origin, None, problem)
-            continue
-        found[ep.name] = DriverEntry(ep.name, origin, spec, None)
+        found[ep.name] = _entry(ep.name, _origin(ep), ep.load)
     return found
+
+
+def _entry(name: str, origin: str, load: Callable[[], object]) -> DriverEntry:
+    try:
+        spec = load()
+    except Exception as exc:  # a third-party import error must not stop the agent
+        return DriverEntry(name, origin, None, f"import failed: {exc!r}")
+    if not isinstance(spec, DriverSpec):
+        return DriverEntry(
+            name, origin, None, f"entry point is a {type(spec).__name__}, not a DriverSpec"
+        )
+    problem = spec_problem(spec)
+    if problem is not None:
+        return DriverEntry(name, origin, None, problem)
+    return DriverEntry(name, origin, spec, None)
 
 
 def spec_problem(spec: DriverSpec) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.driver import ENTRY_POINT_GROUP, discover
+from agent.driver import BUILTIN_DRIVERS, ENTRY_POINT_GROUP, discover
 from agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,6 +220,18 @@ def test_driver_folder_is_registered_and_ships_its_sample(folder: Path) -> None:
         f"drivers/{folder.name}: SPEC.name is {entry.spec.name!r} but the entry point is "
         f"{name!r}; make them the same"
     )
+
+
+def test_the_built_in_drivers_are_the_registered_ones() -> None:
+    # A config naming only these loads them without the entry points (agent.driver): the table
+    # must say what pyproject.toml registers, and each load the same spec and origin.
+    assert dict(BUILTIN_DRIVERS) == installed_entry_points()
+    listed = discover()
+    for name in BUILTIN_DRIVERS:
+        direct = discover({name})
+        assert list(direct) == [name]
+        assert direct[name].origin == listed[name].origin
+        assert direct[name].spec is listed[name].spec is not None
 
 
 # The checks themselves must be able to fail: each against a folder that breaks one rule.

@@ -80,3 +80,9 @@ def test_without_kpis_the_engine_is_not_imported(plain: set[str]) -> None:
 
 def test_with_kpis_the_engine_runs(with_kpis: set[str]) -> None:
     assert {"agent.kpi.engine", "agent.kpi.live", "agent.kpi.counter_runners"} <= with_kpis
+
+
+def test_built_in_drivers_are_found_without_the_entry_points(plain: set[str]) -> None:
+    # importlib.metadata (zipfile, email, csv) only for a driver the agent does not ship
+    assert "drivers.modbus.driver" in plain
+    assert "importlib.metadata" not in plain
