@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 from agent import __version__
 from agent.console import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err
 from agent.errors import AgentError, ConfigError, StorageError
-from agent.platform import fleet
-from agent.platform.report import command as report_command
-from agent.tools import device_test, modbus_commands, status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.config import AgentConfig
 
 EPILOG = """\
@@ -39,7 +38,9 @@ trying it out:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(tools: bool = True) -> argparse.ArgumentParser:
+    """The command line; without ``tools``, only the commands whose bodies are in this module
+    (see :func:`_own_command`)."""
     parser = argparse.ArgumentParser(
         prog="ssc-agent",
         description="Edge agent for smart-city gateways: polls meters and sensors, computes "
@@ -79,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                        "point them at it. `validate` still checks what spans keys and tables.")
     p.add_argument("--city", action="store_true", help="the city config's schema instead")
 
-    device_test.add_parser(sub)
-    modbus_commands.add_parsers(sub)
-    status.add_parser(sub)
+    if tools:
+        from agent.tools import device_test, modbus_commands, status
+
+        device_test.add_parser(sub)
+        modbus_commands.add_parsers(sub)
+        status.add_parser(sub)
 
     p = sub.add_parser("receive",
                        help="the central platform side: store batches in SQLite or PostgreSQL",
@@ -125,8 +129,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="client certificate (PEM), when the broker wants one")
     p.add_argument("--key-file", type=Path, metavar="FILE", help="its private key (PEM)")
 
-    fleet.add_parser(sub)
-    report_command.add_parser(sub)
+    if tools:
+        from agent.platform import fleet
+        from agent.platform.report import command as report_command
+
+        fleet.add_parser(sub)
+        report_command.add_parser(sub)
     p = sub.add_parser("kpi", help="KPI tools: replay recorded readings through the engine")
     kpi_sub = p.add_subparsers(dest="kpi_command", metavar="KPI_COMMAND", required=True)
     r = kpi_sub.add_parser(
@@ -413,29 +421,61 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ))
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "validate": _cmd_validate,
     "sample-config": _cmd_sample,
     "drivers": _cmd_drivers,
     "schema": _cmd_schema,
-    "test": device_test.main,
-    **modbus_commands.COMMANDS,
     "receive": _cmd_receive,
-    "fleet": fleet.main,
-    "report": report_command.main,
     "kpi": _cmd_kpi,
     "buffer": _cmd_buffer,
-    "status": status.main,
     "demo": _cmd_demo,
 }
+# The options before a command, and whether each takes a value.
+_GLOBAL_OPTIONS = {"--log-level": True, "--log-json": False, "--no-log-json": False}
+
+
+def _own_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs when it is one of :data:`COMMANDS` and nothing before it asks
+    for the whole command line (help, version, anything unexpected); else None. The other
+    commands (test, probe, fleet, report, …) live in their own modules: ``run`` should not
+    hold them in memory (docs/architecture.md "Footprint")."""
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+        name = word.partition("=")[0]
+        known = [o for o in _GLOBAL_OPTIONS if o.startswith(name)]  # argparse's abbreviations
+        if len(name) < 3 or len(known) != 1:
+            return None
+        if _GLOBAL_OPTIONS[known[0]] and "=" not in word:
+            next(words, None)
+    return None
+
+
+def _tool_commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from agent.platform import fleet
+    from agent.platform.report import command as report_command
+    from agent.tools import device_test, modbus_commands, status
+
+    return {
+        "test": device_test.main,
+        **modbus_commands.COMMANDS,
+        "fleet": fleet.main,
+        "report": report_command.main,
+        "status": status.main,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssc-agent`` console script."""
+    words = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = _parser().parse_args(argv)  # --help and --version print too
-        status = COMMANDS[args.command](args)
+        own = _own_command(words)
+        args = _parser(tools=own is None).parse_args(words)  # --help and --version print too
+        command = COMMANDS.get(args.command) or _tool_commands()[args.command]
+        status = command(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return status
     except BrokenPipeError:

@@ -86,3 +86,10 @@ def test_built_in_drivers_are_found_without_the_entry_points(plain: set[str]) ->
     # importlib.metadata (zipfile, email, csv) only for a driver the agent does not ship
     assert "drivers.modbus.driver" in plain
     assert "importlib.metadata" not in plain
+
+
+def test_the_commands_in_their_own_modules_are_not_imported(plain: set[str]) -> None:
+    tools = ["agent.tools.device_test", "agent.tools.modbus_commands", "agent.tools.status",
+             "agent.platform.fleet", "agent.platform.config_push", "agent.platform.report"]
+    assert "agent.cli" in plain
+    assert sorted(plain & set(tools)) == []
