@@ -20,7 +20,6 @@ two:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
 import time
@@ -159,7 +158,9 @@ def _load_adjtimex() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the symbols the interpreter already has (libc's among them), as allocator.py does:
+        # ctypes.util.find_library would run ldconfig and import shutil, tempfile and random
+        libc = ctypes.CDLL(None, use_errno=True)
         call: Callable[..., int] = libc.adjtimex
     except (OSError, AttributeError):
         return None

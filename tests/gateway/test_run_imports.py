@@ -93,3 +93,10 @@ def test_the_commands_in_their_own_modules_are_not_imported(plain: set[str]) -> 
              "agent.platform.fleet", "agent.platform.config_push", "agent.platform.report"]
     assert "agent.cli" in plain
     assert sorted(plain & set(tools)) == []
+
+
+def test_the_clock_finds_adjtimex_without_ctypes_util(plain: set[str]) -> None:
+    # ctypes.util.find_library runs ldconfig at start and imports shutil, tempfile and random
+    # (paho's urllib.request still brings those two)
+    assert "agent.gateway.clock" in plain
+    assert "ctypes.util" not in plain
