@@ -18,37 +18,46 @@ Decisions recorded here and in the spec:
 The package: ``model`` (types, keys, limits, readings <-> series), ``checks`` (the v1 checks),
 ``encode``, ``decode`` (bounded), ``status`` (status payload, topic names), ``health`` (the
 retained health summary, bounded).
+
+Each name below is imported from its module on first use: the gateway encodes and never loads
+the decoder (docs/architecture.md "Footprint").
 """
 
-from agent.wire.decode import decode_batch
-from agent.wire.encode import encode_batch, pack_values
-from agent.wire.health import DownDevice, HealthSummary, decode_health, encode_health
-from agent.wire.model import (
-    AGGREGATE_KEYS,
-    CLOCK_KEYS,
-    CODEC_PLAIN,
-    CODEC_ZSTD,
-    EVENT_KEYS,
-    INT64_MAX,
-    INT64_MIN,
-    MAGIC,
-    MAX_BATCH_AGGREGATES,
-    MAX_BATCH_EVENTS,
-    MAX_BATCH_READINGS,
-    MAX_BATCH_SERIES,
-    MAX_BODY_BYTES,
-    MAX_BUFFER_REASON_LEN,
-    OPTIONAL_BODY_KEYS,
-    Batch,
-    BufferHealth,
-    Series,
-    Status,
-    build_series,
-    event_from_map,
-    event_to_map,
-    iter_readings,
-)
-from agent.wire.status import decode_status, encode_status, parse_topic, topic_for
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.wire.decode import decode_batch
+    from agent.wire.encode import encode_batch, pack_values
+    from agent.wire.health import DownDevice, HealthSummary, decode_health, encode_health
+    from agent.wire.model import (
+        AGGREGATE_KEYS,
+        CLOCK_KEYS,
+        CODEC_PLAIN,
+        CODEC_ZSTD,
+        EVENT_KEYS,
+        INT64_MAX,
+        INT64_MIN,
+        MAGIC,
+        MAX_BATCH_AGGREGATES,
+        MAX_BATCH_EVENTS,
+        MAX_BATCH_READINGS,
+        MAX_BATCH_SERIES,
+        MAX_BODY_BYTES,
+        MAX_BUFFER_REASON_LEN,
+        OPTIONAL_BODY_KEYS,
+        Batch,
+        BufferHealth,
+        Series,
+        Status,
+        build_series,
+        event_from_map,
+        event_to_map,
+        iter_readings,
+    )
+    from agent.wire.status import decode_status, encode_status, parse_topic, topic_for
 
 __all__ = [
     "AGGREGATE_KEYS",
@@ -86,3 +95,22 @@ __all__ = [
     "parse_topic",
     "topic_for",
 ]
+
+
+# The module of each name of __all__ that is not in model.py.
+_HOMES = {
+    "decode_batch": "decode",
+    "encode_batch": "encode", "pack_values": "encode",
+    "DownDevice": "health", "HealthSummary": "health", "decode_health": "health",
+    "encode_health": "health",
+    "decode_status": "status", "encode_status": "status", "parse_topic": "status",
+    "topic_for": "status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"agent.wire.{_HOMES.get(name, 'model')}"), name)
+    globals()[name] = value
+    return value

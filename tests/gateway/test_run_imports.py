@@ -5,6 +5,7 @@ the runtime is built and prints its modules; the test process has imported every
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -100,3 +101,21 @@ def test_the_clock_finds_adjtimex_without_ctypes_util(plain: set[str]) -> None:
     # (paho's urllib.request still brings those two)
     assert "agent.gateway.clock" in plain
     assert "ctypes.util" not in plain
+
+
+def test_the_gateway_does_not_load_the_wire_decoder(plain: set[str]) -> None:
+    assert "agent.wire.encode" in plain
+    assert "agent.wire.decode" not in plain
+
+
+def test_every_name_of_the_wire_package_is_its_modules() -> None:
+    import agent.wire
+
+    modules = [importlib.import_module(f"agent.wire.{m}")
+               for m in ("model", "encode", "decode", "health", "status")]
+    for name in agent.wire.__all__:
+        homes = [m for m in modules if name in vars(m)]
+        assert len(homes) >= 1, name
+        assert getattr(agent.wire, name) is getattr(homes[0], name), name
+    with pytest.raises(AttributeError):
+        agent.wire.no_such_name  # noqa: B018
