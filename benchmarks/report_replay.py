@@ -1,6 +1,7 @@
 """A city's year through the whole chain, then its report (docs/reports.md): hourly PM10 and
 NO2 readings of 20 stations for 2025, each station's run through ``ssc-agent kpi replay``
-(the gateway's KPI engine: daily PM10 means valid with 18 of 24 hours, hourly NO2), its
+(the gateway's KPI engine: daily PM10 means valid with 18 of 24 hours, hourly NO2; readings
+made by ``agent.tools.city_data.hourly_readings``, as tests/platform/test_report_year.py's), its
 windows published as wire batches to a mosquitto on a free loopback port, stored by
 ``ssc-agent receive`` into a SQLite sink, and ``ssc-agent report`` run on it.
 
@@ -18,68 +19,31 @@ import argparse
 import asyncio
 import json
 import math
-import random
 import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.tools.city_data import city_toml  # noqa: E402
+from agent.tools.city_data import (  # noqa: E402
+    Readings,
+    city_toml,
+    hourly_readings,
+    replay_config,
+    write_readings,
+)
 from agent.wire import Batch, encode_batch  # noqa: E402
 from tests.conftest import Mosquitto, free_port  # noqa: E402
 
-ZONE = ZoneInfo("Europe/Berlin")
-CONFIG = """[gateway]
-id = "{gw}"
-timezone = "Europe/Berlin"
-
-[[kpis]]
-name = "pm10_day"
-source = "aq-1.pm10"
-operator = "mean"
-window = "1 d"
-sample_interval = "1 h"
-unit = "µg/m³"
-
-[[kpis]]
-name = "no2_1h"
-source = "aq-1.no2"
-operator = "mean"
-window = "1 h"
-sample_interval = "1 h"
-unit = "µg/m³"
-"""
 WINDOWS_PER_BATCH = 500
-
-
-def readings_csv(path: Path, station: int, year: int) -> int:
-    """A station's hourly readings of the year, about 3 % of the hours missing."""
-    rng = random.Random(station)
-    moment = datetime(year, 1, 1, tzinfo=ZONE).astimezone(UTC)
-    end = datetime(year + 1, 1, 1, tzinfo=ZONE).astimezone(UTC)
-    rows = 0
-    with path.open("w", encoding="utf-8") as out:
-        out.write("time,device,point,value\n")
-        while moment < end:
-            day = moment.timetuple().tm_yday
-            season = math.cos(2 * math.pi * (day - 15) / 365.25)
-            if rng.random() >= 0.03:
-                pm10 = max(1.0, 22 + 2 * station / 5 + 8 * season + rng.gauss(0, 9))
-                no2 = max(1.0, 25 + station + 10 * season + rng.gauss(0, 30) ** 2 / 15)
-                out.write(f"{moment.isoformat()},aq-1,pm10,{pm10:.2f}\n"
-                          f"{moment.isoformat()},aq-1,no2,{no2:.2f}\n")
-                rows += 2
-            moment += timedelta(hours=1)
-    return rows
+KPIS = ("pm10_day", "no2_1h")
 
 
 def replayed(path: Path) -> list[dict[str, Any]]:
@@ -113,8 +77,10 @@ def main() -> int:
         rows = 0
         for index, gw in enumerate(gateways):
             csv_path, config = work / f"{gw}.csv", work / f"{gw}.toml"
-            rows += readings_csv(csv_path, index, args.year)
-            config.write_text(CONFIG.format(gw=gw), encoding="utf-8")
+            # the stations' levels spread over the city, about 3 % of the hours missing
+            spec = Readings(index, level=index / max(args.stations - 1, 1), spikes=0.0003 * index)
+            rows += write_readings(csv_path, hourly_readings(spec, args.year))
+            config.write_text(replay_config(gw, KPIS), encoding="utf-8")
             subprocess.run([sys.executable, "-m", "agent.cli", "kpi", "replay", "--config",
                             str(config), "--input", str(csv_path), "--output",
                             str(work / f"{gw}.jsonl")], check=True, cwd=ROOT,
@@ -156,9 +122,9 @@ def main() -> int:
         finally:
             receiver.terminate()
             receiver.wait(30)
-            broker.stop()
+            broker.terminate()
         city = work / "city.toml"
-        city.write_text(city_toml(gateways, kpis=("pm10_day", "no2_1h")), encoding="utf-8")
+        city.write_text(city_toml(gateways, kpis=KPIS), encoding="utf-8")
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", "report", "--sink", f"sqlite:///{sink}",

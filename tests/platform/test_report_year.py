@@ -13,7 +13,9 @@ Stations made to fall short on purpose:
 - LEAP loses 884 hours from a local midnight: 7900 of 8784 hours and 329 of 366 days, enough
   in a year of 8760 hours or 365 days, not in a leap year;
 - DST_SHORT keeps 17 of the 23 hours of 2024-03-31 and 18 of the 25 of 2024-10-27 (neither
-  day valid), DST_EDGE 18 of 23 and 19 of 25 (both valid).
+  day valid), DST_EDGE 18 of 23 and 19 of 25 (both valid);
+- EDGE has a day whose PM10 mean is exactly 50 and NO2 hours at exactly 200 µg/m³, which are
+  not over those limits.
 
 A second city config of the stations that have every figure valid gives valid city-wide
 shares and target figures.
@@ -62,6 +64,7 @@ STATIONS = 20
 O3_AT = (0, 8, 19, 17)
 BLOCK, LEAP, DST_SHORT, DST_EDGE = 17, 18, 16, 15
 SPRING, AUTUMN = date(YEAR, 3, 31), date(YEAR, 10, 27)
+EDGE, EDGE_DAY = 12, date(YEAR, 2, 14)  # values exactly at the limits (see _planted)
 VALID_CITY = tuple(range(17))  # the stations whose every yearly figure is valid
 WINDOWS_PER_BATCH = 500
 EXTRA_TARGETS = """
@@ -126,9 +129,26 @@ class Chain:
     series: dict[tuple[int, str], Series] = field(default_factory=dict)  # worked out once
 
 
+def _planted(i: int, readings: list[tuple[datetime, str, float]]
+             ) -> list[tuple[datetime, str, float]]:
+    """At EDGE, values exactly at a limit, which is not over it (">"): every PM10 hour of
+    EDGE_DAY at 50 (the day's mean 50), and NO2 at 200 in the day's first hours."""
+    if i != EDGE:
+        return readings
+    result = []
+    for moment, point, value in readings:
+        local = moment.astimezone(ZONE)
+        at_limit = {"pm10": 50.0, "no2": 200.0} if local.date() == EDGE_DAY else {}
+        if point in at_limit and (point == "pm10" or local.hour < 3):
+            result.append((moment, point, at_limit[point]))
+        else:
+            result.append((moment, point, value))
+    return result
+
+
 def _replay(work: Path, i: int) -> tuple[list[dict[str, Any]], dict[str, dict[datetime, float]]]:
     by_point: dict[str, dict[datetime, float]] = defaultdict(dict)
-    readings = list(hourly_readings(_spec(i), YEAR))
+    readings = _planted(i, list(hourly_readings(_spec(i), YEAR)))
     for moment, point, value in readings:
         by_point[point][moment] = value
     csv_path, config, out = (work / f"{_gw(i)}.csv", work / f"{_gw(i)}.toml",
@@ -405,6 +425,8 @@ def test_the_year_is_made_as_the_stations_need(chain: Chain) -> None:
     assert [len(s.values) for s in leap] == [329, 7900]  # 90 % of 365 and 8760, not of 366, 8784
     assert 10 * 329 >= 9 * 365 and 10 * 7900 >= 9 * 8760
     assert not _series(chain, BLOCK, "no2_1h").capture_ok
+    assert _daily_means(chain.readings[EDGE]["pm10"])[EDGE_DAY] == 50.0
+    assert sum(1 for v in chain.readings[EDGE]["no2"].values() if v == 200.0) >= 3
     assert _ozone_months_ok(chain, BLOCK) == (False, ["May 0 of 31", "June 11 of 30",
                                                       "September 1 of 30"])
     for i in _fed("o3_days_over"):
