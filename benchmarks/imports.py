@@ -65,8 +65,8 @@ STEPS: list[tuple[str, str, str]] = [
 # The config's share: every other import of the runtime first, then the config's modules and
 # what is built with them, so that what they share with the rest is not counted as theirs.
 WITHOUT_CONFIG = (
-    "import asyncio, ssl, sqlite3, ctypes, tomllib, importlib.metadata, structlog, zstandard, "
-    "msgpack, aiomqtt, pymodbus.client"
+    "import asyncio, ssl, sqlite3, ctypes, tomllib, structlog, zstandard, msgpack, aiomqtt, "
+    "pymodbus.client"
 )
 CONFIG_STEPS: list[tuple[str, str]] = [
     ("the runtime's other imports", WITHOUT_CONFIG),
@@ -81,8 +81,8 @@ CONFIG_STEPS: list[tuple[str, str]] = [
 # third-party packages, the agent's own modules and a loaded config each add.
 PHASES: list[tuple[str, str]] = [
     ("standard library (asyncio, ssl, sqlite3, …)",
-     "import asyncio, ssl, sqlite3, ctypes, tomllib, argparse, json, zoneinfo, "
-     "importlib.metadata"),
+     # no importlib.metadata: a config of built-in drivers does not read the entry points
+     "import asyncio, ssl, sqlite3, ctypes, tomllib, argparse, json, zoneinfo"),
     ("third-party (structlog, paho/aiomqtt, pymodbus, …)",
      "import structlog, zstandard, msgpack, aiomqtt, pymodbus.client"),
     ("the agent's run path (cli, supervisor, uplink, modbus)",
