@@ -14,6 +14,8 @@ Stations made to fall short on purpose:
   in a year of 8760 hours or 365 days, not in a leap year;
 - DST_SHORT keeps 17 of the 23 hours of 2024-03-31 and 18 of the 25 of 2024-10-27 (neither
   day valid), DST_EDGE 18 of 23 and 19 of 25 (both valid);
+- OZONE_ONE_SHORT loses 4 days of O3 in June (26 of 30: one summer month short, still valid),
+  OZONE_TWO_SHORT in June and July (two months short, not valid);
 - EDGE has a day whose PM10 mean is exactly 50 and NO2 hours at exactly 200 µg/m³, which are
   not over those limits.
 
@@ -64,6 +66,7 @@ STATIONS = 20
 O3_AT = (0, 8, 19, 17)
 BLOCK, LEAP, DST_SHORT, DST_EDGE = 17, 18, 16, 15
 SPRING, AUTUMN = date(YEAR, 3, 31), date(YEAR, 10, 27)
+OZONE_ONE_SHORT, OZONE_TWO_SHORT = 8, 19  # O3 loses 4 days of June (and of July)
 EDGE, EDGE_DAY = 12, date(YEAR, 2, 14)  # values exactly at the limits (see _planted)
 VALID_CITY = tuple(range(17))  # the stations whose every yearly figure is valid
 WINDOWS_PER_BATCH = 500
@@ -98,6 +101,11 @@ def _spec(i: int) -> Readings:
                 Gap(datetime(YEAR, 5, 1, tzinfo=ZONE), 1200, "o3"))
     elif i == LEAP:
         missing, gaps = 0.0, (Gap(datetime(YEAR, 6, 3, tzinfo=ZONE), 884),)
+    elif i == OZONE_ONE_SHORT:
+        gaps = (Gap(datetime(YEAR, 6, 10, tzinfo=ZONE), 96, "o3"),)
+    elif i == OZONE_TWO_SHORT:
+        gaps = (Gap(datetime(YEAR, 6, 10, tzinfo=ZONE), 96, "o3"),
+                Gap(datetime(YEAR, 7, 10, tzinfo=ZONE), 96, "o3"))
     elif i == DST_SHORT:
         keep = {SPRING: 17, AUTUMN: 18}
     elif i == DST_EDGE:
@@ -443,9 +451,10 @@ def test_the_year_is_made_as_the_stations_need(chain: Chain) -> None:
     assert sum(1 for v in chain.readings[EDGE]["no2"].values() if v == 200.0) >= 3
     assert _ozone_months_ok(chain, BLOCK) == (False, ["May 0 of 31", "June 11 of 30",
                                                       "September 1 of 30"])
-    for i in _fed("o3_days_over"):
-        if i != BLOCK:
-            assert _ozone_months_ok(chain, i)[0]
+    assert _ozone_months_ok(chain, OZONE_ONE_SHORT) == (True, ["June 26 of 30"])
+    assert _ozone_months_ok(chain, OZONE_TWO_SHORT) == (False, ["June 26 of 30",
+                                                                "July 27 of 31"])
+    assert _ozone_months_ok(chain, 0) == (True, [])
     # every judged limit is met at some stations and missed at others
     for indicator in INDICATORS:
         checks = [_expected_checks(chain, i, indicator) for i in _fed(indicator)]
@@ -512,6 +521,11 @@ def test_leap_year_shortfalls_say_why(chain: Chain) -> None:
     assert counted[0]["figure"]["reason"] == (
         "3 of the 6 summer months hold 90 % of their days, 5 required (May 0 of 31, "
         "June 11 of 30, September 1 of 30 days)")
+    o3 = _stations(chain.reports["all"], "o3_days_over")[_site(OZONE_TWO_SHORT)]["years"][0]
+    assert {c["figure"]["reason"] for c in o3["checks"]
+            if c["limit"] == "eu_2008_50/long_term_objective/8 h/120"} == {
+        "4 of the 6 summer months hold 90 % of their days, 5 required (June 26 of 30, "
+        "July 27 of 31 days)"}
 
 
 def test_daily_series_and_calendars_on_dst_days(chain: Chain) -> None:
@@ -636,6 +650,16 @@ def test_targets_yearly_figure(chain: Chain, city: str) -> None:
         else:  # every_site, sites: the worst site's
             want, partial = max(f for f in figures if f is not None), None
             meets = all(verdicts)
+        if target != "pm10_city":  # judged per site: each site's own figure
+            per_site = {site: ys[0] for site, ys in targets[target]["sites"]}
+            assert sorted(per_site) == [_site(i) for i in sites]
+            for i, want_site, verdict in zip(sites, figures, verdicts, strict=True):
+                shown = per_site[_site(i)]
+                if want_site is None:
+                    assert (shown["figure"]["valid"], shown["meets"]) == (False, None)
+                else:
+                    assert shown["figure"]["value"] == pytest.approx(want_site, rel=1e-9)
+                    assert shown["meets"] is verdict
         figure = year["figure"]
         if want is None:
             assert (figure["valid"], figure["value"], year["meets"]) == (False, None, None)
