@@ -442,6 +442,8 @@ def _fed(indicator: str) -> tuple[int, ...]:
 def test_the_year_is_made_as_the_stations_need(chain: Chain) -> None:
     """The generated year holds the cases the other tests rely on."""
     hours = {d: int((e - s).total_seconds()) // 3600 for d, s, e in DAYS}
+    for doc in chain.reports.values():  # the whole year read, no window stored twice
+        assert doc["notes"] == [] and doc["years"] == [YEAR]
     assert (len(DAYS), HOURS_IN_YEAR, hours[SPRING], hours[AUTUMN]) == (366, 8784, 23, 25)
     leap = _series(chain, LEAP, "pm10_day"), _series(chain, LEAP, "no2_1h")
     assert [len(s.values) for s in leap] == [329, 7900]  # 90 % of 365 and 8760, not of 366, 8784
@@ -671,3 +673,7 @@ def test_targets_yearly_figure(chain: Chain, city: str) -> None:
             assert year["meets"] is meets, target
     if city == "valid":
         assert all(t["years"][0]["figure"]["valid"] for t in targets.values())
+    for target in targets.values():  # one year: a trend needs two
+        assert not target["slope"]["valid"] and not target["projection"]["valid"]
+        assert target["slope"]["reason"].startswith(
+            "a trend needs valid figures of 2 years at least, "), target["id"]
