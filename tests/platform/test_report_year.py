@@ -57,7 +57,7 @@ from tests.chaos.harness import read_events
 from tests.conftest import Mosquitto, _require_mosquitto, free_port
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("report_year")]
+pytestmark = [pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONE = ZoneInfo("Europe/Berlin")
@@ -194,10 +194,7 @@ def _report(sink: Path, city: Path) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    _require_mosquitto()
-    work = tmp_path_factory.mktemp("year")
+def _run_chain(work: Path) -> Chain:
     with ThreadPoolExecutor(2) as pool:  # two replays at a time: the CI worker's share
         replayed = list(pool.map(lambda i: _replay(work, i), range(STATIONS)))
     broker = Mosquitto(work, free_port())
@@ -439,7 +436,7 @@ def _fed(indicator: str) -> tuple[int, ...]:
 # ---------------------------------------------------------------- the checks
 
 
-def test_the_year_is_made_as_the_stations_need(chain: Chain) -> None:
+def _check_the_year_is_made_as_the_stations_need(chain: Chain) -> None:
     """The generated year holds the cases the other tests rely on."""
     hours = {d: int((e - s).total_seconds()) // 3600 for d, s, e in DAYS}
     for doc in chain.reports.values():  # the whole year read, no window stored twice
@@ -464,8 +461,7 @@ def test_the_year_is_made_as_the_stations_need(chain: Chain) -> None:
             indicator)
 
 
-@pytest.mark.parametrize("indicator", INDICATORS)
-def test_each_station_figure_and_check(chain: Chain, indicator: str) -> None:
+def _check_each_station_figure_and_check(chain: Chain, indicator: str) -> None:
     stations = _stations(chain.reports["all"], indicator)
     assert sorted(stations) == [_site(i) for i in _fed(indicator)]
     for i in _fed(indicator):
@@ -510,7 +506,7 @@ def test_each_station_figure_and_check(chain: Chain, indicator: str) -> None:
                                                        / len(series.values), rel=1e-9)
 
 
-def test_leap_year_shortfalls_say_why(chain: Chain) -> None:
+def _check_leap_year_shortfalls_say_why(chain: Chain) -> None:
     """Worked out by hand: 329 of 366 days is 89.89 %, 7900 of 8784 hours 89.94 %."""
     pm10 = _stations(chain.reports["all"], "pm10_annual_mean")[_site(LEAP)]["years"][0]
     no2 = _stations(chain.reports["all"], "no2_annual_mean")[_site(LEAP)]["years"][0]
@@ -530,7 +526,7 @@ def test_leap_year_shortfalls_say_why(chain: Chain) -> None:
         "July 27 of 31 days)"}
 
 
-def test_daily_series_and_calendars_on_dst_days(chain: Chain) -> None:
+def _check_daily_series_and_calendars_on_dst_days(chain: Chain) -> None:
     """The daily values shown (the engine's daily PM10 windows, the report's daily means of
     hourly NO2) and the exceedance calendars, every day of every station."""
     doc = chain.reports["all"]
@@ -569,9 +565,7 @@ def _share(verdicts: list[bool | None]) -> tuple[float | None, float | None]:
     return (share if len(assessed) == len(verdicts) else None), share
 
 
-@pytest.mark.parametrize("city", ["all", "valid"])
-@pytest.mark.parametrize("indicator", INDICATORS)
-def test_city_share_meeting_each_limit(chain: Chain, city: str, indicator: str) -> None:
+def _check_city_share_meeting_each_limit(chain: Chain, city: str, indicator: str) -> None:
     """Per limit: the stations meeting it (judged on the allowed count, else on the
     percentile) of the stations fed; valid only when every station is assessed."""
     picked = [i for i in _fed(indicator) if city == "all" or i in VALID_CITY]
@@ -592,21 +586,22 @@ def test_city_share_meeting_each_limit(chain: Chain, city: str, indicator: str) 
             kind = "mean"
         expected[key] = _share([_expected_checks(chain, i, indicator)[key, kind].meets
                                 for i in picked])
-    assert sorted(shares) == sorted(expected)
+    assert sorted(shares) == sorted(expected), (city, indicator)
     for key, (valid_share, partial) in expected.items():
         share = shares[key]
+        where = (city, indicator, key)
         if valid_share is None:
-            assert (share["valid"], share["value"]) == (False, None), key
-            assert share["partial"] == pytest.approx(partial), key
-            assert "stations have no valid figure" in share["reason"], key
+            assert (share["valid"], share["value"]) == (False, None), where
+            assert share["partial"] == pytest.approx(partial), where
+            assert "stations have no valid figure" in share["reason"], where
         else:
-            assert share["valid"] and share["value"] == pytest.approx(valid_share), key
-        assert share["expected"] == len(picked)
+            assert share["valid"] and share["value"] == pytest.approx(valid_share), where
+        assert share["expected"] == len(picked), where
     if city == "valid":
         assert all(share["valid"] for share in shares.values())
 
 
-def test_data_capture_per_station(chain: Chain) -> None:
+def _check_data_capture_per_station(chain: Chain) -> None:
     captures = {(c["site"], c["kpi"]): c for c in chain.reports["all"]["capture"]}
     assert sorted(captures) == sorted((_site(i), k) for i in range(STATIONS) for k in _kpis(i))
     for (site, kpi), capture in captures.items():
@@ -629,13 +624,12 @@ def _target_site_figure(chain: Chain, i: int, target: str) -> float | None:
     return math.fsum(series.values) / len(series.values) if series.capture_ok else None
 
 
-@pytest.mark.parametrize("city", ["all", "valid"])
-def test_targets_yearly_figure(chain: Chain, city: str) -> None:
+def _check_targets_yearly_figure(chain: Chain, city: str) -> None:
     targets = {t["id"]: t for t in chain.reports[city]["targets"]}
     stations = list(range(STATIONS)) if city == "all" else list(VALID_CITY)
     scoped = {"no2_share": stations, "pm10_city": stations, "pm10_five": [0, 1, 2, 3, 4],
               "o3_days": [i for i in stations if i in O3_AT]}
-    assert sorted(targets) == sorted(scoped)
+    assert sorted(targets) == sorted(scoped), city
     goals = {"no2_share": 20.0, "pm10_city": 25.0, "pm10_five": 30.0, "o3_days": 18.0}
     for target, sites in scoped.items():
         (year,) = targets[target]["years"]
@@ -665,15 +659,33 @@ def test_targets_yearly_figure(chain: Chain, city: str) -> None:
         figure = year["figure"]
         if want is None:
             assert (figure["valid"], figure["value"], year["meets"]) == (False, None, None)
-            assert figure["reason"], target
+            assert figure["reason"], (city, target)
             if partial is not None:
                 assert figure["partial"] == pytest.approx(partial)
         else:
-            assert figure["valid"] and figure["value"] == pytest.approx(want, rel=1e-9), target
-            assert year["meets"] is meets, target
+            assert figure["valid"], (city, target)
+            assert figure["value"] == pytest.approx(want, rel=1e-9), (city, target)
+            assert year["meets"] is meets, (city, target)
     if city == "valid":
         assert all(t["years"][0]["figure"]["valid"] for t in targets.values())
     for target in targets.values():  # one year: a trend needs two
         assert not target["slope"]["valid"] and not target["projection"]["valid"]
         assert target["slope"]["reason"].startswith(
             "a trend needs valid figures of 2 years at least, "), target["id"]
+
+
+def test_a_leap_year_through_the_chain(tmp_path: Path) -> None:
+    """One test, so that the chain (about 25 s) runs once, on one worker, however the tests
+    are spread over workers; each check's message names the station, indicator and limit."""
+    _require_mosquitto()
+    chain = _run_chain(tmp_path)
+    _check_the_year_is_made_as_the_stations_need(chain)
+    _check_leap_year_shortfalls_say_why(chain)
+    _check_daily_series_and_calendars_on_dst_days(chain)
+    _check_data_capture_per_station(chain)
+    for indicator in INDICATORS:
+        _check_each_station_figure_and_check(chain, indicator)
+    for city in ("all", "valid"):
+        for indicator in INDICATORS:
+            _check_city_share_meeting_each_limit(chain, city, indicator)
+        _check_targets_yearly_figure(chain, city)
