@@ -15,7 +15,8 @@ answer would otherwise be taken for the answer to the next request (docs/protoco
 
 Lines shared by several devices live in ``DriverContext.resources`` under
 ``modbus:line:…`` keys and are closed by a closer registered in ``DriverContext.closers``.
-pymodbus is imported only when a line connects.
+Requests go through the driver's own client (drivers/modbus/client.py, frames in
+drivers/modbus/frames.py): the running agent does not load pymodbus.
 """
 
 from __future__ import annotations
@@ -25,21 +26,17 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from agent.driver import DriverContext
 from agent.errors import ConfigError, DeviceUnavailable
 from agent.fdlimit import fds_exhausted, report_fds_exhausted
+from drivers.modbus.client import ExchangeFailed, ModbusClient
 from drivers.modbus.config import ModbusDeviceConfig, Transport
+from drivers.modbus.frames import Answer, crc16
 from drivers.serialio import SerialSettings, port_missing
-
-if TYPE_CHECKING:
-    from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-    from pymodbus.pdu import ModbusPDU
-
-    Client = AsyncModbusSerialClient | AsyncModbusTcpClient
 
 __all__ = [
     "MIN_QUIET_GAP_SECONDS",
@@ -56,9 +53,6 @@ log = structlog.get_logger()
 
 MIN_QUIET_GAP_SECONDS = 0.1
 RESOURCE_PREFIX = "modbus:line:"
-# A shared TCP connection must survive a dead unit on the far side: pymodbus would otherwise
-# drop it after a few unanswered requests in a row, for every device on the line.
-_SHARED_MAX_NO_RESPONSES = 1_000_000
 
 
 class NoAnswer(Exception):
@@ -70,23 +64,13 @@ class WrongAnswer(NoAnswer):
     """Bytes came back, but no valid answer to the request: a wrong transaction or unit id,
     a CRC error, junk, or a connection reset in the middle of the answer.
 
-    pymodbus drops frames with a wrong transaction or unit id and junk without a word and
-    then times out like on silence; the line tells the two apart by whether any byte arrived
-    during the exchange (its ``trace_packet`` hook).
+    The client skips frames with another transaction id (a late answer to an earlier request)
+    and RTU frames of another unit, and times out; the line tells the two apart by whether any
+    byte arrived during the exchange.
     """
 
 
 EXCERPT_BYTES = 12
-
-
-def _crc16(data: bytes) -> int:
-    """The Modbus RTU CRC of ``data`` (sent low byte first)."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 def describe_wrong_bytes(data: bytes, *, rtu: bool, unit: int, tid: int) -> str:
@@ -97,7 +81,7 @@ def describe_wrong_bytes(data: bytes, *, rtu: bool, unit: int, tid: int) -> str:
     """
     shown = data[:EXCERPT_BYTES].hex(" ") + (" …" if len(data) > EXCERPT_BYTES else "")
     if rtu:
-        whole = len(data) >= 4 and _crc16(data[:-2]) == int.from_bytes(data[-2:], "little")
+        whole = len(data) >= 4 and crc16(data[:-2]) == int.from_bytes(data[-2:], "little")
         if unit and whole and data[0] != unit:
             return f"answer from unit {data[0]}, asked unit {unit} ({len(data)} bytes: {shown})"
         return f"{len(data)} bytes with no valid RTU frame (CRC error or junk: {shown})"
@@ -175,13 +159,9 @@ class ModbusLine:
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
-        self._client: Client | None = None
+        self._client: ModbusClient | None = None
         self._ready_at = 0.0
         self._holders = 0
-        # What the current exchange has seen, from the client's trace hooks.
-        self._heard = b""
-        self._sent_tid = 0
-        self._dropped = False
         self.stats = LineStats()
         self._log = log.bind(line=name)
 
@@ -214,87 +194,43 @@ class ModbusLine:
 
     # ---------------------------------------------------------------- connection
 
-    def _new_client(self) -> Client:
-        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-        from pymodbus.framer import FramerType
-
-        client: Client
-        # reconnect_delay=0: no background reconnects; the scheduler owns backoff.
-        # retries=0: the driver retries itself, after the line's quiet gap.
-        options: dict[str, Any] = {
-            "name": f"modbus-{self.name}",
-            "reconnect_delay": 0,
-            "timeout": self._timeout,
-            "retries": 0,
-            "trace_packet": self._trace_packet,
-            "trace_pdu": self._trace_pdu,
-            "trace_connect": self._trace_connect,
-        }
+    def _new_client(self) -> ModbusClient:
         if self.transport is Transport.BUS:
-            assert self.serial is not None
-            client = AsyncModbusSerialClient(
-                self.serial.port,
-                framer=FramerType.RTU,
-                baudrate=self.serial.baudrate,
-                bytesize=self.serial.bytesize,
-                parity=self.serial.parity,
-                stopbits=self.serial.stopbits,
-                **options,
-            )
-        else:
-            client = AsyncModbusTcpClient(
-                self.host,
-                port=self.port,
-                framer=FramerType.RTU if self.transport is Transport.RTU_TCP else FramerType.SOCKET,
-                **options,
-            )
-        if self.shared:
-            client.set_max_no_responses(_SHARED_MAX_NO_RESPONSES)
-        _drop_undecodable(client)
-        return client
-
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        # Received data comes as the client's whole receive buffer so far: keep the latest.
-        if not sending and data:
-            self._heard = bytes(data[:256])
-        return data
-
-    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if sending:
-            self._sent_tid = pdu.transaction_id
-        return pdu
-
-    def _trace_connect(self, connected: bool) -> None:
-        if not connected:
-            self._dropped = True
+            return ModbusClient(rtu=True, serial=self.serial, name=self.name)
+        return ModbusClient(rtu=self.transport is Transport.RTU_TCP, host=self.host,
+                            port=self.port)
 
     @property
     def connected(self) -> bool:
         """True while the client's port or connection is open."""
         return self._client is not None and self._client.connected
 
-    async def _open(self) -> Client:
+    async def _open(self) -> ModbusClient:
         """The connected client; (re)opens it. Call with the lock held."""
         if self._client is not None and self._client.connected:
             return self._client
         if self._client is not None:
             # A fresh client per connection: no request state survives a lost connection.
-            self._client.close()
+            await self._client.close()
         self._client = self._new_client()
         started = self._clock()
-        if await self._client.connect():
+        try:
+            await self._client.connect(self._timeout)
+        except (DeviceUnavailable, OSError):  # TimeoutError is an OSError
+            pass
+        else:
             self.stats.connects += 1
             self._log.debug("modbus_line_connected")
             return self._client
         self.stats.connect_failures += 1
-        self._client.close()
+        await self._client.close()
         self._client = None
         missing = self.serial is not None and port_missing(self.serial)
         raise LineUnavailable(self.name, self._connect_failure(self._clock() - started),
                               missing=missing)
 
     def _connect_failure(self, elapsed: float) -> str:
-        # pymodbus logs the OSError and returns False: an EMFILE would read as "refused".
+        # An EMFILE would otherwise read as "refused".
         if fds_exhausted():
             return report_fds_exhausted()
         if self.transport is Transport.BUS:
@@ -311,8 +247,8 @@ class ModbusLine:
                 f"serial port {port} cannot be opened (in use by another program, or no "
                 "permission): stop the other program or fix the port's permissions"
             )
-        # pymodbus swallows the OSError and only returns False; the elapsed time tells a
-        # refused connection (at once) from an unanswered one (the whole timeout).
+        # The elapsed time tells a refused connection (at once) from an unanswered one (the
+        # whole timeout), whatever the OS called it.
         if elapsed >= 0.9 * self._timeout:
             return (
                 f"no answer within {self._timeout:g} s (timed out): check the address and "
@@ -339,91 +275,55 @@ class ModbusLine:
         """Close the client; the next exchange opens it again. Idempotent."""
         async with self._lock:
             if self._client is not None:
-                self._client.close()
+                await self._client.close()
                 self._client = None
                 self._log.debug("modbus_line_closed")
 
     # ---------------------------------------------------------------- exchanges
 
-    async def exchange(
-        self, call: Callable[[Client], Awaitable[ModbusPDU]], *, unit: int = 0
-    ) -> ModbusPDU:
-        """Run one request to ``unit`` on the line, alone, after the pause the line needs.
+    async def exchange(self, pdu: bytes, *, unit: int = 0) -> Answer:
+        """Send one request ``pdu`` to ``unit`` on the line, alone, after the pause the line
+        needs; the answer (data or a Modbus exception).
 
         Raises :class:`WrongAnswer` when bytes came back but no valid answer to it,
         :class:`NoAnswer` when nothing came back (either way the line then stays quiet for the
         quiet gap), :class:`LineUnavailable` when the line cannot be opened.
         """
-        from pymodbus.exceptions import ModbusException
-
         async with self._lock:
             client = await self._open()
             wait = self._ready_at - self._clock()
             if wait > 0:
                 await self._sleep(wait)
             self.stats.exchanges += 1
-            self._heard, self._sent_tid, self._dropped = b"", 0, False
             answered = False
             try:
-                answer = await call(client)
-                problem = self._mismatch(answer, unit)
-                answered = problem is None
-            except (ModbusException, OSError) as exc:  # TimeoutError is an OSError
+                answer = await client.request(unit, pdu, seconds=self._timeout)
+                answered = True
+            except ExchangeFailed as exc:
                 self.stats.no_answers += 1
-                if self._heard:
+                if exc.heard:
                     self.stats.wrong_answers += 1
-                    detail = describe_wrong_bytes(self._heard, rtu=self.is_rtu, unit=unit,
-                                                  tid=self._sent_tid)
-                    if self._dropped:
+                    detail = self._wrong(exc, unit, client.sent_tid)
+                    if exc.closed:
                         detail += "; then the connection closed"
                     raise WrongAnswer(detail) from exc
-                if self._dropped:
-                    # The device (a reset) or pymodbus (after unanswered requests) closed it.
-                    raise NoAnswer("the connection closed without an answer") from exc
-                raise NoAnswer(str(exc) or type(exc).__name__) from exc
+                raise NoAnswer(str(exc)) from exc
             finally:
                 # Also after a cancelled exchange: its answer may still be on its way.
                 pause = self.inter_frame if answered else max(self.inter_frame, self.quiet_gap)
                 self._ready_at = self._clock() + pause
-            if problem is not None:
-                self.stats.no_answers += 1
-                self.stats.wrong_answers += 1
-                raise WrongAnswer(problem)
             return answer
 
-    def _mismatch(self, answer: ModbusPDU, unit: int) -> str | None:
-        """What makes an answer pymodbus accepted no answer to this request, or None.
-
-        pymodbus skips frames with another unit or transaction id, but takes transaction id 0
-        on TCP as a match, and any unit for a request to unit 0.
-        """
-        if not self.is_rtu and answer.transaction_id != self._sent_tid:
-            return f"answer with transaction id {answer.transaction_id}, sent {self._sent_tid}"
-        if unit and answer.dev_id != unit:
-            return f"answer from unit {answer.dev_id}, asked unit {unit}"
-        return None
-
-
-def _drop_undecodable(client: Client) -> None:
-    """Make the client drop an answer it cannot decode instead of raising in data_received.
-
-    pymodbus raises ModbusIOException from its protocol's data_received for a frame whose PDU
-    does not decode (e.g. a byte count longer than the data); asyncio then logs a traceback
-    and closes the connection, at every poll of such a device. Dropped, the exchange times out
-    with bytes heard: a WrongAnswer, reported once like any other.
-    """
-    from pymodbus.exceptions import ModbusIOException
-
-    framer = client.ctx.framer
-    handle = framer.handleFrame
-
-    def tolerant(data: bytes, exp_devid: int, exp_tid: int) -> tuple[int, ModbusPDU | None]:
-        try:
-            return handle(data, exp_devid, exp_tid)
-        except ModbusIOException:
-            return len(data), None
-
-    setattr(framer, "handleFrame", tolerant)  # noqa: B010  # mypy refuses assigning a method
+    def _wrong(self, exc: ExchangeFailed, unit: int, tid: int) -> str:
+        """The message of a wrong answer: what was wrong, and an excerpt of what came."""
+        described = describe_wrong_bytes(exc.heard, rtu=self.is_rtu, unit=unit, tid=tid)
+        if not exc.problem or exc.problem == "unit":
+            return described
+        shown = exc.heard[:EXCERPT_BYTES].hex(" ") + (" …" if len(exc.heard) > EXCERPT_BYTES
+                                                      else "")
+        if not self.is_rtu and "junk" in described:
+            return described
+        return f"no valid answer: {exc.problem} ({len(exc.heard)} bytes: {shown})"
 
 
 def _resource_key(config: ModbusDeviceConfig) -> str:

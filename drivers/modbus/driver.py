@@ -14,8 +14,8 @@ counts it and backs off. A merged request answered with exception 2 (illegal dat
 split by ``planner.split_request``, read again in the same cycle, and the split is kept for
 later cycles.
 
-pymodbus is imported inside the methods that use it: discovering drivers (``ssc-agent
-drivers``, config validation) loads ``SPEC`` and should not pay for pymodbus.
+Requests go through the driver's own client (drivers/modbus/client.py): the running agent
+does not load pymodbus (only the simulator and the tests use it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -43,14 +42,10 @@ from drivers.modbus.bus import (
     line_for,
     note_private_endpoint,
 )
-from drivers.modbus.codec import EXCEPTION_MEANINGS, apply_scale, decode_registers
+from drivers.modbus.codec import apply_scale, decode_registers
 from drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, ModbusPoint, Table, Transport
+from drivers.modbus.frames import Answer, exception_text, read_request
 from drivers.modbus.planner import ReadPlan, ReadRequest, plan_reads, split_request
-
-if TYPE_CHECKING:
-    from pymodbus.pdu import ModbusPDU
-
-    from drivers.modbus.bus import Client
 
 __all__ = ["SPEC", "DriverStats", "ModbusDriver", "ModbusTcpDriver", "Splitter", "create_driver"]
 
@@ -96,11 +91,6 @@ class _Cycle:
     last_error: str = ""
     problems: list[str] = field(default_factory=list)  # one per request without valid answer
     codes: list[tuple[ReadRequest, int | None]] = field(default_factory=list)
-
-
-def _exception_text(code: int) -> str:
-    name = EXCEPTION_MEANINGS.get(code)
-    return f"exception {code} ({name})" if name else f"exception {code}"
 
 
 def _describe(request: ReadRequest) -> str:
@@ -197,25 +187,9 @@ class ModbusDriver:
 
     # ------------------------------------------------------------------ requests
 
-    async def _call(self, client: Client, request: ReadRequest) -> ModbusPDU:
-        unit = self._config.unit
-        if request.table is Table.HOLDING:
-            return await client.read_holding_registers(
-                request.address, count=request.count, device_id=unit
-            )
-        if request.table is Table.INPUT:
-            return await client.read_input_registers(
-                request.address, count=request.count, device_id=unit
-            )
-        if request.table is Table.COIL:
-            return await client.read_coils(request.address, count=request.count, device_id=unit)
-        return await client.read_discrete_inputs(
-            request.address, count=request.count, device_id=unit
-        )
-
     async def _send(
         self, request: ReadRequest, cycle: _Cycle
-    ) -> ModbusPDU | WrongAnswer | None:
+    ) -> Answer | WrongAnswer | None:
         """The answer to ``request`` after up to ``retries`` resends; else the last wrong
         answer if any attempt got one, or None when every attempt met silence."""
         wrong: WrongAnswer | None = None
@@ -225,7 +199,8 @@ class ModbusDriver:
             try:
                 # The line waits out its quiet gap before the resend (and before neighbours).
                 answer = await self._line.exchange(
-                    lambda client: self._call(client, request), unit=unit
+                    read_request(FUNCTION_CODES[request.table], request.address, request.count),
+                    unit=unit,
                 )
             except WrongAnswer as exc:
                 self.stats.wrong_answers += 1
@@ -274,13 +249,13 @@ class ModbusDriver:
         """Read one request into ``cycle``; returns the requests that replace it in the plan."""
         answer = await self._send(request, cycle)
         gateway_code: int | None = None
-        if answer is not None and not isinstance(answer, WrongAnswer) and answer.isError():
+        if answer is not None and not isinstance(answer, WrongAnswer) and answer.is_error():
             code = int(answer.exception_code)
             if code in GATEWAY_EXCEPTIONS:
                 gateway_code = code
         if answer is None or gateway_code is not None:
             if gateway_code is not None:
-                cycle.last_error = f"the gateway answered {_exception_text(gateway_code)}"
+                cycle.last_error = f"the gateway answered {exception_text(gateway_code)}"
             if cycle.answered == 0:
                 raise _Silent
             self._mark(request, cycle, Quality.COMM_ERROR)
@@ -291,7 +266,7 @@ class ModbusDriver:
             self._mark(request, cycle, Quality.PROTOCOL_ERROR)
             cycle.problems.append(f"{_describe(request)}: {answer}")
             return (request,)
-        if not answer.isError():
+        if not answer.is_error():
             cycle.codes.append((request, None))
             decoded = self._decode(request, answer)
             if decoded is None:
@@ -324,11 +299,11 @@ class ModbusDriver:
                 return tuple(replaced)
         cycle.codes.append((request, code))
         self._mark(request, cycle, Quality.PROTOCOL_ERROR)
-        cycle.problems.append(f"{_describe(request)}: {_exception_text(code)}")
+        cycle.problems.append(f"{_describe(request)}: {exception_text(code)}")
         return (request,)
 
     def _decode(
-        self, request: ReadRequest, answer: ModbusPDU
+        self, request: ReadRequest, answer: Answer
     ) -> list[tuple[int, PointValue]] | None:
         """The points of an answer, or None when it holds fewer registers (bits) than asked."""
         points = self._config.points
