@@ -189,7 +189,7 @@ class ModbusLine:
         if seconds > self._timeout:
             self._timeout = seconds
             if self._client is not None:
-                # Takes effect with the next connection; devices join before the first one.
+                # Takes effect with the next exchange (and connect); logged for a live line.
                 self._log.debug("modbus_line_timeout_raised", timeout=seconds)
 
     # ---------------------------------------------------------------- connection
