@@ -2,9 +2,11 @@
 fresh client per connection (login, TLS), one-line connection errors, reconnect waits, and the
 receiver's subscription with its manual acknowledgement.
 
-This module and ``agent/gateway/uplink.py`` are the only ones that import aiomqtt
-(docs/architecture.md). Facts they rely on, verified against aiomqtt 2.5 / paho 2.2
-(docs/protocols.md §2):
+The settings, password, TLS context, error lines and reconnect waits serve both sides; the
+clients here are aiomqtt's, for the platform side only: the gateway's uplink speaks through its
+own client (``agent/gateway/mqtt_client.py``), so aiomqtt is imported only when a function
+below that needs it runs, never by ``ssc-agent run``. Facts these rely on, verified against
+aiomqtt 2.5 / paho 2.2 (docs/protocols.md §2):
 
 - A client is never re-entered after a disconnect: every connection gets a new ``Client``.
 - aiomqtt has no manual acknowledgement; paho 2.x has (``manual_ack_set``, ``ack(mid, qos)``).
@@ -21,14 +23,16 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiomqtt
 import structlog
 
 from agent.endpoints import BrokerAddress
 from agent.errors import UplinkError
 from agent.password_file import PasswordFileProblem, read_password_file
+
+if TYPE_CHECKING:
+    import aiomqtt
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +59,7 @@ class MqttSettings:
     timeout: float = 20.0
 
 
-def _read_password(path: Path) -> str:
+def read_password(path: Path) -> str:
     try:
         return read_password_file(path)
     except PasswordFileProblem as problem:
@@ -64,7 +68,7 @@ def _read_password(path: Path) -> str:
         raise UplinkError(f"password_file {path} {problem.reason}") from None
 
 
-def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     if not settings.address.tls:
         return None
     try:
@@ -113,7 +117,9 @@ def new_client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
                errors: TransportErrors | None = None) -> aiomqtt.Client:
     """A client for one connection (never re-entered after a disconnect); the password is read
     from its file now, so a rotated password is used at the next connection."""
-    password = _read_password(settings.password_file) if settings.password_file else None
+    import aiomqtt  # the platform side's client: not loaded by `ssc-agent run`
+
+    password = read_password(settings.password_file) if settings.password_file else None
     if errors is not None:
         errors.last = None
     client = aiomqtt.Client(
@@ -127,7 +133,7 @@ def new_client(settings: MqttSettings, *, will: aiomqtt.Will | None = None,
         keepalive=max(1, round(settings.keepalive)),
         timeout=settings.timeout,
         max_inflight_messages=max_inflight,
-        tls_context=_tls_context(settings),
+        tls_context=tls_context(settings),
         logger=errors.logger if errors is not None else None,
     )
     if max_inflight is not None:
@@ -151,7 +157,8 @@ def describe_mqtt_error(exc: BaseException, settings: MqttSettings,
                                        "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED")):
         return (f"TLS: the broker refused the client certificate cert_file {settings.cert_file} "
                 f"({text})")
-    if "Not authorized" in text or "code:135" in text or "code:5" in text:
+    refused = getattr(exc, "return_code", None) in (4, 5)  # the gateway client's refusal
+    if refused or "Not authorized" in text or "code:135" in text or "code:5" in text:
         return f"broker refused the login of user {settings.username!r}: check password_file"
     return f"{type(exc).__name__}: {text}"
 
@@ -215,6 +222,7 @@ async def subscribe_groups(
     """:func:`subscribe`, yielding the messages already waiting (at least one, at most
     ``max_group``) as one list: all of a list are acknowledged, in the order they arrived,
     when the consumer asks for the next list, so it can store them in one transaction."""
+    import aiomqtt
     failures = 0
     errors = TransportErrors()
     down = False  # logged once per outage: the retries go to debug until subscribed again
@@ -285,6 +293,7 @@ async def publish_once(settings: MqttSettings, topic: str, payload: bytes, *,
                        retain: bool) -> None:
     """Connect, publish one QoS 1 message, wait for its PUBACK, disconnect; UplinkError with
     one line (:func:`describe_mqtt_error`) when the broker cannot be reached or refuses."""
+    import aiomqtt
     errors = TransportErrors()
     try:
         async with new_client(settings, clean_session=True, errors=errors) as client:
@@ -299,6 +308,7 @@ async def read_retained(settings: MqttSettings, topic_filter: str, *, quiet: flo
     came for ``quiet`` seconds, at most ``limit`` seconds in all (a broker sends retained
     messages right after the SUBACK). Empty payloads (cleared topics) are left out.
     UplinkError as :func:`publish_once`."""
+    import aiomqtt
     out: dict[str, bytes] = {}
     errors = TransportErrors()
     try:

@@ -1,15 +1,15 @@
 """MQTT: the agent's uplink (store → broker).
 
-What the receiver shares with it (settings, clients, reconnect waits) lives in ``agent.mqtt``;
-these two modules are the only ones that import aiomqtt (docs/architecture.md). Facts this one
-relies on, verified against aiomqtt 2.5 / paho 2.2 (docs/protocols.md §2):
+What the receiver shares with it (settings, error lines, reconnect waits) lives in
+``agent.mqtt``; the connection is the gateway's own MQTT 3.1.1 client
+(``agent/gateway/mqtt_client.py``, docs/protocols.md §2):
 
 - A client is never re-entered after a disconnect: every connection gets a new ``Client``
-  (:func:`agent.mqtt.new_client`).
+  (:func:`agent.gateway.mqtt_client.uplink_client`).
 - ``publish(qos=1)`` returns on PUBACK; a timeout means "unknown", so the batch stays in the
   store and is sent again (the receiver drops duplicates by ``(gw, seq)``).
-- A publish pending at disconnect is not woken; a sibling task iterating ``client.messages``
-  raises at once, which makes the task group cancel the rest and we reconnect.
+- A lost connection fails pending publishes and the watcher of incoming messages at once,
+  which makes the task group cancel the rest and we reconnect.
 - The publish timeout counts time queued behind the in-flight window, so concurrency is capped
   with a semaphore of the window size.
 """
@@ -25,23 +25,22 @@ from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-import aiomqtt
 import structlog
 
 from agent import __version__
 from agent.damper import Damper, log_notices
 from agent.endpoints import BrokerAddress
 from agent.errors import BufferFull, UplinkError
+from agent.gateway.mqtt_client import Client, MqttError, uplink_client
 from agent.gateway.store import OutgoingBatch, StoreStats
 from agent.mqtt import (
     RECONNECT_MAX,
     RECONNECT_MIN,
     MqttSettings,
-    TransportErrors,
     describe_mqtt_error,
-    new_client,
     reconnect_delay,
 )
+from agent.mqtt_packets import Will
 from agent.readings import Event
 from agent.wire import BufferHealth, Status, encode_status
 
@@ -49,14 +48,12 @@ log = structlog.get_logger(__name__)
 
 _FLAPPING_TICK_SECONDS = 10.0
 
-async def _watch(client: aiomqtt.Client, channel: UplinkChannel | None = None) -> None:
+async def _watch(client: Client, channel: UplinkChannel | None = None) -> None:
     """Iterate messages so a disconnect is noticed at once (raises MqttError); those of the
     channel's topics go to it."""
-    async for message in client.messages:
+    async for message in client.incoming():
         if channel is not None:
-            payload = message.payload
-            channel.received(str(message.topic),
-                             payload if isinstance(payload, bytes) else str(payload).encode())
+            channel.received(message.topic, message.payload)
 
 
 class UplinkChannel(Protocol):
@@ -191,13 +188,12 @@ class Uplink:
         self._wake = wake
         self._clock = clock
         self._undeleted: set[int] = set()  # acknowledged, but the delete failed
-        self._transport = TransportErrors()
         self.stats = UplinkStats()
         self._down_since: float | None = None
         # a broker that drops us every few seconds: bounded lines (agent.damper)
         self._damper = Damper(monotonic)
         self._idle = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: Client | None = None
 
     def _status(self, state: Literal["online", "offline"], *, will: bool = False) -> bytes:
         # The will is registered at connect time and cannot be kept current: it does not say
@@ -218,7 +214,7 @@ class Uplink:
         connect, which publishes it anyway)."""
         self._status_due.set()
 
-    async def _status_updates(self, client: aiomqtt.Client) -> None:
+    async def _status_updates(self, client: Client) -> None:
         while True:
             await self._status_due.wait()
             self._status_due.clear()
@@ -227,7 +223,7 @@ class Uplink:
                                  timeout=self._settings.timeout)
             log.debug("status_published", payload=payload.decode()[:300])
 
-    async def _channel_updates(self, client: aiomqtt.Client) -> None:
+    async def _channel_updates(self, client: Client) -> None:
         channel = self.channel
         assert channel is not None
         for topic in channel.topics:
@@ -254,10 +250,10 @@ class Uplink:
         while True:
             self._settings = replace(self._settings, address=self._brokers[index])
             try:
-                will = aiomqtt.Will(self._status_topic, self._status("offline", will=True),
-                                    qos=1, retain=True)
-                client = new_client(self._settings, will=will, clean_session=True,
-                                    max_inflight=self._max_inflight, errors=self._transport)
+                will = Will(self._status_topic, self._status("offline", will=True),
+                            qos=1, retain=True)
+                client = uplink_client(self._settings, will=will,
+                                       max_inflight=self._max_inflight)
                 async with client:
                     self._client = client
                     self.stats.connects += 1
@@ -284,7 +280,7 @@ class Uplink:
                         tg.create_task(self._status_updates(client), name="uplink-status")
                         tg.create_task(self._send(client), name="uplink-send")
                         tg.create_task(self._flapping_ticks(), name="uplink-flapping")
-            except* (aiomqtt.MqttError, UplinkError, OSError) as group:
+            except* (MqttError, UplinkError, OSError) as group:
                 self._note_down(group.exceptions[0])
             finally:
                 self._client = None
@@ -305,14 +301,14 @@ class Uplink:
         self.stats.disconnects += 1
         if self._down_since is None:
             self._down_since = self._monotonic()
-            error = describe_mqtt_error(exc, self._settings, self._transport.last)
+            error = describe_mqtt_error(exc, self._settings)
             broker = self._settings.address.url
             log_notices(log, "uplink", self._damper.change(False), lambda: log.warning(
                 "uplink_down", broker=broker, error=error), broker=broker, error=error)
             self._emit("uplink_down", error)
         else:
             log.debug("uplink_retry_failed", broker=self._settings.address.url,
-                      error=describe_mqtt_error(exc, self._settings, self._transport.last))
+                      error=describe_mqtt_error(exc, self._settings))
 
     async def _flapping_ticks(self) -> None:
         """While connected after flapping: the summaries, and the line that it is stable."""
@@ -332,7 +328,7 @@ class Uplink:
         if self._event is not None:
             self._event(Event(int(self._clock() * 1000), kind, None, message))
 
-    async def _send(self, client: aiomqtt.Client) -> None:
+    async def _send(self, client: Client) -> None:
         window = asyncio.Semaphore(self._max_inflight)
         # What was stored when we connected is the backlog: oldest first, paced. Batches
         # sealed since are live: with live_first they go out at once, between backlog ones.
@@ -384,7 +380,7 @@ class Uplink:
                 return chosen, True
         return chosen, False
 
-    async def _publish_one(self, client: aiomqtt.Client, batch: OutgoingBatch,
+    async def _publish_one(self, client: Client, batch: OutgoingBatch,
                            window: asyncio.Semaphore) -> None:
         try:
             self.stats.published += 1
@@ -426,7 +422,7 @@ class Uplink:
         try:
             await client.publish(topic, payload, qos=1, retain=True,
                                  timeout=self._settings.timeout)
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             log.debug("uplink_retained_publish_failed", topic=topic, error=str(exc))
             return False
         return True
@@ -439,5 +435,5 @@ class Uplink:
         try:
             await client.publish(self._status_topic, self._status("offline"), qos=1,
                                  retain=True, timeout=2.0)
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             log.debug("uplink_offline_status_failed", error=str(exc))
