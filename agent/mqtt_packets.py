@@ -10,6 +10,7 @@ unbounded memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
@@ -101,7 +102,8 @@ Packet = Connect | ConnAck | Publish | PubAck | Subscribe | SubAck | Empty
 # --- encoding --------------------------------------------------------------------------------
 
 
-def _length(n: int) -> bytes:
+def encode_length(n: int) -> bytes:
+    """The remaining length as MQTT's variable byte integer (§2.2.3)."""
     if not 0 <= n <= MAX_REMAINING_LENGTH:
         raise PacketError(f"a packet of {n} bytes is over MQTT's limit")
     out = bytearray()
@@ -125,7 +127,7 @@ def _blob(data: bytes, what: str) -> bytes:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _length(len(body)) + body
+    return bytes((first,)) + encode_length(len(body)) + body
 
 
 def _packet_id(packet_id: int) -> bytes:
@@ -232,18 +234,21 @@ class Decoder:
     def feed(self, data: bytes) -> list[Packet]:
         """The packets completed by ``data``; PacketError on the first malformed one (the
         stream cannot be trusted after it)."""
+        return list(self.packets(data))
+
+    def packets(self, data: bytes) -> Iterator[Packet]:
+        """:meth:`feed`, one packet at a time: those before a malformed one are had first."""
         self._buffer += data
-        out: list[Packet] = []
         while True:
             header = _header(self._buffer, self.max_remaining)
             if header is None:
-                return out
+                return
             first, start, length = header
             if len(self._buffer) < start + length:
-                return out
+                return
             body = bytes(self._buffer[start:start + length])
             del self._buffer[:start + length]
-            out.append(decode_body(first, body))
+            yield decode_body(first, body)
 
 
 def _header(buffer: bytearray, bound: int) -> tuple[int, int, int] | None:

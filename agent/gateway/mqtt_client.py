@@ -137,7 +137,10 @@ class Client:
         except TimeoutError:
             self._abort()
             raise MqttError(f"no CONNACK within {self.timeout:g} s") from None
-        except (OSError, PacketError) as exc:
+        except PacketError as exc:
+            self._abort()
+            raise MqttError(f"the broker sent a malformed packet: {exc}") from None
+        except OSError as exc:
             self._abort()
             raise MqttError(str(exc) or type(exc).__name__) from None
         except BaseException:
@@ -213,7 +216,7 @@ class Client:
                     self._lose(MqttError("the broker closed the connection"))
                     return
                 self._last_in = time.monotonic()
-                for packet in decoder.feed(data):
+                for packet in decoder.packets(data):
                     self._handle(packet)
         except PacketError as exc:
             self._lose(MqttError(f"the broker sent a malformed packet: {exc}"))
