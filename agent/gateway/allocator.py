@@ -5,7 +5,8 @@ Two glibc defaults cost a long-running agent memory it never uses again
 
 - Every thread that allocates gets an arena of its own, kept for the life of the process. The
   agent's Python runs on one thread (the GIL); the only other one is asyncio's default
-  executor, where aiomqtt runs paho's blocking connect, and its arena held ~0.4 MiB.
+  executor (name lookups; aiomqtt ran paho's blocking connect there), and its arena held
+  ~0.4 MiB.
 - A freed block above the mmap threshold (128 KiB) raises the threshold to its size, so from
   the first sealed batch on, the zstd workspace of each seal (~1 MiB) and the packers' buffers
   are carved from the heap and stay resident. With the threshold fixed, they are mapped for

@@ -347,7 +347,7 @@ def _build_uplink(
     monotonic: Callable[[], float],
     channel: UplinkChannel | None = None,
 ) -> Uplink:
-    from agent.gateway.uplink import Uplink  # aiomqtt only when we really connect
+    from agent.gateway.uplink import Uplink  # the MQTT client only when we really connect
     from agent.mqtt import MqttSettings
 
     up = _uplink_config(config)
