@@ -65,7 +65,7 @@ STEPS: list[tuple[str, str, str]] = [
 # The config's share: every other import of the runtime first, then the config's modules and
 # what is built with them, so that what they share with the rest is not counted as theirs.
 WITHOUT_CONFIG = (
-    "import asyncio, ssl, sqlite3, ctypes, tomllib, structlog, zstandard, msgpack, aiomqtt, "
+    "import asyncio, ssl, sqlite3, ctypes, tomllib, structlog, zstandard, msgpack, "
     "pymodbus.client"
 )
 CONFIG_STEPS: list[tuple[str, str]] = [
@@ -83,8 +83,8 @@ PHASES: list[tuple[str, str]] = [
     ("standard library (asyncio, ssl, sqlite3, …)",
      # no importlib.metadata: a config of built-in drivers does not read the entry points
      "import asyncio, ssl, sqlite3, ctypes, tomllib, argparse, json, zoneinfo"),
-    ("third-party (structlog, paho/aiomqtt, pymodbus, …)",
-     "import structlog, zstandard, msgpack, aiomqtt, pymodbus.client"),
+    ("third-party (structlog, pymodbus, …; `run` imports no aiomqtt/paho)",
+     "import structlog, zstandard, msgpack, pymodbus.client"),
     ("the agent's run path (cli, supervisor, uplink, modbus)",
      "import agent.cli, agent.gateway.supervisor, agent.gateway.uplink, agent.gateway.allocator, "
      "drivers.modbus.driver"),

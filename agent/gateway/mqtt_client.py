@@ -1,5 +1,5 @@
 """The uplink's MQTT 3.1.1 client: one connection on asyncio streams (TCP or TLS), the packets
-of ``agent/mqtt_packets.py``. It replaces aiomqtt and paho on the gateway (~1.7 MiB of RSS,
+of ``agent/mqtt_packets.py``. It replaces aiomqtt and paho on the gateway (2.6 MiB of peak RSS,
 docs/architecture.md "Footprint"); the platform side keeps aiomqtt.
 
 What the uplink relies on (docs/protocols.md §2):
