@@ -40,6 +40,8 @@ class PacketError(ValueError):
 
 @dataclass(frozen=True)
 class Will:
+    """What the broker publishes for us when our connection ends without a DISCONNECT."""
+
     topic: str
     payload: bytes
     qos: int = 1
@@ -64,6 +66,8 @@ class ConnAck:
 
 @dataclass(frozen=True)
 class Publish:
+    """A message either way; ``packet_id`` with QoS 1 only."""
+
     topic: str
     payload: bytes
     qos: int = 0
