@@ -39,23 +39,13 @@ class PacketError(ValueError):
 
 
 @dataclass(frozen=True)
-class Will:
-    """What the broker publishes for us when our connection ends without a DISCONNECT."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
 class Connect:
     client_id: str
     clean_session: bool
     keepalive: int
     username: str | None = None
     password: bytes | None = None
-    will: Will | None = None
+    will: Publish | None = None  # what the broker publishes for us if we vanish
 
 
 @dataclass(frozen=True)
@@ -74,6 +64,10 @@ class Publish:
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None
+
+
+# A last will is a message: the broker publishes it when our connection ends without DISCONNECT.
+Will = Publish
 
 
 @dataclass(frozen=True)
@@ -371,7 +365,7 @@ def _decode_connect(r: _Reader) -> Connect:
     client_id = r.text("client id")
     will = None
     if flags & 0x04:
-        will = Will(r.text("will topic"), r.blob(), flags >> 3 & 3, bool(flags & 0x20))
+        will = Publish(r.text("will topic"), r.blob(), flags >> 3 & 3, bool(flags & 0x20))
     username = r.text("username") if flags & 0x80 else None
     password = r.blob() if flags & 0x40 else None
     return Connect(client_id, bool(flags & 0x02), keepalive, username, password, will)
