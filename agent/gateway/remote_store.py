@@ -14,13 +14,13 @@ new one. A text whose sha256 does not match the state is not used.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from agent.gateway.durable_file import replace_durably
 from agent.wire.config_push import config_sha256
 
 log = structlog.get_logger(__name__)
@@ -46,21 +46,6 @@ class RemoteState:
     highest_serial: int = 0
     current: PushedMeta | None = None
     good: PushedMeta | None = None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 class RemoteStore:
@@ -104,11 +89,11 @@ class RemoteStore:
     def _commit(self, state: RemoteState, **texts: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         for which, text in texts.items():
-            write_atomic(self.dir / f"{which}.toml", text.encode("utf-8"))
+            replace_durably(self.dir / f"{which}.toml", text.encode("utf-8"))
         body = {"highest_serial": state.highest_serial,
                 "current": None if state.current is None else asdict(state.current),
                 "good": None if state.good is None else asdict(state.good)}
-        write_atomic(self.dir / STATE_FILE, json.dumps(body, indent=1).encode())
+        replace_durably(self.dir / STATE_FILE, json.dumps(body, indent=1).encode())
         self.state = state
 
     def note_serial(self, serial: int) -> None:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import structlog
 
 from agent.errors import BufferFull
+from agent.gateway.durable_file import replace_durably
 from agent.gateway.store.base import StoreBase
 
 log = structlog.get_logger(__name__)
@@ -66,22 +67,9 @@ class SeqLedger:
 
     def write(self, boot: int, reserved: int, identity: str) -> None:
         """Replace the sidecar atomically (tmp file, fsync, rename, fsync of the directory)."""
-        tmp = self.path.with_name(f"{self.path.name}.tmp")
         body = json.dumps({"boot": boot, "seq_reserved": reserved, "store": identity}).encode()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, body)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            if self._sync_full:
-                dfd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            replace_durably(self.path, body, sync_folder=self._sync_full)
         except OSError as exc:
             raise BufferFull(f"buffer {self.path}: cannot write: {exc}") from exc
         self.reserved = reserved
