@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +34,18 @@ BUS_LINE = "modbus:line:bus:rs485-1"
 
 
 @pytest.fixture
-def pty(tmp_path: Path) -> Iterator[PtyPair]:
-    if shutil.which("socat") is None:
-        pytest.skip("socat is not on PATH (apt install socat)")
-    pair = PtyPair(tmp_path)
-    pair.start()
-    yield pair
-    pair.kill()
-
-
-@pytest.fixture
-async def meters(pty: PtyPair) -> AsyncIterator[int]:
+async def meters(pty_pair: PtyPair) -> AsyncIterator[int]:
     """Units 1 and 2 on the bus, one Modbus TCP meter on the port returned."""
     profile = load_profile(PROFILE)
     tcp = free_port()
-    servers: list[SimulatorServer] = [await serve_serial({1: profile, 2: profile}, pty.a),
+    servers: list[SimulatorServer] = [await serve_serial({1: profile, 2: profile}, pty_pair.a),
                                       await serve({1: profile}, "127.0.0.1", tcp)]
     yield tcp
     for server in servers:
         await server.stop()
 
 
-def config(pty: PtyPair, tcp: int, *, bus: dict[str, Any] | None = None,
+def config(line: PtyPair, tcp: int, *, bus: dict[str, Any] | None = None,
            gw: str = "gw-r", extra: list[dict[str, Any]] | None = None,
            kpis: list[dict[str, Any]] | None = None) -> AgentConfig:
     common = {"driver": "modbus", "profile": PROFILE, "interval": "500 ms"}
@@ -66,7 +55,7 @@ def config(pty: PtyPair, tcp: int, *, bus: dict[str, Any] | None = None,
                *(extra or [])]
     return config_from_dict({
         "gateway": {"id": gw, "data_dir": "/tmp/unused", "kpi_lateness": "1 s"},
-        "buses": [{"name": "rs485-1", "port": pty.b, "timeout": "300 ms", **(bus or {})}],
+        "buses": [{"name": "rs485-1", "port": line.b, "timeout": "300 ms", **(bus or {})}],
         "devices": devices,
         "kpis": kpis or [],
     }, require_uplink=False)
@@ -115,9 +104,9 @@ class Agent:
 
 
 async def test_reload_restarts_what_changed_and_rejects_whole(
-    tmp_path: Path, pty: PtyPair, meters: int
+    tmp_path: Path, pty_pair: PtyPair, meters: int
 ) -> None:
-    first = config(pty, meters)
+    first = config(pty_pair, meters)
     agent = Agent(tmp_path, first)
     try:
         async with asyncio.TaskGroup() as tg:
@@ -128,7 +117,7 @@ async def test_reload_restarts_what_changed_and_rejects_whole(
             t1_task = agent.devices.tasks["t1"]
 
             # the bus's timeout changed: both devices on it restart on a new line
-            slower = config(pty, meters, bus={"timeout": "700 ms"})
+            slower = config(pty_pair, meters, bus={"timeout": "700 ms"})
             outcome = await agent.reloader.reload(slower)
             assert outcome.status == "applied", outcome
             assert outcome.buses.restarted == ("rs485-1",)
@@ -148,7 +137,7 @@ async def test_reload_restarts_what_changed_and_rejects_whole(
             # KPIs where there were none start the live engine; none left stops it
             kpi = {"name": "k", "source": "t1.power_total", "operator": "mean",
                    "window": "1 min", "sample_interval": "1 s"}
-            with_kpi = config(pty, meters, bus={"timeout": "700 ms"}, kpis=[kpi])
+            with_kpi = config(pty_pair, meters, bus={"timeout": "700 ms"}, kpis=[kpi])
             outcome = await agent.reloader.reload(with_kpi)
             assert outcome.kpis.started == ("k",) and outcome.devices.kept == ("m1", "m2", "t1")
             assert agent.batcher.kpis is not None
@@ -159,14 +148,14 @@ async def test_reload_restarts_what_changed_and_rejects_whole(
             # rejected before anything stopped
             clash = {"name": "t2", "driver": "modbus", "profile": PROFILE, "unit": 2,
                      "endpoint": f"tcp://127.0.0.1:{meters}", "serialize": True}
-            outcome = await agent.reloader.reload(config(pty, meters, bus={"timeout": "700 ms"},
-                                                         extra=[clash]))
+            outcome = await agent.reloader.reload(
+                config(pty_pair, meters, bus={"timeout": "700 ms"}, extra=[clash]))
             assert outcome.status == "rejected" and not outcome.applied
             assert len(outcome.problems) == 1 and "serialize" in outcome.problems[0]
             assert outcome.problems[0].startswith("devices[3] (name=t2, driver=modbus)")
 
             # a fixed key: refused by name
-            outcome = await agent.reloader.reload(config(pty, meters, gw="gw-other",
+            outcome = await agent.reloader.reload(config(pty_pair, meters, gw="gw-other",
                                                          bus={"timeout": "700 ms"}))
             assert outcome.status == "rejected"
             assert [p.split(":")[0] for p in outcome.problems] == ["gateway.id"]
