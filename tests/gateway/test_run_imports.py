@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.gateway.conftest import unreachable_agent_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,14 +43,7 @@ sample_interval = "1 s"
 
 
 def _modules_at_start(tmp_path: Path, extra: str = "") -> set[str]:
-    closed = free_port()  # nothing listens: the device is down, the broker unreachable
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[gateway]\nid = "gw-imp"\ndata_dir = "{tmp_path / "data"}"\nshutdown_timeout = "1 s"\n\n'
-        f'[uplink]\nbroker = "mqtt://127.0.0.1:{closed}"\n\n'
-        f'[[devices]]\nname = "m1"\ndriver = "modbus"\n'
-        f'endpoint = "tcp://127.0.0.1:{closed}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n'
-        + extra)
+    config = unreachable_agent_config(tmp_path, "gw-imp", extra)
     done = subprocess.run([sys.executable, "-c", _RUN, str(config)], check=False,
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("MODULES ")]

@@ -11,7 +11,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from agent.gateway.devices import cancel_all as _cancel_all
-from tests.conftest import free_port
+from tests.gateway.conftest import unreachable_agent_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,13 +72,7 @@ print("stopped cleanly")
 
 
 def test_a_sigterm_as_the_agent_starts_is_a_clean_stop(tmp_path: Path) -> None:
-    closed = free_port()  # nothing listens: the device is down, the broker unreachable
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[gateway]\nid = "gw-term"\ndata_dir = "{tmp_path / "data"}"\nshutdown_timeout = "1 s"\n\n'
-        f'[uplink]\nbroker = "mqtt://127.0.0.1:{closed}"\n\n'
-        f'[[devices]]\nname = "m1"\ndriver = "modbus"\n'
-        f'endpoint = "tcp://127.0.0.1:{closed}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n')
+    config = unreachable_agent_config(tmp_path, "gw-term")
     done = subprocess.run([sys.executable, "-c", _SIGTERM_AT_START, str(config)],
                           check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
     out = done.stdout + done.stderr  # structlog's default, unconfigured, prints to stdout
@@ -110,13 +104,7 @@ asyncio.run(run_agent(config, on_start=started))
 
 def test_only_the_drivers_a_config_names_are_imported(tmp_path: Path) -> None:
     # Every installed driver costs memory when imported: a Modbus-only agent loads no other.
-    closed = free_port()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[gateway]\nid = "gw-drv"\ndata_dir = "{tmp_path / "data"}"\nshutdown_timeout = "1 s"\n\n'
-        f'[uplink]\nbroker = "mqtt://127.0.0.1:{closed}"\n\n'
-        f'[[devices]]\nname = "m1"\ndriver = "modbus"\n'
-        f'endpoint = "tcp://127.0.0.1:{closed}"\nprofile = "ssc-demo-meter"\ninterval = "1 s"\n')
+    config = unreachable_agent_config(tmp_path, "gw-drv")
     done = subprocess.run([sys.executable, "-c", _DRIVERS_AT_START, str(config)],
                           check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines()
