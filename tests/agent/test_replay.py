@@ -17,6 +17,7 @@ from agent.gateway.uplink import ReplayPacer, Uplink
 from agent.mqtt import MqttSettings
 from agent.readings import Event
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until_async
 
 
 def test_pacer_allows_rate_per_second_after_a_one_second_burst() -> None:
@@ -63,6 +64,9 @@ async def test_backlog_is_paced_and_live_batches_interleave(
         live = [seal(store, b"new") for _ in range(6)]
         wake.set()
         out, _ = await asyncio.to_thread(sub.communicate)
+        # the subscriber has every batch; the broker's last PUBACK to the uplink may still be
+        # on its way, and a batch is deleted only once it is in (asserted below)
+        await wait_until_async(lambda: store.stats().batches == 0, 10)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
